@@ -1,0 +1,140 @@
+"""SQLAlchemy 2 table models: the source of truth. Event tables are append-only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+# SQLite only autoincrements INTEGER PRIMARY KEY; Postgres gets a real bigint identity.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class Job(Base):
+    """A unit of user work: a circuit, a workflow run or a portfolio selection."""
+
+    __tablename__ = "jobs"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    plan_id: Mapped[str | None] = mapped_column(String(36))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+
+
+class ExecutionPlan(Base):
+    __tablename__ = "execution_plans"
+
+    plan_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FragmentExecution(Base):
+    """The accepted outcome of one fragment of one job (at most one row per fragment)."""
+
+    __tablename__ = "fragment_executions"
+
+    job_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    fragment_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    node_id: Mapped[str] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    observed_fidelity: Mapped[float | None] = mapped_column(Float)
+    output: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class ExecutionEvent(Base):
+    """Append-only log of everything that happened to a job; ``seq`` orders it globally."""
+
+    __tablename__ = "execution_events"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(36), index=True)
+    event_type: Mapped[str] = mapped_column(String(48))
+    fragment_id: Mapped[str | None] = mapped_column(String(32))
+    node_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Enrollment(Base):
+    __tablename__ = "enrollments"
+
+    peer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    embedded: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Reservation(Base):
+    __tablename__ = "reservations"
+
+    reservation_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    service_type: Mapped[str] = mapped_column(String(64))
+    node_id: Mapped[str | None] = mapped_column(String(128))
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    fragment_id: Mapped[str | None] = mapped_column(String(32))
+    min_fidelity: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReservationEvent(Base):
+    __tablename__ = "reservation_events"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    reservation_id: Mapped[str] = mapped_column(String(36), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    node_id: Mapped[str | None] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PeerSnapshot(Base):
+    """Last advert heard from each peer, so the registry survives a restart."""
+
+    __tablename__ = "peer_snapshots"
+
+    peer_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    advert: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FidelitySample(Base):
+    __tablename__ = "fidelity_samples"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    node_id: Mapped[str] = mapped_column(String(128), index=True)
+    advertised: Mapped[float | None] = mapped_column(Float)
+    observed: Mapped[float | None] = mapped_column(Float)
+    job_id: Mapped[str | None] = mapped_column(String(36))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
