@@ -1,0 +1,25 @@
+"""Circuit submission."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse
+
+from quantum_mesh.api.deps import CoordinatorDep
+from quantum_mesh.schemas.jobs import CircuitSubmit, JobAccepted
+
+router = APIRouter(tags=["circuits"])
+
+
+@router.post("/circuits/submit", status_code=202, response_model=JobAccepted)
+async def submit_circuit(
+    body: CircuitSubmit,
+    coord: CoordinatorDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    job, _created = await coord.jobs.submit_circuit(
+        request=body.model_dump(), idempotency_key=idempotency_key
+    )
+    return JSONResponse(status_code=202, content={"job_id": job.job_id, "status": job.status})

@@ -1,0 +1,106 @@
+"""What the coordinator hears on the mesh: peers, services, topology, fidelity history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
+from quantum_mesh.errors import NotFound
+from quantum_mesh.store.tables import FidelitySample, FragmentExecution
+
+router = APIRouter(tags=["discovery"])
+
+
+@router.get("/discovery/peers")
+async def list_peers(
+    coord: CoordinatorDep, limit: LimitQ = 100, offset: OffsetQ = 0, fresh: bool | None = None
+) -> dict[str, Any]:
+    views = coord.registry.snapshot()
+    if fresh is not None:
+        views = [v for v in views if v.fresh == fresh]
+    views.sort(key=lambda v: v.updated_at, reverse=True)
+    return page([v.to_dict() for v in views[offset : offset + limit]], len(views), limit, offset)
+
+
+@router.get("/discovery/peers/{peer_id}")
+async def get_peer(peer_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    view = coord.registry.view(peer_id)
+    if view is None:
+        raise NotFound(f"Peer {peer_id} has not been heard on the mesh", details={"peer_id": peer_id})
+    return view.to_dict()
+
+
+@router.get("/discovery/topology")
+async def topology(coord: CoordinatorDep) -> dict[str, Any]:
+    views = coord.registry.snapshot()
+    me = coord.mesh.peer_id
+    nodes = [{"id": me, "role": "coordinator", "fresh": True}] + [
+        {"id": v.peer_id, "role": "service_node", "name": v.name, "fresh": v.fresh,
+         "enrollment": v.enrollment, "services": list(v.services)}
+        for v in views
+    ]
+    links = [
+        {"source": me, "target": v.peer_id, "connected": v.connected,
+         "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3)}
+        for v in views
+    ]
+    return {"coordinator": me, "nodes": nodes, "links": links}
+
+
+@router.get("/services")
+async def list_services(
+    coord: CoordinatorDep, limit: LimitQ = 100, offset: OffsetQ = 0
+) -> dict[str, Any]:
+    by_service: dict[str, list[str]] = {}
+    for v in coord.registry.usable_snapshot():
+        for s in v.services:
+            by_service.setdefault(s, []).append(v.peer_id)
+    items = [{"service_type": s, "peers": sorted(p)} for s, p in sorted(by_service.items())]
+    return page(items[offset : offset + limit], len(items), limit, offset)
+
+
+@router.get("/metrics/fidelity/{node_id}")
+async def fidelity_history(
+    node_id: str, coord: CoordinatorDep, limit: LimitQ = 200, offset: OffsetQ = 0
+) -> dict[str, Any]:
+    view = coord.registry.view(node_id)
+    async with coord.db.transaction() as session:
+        samples = await session.execute(
+            select(FidelitySample).where(FidelitySample.node_id == node_id)
+            .order_by(FidelitySample.seq.desc()).limit(limit).offset(offset)
+        )
+        executions = await session.execute(
+            select(FragmentExecution).where(FragmentExecution.node_id == node_id)
+            .order_by(FragmentExecution.finished_at.desc()).limit(limit)
+        )
+        total = (await session.execute(
+            select(func.count()).select_from(FidelitySample).where(FidelitySample.node_id == node_id)
+        )).scalar_one()
+        sample_rows = list(samples.scalars())
+        exec_rows = list(executions.scalars())
+    if view is None and not sample_rows and not exec_rows:
+        raise NotFound(f"No fidelity history for node {node_id}", details={"node_id": node_id})
+    observed = [
+        {"at": r.finished_at.isoformat(), "job_id": r.job_id, "fragment_id": r.fragment_id,
+         "observed": r.observed_fidelity}
+        for r in exec_rows
+    ]
+    return {
+        "node_id": node_id,
+        "advertised": view.fidelity if view else None,
+        "observed_mean": (
+            sum(o["observed"] for o in observed if o["observed"] is not None) / len(observed)
+            if observed else None
+        ),
+        "items": [
+            {"at": r.at.isoformat(), "advertised": r.advertised, "observed": r.observed}
+            for r in sample_rows
+        ],
+        "observed_executions": observed,
+        "total": int(total),
+        "limit": limit,
+        "offset": offset,
+    }

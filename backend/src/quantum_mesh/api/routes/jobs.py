@@ -1,0 +1,101 @@
+"""Job reads, cancellation and the live WebSocket stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
+from quantum_mesh.control import repository as repo
+from quantum_mesh.control.jobs import job_to_dict
+from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
+from quantum_mesh.errors import NotFound
+from quantum_mesh.schemas.jobs import JobOut
+
+router = APIRouter(tags=["jobs"])
+
+WS_IDLE_PING_S = 15.0
+
+
+@router.get("/jobs")
+async def list_jobs(
+    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0, kind: str | None = None
+) -> dict[str, Any]:
+    async with coord.db.transaction() as session:
+        jobs, total = await repo.list_jobs(
+            session, kinds=[kind] if kind else None, limit=limit, offset=offset
+        )
+    return page([job_to_dict(j) for j in jobs], total, limit, offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+async def get_job(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    return job_to_dict(await coord.jobs.get(job_id))
+
+
+@router.get("/jobs/{job_id}/events")
+async def list_job_events(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    """The append-only execution events of a job (every attempt, retry and transition)."""
+    await coord.jobs.get(job_id)
+    async with coord.db.transaction() as session:
+        events = await repo.list_events(session, job_id=job_id)
+    items = [
+        {
+            "seq": e.seq,
+            "event_type": e.event_type,
+            "fragment_id": e.fragment_id,
+            "node_id": e.node_id,
+            "attempt": e.attempt,
+            "payload": e.payload,
+            "at": e.at.isoformat(),
+        }
+        for e in events
+    ]
+    return page(items, len(items), len(items), 0)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    return job_to_dict(await coord.jobs.cancel(job_id))
+
+
+@router.websocket("/jobs/{job_id}/events")
+async def job_events(websocket: WebSocket, job_id: str) -> None:
+    coord = websocket.app.state.coordinator
+    await websocket.accept()
+    # Subscribe before reading the current state so no transition can fall in between.
+    queue = coord.bus.subscribe(job_id)
+    try:
+        try:
+            job = await coord.jobs.get(job_id)
+        except NotFound as exc:
+            await websocket.send_json({"error": {"code": exc.code, "message": exc.message, "details": {}}})
+            await websocket.close(code=4404)
+            return
+        current = {
+            "job_id": job.job_id,
+            "kind": job.kind,
+            "status": job.status,
+            "at": job.updated_at.isoformat(),
+            "progress": job.progress,
+            "error": job.error,
+            "seq": None,
+            "initial": True,
+        }
+        await websocket.send_json(current)
+        last_status = job.status
+        while JobStatus(last_status) not in TERMINAL_JOB_STATES:
+            try:
+                message = await asyncio.wait_for(queue.get(), timeout=WS_IDLE_PING_S)
+            except TimeoutError:
+                await websocket.send_json({"job_id": job_id, "type": "keepalive"})
+                continue
+            await websocket.send_json(message)
+            last_status = message["status"]
+        await websocket.close(code=1000)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        coord.bus.unsubscribe(job_id, queue)

@@ -1,0 +1,46 @@
+"""Health, readiness and the mesh bootstrap record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from quantum_mesh.api.deps import CoordinatorDep
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(coord: CoordinatorDep) -> JSONResponse:
+    parts: dict[str, Any] = {}
+    try:
+        async with coord.db.transaction() as session:
+            await session.execute(text("SELECT 1"))
+        parts["database"] = "up"
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure as "down"
+        parts["database"] = f"down: {type(exc).__name__}"
+    parts["mesh"] = "up" if coord.mesh_up else "down"
+    parts["document_store"] = coord.document_store_status()
+    failing = [k for k, v in parts.items() if not str(v).startswith(("up", "disabled"))]
+    body = {"status": "ready" if not failing else "degraded", "parts": parts, "failing": failing,
+            "usable_nodes": len(coord.registry.usable_snapshot())}
+    return JSONResponse(status_code=200 if not failing else 503, content=body)
+
+
+@router.get("/bootstrap/libp2p")
+async def bootstrap(coord: CoordinatorDep) -> dict[str, Any]:
+    return {
+        "peer_id": coord.mesh.peer_id,
+        "listen_addrs": coord.mesh.listen_addrs,
+        "advert_topic": coord.mesh.advert_topic,
+        "protocols": coord.mesh.protocols,
+        "require_enrollment": coord.settings.require_enrollment,
+    }

@@ -1,0 +1,163 @@
+"""The ``qmesh`` command line: coordinator, node, keygen, submit, watch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="quantum-mesh: a distributed quantum-computing service over libp2p.",
+                  no_args_is_help=True, add_completion=False)
+
+DEFAULT_API = "http://127.0.0.1:8000"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+@app.command()
+def coordinator(
+    host: Annotated[str, typer.Option(help="HTTP bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
+    p2p_port: Annotated[int, typer.Option("--p2p-port", help="libp2p TCP port (0 = any free)")] = 4001,
+    embedded_nodes: Annotated[int, typer.Option("--embedded-nodes", help="service nodes run inside")] = 3,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="database, keys and logs")] = Path("./var"),
+) -> None:
+    """Run the FastAPI control plane, the coordinator's libp2p host and embedded nodes."""
+    import uvicorn
+
+    from quantum_mesh.api.app import create_app
+    from quantum_mesh.config import Settings
+    from quantum_mesh.logs import configure_logging
+
+    overrides: dict[str, Any] = {
+        "host": host, "port": port, "p2p_port": p2p_port,
+        "embedded_nodes": embedded_nodes, "data_dir": data_dir,
+    }
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level, json=settings.log_json)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, ws="websockets")
+
+
+@app.command()
+def node(
+    bootstrap: Annotated[str, typer.Option(help="coordinator multiaddr /ip4/…/tcp/…/p2p/<id>")],
+    key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.key"),
+    p2p_port: Annotated[int, typer.Option("--p2p-port")] = 0,
+    name: Annotated[str, typer.Option()] = "node",
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+    noise_level: Annotated[float, typer.Option("--noise-level", min=0.0, max=1.0)] = 0.0,
+    fidelity: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.99,
+    listen_host: Annotated[str, typer.Option("--listen-host")] = "127.0.0.1",
+    ready_file: Annotated[Path | None, typer.Option("--ready-file")] = None,
+) -> None:
+    """Run a standalone service node that joins the mesh at BOOTSTRAP."""
+    from quantum_mesh.config import Settings
+    from quantum_mesh.logs import configure_logging
+    from quantum_mesh.node.service import NodeConfig, run_node
+
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    run_node(
+        NodeConfig(
+            key_file=key_file, bootstrap=bootstrap, listen_host=listen_host, p2p_port=p2p_port,
+            name=name, workers=workers, noise_level=noise_level, fidelity=fidelity,
+            blas_threads=settings.node_blas_threads, ready_file=ready_file,
+        )
+    )
+
+
+@app.command()
+def keygen(key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.key")) -> None:
+    """Create (or read) a node identity and print its peer ID."""
+    from quantum_mesh.mesh.identity import peer_id_from_key_file
+
+    typer.echo(peer_id_from_key_file(key_file))
+
+
+def _client(api: str, api_key: str | None) -> Any:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    return httpx.Client(base_url=api, headers=headers, timeout=30.0)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(exists=True, readable=True)],
+    shots: Annotated[int, typer.Option(min=1)] = 1024,
+    seed: Annotated[int | None, typer.Option()] = None,
+    wait: Annotated[bool, typer.Option("--wait")] = False,
+    api: Annotated[str, typer.Option(envvar="QMESH_API")] = DEFAULT_API,
+    api_key: Annotated[str | None, typer.Option(envvar="QMESH_API_KEY")] = None,
+) -> None:
+    """Submit an OpenQASM file; with --wait, follow it to the end."""
+    body: dict[str, Any] = {"circuit": file.read_text(), "shots": shots}
+    if seed is not None:
+        body["seed"] = seed
+    with _client(api, api_key) as client:
+        r = client.post("/api/v1/circuits/submit", json=body)
+        if r.status_code >= 400:
+            typer.echo(json.dumps(r.json(), indent=2), err=True)
+            raise typer.Exit(1)
+        job_id = r.json()["job_id"]
+        typer.echo(job_id)
+    if wait:
+        watch(job_id, api=api, api_key=api_key)
+
+
+@app.command()
+def watch(
+    job_id: str,
+    api: Annotated[str, typer.Option(envvar="QMESH_API")] = DEFAULT_API,
+    api_key: Annotated[str | None, typer.Option(envvar="QMESH_API_KEY")] = None,
+) -> None:
+    """Follow a job's transitions live (WebSocket) with a progress display."""
+    asyncio.run(_watch(job_id, api, api_key))
+
+
+async def _watch(job_id: str, api: str, api_key: str | None) -> None:
+    import websockets
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    url = api.replace("http", "ws", 1) + f"/api/v1/jobs/{job_id}/events"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    final: dict[str, Any] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task(f"{job_id[:8]} QUEUED", total=None)
+        async with websockets.connect(url, additional_headers=headers) as ws:
+            async for raw in ws:
+                msg = json.loads(raw)
+                if "error" in msg and "status" not in msg:
+                    console.print(f"[red]{msg['error']['message']}")
+                    raise typer.Exit(1)
+                if msg.get("type") == "keepalive":
+                    continue
+                prog = msg.get("progress") or {}
+                done = prog.get("fragments_done", prog.get("done"))
+                total = prog.get("fragments_total", prog.get("total"))
+                progress.update(task, description=f"{job_id[:8]} {msg['status']}",
+                                completed=done or 0, total=total)
+                final = msg
+                if msg["status"] in TERMINAL:
+                    break
+    with _client(api, api_key) as client:
+        typer.echo(json.dumps(client.get(f"/api/v1/jobs/{job_id}").json(), indent=2))
+    if final.get("status") != "COMPLETED":
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console entry point wrapper
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

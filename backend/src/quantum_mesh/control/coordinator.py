@@ -1,0 +1,201 @@
+"""Builds and runs the coordinator: data plane, mesh, embedded nodes, registry, jobs.
+
+The FastAPI lifespan calls ``start``/``stop``; nothing else in the API knows how the parts
+are wired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from quantum_mesh.config import Settings
+from quantum_mesh.control.bus import JobEventBus
+from quantum_mesh.control.dispatch import MeshDispatcher
+from quantum_mesh.control.enrollment import EnrollmentService
+from quantum_mesh.control.jobs import JobManager
+from quantum_mesh.control.registry import PeerRegistry
+from quantum_mesh.control.reservations import ReservationService
+from quantum_mesh.control.runtime import CircuitRuntime
+from quantum_mesh.control.states import EnrollmentStatus
+from quantum_mesh.control.workflows import register_workflows
+from quantum_mesh.logs import get_logger
+from quantum_mesh.mesh.bridge import MeshBridge
+from quantum_mesh.mesh.errors import MeshError
+from quantum_mesh.node.supervisor import NodeSupervisor
+from quantum_mesh.store.database import Database, run_migrations
+from quantum_mesh.store.tables import FidelitySample, PeerSnapshot, utcnow
+
+log = get_logger(__name__)
+
+PING_INTERVAL_S = 2.0
+SWEEP_INTERVAL_S = 1.0
+SNAPSHOT_INTERVAL_S = 5.0
+
+
+class Coordinator:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.db = Database(settings.resolved_database_url())
+        self.bus = JobEventBus()
+        self.registry = PeerRegistry(
+            stale_after_s=settings.advert_stale_after_s, require_enrollment=settings.require_enrollment
+        )
+        self.mesh = MeshBridge(
+            key_file=self.data_dir / "coordinator.key",
+            listen_host=settings.p2p_host,
+            listen_port=settings.p2p_port,
+            max_frame_bytes=settings.max_frame_bytes,
+            advert_max_age_s=settings.advert_stale_after_s,
+        )
+        self.reservations = ReservationService(db=self.db, mesh=self.mesh, registry=self.registry)
+        self.enrollment = EnrollmentService(
+            db=self.db, registry=self.registry, reservations=self.reservations
+        )
+        self.runtime = CircuitRuntime(
+            db=self.db,
+            mesh=self.mesh,
+            registry=self.registry,
+            reservations=self.reservations,
+            settings=settings,
+        )
+        self.jobs = JobManager(
+            db=self.db, bus=self.bus, registry=self.registry, runtime=self.runtime, settings=settings
+        )
+        self.dispatcher = MeshDispatcher(mesh=self.mesh, registry=self.registry, settings=settings)
+        register_workflows(self.jobs, self.dispatcher)
+        self.supervisor: NodeSupervisor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dirty_snapshots: set[str] = set()
+        self.started_at = time.time()
+        self.mesh_up = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(run_migrations, self.db.url)
+        await self.enrollment.load_into_registry()
+        await self._restore_snapshots()
+        self.mesh.on_advert = self._on_advert
+        self.mesh.on_peer_disconnected = self.registry.mark_disconnected
+        await self.mesh.start()
+        self.mesh_up = True
+        log.info("coordinator.mesh_started", peer_id=self.mesh.peer_id, addrs=self.mesh.listen_addrs)
+        if self.settings.embedded_nodes > 0:
+            self.supervisor = NodeSupervisor(
+                count=self.settings.embedded_nodes,
+                data_dir=self.data_dir,
+                bootstrap_addr=self.mesh.listen_addrs[0],
+                workers=self.settings.node_workers,
+            )
+            for i, peer_id in enumerate(self.supervisor.peer_ids):
+                await self.enrollment.create(
+                    peer_id=peer_id, name=f"embedded-{i}", status=EnrollmentStatus.APPROVED, embedded=True
+                )
+            await self.supervisor.start()
+        self._tasks = [
+            asyncio.create_task(self._ping_loop(), name="ping-loop"),
+            asyncio.create_task(self._sweep_loop(), name="reservation-sweeper"),
+            asyncio.create_task(self._snapshot_loop(), name="peer-snapshots"),
+        ]
+        recovered = await self.jobs.recover()
+        if recovered:
+            log.info("coordinator.recovered_jobs", count=len(recovered))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.jobs.shutdown()
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        with contextlib.suppress(Exception):
+            await self._flush_snapshots()
+        await self.mesh.stop()
+        self.mesh_up = False
+        await self.db.dispose()
+
+    def document_store_status(self) -> str:
+        return "disabled"
+
+    async def wait_for_nodes(self, count: int, *, timeout: float) -> bool:
+        """Wait (bounded) until ``count`` usable nodes are heard; used by tests and the CLI."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.registry.usable_snapshot()) >= count:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    # --- mesh callbacks --------------------------------------------------------------------
+    def _on_advert(self, advert: Any) -> None:
+        data = advert.model_dump() if hasattr(advert, "model_dump") else dict(advert)
+        entry = self.registry.observe_advert(data)
+        self._dirty_snapshots.add(entry.peer_id)
+
+    # --- background loops ------------------------------------------------------------------
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            for view in self.registry.snapshot():
+                if not view.fresh:
+                    continue
+                try:
+                    rtt = await self.mesh.ping(view.peer_id, timeout=2.0)
+                except MeshError:
+                    continue
+                self.registry.record_latency(view.peer_id, rtt)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.reservations.expire_due()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a transient DB error
+                log.exception("reservations.sweep_failed")
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+            try:
+                await self._flush_snapshots()
+            except Exception:  # noqa: BLE001 - snapshots are a cache; retry next tick
+                log.exception("registry.snapshot_failed")
+
+    async def _flush_snapshots(self) -> None:
+        dirty, self._dirty_snapshots = self._dirty_snapshots, set()
+        if not dirty:
+            return
+        async with self.db.transaction() as session:
+            for peer_id in dirty:
+                view = self.registry.view(peer_id)
+                advert = self.registry.advert_of(peer_id)
+                if view is None:
+                    continue
+                row = await session.get(PeerSnapshot, peer_id)
+                if row is None:
+                    session.add(PeerSnapshot(peer_id=peer_id, advert=advert, updated_at=utcnow()))
+                else:
+                    row.advert = advert
+                    row.updated_at = utcnow()
+                session.add(
+                    FidelitySample(
+                        node_id=peer_id,
+                        advertised=view.fidelity,
+                        observed=view.observed_fidelity,
+                        at=utcnow(),
+                    )
+                )
+
+    async def _restore_snapshots(self) -> None:
+        async with self.db.transaction() as session:
+            for row in (await session.execute(select(PeerSnapshot))).scalars():
+                updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+                self.registry.restore(row.peer_id, row.advert, updated or datetime.now(UTC))

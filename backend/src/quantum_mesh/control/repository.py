@@ -1,0 +1,204 @@
+"""Data-access functions over the Postgres/SQLite tables. Callers own the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
+from quantum_mesh.errors import Conflict, NotFound
+from quantum_mesh.store.tables import (
+    ExecutionEvent,
+    ExecutionPlan,
+    FragmentExecution,
+    Job,
+    utcnow,
+)
+
+
+async def create_job(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    kind: str,
+    request: dict[str, Any],
+    idempotency_key: str | None,
+) -> Job:
+    job = Job(
+        job_id=job_id,
+        kind=kind,
+        status=JobStatus.QUEUED.value,
+        request=request,
+        idempotency_key=idempotency_key,
+        created_at=utcnow(),
+        updated_at=utcnow(),
+    )
+    session.add(job)
+    await session.flush()
+    await append_event(session, job_id=job_id, event_type="status", payload={"status": job.status})
+    return job
+
+
+async def get_job_by_idempotency_key(session: AsyncSession, *, key: str) -> Job | None:
+    result = await session.execute(select(Job).where(Job.idempotency_key == key))
+    return result.scalar_one_or_none()
+
+
+async def get_job(session: AsyncSession, *, job_id: str, for_update: bool = False) -> Job:
+    stmt = select(Job).where(Job.job_id == job_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    job = (await session.execute(stmt)).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist", details={"job_id": job_id})
+    return job
+
+
+async def list_jobs(
+    session: AsyncSession, *, kinds: Sequence[str] | None, limit: int, offset: int
+) -> tuple[list[Job], int]:
+    base = select(Job)
+    count = select(func.count()).select_from(Job)
+    if kinds:
+        base = base.where(Job.kind.in_(kinds))
+        count = count.where(Job.kind.in_(kinds))
+    rows = await session.execute(
+        base.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit).offset(offset)
+    )
+    total = (await session.execute(count)).scalar_one()
+    return list(rows.scalars()), int(total)
+
+
+async def unfinished_jobs(session: AsyncSession) -> list[Job]:
+    rows = await session.execute(
+        select(Job)
+        .where(Job.status.not_in([s.value for s in TERMINAL_JOB_STATES]))
+        .order_by(Job.created_at)
+    )
+    return list(rows.scalars())
+
+
+async def transition_job(
+    session: AsyncSession,
+    *,
+    job: Job,
+    to: JobStatus,
+    error: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
+    plan_id: str | None = None,
+) -> ExecutionEvent:
+    current = JobStatus(job.status)
+    if to != current and to not in JOB_TRANSITIONS[current]:
+        raise Conflict(
+            f"Job {job.job_id} cannot move from {current} to {to}",
+            details={"job_id": job.job_id, "status": current.value},
+        )
+    job.status = to.value
+    job.updated_at = utcnow()
+    if error is not None:
+        job.error = error
+    if result is not None:
+        job.result = result
+    if progress is not None:
+        job.progress = progress
+    if plan_id is not None:
+        job.plan_id = plan_id
+    payload: dict[str, Any] = {"status": to.value}
+    if error is not None:
+        payload["error"] = error
+    return await append_event(session, job_id=job.job_id, event_type="status", payload=payload)
+
+
+async def append_event(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    event_type: str,
+    payload: dict[str, Any] | None = None,
+    fragment_id: str | None = None,
+    node_id: str | None = None,
+    attempt: int | None = None,
+) -> ExecutionEvent:
+    event = ExecutionEvent(
+        job_id=job_id,
+        event_type=event_type,
+        fragment_id=fragment_id,
+        node_id=node_id,
+        attempt=attempt,
+        payload=payload or {},
+        at=utcnow(),
+    )
+    session.add(event)
+    await session.flush()
+    return event
+
+
+async def list_events(session: AsyncSession, *, job_id: str) -> list[ExecutionEvent]:
+    rows = await session.execute(
+        select(ExecutionEvent).where(ExecutionEvent.job_id == job_id).order_by(ExecutionEvent.seq)
+    )
+    return list(rows.scalars())
+
+
+async def save_plan(session: AsyncSession, *, plan_id: str, job_id: str, plan: dict[str, Any]) -> None:
+    session.add(ExecutionPlan(plan_id=plan_id, job_id=job_id, plan=plan, created_at=utcnow()))
+    await session.flush()
+
+
+async def get_plan(session: AsyncSession, *, plan_id: str) -> ExecutionPlan:
+    plan = await session.get(ExecutionPlan, plan_id)
+    if plan is None:
+        raise NotFound(f"Plan {plan_id} does not exist", details={"plan_id": plan_id})
+    return plan
+
+
+async def latest_plan_for_job(session: AsyncSession, *, job_id: str) -> ExecutionPlan | None:
+    rows = await session.execute(
+        select(ExecutionPlan)
+        .where(ExecutionPlan.job_id == job_id)
+        .order_by(ExecutionPlan.created_at.desc())
+        .limit(1)
+    )
+    return rows.scalar_one_or_none()
+
+
+async def record_fragment(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    fragment_id: str,
+    node_id: str,
+    attempts: int,
+    started_at: datetime,
+    finished_at: datetime,
+    observed_fidelity: float | None,
+    output: dict[str, Any],
+) -> FragmentExecution:
+    """Insert the accepted outcome of a fragment; the primary key refuses a second one."""
+    row = FragmentExecution(
+        job_id=job_id,
+        fragment_id=fragment_id,
+        node_id=node_id,
+        attempts=attempts,
+        started_at=started_at,
+        finished_at=finished_at,
+        observed_fidelity=observed_fidelity,
+        output=output,
+    )
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def fragment_executions(session: AsyncSession, *, job_id: str) -> list[FragmentExecution]:
+    rows = await session.execute(
+        select(FragmentExecution)
+        .where(FragmentExecution.job_id == job_id)
+        .order_by(FragmentExecution.started_at)
+    )
+    return list(rows.scalars())

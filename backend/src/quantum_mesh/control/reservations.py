@@ -1,0 +1,258 @@
+"""Reservations negotiated with nodes over the mesh: REQUESTED → PREPARED → COMMITTED → …
+
+Each state is committed (row + append-only event) before the next network step, so a crash
+leaves an honest record and the TTL sweeper can expire what was left behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from quantum_mesh.control.ports import MeshPort
+from quantum_mesh.control.registry import PeerRegistry
+from quantum_mesh.control.states import (
+    RESERVATION_TRANSITIONS,
+    TERMINAL_RESERVATION_STATES,
+    ReservationStatus,
+)
+from quantum_mesh.errors import Conflict, NoCapacity, NotFound
+from quantum_mesh.logs import get_logger
+from quantum_mesh.mesh.errors import MeshError, RemoteError
+from quantum_mesh.store.database import Database
+from quantum_mesh.store.tables import Reservation, ReservationEvent, utcnow
+
+log = get_logger(__name__)
+
+DEFAULT_TTL_S = 30.0
+NEGOTIATION_TIMEOUT_S = 5.0
+_ACTIVE = (ReservationStatus.REQUESTED, ReservationStatus.PREPARED, ReservationStatus.COMMITTED)
+
+
+def reservation_to_dict(r: Reservation) -> dict[str, Any]:
+    return {
+        "reservation_id": r.reservation_id,
+        "service_type": r.service_type,
+        "node_id": r.node_id,
+        "status": r.status,
+        "expires_at": r.expires_at.isoformat(),
+        "min_fidelity": r.min_fidelity,
+        "job_id": r.job_id,
+        "fragment_id": r.fragment_id,
+        "reason": r.reason,
+        "created_at": r.created_at.isoformat(),
+        "updated_at": r.updated_at.isoformat(),
+    }
+
+
+class ReservationService:
+    def __init__(self, *, db: Database, mesh: MeshPort, registry: PeerRegistry) -> None:
+        self.db = db
+        self.mesh = mesh
+        self.registry = registry
+
+    async def _move(
+        self, reservation_id: str, to: ReservationStatus, *, reason: str | None = None
+    ) -> Reservation:
+        async with self.db.transaction() as session:
+            r = await session.get(Reservation, reservation_id, with_for_update=True)
+            if r is None:
+                raise NotFound(f"Reservation {reservation_id} does not exist")
+            current = ReservationStatus(r.status)
+            if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
+                raise Conflict(
+                    f"Reservation {reservation_id} cannot move from {current} to {to}",
+                    details={"reservation_id": reservation_id, "status": current.value},
+                )
+            r.status = to.value
+            r.updated_at = utcnow()
+            if reason is not None:
+                r.reason = reason
+            session.add(
+                ReservationEvent(
+                    reservation_id=reservation_id,
+                    status=to.value,
+                    node_id=r.node_id,
+                    payload={"reason": reason} if reason else {},
+                    at=utcnow(),
+                )
+            )
+        return r
+
+    def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
+        peers = [
+            p
+            for p in self.registry.usable_snapshot()
+            if service_type in p.services and (min_fidelity is None or p.fidelity >= min_fidelity)
+        ]
+        if not peers:
+            raise NoCapacity(
+                f"No fresh enrolled node offers '{service_type}'"
+                + (f" with fidelity >= {min_fidelity}" if min_fidelity is not None else ""),
+                details={"service_type": service_type},
+            )
+        return min(peers, key=lambda p: (p.load, p.peer_id)).peer_id
+
+    async def reserve(
+        self,
+        *,
+        service_type: str,
+        node_id: str | None = None,
+        min_fidelity: float | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        job_id: str | None = None,
+        fragment_id: str | None = None,
+    ) -> Reservation:
+        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal)."""
+        if node_id is None:
+            node_id = self._choose_node(service_type, min_fidelity)
+        reservation_id = str(uuid.uuid4())
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
+        async with self.db.transaction() as session:
+            session.add(
+                Reservation(
+                    reservation_id=reservation_id,
+                    service_type=service_type,
+                    node_id=node_id,
+                    job_id=job_id,
+                    fragment_id=fragment_id,
+                    min_fidelity=min_fidelity,
+                    status=ReservationStatus.REQUESTED.value,
+                    expires_at=expires_at,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            session.add(
+                ReservationEvent(
+                    reservation_id=reservation_id,
+                    status=ReservationStatus.REQUESTED.value,
+                    node_id=node_id,
+                    payload={"service_type": service_type, "ttl_s": ttl_s, "job_id": job_id},
+                    at=utcnow(),
+                )
+            )
+        if not self.registry.is_usable(node_id):
+            return await self._move(
+                reservation_id, ReservationStatus.REJECTED, reason="node not usable (stale or not enrolled)"
+            )
+        try:
+            answer = await self.mesh.invoke(
+                node_id,
+                "reserve",
+                {
+                    "reservation_id": reservation_id,
+                    "service_type": service_type,
+                    "min_fidelity": min_fidelity,
+                    "ttl_s": ttl_s,
+                },
+                timeout=NEGOTIATION_TIMEOUT_S,
+                addrs=self.registry.addrs_of(node_id),
+            )
+        except (MeshError, RemoteError) as exc:
+            return await self._move(reservation_id, ReservationStatus.REJECTED, reason=f"unreachable: {exc}")
+        if not answer.get("accepted"):
+            return await self._move(
+                reservation_id, ReservationStatus.REJECTED, reason=str(answer.get("reason") or "refused")
+            )
+        await self._move(reservation_id, ReservationStatus.PREPARED)
+        try:
+            await self.mesh.invoke(
+                node_id,
+                "commit",
+                {"reservation_id": reservation_id},
+                timeout=NEGOTIATION_TIMEOUT_S,
+                addrs=self.registry.addrs_of(node_id),
+            )
+        except (MeshError, RemoteError) as exc:
+            return await self._move(reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}")
+        return await self._move(reservation_id, ReservationStatus.COMMITTED)
+
+    async def get(self, reservation_id: str) -> Reservation:
+        async with self.db.transaction() as session:
+            r = await session.get(Reservation, reservation_id)
+            if r is None:
+                raise NotFound(
+                    f"Reservation {reservation_id} does not exist",
+                    details={"reservation_id": reservation_id},
+                )
+            return r
+
+    async def still_valid(self, reservation_id: str) -> bool:
+        r = await self.get(reservation_id)
+        return r.status == ReservationStatus.COMMITTED and r.expires_at.replace(
+            tzinfo=r.expires_at.tzinfo or UTC
+        ) > datetime.now(UTC)
+
+    async def mark_executed(self, reservation_id: str) -> None:
+        try:
+            await self._move(reservation_id, ReservationStatus.EXECUTED)
+        except Conflict:
+            log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
+
+    async def cancel(self, reservation_id: str, *, reason: str = "cancelled by client") -> Reservation:
+        r = await self.get(reservation_id)
+        if ReservationStatus(r.status) in TERMINAL_RESERVATION_STATES:
+            raise Conflict(
+                f"Reservation {reservation_id} is already {r.status}",
+                details={"reservation_id": reservation_id, "status": r.status},
+            )
+        await self._release_on_node(r)
+        return await self._move(reservation_id, ReservationStatus.CANCELED, reason=reason)
+
+    async def _release_on_node(self, r: Reservation) -> None:
+        if r.node_id is None:
+            return
+        try:
+            await self.mesh.invoke(
+                r.node_id,
+                "release",
+                {"reservation_id": r.reservation_id},
+                timeout=NEGOTIATION_TIMEOUT_S,
+                addrs=self.registry.addrs_of(r.node_id),
+            )
+        except (MeshError, RemoteError) as exc:
+            log.info("reservation.release_failed", reservation_id=r.reservation_id, error=str(exc))
+
+    async def expire_due(self) -> int:
+        """Expire PREPARED/COMMITTED reservations past their TTL; returns how many."""
+        now = datetime.now(UTC)
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(Reservation).where(
+                    Reservation.status.in_(
+                        [ReservationStatus.PREPARED.value, ReservationStatus.COMMITTED.value]
+                    )
+                )
+            )
+            due = [
+                r.reservation_id
+                for r in rows.scalars()
+                if r.expires_at.replace(tzinfo=r.expires_at.tzinfo or UTC) <= now
+            ]
+        for reservation_id in due:
+            try:
+                await self._move(reservation_id, ReservationStatus.EXPIRED, reason="ttl elapsed")
+            except Conflict:
+                continue
+        return len(due)
+
+    async def cancel_for_node(self, node_id: str, *, reason: str) -> int:
+        """Suspension/revocation takes effect on in-flight reservations too."""
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(Reservation.reservation_id).where(
+                    Reservation.node_id == node_id,
+                    Reservation.status.in_([s.value for s in _ACTIVE]),
+                )
+            )
+            ids = list(rows.scalars())
+        for reservation_id in ids:
+            try:
+                await self._move(reservation_id, ReservationStatus.CANCELED, reason=reason)
+            except Conflict:
+                continue
+        return len(ids)

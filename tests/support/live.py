@@ -1,0 +1,171 @@
+"""Real processes for end-to-end tests: a `qmesh coordinator` and standalone `qmesh node`s.
+
+Every wait is bounded; every process is killed on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+START_TIMEOUT_S = 90.0
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class LiveCoordinator:
+    """`python -m quantum_mesh.cli coordinator` as a subprocess, with an HTTP client."""
+
+    def __init__(self, data_dir: Path, *, database_url: str | None = None, embedded_nodes: int = 3,
+                 env: dict[str, str] | None = None, p2p_port: int | None = None,
+                 port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.p2p_port = p2p_port or free_port()
+        self.embedded_nodes = embedded_nodes
+        self.env = {**os.environ, "QMESH_LOG_LEVEL": "INFO", **(env or {})}
+        if database_url:
+            self.env["QMESH_DATABASE_URL"] = database_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30.0)
+
+    def start(self, *, wait_nodes: int | None = None) -> LiveCoordinator:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "coordinator.log", "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "quantum_mesh.cli", "coordinator", "--port", str(self.port),
+             "--p2p-port", str(self.p2p_port), "--embedded-nodes", str(self.embedded_nodes),
+             "--data-dir", str(self.data_dir)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+        )
+        wait_until(self._ready, timeout=START_TIMEOUT_S, what="coordinator /ready")
+        want = self.embedded_nodes if wait_nodes is None else wait_nodes
+        if want:
+            wait_until(lambda: self.usable_nodes() >= want, timeout=START_TIMEOUT_S,
+                       what=f"{want} usable nodes")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"coordinator exited with {self.proc.returncode}: {self.log_tail()}")
+        try:
+            return self.http.get("/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def usable_nodes(self) -> int:
+        peers = self.http.get("/discovery/peers").json()["items"]
+        return sum(1 for p in peers if p["fresh"] and p["enrollment"] == "APPROVED")
+
+    def bootstrap_addr(self) -> str:
+        return str(self.http.get("/bootstrap/libp2p").json()["listen_addrs"][0])
+
+    def wait_job(self, job_id: str, *, timeout: float = 120.0, path: str = "/jobs/") -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            body = self.http.get(f"{path}{job_id}").json()
+            return body if body["status"] in TERMINAL else None
+
+        return wait_until(done, timeout=timeout, interval=0.25, what=f"job {job_id}")  # type: ignore[no-any-return]
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return (self.data_dir / "coordinator.log").read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.http.close()
+
+    def __enter__(self) -> LiveCoordinator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LiveNode:
+    """A standalone `qmesh node` subprocess."""
+
+    def __init__(self, data_dir: Path, bootstrap: str, *, name: str = "standalone",
+                 noise_level: float = 0.0, fidelity: float = 0.99, workers: int = 1,
+                 key_file: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self.key_file = key_file or data_dir / f"{name}.key"
+        self.ready_file = data_dir / f"{name}.ready.json"
+        self.args = [sys.executable, "-m", "quantum_mesh.cli", "node", "--bootstrap", bootstrap,
+                     "--key-file", str(self.key_file), "--name", name, "--workers", str(workers),
+                     "--noise-level", str(noise_level), "--fidelity", str(fidelity),
+                     "--ready-file", str(self.ready_file)]
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def peer_id(self) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "quantum_mesh.cli", "keygen", "--key-file", str(self.key_file)],
+            check=True, capture_output=True, text=True, timeout=60,
+        )
+        return out.stdout.strip()
+
+    def start(self) -> LiveNode:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        log = open(self.data_dir / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(self.ready_file.exists, timeout=START_TIMEOUT_S, what=f"node {self.name} ready")
+        return self
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(self.ready_file.read_text())  # type: ignore[no-any-return]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
