@@ -30,7 +30,11 @@ from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import ExecutionFailed
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
-from quantum_mesh.quantum.circuits.execute import apply_fragment_operator, initial_state
+from quantum_mesh.quantum.circuits.execute import (
+    OPERATOR_MAX_QUBITS,
+    apply_fragment_operator,
+    initial_state,
+)
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
 from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.store.database import Database
@@ -50,7 +54,7 @@ class FragmentOutcome:
     finished_at: datetime
     observed_fidelity: float | None
     state: NDArray[np.complex128]
-    operator: NDArray[np.complex128]
+    operator: NDArray[np.complex128] | None
     qubits: list[int]
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -104,14 +108,17 @@ class CircuitRuntime:
         ops_by_id = {op.op_id: op for op in circuit.operations}
         async with self.db.transaction() as session:
             done_rows = {r.fragment_id: r for r in await repo.fragment_executions(session, job_id=job_id)}
-        # Recovery: rebuild the state from the operators nodes returned for completed fragments.
+        # Recovery: replay completed fragments in the order their waves were composed: apply
+        # the operator each node returned, or restore the checkpoint of a wide solo fragment.
         state = initial_state(n)
-        for frag in fragments:
-            row = done_rows.get(frag["fragment_id"])
-            if row is not None:
+        for row in sorted(done_rows.values(), key=lambda r: (r.output.get("wave", 0), r.output.get("order", 0))):
+            if row.output.get("checkpoint") is not None:
+                state = decode_array(row.output["checkpoint"])
+            else:
                 state = apply_fragment_operator(
                     state, decode_array(row.output["operator"]), list(row.output["qubits"]), n
                 )
+        wave_index = 1 + max((int(r.output.get("wave", 0)) for r in done_rows.values()), default=0)
         rng = random.Random(seed)
         done = set(done_rows)
         while len(done) < len(fragments):
@@ -133,8 +140,9 @@ class CircuitRuntime:
                 )
             )
             state = await asyncio.to_thread(self._compose, outcomes, n)
+            checkpoint = encode_array(state) if outcomes[0].operator is None else None
             async with self.db.transaction() as session:
-                for o in outcomes:
+                for order, o in enumerate(outcomes):
                     row = await repo.record_fragment(
                         session,
                         job_id=job_id,
@@ -145,7 +153,10 @@ class CircuitRuntime:
                         finished_at=o.finished_at,
                         observed_fidelity=o.observed_fidelity,
                         output={
-                            "operator": encode_array(o.operator),
+                            "operator": None if o.operator is None else encode_array(o.operator),
+                            "checkpoint": checkpoint if order == 0 else None,
+                            "wave": wave_index,
+                            "order": order,
                             "qubits": o.qubits,
                             "history": o.history,
                             "last_error": None,
@@ -162,6 +173,7 @@ class CircuitRuntime:
                         payload={"observed_fidelity": o.observed_fidelity},
                     )
             done.update(o.fragment_id for o in outcomes)
+            wave_index += 1
         results = [_fragment_result_dict(done_rows[f["fragment_id"]]) for f in fragments]
         return state, results
 
@@ -172,9 +184,16 @@ class CircuitRuntime:
         for f in fragments:
             if f["fragment_id"] in done or not all(d in done for d in f["depends_on"]):
                 continue
+            # Nodes return no operator for very wide fragments; such a fragment runs alone so
+            # its returned state is the wave's output.
+            wide = len(f["qubits"]) > OPERATOR_MAX_QUBITS
+            if wide and wave:
+                continue
             if busy.isdisjoint(f["qubits"]):
                 wave.append(f)
                 busy.update(f["qubits"])
+                if wide:
+                    break
         if not wave:
             raise ExecutionFailed("Plan has a dependency cycle: no fragment is ready")
         return wave
@@ -183,6 +202,8 @@ class CircuitRuntime:
     def _compose(outcomes: Sequence[FragmentOutcome], n: int) -> NDArray[np.complex128]:
         state = outcomes[0].state
         for o in outcomes[1:]:
+            if o.operator is None:
+                raise ExecutionFailed(f"Node returned no operator for parallel fragment {o.fragment_id}")
             state = apply_fragment_operator(state, o.operator, o.qubits, n)
         return state
 
@@ -289,7 +310,10 @@ class CircuitRuntime:
                 history.append({"node_id": node_id, "attempt": attempts, "outcome": "ok",
                                 "observed_fidelity": fidelity, "seconds": round(elapsed, 6)})
                 new_state, operator = await asyncio.to_thread(
-                    lambda: (decode_array(reply["state"]), decode_array(reply["operator"]))
+                    lambda: (
+                        decode_array(reply["state"]),
+                        None if reply.get("operator") is None else decode_array(reply["operator"]),
+                    )
                 )
                 return FragmentOutcome(
                     fragment_id=fid,

@@ -1,0 +1,120 @@
+"""The normalised circuit model shared by the parser, the planner and the nodes.
+
+Everything here is a frozen dataclass of plain values so that a circuit, an operation or a
+fragment can cross the wire (JSON) and the database unchanged: ``from_dict(x.to_dict()) == x``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One gate application on absolute qubit indices.
+
+    ``name`` is a Qiskit standard gate name (``"h"``, ``"cu1"``, ...) or a service alias
+    (``"bell_pair"``, ``"cnot"``, ``"teleport"``, ``"syndrome_extraction"``, ``"distillation"``);
+    ``line`` is the source line it came from, when the parser could tell.
+    """
+
+    op_id: int
+    name: str
+    qubits: tuple[int, ...]
+    params: tuple[float, ...]
+    service_type: str
+    line: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "op_id": self.op_id,
+            "name": self.name,
+            "qubits": list(self.qubits),
+            "params": list(self.params),
+            "service_type": self.service_type,
+            "line": self.line,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Operation:
+        line = data.get("line")
+        return cls(
+            op_id=int(data["op_id"]),
+            name=str(data["name"]),
+            qubits=tuple(int(q) for q in data["qubits"]),
+            params=tuple(float(p) for p in data.get("params", ())),
+            service_type=str(data["service_type"]),
+            line=None if line is None else int(line),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedCircuit:
+    """A parsed circuit: unitary operations in program order plus final measurements.
+
+    ``measurements`` holds ``(qubit, clbit)`` pairs; they are terminal by construction (the
+    parser rejects gates on a qubit after it was measured), so they are not operations.
+    """
+
+    format: str
+    num_qubits: int
+    num_clbits: int
+    operations: tuple[Operation, ...]
+    measurements: tuple[tuple[int, int], ...]
+    source_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "num_qubits": self.num_qubits,
+            "num_clbits": self.num_clbits,
+            "operations": [op.to_dict() for op in self.operations],
+            "measurements": [[q, c] for q, c in self.measurements],
+            "source_hash": self.source_hash,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormalizedCircuit:
+        return cls(
+            format=str(data["format"]),
+            num_qubits=int(data["num_qubits"]),
+            num_clbits=int(data["num_clbits"]),
+            operations=tuple(Operation.from_dict(op) for op in data["operations"]),
+            measurements=tuple((int(q), int(c)) for q, c in data["measurements"]),
+            source_hash=str(data["source_hash"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """A group of operations of one service type, executed by one node in one call.
+
+    ``qubits`` is the sorted union of the operations' qubits; ``depends_on`` lists the
+    fragments that must have finished before this one may start.
+    """
+
+    fragment_id: str
+    service_type: str
+    qubits: tuple[int, ...]
+    operation_ids: tuple[int, ...]
+    depends_on: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fragment_id": self.fragment_id,
+            "service_type": self.service_type,
+            "qubits": list(self.qubits),
+            "operation_ids": list(self.operation_ids),
+            "depends_on": list(self.depends_on),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fragment:
+        return cls(
+            fragment_id=str(data["fragment_id"]),
+            service_type=str(data["service_type"]),
+            qubits=tuple(int(q) for q in data["qubits"]),
+            operation_ids=tuple(int(i) for i in data["operation_ids"]),
+            depends_on=tuple(str(f) for f in data.get("depends_on", ())),
+        )

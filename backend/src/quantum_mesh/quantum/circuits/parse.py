@@ -1,0 +1,230 @@
+"""OpenQASM 2/3 text -> :class:`NormalizedCircuit`, parsed by Qiskit's own parsers.
+
+The service aliases are declared to Qiskit as ordinary gate definitions injected on the
+version line (so Qiskit's line numbers stay the user's), and the resulting instructions are
+mapped back to alias names and service types. User-defined gates and non-standard library
+gates are expanded to standard gates; anything that cannot be, fails with the line it is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any
+
+from openqasm3.parser import QASM3ParsingError
+from qiskit import QuantumCircuit, qasm2, qasm3
+from qiskit.circuit import ControlFlowOp, Instruction
+from qiskit.exceptions import QiskitError
+from qiskit_qasm3_import import ConversionError
+
+from quantum_mesh.errors import InvalidCircuit
+from quantum_mesh.quantum.circuits import source
+from quantum_mesh.quantum.circuits.gates import ALIASES, service_type_for, standard_gates
+from quantum_mesh.quantum.circuits.model import NormalizedCircuit, Operation
+
+_IGNORED = {"barrier", "delay", "global_phase"}
+_MAX_DEFINITION_DEPTH = 16
+_QISKIT_POSITION_RES = (
+    re.compile(r"<input>:(\d+),(\d+):\s*(.*)", re.DOTALL),  # qasm2
+    re.compile(r"\AL(\d+):C(\d+):\s*(.*)", re.DOTALL),  # openqasm3 reference parser
+    re.compile(r"\A(\d+),(\d+):\s*(.*)", re.DOTALL),  # qiskit-qasm3-import
+)
+
+
+def parse_circuit(text: str, *, max_qubits: int = 20) -> NormalizedCircuit:
+    """Parse OpenQASM 2 or 3 (with service aliases) into a normalised circuit.
+
+    Args:
+        text: the program. ``OPENQASM 2.0;`` selects OpenQASM 2, anything else OpenQASM 3.
+        max_qubits: refuse circuits declaring more qubits than this.
+
+    Raises:
+        InvalidCircuit: syntax errors, unknown gates, classical control, resets, gates after
+            a measurement on the same qubit, too many qubits; ``details["line"]`` is set
+            whenever the line is known, and the message names it.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidCircuit("circuit text is empty")
+    clean = source.strip_comments(text)
+    fmt, version = source.detect_format(clean)
+    statements = source.split_statements(clean)
+    qc = _qiskit_parse(source.prepare_source(text, clean, fmt, version), fmt, statements)
+    _check_forbidden(statements)
+    _check_size(qc, statements, max_qubits=max_qubits)
+    operations, measurements = _normalise(qc, source.instruction_lines(statements))
+    return NormalizedCircuit(
+        format=fmt,
+        num_qubits=qc.num_qubits,
+        num_clbits=qc.num_clbits,
+        operations=tuple(operations),
+        measurements=tuple(measurements),
+        source_hash=hashlib.sha256(text.encode()).hexdigest(),
+    )
+
+
+def _qiskit_parse(prepared: str, fmt: str, statements: list[source.Statement]) -> QuantumCircuit:
+    try:
+        if fmt == "qasm2":
+            return qasm2.loads(prepared, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+        return qasm3.loads(prepared)
+    except (QiskitError, QASM3ParsingError, ConversionError, IndexError, ValueError) as exc:
+        raise _circuit_error(exc, statements) from exc
+
+
+def _circuit_error(exc: Exception, statements: list[source.Statement]) -> InvalidCircuit:
+    """Turn a parser exception into an InvalidCircuit naming the line."""
+    message = str(exc).strip().strip("'\"")
+    for pattern in _QISKIT_POSITION_RES:
+        found = pattern.match(message)
+        if found:
+            line = int(found.group(1))
+            return _at(line, found.group(3).strip())
+    token_line = _antlr_line(exc)
+    if token_line is not None:
+        return _at(token_line, "syntax error")
+    located = source.find_bad_operand(statements)
+    if located is not None:
+        return _at(*located)
+    return InvalidCircuit(f"cannot parse circuit: {message or type(exc).__name__}")
+
+
+def _antlr_line(exc: BaseException) -> int | None:
+    """The reference OpenQASM 3 parser bails out with an empty error whose cause chain holds
+    the ANTLR recognition error and its offending token."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        for candidate in (seen, *seen.args):
+            token = getattr(candidate, "offendingToken", None)
+            if token is not None and getattr(token, "line", None):
+                return int(token.line)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _at(line: int, reason: str) -> InvalidCircuit:
+    return InvalidCircuit(f"line {line}: {reason}", details={"line": line})
+
+
+def _check_forbidden(statements: list[source.Statement]) -> None:
+    for st in statements:
+        if st.keyword in source.FORBIDDEN:
+            raise _at(st.line, source.FORBIDDEN[st.keyword])
+
+
+def _check_size(qc: QuantumCircuit, statements: list[source.Statement], *, max_qubits: int) -> None:
+    if qc.num_qubits == 0:
+        raise InvalidCircuit("circuit declares no qubits")
+    if qc.num_qubits <= max_qubits:
+        return
+    total = 0
+    for size, line in source.register_sizes(statements).values():
+        total += size
+        if total > max_qubits:
+            raise InvalidCircuit(
+                f"line {line}: circuit declares {qc.num_qubits} qubits, at most {max_qubits} "
+                "are allowed",
+                details={"line": line, "num_qubits": qc.num_qubits, "max_qubits": max_qubits},
+            )
+    raise InvalidCircuit(
+        f"circuit declares {qc.num_qubits} qubits, at most {max_qubits} are allowed",
+        details={"num_qubits": qc.num_qubits, "max_qubits": max_qubits},
+    )
+
+
+def _normalise(
+    qc: QuantumCircuit, lines: list[int] | None
+) -> tuple[list[Operation], list[tuple[int, int]]]:
+    data = [ci for ci in qc.data if ci.operation.name != "barrier"]
+    if lines is not None and len(lines) != len(data):
+        lines = None
+    operations: list[Operation] = []
+    measurements: list[tuple[int, int]] = []
+    measured: set[int] = set()
+    for index, ci in enumerate(data):
+        line = lines[index] if lines is not None else None
+        qubits = tuple(qc.find_bit(q).index for q in ci.qubits)
+        if ci.operation.name == "measure":
+            clbit = qc.find_bit(ci.clbits[0]).index
+            measurements.append((qubits[0], clbit))
+            measured.add(qubits[0])
+            continue
+        for name, op_qubits, params in _expand(ci.operation, qubits, line, depth=0):
+            after = measured.intersection(op_qubits)
+            if after:
+                raise _located(
+                    line,
+                    f"gate '{name}' acts on qubit {min(after)} after it was measured "
+                    "(mid-circuit measurement is not supported)",
+                )
+            operations.append(
+                Operation(
+                    op_id=len(operations),
+                    name=name,
+                    qubits=op_qubits,
+                    params=params,
+                    service_type=service_type_for(name, len(op_qubits)),
+                    line=line,
+                )
+            )
+    return operations, measurements
+
+
+def _expand(
+    op: Instruction, qubits: tuple[int, ...], line: int | None, *, depth: int
+) -> list[tuple[str, tuple[int, ...], tuple[float, ...]]]:
+    """Standard gates and aliases as they are; other gates through their definitions."""
+    name = op.name
+    if name in _IGNORED:
+        return []
+    if name == "reset":
+        raise _located(line, "reset is not supported")
+    if isinstance(op, ControlFlowOp) or getattr(op, "condition", None) is not None:
+        raise _located(line, "classical control is not supported")
+    if name in ALIASES and len(qubits) == ALIASES[name][0] and not op.params:
+        return [(name, qubits, ())]
+    template = standard_gates().get(name)
+    if template is not None and op.base_class is template.base_class:
+        return [(name, qubits, _float_params(op, line))]
+    definition = op.definition
+    if definition is None or depth >= _MAX_DEFINITION_DEPTH:
+        raise _located(line, f"unsupported operation '{name}'")
+    expanded: list[tuple[str, tuple[int, ...], tuple[float, ...]]] = []
+    for inner in definition.data:
+        inner_qubits = tuple(qubits[definition.find_bit(q).index] for q in inner.qubits)
+        if inner.operation.name == "measure" or inner.clbits:
+            raise _located(line, f"gate '{name}' contains non-unitary operations")
+        expanded.extend(_expand(inner.operation, inner_qubits, line, depth=depth + 1))
+    return expanded
+
+
+def _float_params(op: Instruction, line: int | None) -> tuple[float, ...]:
+    values: list[float] = []
+    for p in op.params:
+        try:
+            values.append(float(p))
+        except (TypeError, ValueError) as exc:
+            raise _located(line, f"gate '{op.name}' has a non-numeric parameter {p}") from exc
+    return tuple(values)
+
+
+def _located(line: int | None, reason: str) -> InvalidCircuit:
+    if line is None:
+        return InvalidCircuit(reason)
+    return _at(line, reason)
+
+
+def describe(circuit: NormalizedCircuit) -> dict[str, Any]:
+    """A short summary (counts per service type) for logs and job listings."""
+    per_type: dict[str, int] = {}
+    for op in circuit.operations:
+        per_type[op.service_type] = per_type.get(op.service_type, 0) + 1
+    return {
+        "format": circuit.format,
+        "num_qubits": circuit.num_qubits,
+        "num_operations": len(circuit.operations),
+        "num_measurements": len(circuit.measurements),
+        "service_types": per_type,
+    }
