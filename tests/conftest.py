@@ -85,3 +85,17 @@ def pg_url(pg_admin_dsn: str) -> Iterator[str]:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'qmesh.db'}"
+
+
+@pytest.fixture(scope="module")
+def module_pg_url(pg_admin_dsn: str) -> Iterator[str]:
+    """A fresh database shared by one test module (for a live coordinator)."""
+    import psycopg
+
+    name = f"qmesh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = pg_admin_dsn.rsplit("/", 1)[0]
+    yield f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

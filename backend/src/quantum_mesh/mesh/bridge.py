@@ -1,0 +1,376 @@
+"""The asyncio <-> Trio bridge: the ONLY module that knows two event loops exist.
+
+FastAPI runs on asyncio; py-libp2p runs on Trio. The coordinator's libp2p host lives in a
+daemon thread running ``trio.run``. asyncio -> Trio: an asyncio future is created, the work is
+scheduled into the Trio nursery with ``TrioToken.run_sync_soon``, and the Trio task resolves
+the future with ``loop.call_soon_threadsafe``. Trio -> asyncio (adverts, disconnects): the same
+``call_soon_threadsafe``, so every user callback runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
+
+from quantum_mesh.mesh import codec
+from quantum_mesh.mesh.adverts import REJECTION_REASONS, Advert, validate_advert
+from quantum_mesh.mesh.errors import AdvertRejected, MeshError, RemoteError
+from quantum_mesh.mesh.host import MeshHost, is_connected, run_mesh_host
+from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
+from quantum_mesh.mesh.invoke import invoke_peer, serve_stream
+from quantum_mesh.mesh.protocol import (
+    ADVERT_TOPIC,
+    BRIDGE_GRACE_S,
+    BRIDGE_STOP_TIMEOUT_S,
+    DEFAULT_MAX_FRAME_BYTES,
+    ERR_UNKNOWN_METHOD,
+    INVOKE_PROTOCOL,
+    PING_TIMEOUT_S,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long ``start`` waits for the host to listen.
+START_TIMEOUT_S = 30.0
+
+
+def _resolve(
+    fut: asyncio.Future[Any], value: Any = None, error: BaseException | None = None
+) -> None:
+    """Runs on the asyncio loop; a caller that already gave up has a done future."""
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class _ConnectionWatcher(INotifee):
+    """Forwards connection changes of the Trio host to the bridge (called in the Trio thread)."""
+
+    def __init__(self, bridge: MeshBridge) -> None:
+        self._bridge = bridge
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._bridge._peer_connected(conn.muxed_conn.peer_id.to_base58())
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        others = [c for c in network.get_connections(peer) if c is not conn and not c.is_closed]
+        if not others:
+            self._bridge._peer_disconnected(peer.to_base58())
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class MeshBridge:
+    """The coordinator's libp2p host, used from asyncio.
+
+    ``on_advert`` and ``on_peer_disconnected`` are called on the asyncio loop. Rejected
+    adverts are counted in ``advert_stats`` and never stop the ingest loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        key_file: Path,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        advert_max_age_s: float = 5.0,
+    ) -> None:
+        self._key_pair = load_or_create_keypair(key_file)
+        self._listen_host = listen_host
+        self._listen_port = listen_port
+        self._max_frame_bytes = max_frame_bytes
+        self._advert_max_age_s = advert_max_age_s
+        self.peer_id: str = peer_id_of(self._key_pair)
+        self.listen_addrs: list[str] = []
+        self.protocols: list[str] = [INVOKE_PROTOCOL]
+        self.advert_topic: str = ADVERT_TOPIC
+        self.on_advert: Callable[[Advert], None] | None = None
+        self.on_peer_disconnected: Callable[[str], None] | None = None
+        self.advert_stats: dict[str, int] = {"accepted": 0, **dict.fromkeys(REJECTION_REASONS, 0)}
+        self._connected: set[str] = set()
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._mesh: MeshHost | None = None
+        self._cancel = trio.CancelScope()
+
+    # --- lifecycle (asyncio side) ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the Trio thread; returns once the host listens. Raises if startup fails."""
+        if self._thread is not None:
+            raise MeshError("mesh bridge already started")
+        self._loop = asyncio.get_running_loop()
+        started: asyncio.Future[list[str]] = self._loop.create_future()
+        self._cancel = trio.CancelScope()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(started,), name="qmesh-trio", daemon=True
+        )
+        self._thread.start()
+        try:
+            self.listen_addrs = await asyncio.wait_for(started, START_TIMEOUT_S)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Cancel the Trio side, join its thread and fail any call still waiting. Idempotent."""
+        thread, token = self._thread, self._token
+        if thread is None:
+            return
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._cancel.cancel)
+        await asyncio.to_thread(thread.join, BRIDGE_STOP_TIMEOUT_S)
+        if thread.is_alive():
+            logger.warning("mesh Trio thread did not stop within %s s", BRIDGE_STOP_TIMEOUT_S)
+        for fut in list(self._pending):
+            _resolve(fut, error=MeshError("mesh bridge stopped"))
+        self._pending.clear()
+        self._thread = self._token = self._nursery = self._mesh = None
+        self._connected.clear()
+
+    # --- public calls (asyncio side) -------------------------------------------------------
+
+    async def invoke(
+        self,
+        peer_id: str,
+        method: str,
+        params: dict[str, Any],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the integration contract; enforced in Trio
+        addrs: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Call ``method`` on a peer over a new stream; see ``mesh.invoke.invoke_peer``."""
+        mesh = self._require_mesh()
+
+        async def call() -> dict[str, Any]:
+            return await invoke_peer(
+                mesh.host,
+                peer_id,
+                method,
+                params,
+                limit_s=timeout,
+                addrs=addrs,
+                max_frame_bytes=self._max_frame_bytes,
+            )
+
+        return await self._call_trio(call, limit_s=timeout + BRIDGE_GRACE_S)
+
+    async def ping(
+        self,
+        peer_id: str,
+        *,
+        timeout: float = PING_TIMEOUT_S,  # noqa: ASYNC109 - the integration contract
+    ) -> float:
+        """Round-trip seconds of a ``ping`` invocation (dial included if not connected)."""
+        started = time.perf_counter()
+        await self.invoke(peer_id, "ping", {}, timeout=timeout)
+        return time.perf_counter() - started
+
+    async def hop(self) -> None:
+        """An empty asyncio -> Trio -> asyncio round trip: the bridge's own overhead."""
+        self._require_mesh()
+        await self._call_trio(trio.lowlevel.checkpoint, limit_s=BRIDGE_GRACE_S + 5.0)
+
+    def connected_peers(self) -> set[str]:
+        return set(self._connected)
+
+    # --- asyncio -> Trio --------------------------------------------------------------------
+
+    def _require_mesh(self) -> MeshHost:
+        if self._mesh is None or self._token is None:
+            raise MeshError("mesh bridge is not running")
+        return self._mesh
+
+    async def _call_trio(self, fn: Callable[[], Awaitable[T]], *, limit_s: float) -> T:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        scope = trio.CancelScope()
+        token = self._token
+        if token is None:
+            raise MeshError("mesh bridge is not running")
+        try:
+            token.run_sync_soon(self._spawn, fut, scope, fn)
+        except trio.RunFinishedError as error:
+            raise MeshError("mesh bridge is not running") from error
+        self._pending.add(fut)
+        try:
+            return await asyncio.wait_for(fut, limit_s)
+        except TimeoutError as error:
+            self._cancel_in_trio(scope)
+            raise MeshError(f"no answer from the mesh thread within {limit_s} s") from error
+        except asyncio.CancelledError:
+            self._cancel_in_trio(scope)
+            raise
+        finally:
+            self._pending.discard(fut)
+
+    def _cancel_in_trio(self, scope: trio.CancelScope) -> None:
+        token = self._token
+        if token is None:
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(scope.cancel)
+
+    # --- Trio side --------------------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Schedule ``fn(*args)`` on the asyncio loop (from the Trio thread)."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            logger.debug("asyncio loop closed; dropping a mesh event")
+
+    def _spawn(
+        self, fut: asyncio.Future[T], scope: trio.CancelScope, fn: Callable[[], Awaitable[T]]
+    ) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            self._post(_resolve, fut, None, MeshError("mesh bridge is stopping"))
+            return
+        try:
+            nursery.start_soon(self._run_call, fut, scope, fn)
+        except RuntimeError:
+            self._post(_resolve, fut, None, MeshError("mesh bridge is stopping"))
+
+    async def _run_call(
+        self, fut: asyncio.Future[T], scope: trio.CancelScope, fn: Callable[[], Awaitable[T]]
+    ) -> None:
+        with scope:
+            try:
+                result = await fn()
+            except MeshError as error:
+                self._post(_resolve, fut, None, error)
+                return
+            except Exception as error:
+                # The boundary: an unexpected bug in one call must not take the host down
+                # with it, and the caller must always get an answer.
+                logger.exception("mesh call failed unexpectedly")
+                self._post(_resolve, fut, None, MeshError(f"internal mesh error: {error!r}"))
+                return
+            self._post(_resolve, fut, result)
+        if scope.cancelled_caught:
+            self._post(_resolve, fut, None, MeshError("mesh call cancelled"))
+
+    def _thread_main(self, started: asyncio.Future[list[str]]) -> None:
+        try:
+            trio.run(self._trio_main, started)
+        except BaseException as error:
+            logger.exception("mesh Trio thread crashed")
+            self._post(_resolve, started, None, MeshError(f"mesh host failed: {error!r}"))
+        finally:
+            self._token = None
+            self._nursery = None
+
+    async def _trio_main(self, started: asyncio.Future[list[str]]) -> None:
+        with self._cancel:
+            async with (
+                run_mesh_host(
+                    key_pair=self._key_pair,
+                    listen_host=self._listen_host,
+                    listen_port=self._listen_port,
+                ) as mesh,
+                trio.open_nursery() as nursery,
+            ):
+                mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve)
+                mesh.host.get_network().register_notifee(_ConnectionWatcher(self))
+                subscription = await mesh.pubsub.subscribe(ADVERT_TOPIC)
+                nursery.start_soon(self._ingest, subscription)
+                self._mesh, self._nursery = mesh, nursery
+                self._token = trio.lowlevel.current_trio_token()
+                self._post(_resolve, started, mesh.listen_addrs())
+                await trio.sleep_forever()
+
+    async def _serve(self, stream: INetStream) -> None:
+        await serve_stream(stream, dispatch=self._dispatch, max_frame_bytes=self._max_frame_bytes)
+
+    async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any]:
+        """The coordinator answers only ``ping``, so nodes can measure their link to it."""
+        if request.method == "ping":
+            return {"pong": True, "peer_id": self.peer_id, "t": time.time()}
+        raise RemoteError(ERR_UNKNOWN_METHOD, f"the coordinator does not serve {request.method}")
+
+    async def _ingest(self, subscription: Any) -> None:
+        """Drain the advert subscription continuously: its queue holds only 32 messages."""
+        async for message in subscription:
+            self._accept_advert(message)
+
+    def _accept_advert(self, message: rpc_pb2.Message) -> None:
+        from_peer = ID(message.from_id).to_base58()
+        if from_peer == self.peer_id:
+            return
+        try:
+            advert = validate_advert(
+                message.data, from_peer=from_peer, now=time.time(), max_age_s=self._advert_max_age_s
+            )
+        except AdvertRejected as error:
+            self.advert_stats[error.reason] = self.advert_stats.get(error.reason, 0) + 1
+            logger.debug("rejected advert from %s: %s", from_peer, error)
+            return
+        self.advert_stats["accepted"] += 1
+        self._post(self._deliver_advert, advert)
+
+    def _peer_connected(self, peer_id: str) -> None:
+        self._post(self._connected.add, peer_id)
+
+    def _peer_disconnected(self, peer_id: str) -> None:
+        self._post(self._deliver_disconnect, peer_id)
+
+    # --- delivered on the asyncio loop -----------------------------------------------------
+
+    def _deliver_advert(self, advert: Advert) -> None:
+        callback = self.on_advert
+        if callback is None:
+            return
+        try:
+            callback(advert)
+        except Exception:
+            logger.exception("on_advert callback failed")
+
+    def _deliver_disconnect(self, peer_id: str) -> None:
+        self._connected.discard(peer_id)
+        callback = self.on_peer_disconnected
+        if callback is None:
+            return
+        try:
+            callback(peer_id)
+        except Exception:
+            logger.exception("on_peer_disconnected callback failed")
+
+
+__all__ = ["MeshBridge", "is_connected"]

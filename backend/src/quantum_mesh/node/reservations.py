@@ -1,0 +1,102 @@
+"""Node-side capacity reservations: a short promise to run one piece of work soon.
+
+Pure bookkeeping with the clock passed in, so it is testable without sleeping; the node calls
+it from its Trio loop. A reservation counts against capacity until it expires, is released,
+or is consumed by the execution request that carries its ``reservation_id`` (from then on
+that request counts as in-flight work instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+REASON_SERVICE = "service_not_offered"
+REASON_FIDELITY = "fidelity_below_minimum"
+REASON_SATURATED = "saturated"
+REASON_UNKNOWN = "unknown_reservation"
+
+#: Longest reservation a node grants, whatever the caller asks for.
+MAX_TTL_S = 300.0
+#: Capacity per worker: reservations + in-flight requests may reach ``workers * SLOTS``.
+SLOTS_PER_WORKER = 2
+
+
+@dataclass(slots=True)
+class Reservation:
+    reservation_id: str
+    service_type: str
+    ttl_s: float
+    expires_at: float
+    committed: bool = False
+
+
+class ReservationBook:
+    """Reservations of one node."""
+
+    def __init__(self, *, services: tuple[str, ...], fidelity: float, workers: int) -> None:
+        self._services = frozenset(services)
+        self._fidelity = fidelity
+        self._capacity = workers * SLOTS_PER_WORKER
+        self._active: dict[str, Reservation] = {}
+
+    def expire(self, *, now: float) -> int:
+        """Drop expired reservations; returns how many were dropped."""
+        dead = [rid for rid, r in self._active.items() if r.expires_at <= now]
+        for rid in dead:
+            del self._active[rid]
+        return len(dead)
+
+    def active_count(self, *, now: float) -> int:
+        self.expire(now=now)
+        return len(self._active)
+
+    def reserve(
+        self,
+        *,
+        reservation_id: str,
+        service_type: str,
+        min_fidelity: float,
+        ttl_s: float,
+        in_flight: int,
+        now: float,
+    ) -> dict[str, Any]:
+        """Accept or refuse; the reply is the wire shape of the ``reserve`` method."""
+        self.expire(now=now)
+        existing = self._active.get(reservation_id)
+        if existing is not None:  # a retried reserve: same answer, no double booking
+            return {"accepted": True, "reason": None, "expires_at": existing.expires_at}
+        reason: str | None = None
+        if service_type not in self._services:
+            reason = REASON_SERVICE
+        elif self._fidelity < min_fidelity:
+            reason = REASON_FIDELITY
+        elif len(self._active) + in_flight >= self._capacity:
+            reason = REASON_SATURATED
+        if reason is not None:
+            return {"accepted": False, "reason": reason, "expires_at": now}
+        ttl = min(max(ttl_s, 0.0), MAX_TTL_S)
+        self._active[reservation_id] = Reservation(
+            reservation_id=reservation_id,
+            service_type=service_type,
+            ttl_s=ttl,
+            expires_at=now + ttl,
+        )
+        return {"accepted": True, "reason": None, "expires_at": now + ttl}
+
+    def commit(self, *, reservation_id: str, now: float) -> dict[str, Any]:
+        """Confirm a reservation and restart its TTL (the work is about to be sent)."""
+        self.expire(now=now)
+        reservation = self._active.get(reservation_id)
+        if reservation is None:
+            return {"committed": False, "reason": REASON_UNKNOWN, "expires_at": now}
+        reservation.committed = True
+        reservation.expires_at = now + reservation.ttl_s
+        return {"committed": True, "reason": None, "expires_at": reservation.expires_at}
+
+    def release(self, *, reservation_id: str) -> dict[str, Any]:
+        return {"released": self._active.pop(reservation_id, None) is not None}
+
+    def consume(self, *, reservation_id: str) -> bool:
+        """The execution request carrying this reservation has arrived."""
+        return self._active.pop(reservation_id, None) is not None

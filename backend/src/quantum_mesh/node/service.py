@@ -1,0 +1,373 @@
+"""The service node: a libp2p peer that advertises its capabilities and runs invocations.
+
+One Trio loop does networking only (invoke streams, adverts, bootstrap dialling, reservations);
+every handler runs in the warm worker pool. ``run_node`` returns after SIGINT/SIGTERM, once a
+final ``DRAINING`` advert is out and the workers are stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
+
+from quantum_mesh import __version__
+from quantum_mesh.mesh import codec
+from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert
+from quantum_mesh.mesh.errors import RemoteError
+from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
+from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
+from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, serve_stream
+from quantum_mesh.mesh.protocol import (
+    ADVERT_MIN_SPACING_S,
+    ADVERT_TOPIC,
+    BOOTSTRAP_RETRY_INITIAL_S,
+    BOOTSTRAP_RETRY_MAX_S,
+    DEFAULT_MAX_FRAME_BYTES,
+    DIAL_TIMEOUT_S,
+    ERR_BAD_REQUEST,
+    ERR_BUSY,
+    ERR_UNKNOWN_METHOD,
+    INVOKE_PROTOCOL,
+)
+from quantum_mesh.node import handlers
+from quantum_mesh.node.context import NodeContext
+from quantum_mesh.node.pool import WorkerPool
+from quantum_mesh.node.reservations import ReservationBook
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SERVICES: tuple[str, ...] = (
+    "single_qubit",
+    "two_qubit",
+    "multi_qubit",
+    "bell_pair",
+    "cnot",
+    "cz",
+    "teleportation",
+    "syndrome_extraction",
+    "distillation",
+    "measurement_feedforward",
+    "qaoa_block",
+    "sqd_batch",
+)
+#: Methods answered on the Trio loop itself: cheap bookkeeping that must stay responsive
+#: even when every worker is busy (``ping`` then measures the link, not the queue).
+INLINE_METHODS = frozenset({"ping", "reserve", "commit", "release", "node_status"})
+#: How often a connected node checks that its bootstrap connection is still up.
+BOOTSTRAP_CHECK_S = 1.0
+#: Bounded time for the final DRAINING advert on shutdown.
+DRAIN_ADVERT_S = 1.0
+#: Reservation lifetime when ``reserve`` gives no ``ttl_s``.
+DEFAULT_RESERVATION_TTL_S = 30.0
+#: How often the parent-process watchdog looks (embedded nodes only).
+PARENT_CHECK_S = 1.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs; ``p2p_port=0`` picks a free port."""
+
+    key_file: Path
+    bootstrap: str | None
+    listen_host: str = "127.0.0.1"
+    p2p_port: int = 0
+    name: str = "node"
+    workers: int = 1
+    noise_level: float = 0.0
+    fidelity: float = 0.99
+    services: tuple[str, ...] = DEFAULT_SERVICES
+    advert_interval_s: float = 1.0
+    blas_threads: int = 1
+    ready_file: Path | None = None
+    qubit_min: int = 1
+    qubit_max: int = 24
+    #: Import handler modules (Qiskit...) in each worker at startup, not on first use.
+    preload_handlers: bool = True
+    #: Exit when this process is no longer our parent (embedded nodes of a coordinator).
+    parent_pid: int | None = None
+    #: Inbound pool-method calls beyond this are answered ``busy``; None = 4 per worker.
+    max_inbound: int | None = None
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.blas_threads < 1:
+            raise ValueError("workers and blas_threads must be at least 1")
+        if not 0.0 <= self.noise_level <= 1.0 or not 0.0 <= self.fidelity <= 1.0:
+            raise ValueError("noise_level and fidelity must lie in [0, 1]")
+        if not 0 < self.qubit_min <= self.qubit_max:
+            raise ValueError("need 0 < qubit_min <= qubit_max")
+        if self.advert_interval_s <= 0:
+            raise ValueError("advert_interval_s must be positive")
+
+
+def run_node(config: NodeConfig) -> None:
+    """Run a node until SIGINT/SIGTERM (or its parent process disappears)."""
+    trio.run(_run, config)
+
+
+async def _run(config: NodeConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        await NodeService(config).serve(signals)
+
+
+def _write_ready_file(path: Path, *, peer_id: str, listen_addrs: list[str]) -> None:
+    """Atomically, so a watcher never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    payload = {"peer_id": peer_id, "listen_addrs": listen_addrs, "pid": os.getpid()}
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+
+
+class NodeService:
+    """The state of one running node (Trio only)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._key_pair = load_or_create_keypair(config.key_file)
+        self.peer_id = peer_id_of(self._key_pair)
+        self.context = NodeContext(
+            peer_id=self.peer_id,
+            name=config.name,
+            noise_level=config.noise_level,
+            blas_threads=config.blas_threads,
+        )
+        self.book = ReservationBook(
+            services=config.services, fidelity=config.fidelity, workers=config.workers
+        )
+        self._pool = WorkerPool(
+            workers=config.workers,
+            blas_threads=config.blas_threads,
+            preload=config.preload_handlers,
+        )
+        max_inbound = config.max_inbound or 4 * config.workers
+        self._inbound = trio.Semaphore(max_inbound)
+        self._in_flight = 0
+        self._seq = 0
+        self._draining = False
+        self._changed = trio.Event()
+        self._stop = trio.Event()
+        self._mesh: MeshHost | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def serve(self, signals: Any) -> None:
+        self._pool.start()
+        try:
+            async with (
+                run_mesh_host(
+                    key_pair=self._key_pair,
+                    listen_host=self.config.listen_host,
+                    listen_port=self.config.p2p_port,
+                ) as mesh,
+                trio.open_nursery() as nursery,
+            ):
+                self._mesh = mesh
+                mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve_stream)
+                nursery.start_soon(self._pool.warm)
+                nursery.start_soon(self._advert_loop)
+                if self.config.bootstrap:
+                    nursery.start_soon(self._bootstrap_loop, self.config.bootstrap)
+                if self.config.parent_pid is not None:
+                    nursery.start_soon(self._watch_parent, self.config.parent_pid)
+                nursery.start_soon(self._watch_signals, signals)
+                logger.info("node %s serving on %s", self.peer_id, mesh.listen_addrs())
+                if self.config.ready_file is not None:
+                    _write_ready_file(
+                        self.config.ready_file,
+                        peer_id=self.peer_id,
+                        listen_addrs=mesh.listen_addrs(),
+                    )
+                await self._stop.wait()
+                await self._drain()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._pool.shutdown()
+
+    async def _drain(self) -> None:
+        self._draining = True
+        with trio.move_on_after(DRAIN_ADVERT_S):
+            await self._publish_advert()
+
+    async def _watch_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            logger.info("node %s received signal %s; draining", self.peer_id, signum)
+            self._stop.set()
+            return
+
+    async def _watch_parent(self, parent_pid: int) -> None:
+        while True:
+            await trio.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                break
+        logger.warning("parent process %s is gone; node %s exits", parent_pid, self.peer_id)
+        self._stop.set()
+
+    # --- mesh membership ---------------------------------------------------------------------
+
+    async def _bootstrap_loop(self, bootstrap: str) -> None:
+        """Keep a connection to the coordinator, re-dialling with bounded backoff."""
+        mesh = self._require_mesh()
+        peer, addr = split_p2p_addr(bootstrap)
+        backoff = BOOTSTRAP_RETRY_INITIAL_S
+        while True:
+            if is_connected(mesh.host, peer):
+                backoff = BOOTSTRAP_RETRY_INITIAL_S
+                await trio.sleep(BOOTSTRAP_CHECK_S)
+                continue
+            try:
+                await dial(mesh.host, peer, [addr], limit_s=DIAL_TIMEOUT_S)
+            except DIAL_ERRORS as error:
+                logger.info("bootstrap %s unreachable (%r); retry in %.1f s", peer, error, backoff)
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, BOOTSTRAP_RETRY_MAX_S)
+                continue
+            logger.info("connected to bootstrap %s", peer)
+            self._changed.set()  # introduce ourselves at once
+
+    def advert(self) -> Advert:
+        workers = self.config.workers
+        availability: Availability
+        if self._draining:
+            availability = "DRAINING"
+        elif self._in_flight >= workers:
+            availability = "BUSY"
+        else:
+            availability = "AVAILABLE"
+        self._seq += 1
+        return Advert(
+            peer_id=self.peer_id,
+            name=self.config.name,
+            services=list(self.config.services),
+            qubit_min=self.config.qubit_min,
+            qubit_max=self.config.qubit_max,
+            fidelity=self.config.fidelity,
+            noise_level=self.config.noise_level,
+            load=min(1.0, self._in_flight / workers),
+            availability=availability,
+            workers=workers,
+            listen_addrs=self._require_mesh().listen_addrs(),
+            version=__version__,
+            sent_at=time.time(),
+            seq=self._seq,
+        )
+
+    async def _publish_advert(self) -> None:
+        mesh = self._require_mesh()
+        try:
+            await mesh.pubsub.publish(ADVERT_TOPIC, encode_advert(self.advert()))
+        except TRANSPORT_ERRORS as error:
+            logger.warning("advert publish failed: %r", error)
+
+    async def _advert_loop(self) -> None:
+        """Advertise every ``advert_interval_s`` and soon after a change, never too often."""
+        last_sent = -math.inf
+        while True:
+            with trio.move_on_after(self.config.advert_interval_s):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            wait = last_sent + ADVERT_MIN_SPACING_S - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+            self.book.expire(now=time.time())
+            await self._publish_advert()
+            last_sent = trio.current_time()
+
+    # --- invocations -------------------------------------------------------------------------
+
+    async def _serve_stream(self, stream: INetStream) -> None:
+        await serve_stream(
+            stream, dispatch=self._dispatch, max_frame_bytes=self.config.max_frame_bytes
+        )
+
+    async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
+        if request.method in INLINE_METHODS:
+            return self._inline(request.method, request.params)
+        if request.method not in handlers.METHODS:
+            raise RemoteError(ERR_UNKNOWN_METHOD, f"unknown method {request.method!r}")
+        reservation_id = request.params.get("reservation_id")
+        if isinstance(reservation_id, str):
+            self.book.consume(reservation_id=reservation_id)
+        try:
+            self._inbound.acquire_nowait()
+        except trio.WouldBlock as error:
+            raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
+        self._set_in_flight(+1)
+        try:
+            ok, payload = await self._pool.run(request.method, request.params, self.context)
+        finally:
+            self._set_in_flight(-1)
+            self._inbound.release()
+        if ok:
+            assert isinstance(payload, bytes)
+            return payload
+        code, message = payload
+        raise RemoteError(str(code), str(message))
+
+    def _set_in_flight(self, delta: int) -> None:
+        self._in_flight += delta
+        self._changed.set()
+
+    def _inline(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        try:
+            if method == "ping":
+                return handlers.ping(params, self.context)
+            if method == "node_status":
+                return {
+                    "in_flight": self._in_flight,
+                    "reservations": self.book.active_count(now=now),
+                    "advert": self.advert().model_dump(mode="json"),
+                }
+            if method == "reserve":
+                result = self.book.reserve(
+                    reservation_id=_str_param(params, "reservation_id"),
+                    service_type=_str_param(params, "service_type"),
+                    min_fidelity=_float_param(params, "min_fidelity", default=0.0),
+                    ttl_s=_float_param(params, "ttl_s", default=DEFAULT_RESERVATION_TTL_S),
+                    in_flight=self._in_flight,
+                    now=now,
+                )
+            elif method == "commit":
+                result = self.book.commit(
+                    reservation_id=_str_param(params, "reservation_id"), now=now
+                )
+            else:
+                result = self.book.release(reservation_id=_str_param(params, "reservation_id"))
+        except (TypeError, ValueError) as error:
+            raise RemoteError(ERR_BAD_REQUEST, f"bad {method} params: {error}") from error
+        self._changed.set()
+        return result
+
+    def _require_mesh(self) -> MeshHost:
+        if self._mesh is None:
+            raise RuntimeError("node host is not running")
+        return self._mesh
+
+
+def _float_param(params: dict[str, Any], name: str, *, default: float) -> float:
+    """An optional number; JSON null means "not given"."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name!r} must be a number")
+    return float(value)
+
+
+def _str_param(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name!r} must be a non-empty string")
+    return value

@@ -1,0 +1,196 @@
+"""Embedded service nodes: child processes of the coordinator, restarted when they crash.
+
+Each child is a real ``python -m quantum_mesh.node.main`` process (its own GIL, its own Trio
+loop and worker pool), exactly what an operator runs standalone. Key files are created up
+front, so the coordinator knows - and can enroll - the peer IDs before any child starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantum_mesh.mesh.identity import peer_id_from_key_file
+
+logger = logging.getLogger(__name__)
+
+#: Restart backoff: 0.5 s, 1 s, 2 s, ... capped; reset once a child has run this long.
+RESTART_BASE_S = 0.5
+RESTART_MAX_S = 30.0
+STABLE_UPTIME_S = 60.0
+#: How long ``stop`` waits after SIGTERM before SIGKILL.
+STOP_GRACE_S = 5.0
+#: Poll interval of ``wait_ready``.
+READY_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Child:
+    index: int
+    peer_id: str
+    key_file: Path
+    log_file: Path
+    ready_file: Path
+    noise_level: float
+    process: asyncio.subprocess.Process | None = None
+    failures: int = 0
+    monitor: asyncio.Task[None] | None = None
+
+
+class NodeSupervisor:
+    """Runs ``count`` node processes under ``data_dir/nodes`` (keys, logs, ready files)."""
+
+    def __init__(
+        self,
+        *,
+        count: int,
+        data_dir: Path,
+        bootstrap_addr: str,
+        workers: int = 1,
+        noise_levels: list[float] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        if noise_levels is not None and len(noise_levels) != count:
+            raise ValueError(f"noise_levels has {len(noise_levels)} entries for {count} nodes")
+        self._dir = Path(data_dir) / "nodes"
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._bootstrap = bootstrap_addr
+        self._workers = workers
+        self._env = dict(env or {})
+        self._stopping = False
+        self._children: list[_Child] = []
+        for i in range(count):
+            key_file = self._dir / f"node-{i}.key"
+            self._children.append(
+                _Child(
+                    index=i,
+                    peer_id=peer_id_from_key_file(key_file),
+                    key_file=key_file,
+                    log_file=self._dir / f"node-{i}.log",
+                    ready_file=self._dir / f"node-{i}.ready.json",
+                    noise_level=noise_levels[i] if noise_levels else 0.0,
+                )
+            )
+        self.peer_ids: list[str] = [c.peer_id for c in self._children]
+        self.restarts: dict[str, int] = dict.fromkeys(self.peer_ids, 0)
+
+    def pids(self) -> dict[str, int | None]:
+        """Current OS process id of each node (None while it is down)."""
+        return {
+            c.peer_id: c.process.pid if c.process and c.process.returncode is None else None
+            for c in self._children
+        }
+
+    async def start(self) -> None:
+        self._stopping = False
+        for child in self._children:
+            await self._spawn(child)
+            child.monitor = asyncio.create_task(
+                self._monitor(child), name=f"node-supervisor-{child.index}"
+            )
+
+    async def wait_ready(self, *, within_s: float) -> None:
+        """Wait until every child has written its ready file (it listens and serves).
+
+        Raises:
+            TimeoutError: not all ready within ``within_s``.
+        """
+        deadline = time.monotonic() + within_s
+        while not all(c.ready_file.exists() for c in self._children):
+            if time.monotonic() > deadline:
+                missing = [c.index for c in self._children if not c.ready_file.exists()]
+                raise TimeoutError(f"nodes {missing} not ready within {within_s} s")
+            await asyncio.sleep(READY_POLL_S)
+
+    async def stop(self) -> None:
+        """SIGTERM every child, SIGKILL those still running after the grace period."""
+        self._stopping = True
+        for child in self._children:
+            if child.monitor is not None:
+                child.monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.monitor
+                child.monitor = None
+        running = [c.process for c in self._children if c.process and c.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        if running:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(p.wait()) for p in running], timeout=STOP_GRACE_S
+            )
+            for process in running:
+                if process.returncode is None:
+                    logger.warning("node pid %s ignored SIGTERM; killing it", process.pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await process.wait()
+            for task in pending:
+                task.cancel()
+
+    def _command(self, child: _Child) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "quantum_mesh.node.main",
+            "--bootstrap",
+            self._bootstrap,
+            "--key-file",
+            str(child.key_file),
+            "--p2p-port",
+            "0",
+            "--name",
+            f"node-{child.index}",
+            "--workers",
+            str(self._workers),
+            "--noise-level",
+            str(child.noise_level),
+            "--ready-file",
+            str(child.ready_file),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
+
+    async def _spawn(self, child: _Child) -> None:
+        child.ready_file.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+        with child.log_file.open("ab") as log:
+            child.process = await asyncio.create_subprocess_exec(
+                *self._command(child),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+            )
+        logger.info("started node-%s (%s) as pid %s", child.index, child.peer_id, child.process.pid)
+
+    async def _monitor(self, child: _Child) -> None:
+        """Restart ``child`` whenever it exits on its own, with bounded exponential backoff."""
+        while not self._stopping and child.process is not None:
+            started = time.monotonic()
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            if time.monotonic() - started > STABLE_UPTIME_S:
+                child.failures = 0
+            delay = min(RESTART_BASE_S * 2**child.failures, RESTART_MAX_S)
+            child.failures += 1
+            logger.warning(
+                "node-%s exited with %s; restarting in %.1f s (log: %s)",
+                child.index,
+                code,
+                delay,
+                child.log_file,
+            )
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            await self._spawn(child)
+            self.restarts[child.peer_id] += 1

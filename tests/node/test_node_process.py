@@ -1,0 +1,81 @@
+"""A real node subprocess against a real coordinator bridge over 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import pytest
+
+from quantum_mesh.mesh.bridge import MeshBridge
+from quantum_mesh.mesh.errors import MeshError, RemoteError
+from tests.node.conftest import WAIT_S, Heard, wait_for
+
+
+async def test_node_joins_advertises_serves_and_drains(
+    coordinator: tuple[MeshBridge, Heard], start_node: Any
+) -> None:
+    mesh, heard = coordinator
+    node = await start_node(mesh.listen_addrs[0], "--workers", "1", "--noise-level", "0.1")
+    advert = (await wait_for(lambda: heard.from_peer(node.peer_id), what="an advert"))[0]
+    assert advert.listen_addrs == node.listen_addrs
+    assert advert.noise_level == 0.1 and "cnot" in advert.services
+    assert advert.availability == "AVAILABLE"
+    assert node.peer_id in mesh.connected_peers()
+
+    assert await mesh.ping(node.peer_id) > 0
+    slept = await mesh.invoke(node.peer_id, "debug_sleep", {"seconds": 0.2}, timeout=WAIT_S)
+    assert slept == {"slept": 0.2, "peer_id": node.peer_id}
+    with pytest.raises(RemoteError) as caught:
+        await mesh.invoke(node.peer_id, "no_such_method", {}, timeout=5)
+    assert caught.value.code == "unknown_method"
+
+    offer = {"reservation_id": "r1", "service_type": "cnot", "min_fidelity": 0.9, "ttl_s": 5}
+    assert (await mesh.invoke(node.peer_id, "reserve", offer, timeout=5))["accepted"] is True
+    refused = await mesh.invoke(
+        node.peer_id, "reserve", {**offer, "reservation_id": "r2", "min_fidelity": 0.999},
+        timeout=5,
+    )  # fmt: skip
+    assert refused["reason"] == "fidelity_below_minimum"
+    no_minimum = {**offer, "reservation_id": "r3", "min_fidelity": None, "ttl_s": None}
+    assert (await mesh.invoke(node.peer_id, "reserve", no_minimum, timeout=5))["accepted"]
+    await mesh.invoke(node.peer_id, "release", {"reservation_id": "r3"}, timeout=5)
+    with pytest.raises(RemoteError) as bad:
+        await mesh.invoke(node.peer_id, "reserve", {**offer, "ttl_s": "long"}, timeout=5)
+    assert bad.value.code == "bad_request"
+    assert (await mesh.invoke(node.peer_id, "commit", {"reservation_id": "r1"}, timeout=5))[
+        "committed"
+    ]
+    await mesh.invoke(node.peer_id, "echo", {"reservation_id": "r1"}, timeout=WAIT_S)
+    status = await mesh.invoke(node.peer_id, "node_status", {}, timeout=5)
+    assert status["reservations"] == 0  # consumed by the request that carried it
+
+    node.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(node.process.wait(), WAIT_S) == 0
+    await wait_for(lambda: node.peer_id in heard.disconnected, what="disconnect callback")
+    assert node.peer_id not in mesh.connected_peers()
+    assert heard.from_peer(node.peer_id)[-1].availability == "DRAINING"
+
+
+async def test_killing_a_node_mid_invoke_fails_fast(
+    coordinator: tuple[MeshBridge, Heard], start_node: Any
+) -> None:
+    mesh, heard = coordinator
+    node = await start_node(mesh.listen_addrs[0])
+    await wait_for(lambda: heard.from_peer(node.peer_id), what="an advert")
+    call = asyncio.create_task(
+        mesh.invoke(node.peer_id, "debug_sleep", {"seconds": 20}, timeout=25)
+    )
+    await wait_for(
+        lambda: any(a.availability == "BUSY" for a in heard.from_peer(node.peer_id)),
+        what="the node to report the job",
+    )
+    node.process.kill()
+    # Bounded: the call must fail on the dead connection, long before its own 25 s timeout.
+    with pytest.raises(MeshError):
+        await asyncio.wait_for(call, 10)
+    await node.process.wait()
+    await wait_for(lambda: node.peer_id in heard.disconnected, what="disconnect callback")
+    with pytest.raises(MeshError):
+        await mesh.invoke(node.peer_id, "ping", {}, timeout=3, addrs=node.listen_addrs)

@@ -1,0 +1,56 @@
+"""Embedded nodes: identities known up front, crashed children restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from quantum_mesh.mesh.bridge import MeshBridge
+from quantum_mesh.node.supervisor import NodeSupervisor
+from tests.node.conftest import Heard, wait_for
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_supervisor_restarts_a_killed_child(
+    coordinator: tuple[MeshBridge, Heard], tmp_path: Path
+) -> None:
+    mesh, heard = coordinator
+    supervisor = NodeSupervisor(
+        count=1,
+        data_dir=tmp_path,
+        bootstrap_addr=mesh.listen_addrs[0],
+        noise_levels=[0.05],
+        env={"QMESH_NODE_PRELOAD": "0", "QMESH_LOG_LEVEL": "WARNING"},
+    )
+    (peer_id,) = supervisor.peer_ids  # known before any process runs
+    assert (tmp_path / "nodes" / "node-0.key").exists()
+    await supervisor.start()
+    try:
+        await supervisor.wait_ready(within_s=30)
+        await wait_for(lambda: heard.from_peer(peer_id), what="first advert")
+        first_pid = supervisor.pids()[peer_id]
+        assert first_pid is not None
+
+        os.kill(first_pid, signal.SIGKILL)
+        await wait_for(lambda: supervisor.restarts[peer_id] == 1, what="a restart")
+        await supervisor.wait_ready(within_s=30)
+        second_pid = supervisor.pids()[peer_id]
+        assert second_pid not in (None, first_pid)
+        # Same identity, and its fresh adverts are accepted at once (no seqno reuse).
+        seen = len(heard.from_peer(peer_id))
+        await wait_for(lambda: len(heard.from_peer(peer_id)) > seen, what="post-restart advert")
+        assert heard.from_peer(peer_id)[-1].noise_level == 0.05
+        assert await mesh.ping(peer_id) > 0
+    finally:
+        await supervisor.stop()
+    assert supervisor.pids() == {peer_id: None}
+    assert second_pid is not None and not alive(second_pid)
+    assert (tmp_path / "nodes" / "node-0.log").stat().st_size >= 0
