@@ -1,0 +1,515 @@
+"""Master-side QAOA drivers: knapsack beam search over blocks, portfolio selection and
+distributed angle search. Transport-agnostic and async; no I/O except through ``dispatch``.
+
+``dispatch(payloads)`` sends each payload dict to some node in parallel and returns the
+result dicts, each carrying ``node_id`` (the coordinator's dispatch adds it). For
+:func:`solve_knapsack` and :func:`solve_portfolio` the node method is ``qaoa_block``
+(:data:`METHOD_BLOCK`); for :func:`search_parameters` it is ``qaoa_schedules``
+(:data:`METHOD_SCHEDULES`). Delivery may be at-least-once: duplicated results and results
+of an older ``job_version`` never change the answer; jobs left without a result are re-sent
+with ``job_version + 1`` (at most ``max_attempts`` rounds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from quantum_mesh.errors import ExecutionFailed, InvalidInput
+from quantum_mesh.quantum.qaoa.angles import BETA_RANGE, GAMMA_RANGE, MAX_P, OPTIMIZERS
+from quantum_mesh.quantum.qaoa.blocks import ORDERS, BlockJob, decompose
+from quantum_mesh.quantum.qaoa.classical import (
+    knapsack_dp,
+    knapsack_greedy,
+    portfolio_brute_force,
+    portfolio_objective,
+    validate_knapsack,
+    validate_portfolio,
+)
+from quantum_mesh.quantum.qaoa.problems import future_profile, lp_value
+
+METHOD_BLOCK = "qaoa_block"
+METHOD_SCHEDULES = "qaoa_schedules"
+Dispatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class KnapsackSettings:
+    """Tuning of :func:`solve_knapsack` (validated on creation).
+
+    ``compound_size``: beam-entry jobs of one block grouped into one dispatched payload
+    (``{"jobs": [...]}``), to amortise transport on small blocks.
+    """
+
+    block_size: int = 12
+    beam_width: int = 8
+    p: int = 1
+    optimizer: str = "grid"
+    grid_size: int = 8
+    maxiter: int = 60
+    shots: int = 512
+    top_k: int = 8
+    order: str = "density"
+    compound_size: int = 1
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.block_size <= 20, "block_size must be in [1, 20]"),
+            (1 <= self.beam_width <= 32, "beam_width must be in [1, 32]"),
+            (1 <= self.p <= MAX_P, f"p must be in [1, {MAX_P}]"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (2 <= self.grid_size <= 32, "grid_size must be in [2, 32]"),
+            (1 <= self.maxiter <= 2000, "maxiter must be in [1, 2000]"),
+            (1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
+            (1 <= self.top_k <= 64, "top_k must be in [1, 64]"),
+            (self.order in ORDERS, f"order must be one of {ORDERS}"),
+            (1 <= self.compound_size <= 64, "compound_size must be in [1, 64]"),
+            (1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidInput(f"{message}.", details={"settings": self.as_dict()})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> KnapsackSettings:
+        """Settings from workflow params (known keys only; others are ignored)."""
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in params.items() if k in names})
+        except TypeError as error:
+            raise InvalidInput(f"Bad knapsack settings: {error}") from error
+
+
+@dataclass(frozen=True)
+class PortfolioSettings:
+    """Tuning of :func:`solve_portfolio`. ``encoding``: ``"xy"`` (default) or ``"penalty"``."""
+
+    p: int = 2
+    optimizer: str = "cobyla"
+    grid_size: int = 8
+    maxiter: int = 80
+    shots: int = 1024
+    top_k: int = 4
+    encoding: str = "xy"
+    max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.p <= MAX_P or self.optimizer not in OPTIMIZERS:
+            raise InvalidInput(f"p must be in [1, {MAX_P}] and optimizer in {OPTIMIZERS}.")
+        if self.encoding not in ("xy", "penalty"):
+            raise InvalidInput("encoding must be 'xy' or 'penalty'.")
+        if not (1 <= self.shots <= 1 << 16 and 1 <= self.top_k <= 64):
+            raise InvalidInput("shots must be in [1, 65536] and top_k in [1, 64].")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    selected: tuple[int, ...]
+    value: int
+    weight: int
+    score: float
+
+
+@dataclass
+class _Ledger:
+    """What the dispatch rounds of a run did."""
+
+    dispatch_s: float = 0.0
+    critical_s: float = 0.0
+    duplicates: int = 0
+    stale: int = 0
+    resent: int = 0
+    rounds: int = 0
+
+
+def _run_tag(*parts: Any) -> str:
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return digest[:10]
+
+
+def _seed_for(seed: int, *keys: int) -> int:
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(1)[0])
+
+
+async def _run_jobs(
+    jobs: list[BlockJob], *, dispatch: Dispatch, group: int, attempts: int, ledger: _Ledger
+) -> dict[str, dict[str, Any]]:
+    """Dispatch block jobs until each has exactly one accepted result (keyed by job_id).
+
+    A result is accepted only if its ``(job_id, block_index, beam_entry)`` names a pending
+    job and its ``job_version`` is that job's current version; later copies are duplicates.
+    """
+    pending = {job.job_id: job for job in jobs}
+    accepted: dict[str, dict[str, Any]] = {}
+    for attempt in range(attempts):
+        todo = [job for job in pending.values() if job.job_id not in accepted]
+        if not todo:
+            break
+        if attempt:
+            ledger.resent += len(todo)
+            todo = [replace(job, job_version=job.job_version + 1) for job in todo]
+            pending.update({job.job_id: job for job in todo})
+        payloads: list[dict[str, Any]] = []
+        for start in range(0, len(todo), group):
+            chunk = [job.to_dict() for job in todo[start : start + group]]
+            payloads.append(chunk[0] if group == 1 else {"jobs": chunk})
+        started = time.perf_counter()
+        raw = await dispatch(payloads)
+        ledger.dispatch_s += time.perf_counter() - started
+        ledger.rounds += 1
+        per_node: dict[str, float] = {}
+        for result in _flatten(raw):
+            job = pending.get(str(result.get("job_id")))
+            if job is None or result.get("block_index") != job.block_index:
+                ledger.stale += 1
+                continue
+            if result.get("beam_entry", 0) != job.beam_entry:
+                ledger.stale += 1
+                continue
+            if result.get("job_version") != job.job_version:
+                ledger.stale += 1
+                continue
+            if job.job_id in accepted:
+                ledger.duplicates += 1
+                continue
+            accepted[job.job_id] = result
+            node = str(result.get("node_id"))
+            seconds = float(result.get("diagnostics", {}).get("seconds", 0.0))
+            per_node[node] = per_node.get(node, 0.0) + seconds
+        ledger.critical_s += max(per_node.values(), default=0.0)
+    missing = sorted(set(pending) - set(accepted))
+    if missing:
+        raise ExecutionFailed(
+            f"No result for {len(missing)} block job(s) after {attempts} attempts.",
+            details={"job_ids": missing},
+        )
+    return accepted
+
+
+def _flatten(raw: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for item in raw:
+        if not isinstance(item, Mapping):
+            continue
+        if "results" in item and isinstance(item["results"], list):
+            out.extend({**sub, "node_id": item.get("node_id")} for sub in item["results"])
+        elif "job_id" in item:
+            out.append(dict(item))
+    return out
+
+
+def _timing(started: float, ledger: _Ledger, qaoa_s: float, classical_s: float) -> dict[str, Any]:
+    wall = time.perf_counter() - started
+    return {
+        "wall_s": wall,
+        "qaoa_s": qaoa_s,
+        "dispatch_s": ledger.dispatch_s,
+        "mesh_s": max(0.0, ledger.dispatch_s - ledger.critical_s),
+        "classical_s": classical_s,
+        "master_s": max(0.0, wall - ledger.dispatch_s),
+        "dispatch_rounds": ledger.rounds,
+        "duplicates_ignored": ledger.duplicates,
+        "stale_ignored": ledger.stale,
+        "jobs_resent": ledger.resent,
+    }
+
+
+def _block_entry(result: Mapping[str, Any]) -> dict[str, Any]:
+    diag = result.get("diagnostics", {})
+    return {
+        "block_index": result["block_index"],
+        "beam_entry": result.get("beam_entry", 0),
+        "node_id": result.get("node_id"),
+        "job_id": result["job_id"],
+        "job_version": result["job_version"],
+        "seconds": float(diag.get("seconds", 0.0)),
+        "qubits": diag.get("qubits"),
+        "evaluations": diag.get("evaluations"),
+        "energy": diag.get("energy"),
+        "ground_state_probability": diag.get("ground_state_probability"),
+        "candidates": len(result.get("candidates", [])),
+    }
+
+
+async def solve_knapsack(
+    values: list[int],
+    weights: list[int],
+    capacity: int,
+    *,
+    dispatch: Dispatch,
+    settings: KnapsackSettings,
+    seed: int,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:
+    """0/1 knapsack by QAOA on blocks with a beam of ``settings.beam_width`` partial solutions.
+
+    Items are split into blocks (:func:`decompose`). For each block, one job per beam entry
+    (its remaining capacity, chosen value/weight, and the LP profile of the later items as
+    context) goes out in one ``dispatch`` call; every returned candidate extends its entry,
+    and the extensions are ranked by value so far plus the LP value of the later items in
+    the capacity left, keeping the best ``beam_width`` distinct selections.
+
+    Returns:
+        ``selected``, ``total_value``, ``total_weight``, ``capacity``, ``optimum_value``,
+        ``optimum_selected``, ``greedy_value``, ``ratio_to_optimum``, ``ratio_to_greedy``,
+        ``used_greedy_fallback``, ``blocks`` (one per block job executed), ``timing``,
+        ``settings``, ``seed``.
+
+    Raises:
+        InvalidInput: bad instance or settings. ExecutionFailed: jobs left without results.
+    """
+    started = time.perf_counter()
+    vals, wts, cap = validate_knapsack(values, weights, capacity)
+    t0 = time.perf_counter()
+    optimum = knapsack_dp(values, weights, capacity)
+    greedy = knapsack_greedy(values, weights, capacity)
+    classical_s = time.perf_counter() - t0
+    blocks = decompose(vals.tolist(), wts.tolist(), block_size=settings.block_size,
+                       order=settings.order)  # type: ignore[arg-type]
+    tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.as_dict())
+    qaoa = {"p": settings.p, "optimizer": settings.optimizer, "grid_size": settings.grid_size,
+            "maxiter": settings.maxiter, "shots": settings.shots}
+    ledger = _Ledger()
+    beam = [_Entry(selected=(), value=0, weight=0, score=0.0)]
+    block_log: list[dict[str, Any]] = []
+    qaoa_s = 0.0
+    for b, items in enumerate(blocks):
+        later = [i for block in blocks[b + 1 :] for i in block]
+        profile = future_profile(vals[later].tolist(), wts[later].tolist()) if later else None
+        jobs = [
+            BlockJob(
+                job_id=f"qk-{tag}-b{b}-e{e}",
+                block_index=b,
+                item_indices=list(items),
+                values=[float(v) for v in vals[items]],
+                weights=[float(w) for w in wts[items]],
+                context={
+                    "remaining_capacity": cap - entry.weight,
+                    "chosen_value": entry.value,
+                    "chosen_weight": entry.weight,
+                    "penalty": None,
+                    "future": profile,
+                },
+                qaoa=qaoa,
+                random_seed=_seed_for(seed, b, e),
+                job_version=1,
+                top_k=settings.top_k,
+                beam_entry=e,
+            )
+            for e, entry in enumerate(beam)
+        ]
+        results = await _run_jobs(jobs, dispatch=dispatch, group=settings.compound_size,
+                                  attempts=settings.max_attempts, ledger=ledger)
+        extended: dict[tuple[int, ...], _Entry] = {}
+        for job in jobs:
+            result = results[job.job_id]
+            block_log.append(_block_entry(result))
+            qaoa_s += float(result.get("diagnostics", {}).get("seconds", 0.0))
+            entry = beam[job.beam_entry]
+            for cand in result.get("candidates", []):
+                bits = cand.get("bits", [])
+                if len(bits) != len(items):
+                    continue
+                chosen = [items[j] for j, bit in enumerate(bits) if bit]
+                weight = entry.weight + int(wts[chosen].sum())
+                if weight > cap:
+                    continue
+                value = entry.value + int(vals[chosen].sum())
+                key = tuple(sorted((*entry.selected, *chosen)))
+                score = value + float(lp_value(float(cap - weight), profile))
+                if key not in extended:
+                    extended[key] = _Entry(key, value, weight, score)
+        if not extended:
+            raise ExecutionFailed(f"Block {b}: no feasible candidate came back.")
+        ranked = sorted(extended.values(), key=lambda x: (-x.score, -x.value, x.weight, x.selected))
+        beam = ranked[: settings.beam_width]
+        if on_progress is not None:
+            on_progress({
+                "block_index": b,
+                "blocks_total": len(blocks),
+                "best_value": max(x.value for x in beam),
+                "beam_values": [x.value for x in beam],
+                "optimum_value": optimum.value,
+            })
+    best = max(beam, key=lambda x: (x.value, -x.weight, tuple(-i for i in x.selected)))
+    selected: list[int] = list(best.selected)
+    total_v, total_w = best.value, best.weight
+    fallback = total_v < greedy.value
+    if fallback:
+        selected, total_v, total_w = greedy.selected, greedy.value, greedy.weight
+    return {
+        "selected": selected,
+        "total_value": total_v,
+        "total_weight": total_w,
+        "capacity": int(capacity),
+        "optimum_value": optimum.value,
+        "optimum_selected": optimum.selected,
+        "greedy_value": greedy.value,
+        "qaoa_value": best.value,
+        "ratio_to_optimum": total_v / optimum.value if optimum.value else 1.0,
+        "ratio_to_greedy": total_v / greedy.value if greedy.value else 1.0,
+        "used_greedy_fallback": fallback,
+        "blocks": block_log,
+        "block_items": blocks,
+        "timing": _timing(started, ledger, qaoa_s, classical_s),
+        "settings": settings.as_dict(),
+        "seed": seed,
+    }
+
+
+async def solve_portfolio(
+    expected_returns: list[float],
+    covariance: list[list[float]],
+    budget: int,
+    risk_aversion: float,
+    *,
+    dispatch: Dispatch,
+    seed: int,
+    settings: PortfolioSettings | None = None,
+    assets: list[str] | None = None,
+) -> dict[str, Any]:
+    """Pick exactly ``budget`` assets maximising ``mu^T x - q x^T Sigma x`` with one QAOA job.
+
+    Returns ``selected`` (indices), ``selected_assets`` (names when given), ``objective``,
+    ``optimum_objective`` and ``optimum_selected`` (brute force), ``gap``, ``is_optimal``,
+    ``node_id``, ``blocks``, ``diagnostics``, ``timing``.
+    """
+    started = time.perf_counter()
+    settings = settings or PortfolioSettings()
+    mu, sigma, k, q = validate_portfolio(expected_returns, covariance, budget, risk_aversion)
+    if assets is not None and len(assets) != mu.size:
+        raise InvalidInput(f"assets must name {mu.size} assets. Instead, got {len(assets)}.")
+    t0 = time.perf_counter()
+    optimum = portfolio_brute_force(mu.tolist(), sigma.tolist(), k, q)
+    classical_s = time.perf_counter() - t0
+    tag = _run_tag("portfolio", mu.tolist(), sigma.tolist(), k, q, seed)
+    job = BlockJob(
+        job_id=f"qp-{tag}",
+        block_index=0,
+        item_indices=list(range(mu.size)),
+        values=mu.tolist(),
+        weights=[1.0] * mu.size,
+        context={"covariance": sigma.tolist(), "budget": k, "risk_aversion": q,
+                 "encoding": settings.encoding},
+        qaoa={"p": settings.p, "optimizer": settings.optimizer, "grid_size": settings.grid_size,
+              "maxiter": settings.maxiter, "shots": settings.shots},
+        random_seed=_seed_for(seed, 0, 0),
+        top_k=settings.top_k,
+        problem="portfolio",
+    )
+    ledger = _Ledger()
+    result = (await _run_jobs([job], dispatch=dispatch, group=1,
+                              attempts=settings.max_attempts, ledger=ledger))[job.job_id]
+    best_sel: list[int] = []
+    best_obj = -np.inf
+    for cand in result.get("candidates", []):
+        chosen = [j for j, bit in enumerate(cand.get("bits", [])) if bit]
+        if len(chosen) != k or len(cand.get("bits", [])) != mu.size:
+            continue
+        obj = portfolio_objective(mu, sigma, chosen, q)
+        if obj > best_obj:
+            best_sel, best_obj = chosen, obj
+    if not best_sel:
+        raise ExecutionFailed("The portfolio job returned no selection of the right size.")
+    diag = result.get("diagnostics", {})
+    return {
+        "selected": best_sel,
+        "selected_assets": [assets[i] for i in best_sel] if assets else None,
+        "objective": best_obj,
+        "optimum_objective": optimum.objective,
+        "optimum_selected": optimum.selected,
+        "gap": optimum.objective - best_obj,
+        "is_optimal": bool(optimum.objective - best_obj <= 1e-9 * max(1.0, abs(best_obj))),
+        "node_id": result.get("node_id"),
+        "blocks": [_block_entry(result)],
+        "diagnostics": diag,
+        "encoding": settings.encoding,
+        "timing": _timing(started, ledger, float(diag.get("seconds", 0.0)), classical_s),
+        "seed": seed,
+    }
+
+
+async def search_parameters(
+    problem: Mapping[str, Any],
+    *,
+    dispatch: Dispatch,
+    n_schedules: int,
+    seed: int,
+    p: int = 1,
+    jobs: int = 4,
+    refine_rounds: int = 1,
+) -> dict[str, Any]:
+    """Distributed angle search: random schedules split over ``jobs`` payloads, then
+    ``refine_rounds`` rounds of perturbations around the best (half as many, narrower).
+
+    ``problem``: a ``BlockJob.to_dict()`` or ``{"qubo": {"matrix": ..., "offset"?}}``; the
+    payloads go to ``qaoa_schedules``. Returns ``best_schedule``, ``best_gammas``,
+    ``best_betas``, ``best_energy``, ``evaluations``, ``rounds`` (per round: best energy and
+    the jobs with ``node_id``, ``seconds``), ``timing``.
+    """
+    if not 1 <= n_schedules <= 20_000:
+        raise InvalidInput(f"n_schedules must be in [1, 20000]. Instead, got {n_schedules}.")
+    if not 1 <= jobs <= 64 or not 0 <= refine_rounds <= 5 or not 1 <= p <= MAX_P:
+        raise InvalidInput(f"Need 1 <= jobs <= 64, 0 <= refine_rounds <= 5, 1 <= p <= {MAX_P}.")
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    low = np.array([GAMMA_RANGE[0]] * p + [BETA_RANGE[0]] * p)
+    high = np.array([GAMMA_RANGE[1]] * p + [BETA_RANGE[1]] * p)
+    batch = rng.uniform(low, high, size=(n_schedules, 2 * p))
+    best_energy, best_schedule = np.inf, batch[0].tolist()
+    rounds: list[dict[str, Any]] = []
+    evaluations, dispatch_s, width = 0, 0.0, 0.25
+    for r in range(refine_rounds + 1):
+        if r:
+            count = max(1, n_schedules // (2**r))
+            noise = rng.normal(scale=width * (high - low) / (2**r), size=(count, 2 * p))
+            batch = np.clip(np.asarray(best_schedule) + noise, low, high)
+        chunks = [c for c in np.array_split(batch, min(jobs, len(batch))) if len(c)]
+        payloads = [{**problem, "schedules": c.tolist(), "batch_id": f"r{r}-j{j}"}
+                    for j, c in enumerate(chunks)]
+        t0 = time.perf_counter()
+        raw = await dispatch(payloads)
+        dispatch_s += time.perf_counter() - t0
+        seen: dict[str, dict[str, Any]] = {}
+        wanted = {str(pl["batch_id"]): pl for pl in payloads}
+        for res in raw:
+            bid = str(res.get("batch_id")) if isinstance(res, Mapping) else ""
+            if bid in wanted and bid not in seen:
+                seen[bid] = dict(res)
+        if not seen:
+            raise ExecutionFailed(f"Angle search round {r}: no batch came back.")
+        for res in seen.values():
+            evaluations += int(res.get("evaluations", 0))
+            if float(res["best_energy"]) < best_energy:
+                best_energy = float(res["best_energy"])
+                best_schedule = [float(x) for x in res["best_schedule"]]
+        rounds.append({
+            "round": r,
+            "schedules": len(batch),
+            "best_energy": best_energy,
+            "missing_batches": sorted(set(wanted) - set(seen)),
+            "jobs": [{"batch_id": bid, "node_id": res.get("node_id"),
+                      "seconds": res.get("seconds"), "evaluations": res.get("evaluations")}
+                     for bid, res in seen.items()],
+        })
+    return {
+        "best_schedule": best_schedule,
+        "best_gammas": best_schedule[:p],
+        "best_betas": best_schedule[p:],
+        "best_energy": best_energy,
+        "evaluations": evaluations,
+        "rounds": rounds,
+        "timing": {"wall_s": time.perf_counter() - started, "dispatch_s": dispatch_s},
+        "seed": seed,
+    }

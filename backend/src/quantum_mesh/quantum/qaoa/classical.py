@@ -1,0 +1,221 @@
+"""Classical references: exact knapsack DP, greedy by value density, brute-force portfolio.
+
+Also the input validation shared by the QAOA drivers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from quantum_mesh.errors import InvalidInput
+
+MAX_ITEMS = 300
+MAX_DP_CELLS = 60_000_000
+"""Items x (capacity + 1) bound of the DP table (bytes of its keep matrix)."""
+MAX_PORTFOLIO_ASSETS = 20
+MAX_BRUTE_FORCE_ASSETS = 20
+
+IntArray = NDArray[np.int64]
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class KnapsackSolution:
+    value: int
+    weight: int
+    selected: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioSolution:
+    objective: float
+    selected: list[int]
+
+
+def _int_list(name: str, data: Any, *, minimum: int) -> IntArray:
+    if not isinstance(data, Sequence | np.ndarray) or isinstance(data, str | bytes):
+        raise InvalidInput(f"{name} must be a list of integers.", details={"field": name})
+    out = []
+    for i, item in enumerate(data):
+        if isinstance(item, bool) or not isinstance(item, int | np.integer):
+            raise InvalidInput(
+                f"{name}[{i}] must be an integer. Instead, got {item!r}.",
+                details={"field": name, "index": i},
+            )
+        if item < minimum:
+            raise InvalidInput(
+                f"{name}[{i}] must be >= {minimum}. Instead, got {item}.",
+                details={"field": name, "index": i},
+            )
+        out.append(int(item))
+    return np.asarray(out, dtype=np.int64)
+
+
+def validate_knapsack(
+    values: Sequence[int], weights: Sequence[int], capacity: int
+) -> tuple[IntArray, IntArray, int]:
+    """Check a 0/1 knapsack instance and return it as arrays.
+
+    Raises:
+        InvalidInput: lengths differ, N outside [1, 300], non-positive or non-integer values
+            or weights, negative capacity, or a DP table larger than ``MAX_DP_CELLS``.
+    """
+    vals = _int_list("values", values, minimum=1)
+    wts = _int_list("weights", weights, minimum=1)
+    if vals.size != wts.size:
+        raise InvalidInput(
+            f"values and weights must have the same length. Instead, got {vals.size} and "
+            f"{wts.size}.",
+            details={"values": int(vals.size), "weights": int(wts.size)},
+        )
+    if not 1 <= vals.size <= MAX_ITEMS:
+        raise InvalidInput(
+            f"The number of items must be in [1, {MAX_ITEMS}]. Instead, got {vals.size}.",
+            details={"items": int(vals.size)},
+        )
+    if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 0:
+        raise InvalidInput(
+            f"capacity must be an integer >= 0. Instead, got {capacity!r}.",
+            details={"capacity": repr(capacity)},
+        )
+    capacity = int(min(int(capacity), int(wts.sum())))
+    if vals.size * (capacity + 1) > MAX_DP_CELLS:
+        raise InvalidInput(
+            f"items x (capacity + 1) must be <= {MAX_DP_CELLS} for the exact reference. "
+            f"Instead, got {vals.size} x {capacity + 1}.",
+            details={"items": int(vals.size), "capacity": capacity},
+        )
+    return vals, wts, capacity
+
+
+def knapsack_dp(values: Sequence[int], weights: Sequence[int], capacity: int) -> KnapsackSolution:
+    """Exact 0/1 knapsack optimum by dynamic programming over capacity (vectorised rows)."""
+    vals, wts, cap = validate_knapsack(values, weights, capacity)
+    best = np.zeros(cap + 1, dtype=np.int64)
+    keep = np.zeros((vals.size, cap + 1), dtype=bool)
+    for i, (v, w) in enumerate(zip(vals.tolist(), wts.tolist(), strict=True)):
+        if w > cap:
+            continue
+        candidate = best[: cap + 1 - w] + v
+        better = candidate > best[w:]
+        keep[i, w:] = better
+        best[w:] = np.where(better, candidate, best[w:])
+    selected, room = [], cap
+    for i in range(vals.size - 1, -1, -1):
+        if keep[i, room]:
+            selected.append(i)
+            room -= int(wts[i])
+    selected.reverse()
+    return KnapsackSolution(
+        value=int(vals[selected].sum()), weight=int(wts[selected].sum()), selected=selected
+    )
+
+
+def density_order(values: IntArray, weights: IntArray) -> IntArray:
+    """Item indices by decreasing value/weight (ties: larger value, then smaller index)."""
+    density = values / weights
+    return np.lexsort((np.arange(values.size), -values, -density)).astype(np.int64)
+
+
+def knapsack_greedy(
+    values: Sequence[int], weights: Sequence[int], capacity: int
+) -> KnapsackSolution:
+    """Greedy by value density: add each item (best density first) if it still fits."""
+    vals, wts, cap = validate_knapsack(values, weights, capacity)
+    selected, room = [], cap
+    for i in density_order(vals, wts).tolist():
+        if wts[i] <= room:
+            selected.append(i)
+            room -= int(wts[i])
+    selected.sort()
+    return KnapsackSolution(
+        value=int(vals[selected].sum()), weight=int(wts[selected].sum()), selected=selected
+    )
+
+
+def validate_portfolio(
+    expected_returns: Sequence[float],
+    covariance: Sequence[Sequence[float]],
+    budget: int,
+    risk_aversion: float,
+) -> tuple[FloatArray, FloatArray, int, float]:
+    """Check a budget-constrained mean-variance instance and return arrays.
+
+    Raises:
+        InvalidInput: N outside [2, 20], non-square or asymmetric or non-finite covariance,
+            budget outside [1, N], negative risk aversion.
+    """
+    try:
+        mu = np.asarray(expected_returns, dtype=np.float64)
+        sigma = np.asarray(covariance, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InvalidInput(f"Portfolio data must be numeric: {error}") from error
+    n = mu.size
+    if mu.ndim != 1 or not 2 <= n <= MAX_PORTFOLIO_ASSETS:
+        raise InvalidInput(
+            f"expected_returns must list 2..{MAX_PORTFOLIO_ASSETS} assets. Instead, got {n}.",
+            details={"assets": int(n)},
+        )
+    if sigma.shape != (n, n):
+        raise InvalidInput(
+            f"covariance must be {n}x{n}. Instead, got shape {list(sigma.shape)}.",
+            details={"shape": list(sigma.shape)},
+        )
+    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
+        raise InvalidInput("expected_returns and covariance must be finite.")
+    if not np.allclose(sigma, sigma.T, atol=1e-9):
+        raise InvalidInput("covariance must be symmetric.")
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or not 1 <= budget <= n:
+        raise InvalidInput(
+            f"budget must be an integer in [1, {n}]. Instead, got {budget!r}.",
+            details={"budget": repr(budget)},
+        )
+    q = float(risk_aversion)
+    if not np.isfinite(q) or q < 0:
+        raise InvalidInput(f"risk_aversion must be >= 0. Instead, got {risk_aversion!r}.")
+    return mu, sigma, int(budget), q
+
+
+def portfolio_objective(
+    expected_returns: FloatArray,
+    covariance: FloatArray,
+    selected: Sequence[int],
+    risk_aversion: float,
+) -> float:
+    """``mu^T x - q x^T Sigma x`` for the 0/1 vector with ones at ``selected``."""
+    idx = np.asarray(list(selected), dtype=np.int64)
+    return float(
+        expected_returns[idx].sum() - risk_aversion * covariance[np.ix_(idx, idx)].sum()
+    )
+
+
+def portfolio_brute_force(
+    expected_returns: Sequence[float],
+    covariance: Sequence[Sequence[float]],
+    budget: int,
+    risk_aversion: float,
+) -> PortfolioSolution:
+    """Exact optimum over all ``C(N, budget)`` selections (N <= 20), vectorised in chunks."""
+    mu, sigma, k, q = validate_portfolio(expected_returns, covariance, budget, risk_aversion)
+    if mu.size > MAX_BRUTE_FORCE_ASSETS:
+        raise InvalidInput(f"Brute force needs N <= {MAX_BRUTE_FORCE_ASSETS}.")
+    best_value, best_sel = -np.inf, np.zeros(k, dtype=np.int64)
+    combos = combinations(range(mu.size), k)
+    while True:
+        chunk = np.array([c for _, c in zip(range(50_000), combos, strict=False)], dtype=np.int64)
+        if chunk.size == 0:
+            break
+        chunk = chunk.reshape(-1, k)
+        ret = mu[chunk].sum(axis=1)
+        risk = sigma[chunk[:, :, None], chunk[:, None, :]].sum(axis=(1, 2))
+        objective = ret - q * risk
+        top = int(np.argmax(objective))
+        if objective[top] > best_value + 1e-12:
+            best_value, best_sel = float(objective[top]), chunk[top]
+    return PortfolioSolution(objective=best_value, selected=[int(i) for i in best_sel])
