@@ -1,32 +1,203 @@
-"""Workflow kinds (QAOA knapsack, SQD, portfolio…): validation and processors.
-
-Filled in per workload; each kind registers a validator (runs before the job exists, so bad
-params are a 422) and a processor (runs the workload over the mesh via the dispatcher).
-"""
+"""Workflow kinds: validation (before a job exists, so bad params are a 422) and processors
+that run each workload over the mesh through the dispatcher."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quantum_mesh.control.dispatch import MeshDispatcher
 from quantum_mesh.control.jobs import JobManager
+from quantum_mesh.control.offloop import LoopBridge, run_async_driver
+from quantum_mesh.control.states import JobStatus
 from quantum_mesh.errors import InvalidInput
+from quantum_mesh.quantum.qaoa import beam
+from quantum_mesh.quantum.qaoa.classical import validate_knapsack, validate_portfolio
 
 Validator = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Runner = Callable[["WorkflowContext", dict[str, Any]], Awaitable[dict[str, Any]]]
+
 VALIDATORS: dict[str, Validator] = {}
+RUNNERS: dict[str, Runner] = {}
+PORTFOLIO_KIND = "portfolio"
+
+
+class WorkflowContext:
+    """What a workflow runner may use: the dispatcher and progress reporting."""
+
+    def __init__(self, *, job_id: str, jobs: JobManager, dispatcher: MeshDispatcher) -> None:
+        self.job_id = job_id
+        self.jobs = jobs
+        self.dispatcher = dispatcher
+        self._loop = asyncio.get_running_loop()
+
+    def progress_threadsafe(self, progress: dict[str, Any]) -> None:
+        """Report progress from a driver thread (persisted, then published)."""
+        asyncio.run_coroutine_threadsafe(self.jobs.report_progress(self.job_id, progress), self._loop)
+
+    def mesh_dispatch(self, bridge: LoopBridge, method: str, service_type: str) -> beam.Dispatch:
+        async def dispatch(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return await bridge.acall(self.dispatcher.dispatch(method, jobs, service_type=service_type))
+
+        return dispatch
+
+
+def workflow(kind: str) -> Callable[[Runner], Runner]:
+    def register(fn: Runner) -> Runner:
+        RUNNERS[kind] = fn
+        return fn
+
+    return register
+
+
+def validator(kind: str) -> Callable[[Validator], Validator]:
+    def register(fn: Validator) -> Validator:
+        VALIDATORS[kind] = fn
+        return fn
+
+    return register
 
 
 async def validate_workflow(kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    validator = VALIDATORS.get(kind)
-    if validator is None:
+    check = VALIDATORS.get(kind)
+    if check is None or kind == PORTFOLIO_KIND:
+        available = sorted(k for k in VALIDATORS if k != PORTFOLIO_KIND)
         raise InvalidInput(
-            f"Unknown workflow kind '{kind}'; available: {sorted(VALIDATORS)}",
-            details={"kind": kind, "available": sorted(VALIDATORS)},
+            f"Unknown workflow kind '{kind}'; available: {available}",
+            details={"kind": kind, "available": available},
         )
-    return await validator(params)
+    return await check(params)
 
 
+def _seed(params: dict[str, Any]) -> int:
+    seed = params.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise InvalidInput("seed must be an integer in [0, 2**32)", details={"seed": seed})
+    return seed
+
+
+# --- QAOA knapsack ---------------------------------------------------------------------------
+@validator("qaoa_knapsack")
+async def _validate_knapsack(params: dict[str, Any]) -> dict[str, Any]:
+    for key in ("values", "weights", "capacity"):
+        if key not in params:
+            raise InvalidInput(f"params.{key} is required", details={"field": key})
+    await asyncio.to_thread(validate_knapsack, params["values"], params["weights"], params["capacity"])
+    settings = beam.KnapsackSettings.from_params(params)
+    return {**params, "seed": _seed(params), "settings": settings.as_dict()}
+
+
+@workflow("qaoa_knapsack")
+async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
+    settings = beam.KnapsackSettings.from_params(params["settings"])
+
+    def on_progress(p: dict[str, Any]) -> None:
+        ctx.progress_threadsafe(
+            {"done": p["block_index"] + 1, "total": p["blocks_total"], "unit": "blocks",
+             "best_value": p["best_value"], "optimum_value": p["optimum_value"]}
+        )
+
+    async def driver(bridge: LoopBridge) -> dict[str, Any]:
+        return await beam.solve_knapsack(
+            params["values"], params["weights"], params["capacity"],
+            dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_BLOCK, "qaoa_block"),
+            settings=settings, seed=params["seed"], on_progress=on_progress,
+        )
+
+    return await run_async_driver(driver)
+
+
+# --- distributed (gamma, beta) search for one QUBO -------------------------------------------
+@validator("qaoa_parameter_search")
+async def _validate_param_search(params: dict[str, Any]) -> dict[str, Any]:
+    qubo = params.get("qubo")
+    if not isinstance(qubo, list) or not qubo or not all(
+        isinstance(row, list) and len(row) == len(qubo) for row in qubo
+    ):
+        raise InvalidInput("params.qubo must be a square matrix (list of lists)")
+    if len(qubo) > 22:
+        raise InvalidInput(f"params.qubo has {len(qubo)} variables; at most 22 are supported")
+    return {
+        "qubo": qubo,
+        "offset": float(params.get("offset", 0.0)),
+        "n_schedules": int(params.get("n_schedules", 64)),
+        "p": int(params.get("p", 1)),
+        "jobs": int(params.get("jobs", 4)),
+        "refine_rounds": int(params.get("refine_rounds", 1)),
+        "seed": _seed(params),
+    }
+
+
+@workflow("qaoa_parameter_search")
+async def _run_param_search(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
+    async def driver(bridge: LoopBridge) -> dict[str, Any]:
+        return await beam.search_parameters(
+            {"qubo": {"matrix": params["qubo"], "offset": params["offset"]}},
+            dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_SCHEDULES, "qaoa_block"),
+            n_schedules=params["n_schedules"], seed=params["seed"], p=params["p"],
+            jobs=params["jobs"], refine_rounds=params["refine_rounds"],
+        )
+
+    return await run_async_driver(driver)
+
+
+# --- portfolio (the /finance API) ----------------------------------------------------------
+@validator(PORTFOLIO_KIND)
+async def _validate_portfolio(params: dict[str, Any]) -> dict[str, Any]:
+    assets = params.get("assets")
+    mu = params.get("expected_returns")
+    if not isinstance(assets, list) or not all(isinstance(a, str) for a in assets):
+        raise InvalidInput("assets must be a list of names")
+    if not isinstance(mu, list) or len(mu) != len(assets):
+        raise InvalidInput("expected_returns must have one entry per asset")
+    if len(set(assets)) != len(assets):
+        raise InvalidInput("asset names must be unique")
+    await asyncio.to_thread(
+        validate_portfolio, mu, params.get("covariance"), params.get("budget"),
+        params.get("risk_aversion", 0.5),
+    )
+    return {**params, "risk_aversion": float(params.get("risk_aversion", 0.5)), "seed": _seed(params)}
+
+
+@workflow(PORTFOLIO_KIND)
+async def _run_portfolio(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
+    async def driver(bridge: LoopBridge) -> dict[str, Any]:
+        return await beam.solve_portfolio(
+            params["expected_returns"], params["covariance"], params["budget"],
+            params["risk_aversion"],
+            dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_BLOCK, "qaoa_block"),
+            seed=params["seed"], assets=params["assets"],
+        )
+
+    result = await run_async_driver(driver)
+    result["selected_indices"] = result["selected"]
+    result["selected"] = result.pop("selected_assets")
+    return result
+
+
+# --- wiring ----------------------------------------------------------------------------------
 def register_workflows(jobs: JobManager, dispatcher: MeshDispatcher) -> None:
     """Attach every workflow processor to the job manager."""
-    return None
+    for kind, runner in RUNNERS.items():
+        jobs.register_processor(kind, _processor(jobs, dispatcher, runner))
+
+
+def _processor(
+    jobs: JobManager, dispatcher: MeshDispatcher, runner: Runner
+) -> Callable[[str], Awaitable[None]]:
+    async def process(job_id: str) -> None:
+        job = await jobs.get(job_id)
+        if job.status == JobStatus.QUEUED:
+            await jobs.transition(job_id, JobStatus.COMPILING)
+        job = await jobs.get(job_id)
+        if job.status in (JobStatus.COMPILING, JobStatus.RESERVING):
+            await jobs.transition(job_id, JobStatus.EXECUTING)
+        ctx = WorkflowContext(job_id=job_id, jobs=jobs, dispatcher=dispatcher)
+        result = await runner(ctx, job.request["params"])
+        # Progress reports travel from driver threads; close the bar whatever arrived last.
+        last = (await jobs.get(job_id)).progress or {}
+        final = {**last, "done": last["total"]} if "total" in last else {**last, "done": 1, "total": 1}
+        await jobs.transition(job_id, JobStatus.COMPLETED, result=result, progress=final)
+
+    return process

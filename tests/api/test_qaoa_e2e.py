@@ -1,0 +1,76 @@
+"""QAOA workloads over the live mesh: knapsack blocks spread over nodes, portfolio via /finance."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from quantum_mesh.quantum.qaoa.classical import knapsack_dp, knapsack_greedy
+from tests.support.live import LiveCoordinator
+
+
+@pytest.fixture(scope="module")
+def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def _instance(n: int, seed: int) -> tuple[list[int], list[int], int]:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(10, 100, size=n).tolist()
+    weights = rng.integers(5, 60, size=n).tolist()
+    return values, weights, int(sum(weights) * 0.4)
+
+
+def test_knapsack_60_items_across_nodes(coord: LiveCoordinator) -> None:
+    values, weights, capacity = _instance(60, seed=7)
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
+        "values": values, "weights": weights, "capacity": capacity, "seed": 3}})
+    assert r.status_code == 202, r.text
+    run = coord.wait_job(r.json()["run_id"], timeout=300, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", (run, coord.log_tail())
+    res = run["result"]
+    assert sum(weights[i] for i in res["selected"]) == res["total_weight"] <= capacity
+    assert sum(values[i] for i in res["selected"]) == res["total_value"]
+    assert res["optimum_value"] == knapsack_dp(values, weights, capacity).value
+    assert res["greedy_value"] == knapsack_greedy(values, weights, capacity).value
+    assert res["total_value"] >= res["greedy_value"]
+    assert res["total_value"] >= 0.97 * res["optimum_value"]
+    assert len({b["node_id"] for b in res["blocks"]}) >= 2
+    assert run["progress"]["done"] == run["progress"]["total"]
+
+
+def test_portfolio_10_assets_reaches_brute_force_optimum(coord: LiveCoordinator) -> None:
+    rng = np.random.default_rng(5)
+    n = 10
+    a = rng.normal(size=(n, n))
+    cov = (a @ a.T / n * 0.1).tolist()
+    body = {"assets": [f"A{i}" for i in range(n)], "expected_returns": rng.uniform(0.01, 0.2, n).tolist(),
+            "covariance": cov, "budget": 4, "risk_aversion": 0.5, "seed": 1}
+    r = coord.http.post("/finance/submit", json=body)
+    assert r.status_code == 202, r.text
+    job = coord.wait_job(r.json()["job_id"], timeout=300, path="/finance/")
+    assert job["status"] == "COMPLETED", job
+    assert len(job["result"]["selected"]) == 4
+    cmp = coord.http.get(f"/finance/{job['job_id']}/comparison").json()
+    assert cmp["is_optimal"] and cmp["ratio"] == pytest.approx(1.0)
+    assert sorted(cmp["qaoa"]["selected"]) == sorted(cmp["exact"]["selected"])
+    listing = coord.http.get("/finance").json()
+    assert any(item["job_id"] == job["job_id"] for item in listing["items"])
+
+
+def test_bad_workflow_params_are_422(coord: LiveCoordinator) -> None:
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
+        "values": [1, 2], "weights": [1], "capacity": 3}})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
+    r = coord.http.post("/workflows/runs", json={"kind": "nope", "params": {}})
+    assert r.status_code == 422 and "available" in r.json()["error"]["details"]
+    r = coord.http.post("/finance/submit", json={"assets": ["a", "b"], "expected_returns": [0.1],
+                                                 "covariance": [[1, 0], [0, 1]], "budget": 1})
+    assert r.status_code == 422
