@@ -44,7 +44,7 @@ class LiveCoordinator:
 
     def __init__(self, data_dir: Path, *, database_url: str | None = None, embedded_nodes: int = 3,
                  env: dict[str, str] | None = None, p2p_port: int | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, api_key: str | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.p2p_port = p2p_port or free_port()
@@ -54,7 +54,8 @@ class LiveCoordinator:
             self.env["QMESH_DATABASE_URL"] = database_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.http = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30.0)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30.0, headers=headers)
 
     def start(self, *, wait_nodes: int | None = None) -> LiveCoordinator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,9 @@ class LiveCoordinator:
     def bootstrap_addr(self) -> str:
         return str(self.http.get("/bootstrap/libp2p").json()["listen_addrs"][0])
 
-    def wait_job(self, job_id: str, *, timeout: float = 120.0, path: str = "/jobs/") -> dict[str, Any]:
+    def wait_job(
+        self, job_id: str, *, timeout: float = 120.0, path: str = "/jobs/"
+    ) -> dict[str, Any]:
         def done() -> dict[str, Any] | None:
             body = self.http.get(f"{path}{job_id}").json()
             return body if body["status"] in TERMINAL else None
@@ -114,6 +117,10 @@ class LiveCoordinator:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.http.close()
+
+    def restart(self) -> None:
+        """Start again on the same data dir and ports (after ``kill``)."""
+        self.start()
 
     def __enter__(self) -> LiveCoordinator:
         return self.start()

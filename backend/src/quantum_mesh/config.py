@@ -40,6 +40,7 @@ class Settings(BaseSettings):
 
     # --- runtime ---------------------------------------------------------------------------
     max_attempts_per_node: int = 2
+    capacity_wait_s: float = 30.0
     retry_base_delay_s: float = 0.2
     retry_max_delay_s: float = 2.0
 

@@ -85,6 +85,7 @@ class Coordinator:
         await self._restore_snapshots()
         self.mesh.on_advert = self._on_advert
         self.mesh.on_peer_disconnected = self.registry.mark_disconnected
+        self.mesh.stream_filter = self.registry.is_trusted
         await self.mesh.start()
         self.mesh_up = True
         log.info("coordinator.mesh_started", peer_id=self.mesh.peer_id, addrs=self.mesh.listen_addrs)

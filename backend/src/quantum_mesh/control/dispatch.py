@@ -65,6 +65,11 @@ class MeshDispatcher:
         if not jobs:
             return []
         nodes = self.nodes_for(service_type)
+        deadline = time.monotonic() + self.settings.capacity_wait_s
+        while not nodes and time.monotonic() < deadline:
+            # Right after start-up or recovery the registry is still filling from adverts.
+            await asyncio.sleep(0.25)
+            nodes = self.nodes_for(service_type)
         if max_nodes is not None:
             nodes = nodes[:max_nodes]
         if not nodes:

@@ -8,6 +8,7 @@ sees can be lost by a crash. Work runs in background tasks that this manager tra
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,7 +22,7 @@ from quantum_mesh.control.planner import CostWeights, FragmentSpec, plan_fragmen
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.runtime import CircuitRuntime
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
-from quantum_mesh.errors import Conflict, QMeshError
+from quantum_mesh.errors import Conflict, NoCapacity, QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.quantum.analysis import build_quantum_result
 from quantum_mesh.quantum.circuits.fragments import build_fragments
@@ -32,6 +33,7 @@ from quantum_mesh.store.tables import Job
 log = get_logger(__name__)
 
 CIRCUIT_KIND = "circuit"
+CAPACITY_POLL_S = 0.25
 Processor = Callable[[str], Awaitable[None]]
 
 
@@ -241,6 +243,23 @@ class JobManager:
             fidelity=s.cost_weight_fidelity,
         )
 
+    async def _plan_when_capacity(
+        self, pending: list[FragmentSpec], min_fidelity: float | None
+    ) -> list[dict[str, Any]]:
+        """Plan now, or wait (bounded) for nodes to be heard: right after a start-up or a
+        recovery the registry is still filling from adverts."""
+        deadline = time.monotonic() + self.settings.capacity_wait_s
+        while True:
+            try:
+                return plan_fragments(
+                    pending, self.registry.usable_snapshot(), weights=self.weights(),
+                    min_fidelity=min_fidelity,
+                )
+            except NoCapacity:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(CAPACITY_POLL_S)
+
     # --- circuits ------------------------------------------------------------------------
     async def _process_circuit(self, job_id: str) -> None:
         job = await self.get(job_id)
@@ -265,9 +284,7 @@ class JobManager:
         min_fidelity = request.get("min_fidelity")
         # A recovered job is planned again for what is left: nodes may have changed meanwhile.
         pending = [s for s in specs if s.fragment_id not in done]
-        planned = plan_fragments(
-            pending, self.registry.usable_snapshot(), weights=self.weights(), min_fidelity=min_fidelity
-        )
+        planned = await self._plan_when_capacity(pending, min_fidelity)
         by_id = {p["fragment_id"]: p for p in planned}
         plan_fragments_all = [
             by_id.get(s.fragment_id)

@@ -42,6 +42,8 @@ from quantum_mesh.store.tables import FragmentExecution
 
 log = get_logger(__name__)
 
+MAX_BUSY_ROUNDS = 30
+BUSY_REASONS = frozenset({"saturated"})
 _NON_RETRYABLE_REMOTE = {"bad_request", "unknown_method", "handler_unavailable"}
 
 
@@ -231,6 +233,46 @@ class CircuitRuntime:
         history: list[dict[str, Any]] = []
         rng = random.Random(seed)
         encoded_state = await asyncio.to_thread(encode_array, state)
+        # A busy node refuses reservations; when no candidate took the fragment but some were
+        # only busy, the fragment waits (bounded backoff) and asks again instead of failing.
+        for busy_round in range(1, MAX_BUSY_ROUNDS + 1):
+            outcome, some_busy = await self._try_candidates(
+                job_id=job_id, fragment=fragment, encoded_state=encoded_state,
+                num_qubits=num_qubits, operations=operations, seed=seed,
+                min_fidelity=min_fidelity, history=history, rng=rng, started=started,
+                attempts_so_far=attempts,
+            )
+            if isinstance(outcome, FragmentOutcome):
+                return outcome
+            attempts = outcome
+            if not some_busy:
+                break
+            await asyncio.sleep(self._delay(min(busy_round, 4), rng))
+        raise ExecutionFailed(
+            f"Fragment {fid} could not be executed on any candidate node",
+            details={"fragment_id": fid, "attempts": attempts, "history": history},
+        )
+
+    async def _try_candidates(
+        self,
+        *,
+        job_id: str,
+        fragment: dict[str, Any],
+        encoded_state: dict[str, Any],
+        num_qubits: int,
+        operations: list[dict[str, Any]],
+        seed: int,
+        min_fidelity: float | None,
+        history: list[dict[str, Any]],
+        rng: random.Random,
+        started: datetime,
+        attempts_so_far: int,
+    ) -> tuple[FragmentOutcome | int, bool]:
+        """One pass over the candidates. Returns (outcome or attempts used, whether some
+        candidate refused only because it was busy, so another pass may succeed)."""
+        fid = fragment["fragment_id"]
+        attempts = attempts_so_far
+        busy_refusals = 0
         for node_id in self._candidates(fragment):
             if not self.registry.is_usable(node_id):
                 history.append({"node_id": node_id, "outcome": "skipped_unusable"})
@@ -251,6 +293,8 @@ class CircuitRuntime:
                                     "reason": reservation.reason})
                     await self._event(job_id, "reservation_rejected", fragment_id=fid, node_id=node_id,
                                       attempt=attempts, payload={"reason": reservation.reason})
+                    if reservation.reason in BUSY_REASONS:
+                        busy_refusals += 1
                     break
                 await self._event(job_id, "attempt_started", fragment_id=fid, node_id=node_id,
                                   attempt=attempts, payload={"reservation_id": reservation.reservation_id})
@@ -315,7 +359,7 @@ class CircuitRuntime:
                         None if reply.get("operator") is None else decode_array(reply["operator"]),
                     )
                 )
-                return FragmentOutcome(
+                return (FragmentOutcome(
                     fragment_id=fid,
                     node_id=node_id,
                     attempts=attempts,
@@ -326,11 +370,8 @@ class CircuitRuntime:
                     operator=operator,
                     qubits=[int(q) for q in reply.get("qubits", fragment["qubits"])],
                     history=history,
-                )
-        raise ExecutionFailed(
-            f"Fragment {fid} could not be executed on any candidate node",
-            details={"fragment_id": fid, "attempts": attempts, "history": history},
-        )
+                ), False)
+        return attempts, busy_refusals > 0
 
     def _delay(self, attempt: int, rng: random.Random) -> float:
         return backoff_delay(

@@ -116,6 +116,8 @@ class MeshBridge:
         self.advert_topic: str = ADVERT_TOPIC
         self.on_advert: Callable[[Advert], None] | None = None
         self.on_peer_disconnected: Callable[[str], None] | None = None
+        # Called from the Trio thread with the remote peer ID: a plain, non-blocking lookup.
+        self.stream_filter: Callable[[str], bool] | None = None
         self.advert_stats: dict[str, int] = {"accepted": 0, **dict.fromkeys(REJECTION_REASONS, 0)}
         self._connected: set[str] = set()
         self._pending: set[asyncio.Future[Any]] = set()
@@ -320,7 +322,11 @@ class MeshBridge:
         await serve_stream(stream, dispatch=self._dispatch, max_frame_bytes=self._max_frame_bytes)
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any]:
-        """The coordinator answers only ``ping``, so nodes can measure their link to it."""
+        """The coordinator answers only ``ping``, so nodes can measure their link to it.
+
+        Streams from peers the coordinator does not trust are refused."""
+        if self.stream_filter is not None and not self.stream_filter(remote):
+            raise RemoteError("not_enrolled", "this peer is not enrolled and approved")
         if request.method == "ping":
             return {"pong": True, "peer_id": self.peer_id, "t": time.time()}
         raise RemoteError(ERR_UNKNOWN_METHOD, f"the coordinator does not serve {request.method}")

@@ -1,0 +1,217 @@
+"""SQD batch diagonalisations: sequential in one process vs in parallel on 2 and 3 workers.
+
+Runs the same SQD (same seed, same settings) with different ``solve_batches`` callables and
+prints wall time, speedup and the largest energy difference between the modes (final and
+per batch; must be <= 1e-10 Ha). The parallel stand-in is a local *process pool* of spawned
+workers with one OpenMP/OpenBLAS thread each, warmed up before timing; swapping in the
+mesh means passing a mesh-backed ``solve_batches`` to :func:`time_mode`.
+
+    .venv/bin/python bench/sqd_parallel.py            # N2 / cc-pVDZ, (10e, 12o)
+    .venv/bin/python bench/sqd_parallel.py --quick    # N2 / 6-31G, (10e, 10o)
+"""
+
+from __future__ import annotations
+
+import os
+
+# OpenBLAS reads this once, when numpy loads: limit it before anything imports numpy, so the
+# in-process sequential baseline runs under the same BLAS setting as the pool workers (two
+# BLAS threads next to pyscf's OpenMP threads made batch solves ~5x slower on 2 cores).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from quantum_mesh.quantum.sqd.local_pool import (
+    process_pool_solver,
+    start_process_pool,
+)
+from quantum_mesh.quantum.sqd.loop import (
+    SolveBatches,
+    run_sqd,
+    solve_batches_locally,
+)
+from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
+from quantum_mesh.quantum.sqd.reference import exact_energy
+from quantum_mesh.quantum.sqd.settings import SQDSettings
+
+N2_GEOMETRY = "N 0 0 0; N 0 0 1.1"
+TOLERANCE_HA = 1e-10
+
+
+@dataclass(frozen=True)
+class Mode:
+    label: str
+    workers: int
+    threads_per_worker: int
+    seconds: float
+    result: dict[str, Any]
+
+
+def time_mode(
+    *,
+    label: str,
+    workers: int,
+    threads_per_worker: int,
+    problem: ActiveSpaceProblem,
+    settings: SQDSettings,
+    solve_batches: SolveBatches,
+) -> Mode:
+    """Wall time of one full SQD run whose batches go through ``solve_batches``."""
+    start = time.perf_counter()
+    result = run_sqd(
+        problem, settings=settings, solve_batches=solve_batches, compute_reference=False
+    )
+    return Mode(label, workers, threads_per_worker, time.perf_counter() - start, result)
+
+
+def largest_difference(first: dict[str, Any], second: dict[str, Any]) -> float:
+    """Max |dE| over the final energies and every (iteration, batch) energy of two runs."""
+    difference = abs(first["energy"] - second["energy"])
+    other = {(b["iteration"], b["batch"]): b["energy"] for b in second["batches"]}
+    if len(other) != len(first["batches"]):
+        return float("inf")
+    for batch in first["batches"]:
+        theirs = other.get((batch["iteration"], batch["batch"]))
+        if (theirs is None) != (batch["energy"] is None):
+            return float("inf")
+        if theirs is not None:
+            difference = max(difference, abs(batch["energy"] - theirs))
+    return difference
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N2 / 6-31G (10e, 10o) instead")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 3])
+    parser.add_argument(
+        "--sequential-threads",
+        type=int,
+        nargs="+",
+        help="OpenMP threads of the sequential runs (default: 1 and all cores)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+
+    basis, n_orbitals = ("6-31g", 10) if args.quick else ("cc-pvdz", 12)
+    problem = build_from_molecule(
+        atom=N2_GEOMETRY, basis=basis, active_orbitals=n_orbitals, active_electrons=10
+    )
+    settings = SQDSettings(seed=args.seed)
+    cores = os.cpu_count() or 1
+    print(f"problem: {problem.description}")
+    print(f"settings: {settings}")
+    print(f"machine: {cores} CPU cores, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}")
+
+    started = time.perf_counter()
+    reference = exact_energy(problem, spin_sq=settings.spin_sq)
+    reference_s = time.perf_counter() - started
+
+    # Warm up this process (imports, first-call costs of the recovery loop) before timing,
+    # as the pool workers are warmed up before theirs.
+    run_sqd(
+        problem,
+        settings=SQDSettings(seed=args.seed, n_batches=1, samples_per_batch=20, max_iterations=2),
+        solve_batches=solve_batches_locally,
+        compute_reference=False,
+    )
+
+    modes = [
+        time_mode(
+            label=f"sequential, 1 process x {threads} OpenMP thread(s)",
+            workers=1,
+            threads_per_worker=threads,
+            problem=problem,
+            settings=settings,
+            solve_batches=partial(solve_batches_locally, threads=threads),
+        )
+        for threads in (args.sequential_threads or sorted({1, cores}))
+    ]
+    for workers in args.workers:
+        pool_started = time.perf_counter()
+        pool = start_process_pool(workers=workers, threads_per_worker=1)
+        pool_s = time.perf_counter() - pool_started
+        try:
+            modes.append(
+                time_mode(
+                    label=f"process pool, {workers} workers x 1 thread "
+                    f"(start+warm-up {pool_s:.1f} s, not timed)",
+                    workers=workers,
+                    threads_per_worker=1,
+                    problem=problem,
+                    settings=settings,
+                    solve_batches=process_pool_solver(pool, threads_per_worker=1),
+                )
+            )
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    baseline = modes[0]
+    fastest_sequential = min(m.seconds for m in modes if m.workers == 1)
+    print()
+    print("speedup = fastest sequential wall time / wall time; |dE| against the first row")
+    print(f"{'mode':<72} {'wall s':>8} {'batch s':>8} {'speedup':>8} {'max |dE| Ha':>12}")
+    worst = 0.0
+    rows = []
+    for mode in modes:
+        difference = largest_difference(baseline.result, mode.result)
+        worst = max(worst, difference)
+        batch_s = mode.result["timing"]["batch_seconds_sum"]
+        speedup = fastest_sequential / mode.seconds
+        print(
+            f"{mode.label:<72} {mode.seconds:8.2f} {batch_s:8.2f} {speedup:7.2f}x "
+            f"{difference:12.1e}"
+        )
+        rows.append(
+            {
+                "mode": mode.label,
+                "workers": mode.workers,
+                "threads_per_worker": mode.threads_per_worker,
+                "wall_s": mode.seconds,
+                "batch_seconds_sum": batch_s,
+                "speedup": speedup,
+                "max_abs_energy_difference_ha": difference,
+                "energy": mode.result["energy"],
+                "n_batch_solves": len(mode.result["batches"]),
+            }
+        )
+    energy = baseline.result["energy"]
+    print()
+    print(
+        f"SQD energy        {energy:.10f} Ha ({len(baseline.result['batches'])} batch solves,"
+        f" {len(baseline.result['iterations'])} iterations)"
+    )
+    if reference is not None:
+        print(f"exact (FCI)       {reference:.10f} Ha ({reference_s:.1f} s)")
+        print(f"error             {(energy - reference) * 1000:.3f} mHa")
+    verdict = "OK" if worst <= TOLERANCE_HA else "FAIL"
+    print(
+        f"largest energy difference between modes: {worst:.2e} Ha ({verdict}, "
+        f"tolerance {TOLERANCE_HA:.0e})"
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(
+                {
+                    "problem": problem.description,
+                    "settings": settings.to_dict(),
+                    "cpu_cores": cores,
+                    "reference_energy": reference,
+                    "energy": energy,
+                    "modes": rows,
+                    "max_abs_energy_difference_ha": worst,
+                },
+                handle,
+                indent=2,
+            )
+    return 0 if worst <= TOLERANCE_HA else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

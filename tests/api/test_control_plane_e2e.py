@@ -1,0 +1,278 @@
+"""The control plane against real processes: enrollment gating, suspension, node death,
+fidelity fallback, coordinator crash recovery, WebSocket streams, reservations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from httpx_ws import connect_ws
+from qiskit import qasm2
+from qiskit.circuit.random import random_circuit
+from qiskit.quantum_info import Statevector
+
+from tests.support.live import LiveCoordinator, LiveNode, wait_until
+
+BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\nmeasure q -> c;\n'
+
+
+def _big_circuit(seed: int, qubits: int = 10, depth: int = 40) -> tuple[str, Statevector]:
+    circuit = random_circuit(qubits, depth=depth, max_operands=2, seed=seed)
+    return qasm2.dumps(circuit), Statevector.from_instruction(circuit)
+
+
+@pytest.fixture(scope="module")
+def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=2)
+    live.start()
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def only_standalone(coord: LiveCoordinator) -> Iterator[None]:
+    """Suspend the embedded nodes for one test so work can only go to standalone nodes."""
+    embedded = [e["peer_id"] for e in coord.http.get("/enrollment/peers").json()["items"] if e["embedded"]]
+    for pid in embedded:
+        coord.http.post(f"/enrollment/peers/{pid}/action", json={"action": "suspend"})
+    try:
+        yield
+    finally:
+        for pid in embedded:
+            coord.http.post(f"/enrollment/peers/{pid}/action", json={"action": "approve"})
+
+
+def _enroll(coord: LiveCoordinator, node: LiveNode, *, approve: bool = True) -> str:
+    peer_id = node.peer_id()
+    assert coord.http.post("/enrollment/peers", json={"peer_id": peer_id}).json()["status"] == "PENDING"
+    if approve:
+        coord.http.post(f"/enrollment/peers/{peer_id}/action", json={"action": "approve"})
+    return peer_id
+
+
+def _heard(coord: LiveCoordinator, peer_id: str) -> None:
+    def fresh() -> bool:
+        r = coord.http.get(f"/discovery/peers/{peer_id}")
+        return r.status_code == 200 and r.json()["fresh"]
+
+    wait_until(fresh, timeout=30, what=f"{peer_id} heard")
+
+
+def _submit(coord: LiveCoordinator, circuit: str, **kw: object) -> str:
+    r = coord.http.post("/circuits/submit", json={"circuit": circuit, **kw})
+    assert r.status_code == 202, r.text
+    return str(r.json()["job_id"])
+
+
+def test_unenrolled_node_never_gets_work(coord: LiveCoordinator, tmp_path: Path, only_standalone: None) -> None:
+    trusted = LiveNode(tmp_path, coord.bootstrap_addr(), name="trusted")
+    stranger = LiveNode(tmp_path, coord.bootstrap_addr(), name="stranger")
+    trusted_id = _enroll(coord, trusted)
+    stranger_id = stranger.peer_id()
+    trusted.start()
+    stranger.start()
+    try:
+        _heard(coord, trusted_id)
+        _heard(coord, stranger_id)
+        assert coord.http.get(f"/discovery/peers/{stranger_id}").json()["enrollment"] is None
+        jobs = [_submit(coord, BELL, seed=i) for i in range(3)]
+        for job_id in jobs:
+            job = coord.wait_job(job_id)
+            assert job["status"] == "COMPLETED"
+            assert {f["node_id"] for f in job["fragment_results"]} == {trusted_id}
+        services = coord.http.get("/services").json()["items"]
+        assert all(stranger_id not in s["peers"] for s in services)
+    finally:
+        trusted.stop()
+        stranger.stop()
+
+
+def test_suspended_node_stops_getting_work(coord: LiveCoordinator, tmp_path: Path, only_standalone: None) -> None:
+    a = LiveNode(tmp_path, coord.bootstrap_addr(), name="a")
+    b = LiveNode(tmp_path, coord.bootstrap_addr(), name="b")
+    a_id, b_id = _enroll(coord, a), _enroll(coord, b)
+    a.start()
+    b.start()
+    try:
+        _heard(coord, a_id)
+        _heard(coord, b_id)
+        r = coord.http.post(f"/enrollment/peers/{a_id}/action", json={"action": "suspend"})
+        assert r.json()["status"] == "SUSPENDED"
+        text, _ = _big_circuit(3, qubits=4, depth=10)
+        job = coord.wait_job(_submit(coord, text, seed=1))
+        assert job["status"] == "COMPLETED"
+        assert {f["node_id"] for f in job["fragment_results"]} == {b_id}
+        plan = coord.http.get(f"/plans/{job['plan_id']}").json()
+        assert all(a_id not in [f["primary_node"], *f["fallback_nodes"]] for f in plan["fragments"])
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_node_killed_mid_job_leaves_job_completed_on_survivor(
+    coord: LiveCoordinator, tmp_path: Path, only_standalone: None
+) -> None:
+    victim = LiveNode(tmp_path, coord.bootstrap_addr(), name="victim")
+    survivor = LiveNode(tmp_path, coord.bootstrap_addr(), name="survivor")
+    victim_id, survivor_id = _enroll(coord, victim), _enroll(coord, survivor)
+    victim.start()
+    survivor.start()
+    try:
+        _heard(coord, victim_id)
+        _heard(coord, survivor_id)
+        text, expected = _big_circuit(11, qubits=12, depth=60)
+        job_id = _submit(coord, text, seed=4)
+
+        def victim_worked() -> bool:
+            events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
+            return any(e["event_type"] == "fragment_completed" and e["node_id"] == victim_id for e in events)
+
+        wait_until(victim_worked, timeout=60, interval=0.05, what="victim completed a fragment")
+        victim.kill()
+        job = coord.wait_job(job_id, timeout=180)
+        assert job["status"] == "COMPLETED", json.dumps(job["error"])[:3000]
+        probs = job["quantum_result"]["probabilities"]
+        for i, p in enumerate(expected.probabilities()):
+            assert probs.get(format(i, "012b"), 0.0) == pytest.approx(p, abs=1e-9)
+        def lost_victim(h: dict) -> bool:
+            if h["node_id"] != victim_id:
+                return False
+            reason = str(h.get("reason", ""))
+            return h["outcome"] in {"connection_lost", "timeout", "skipped_unusable"} or (
+                h["outcome"] == "reservation_rejected" and ("unreachable" in reason or "usable" in reason)
+            )
+
+        after_kill = [f for f in job["fragment_results"] if any(lost_victim(h) for h in f["history"])]
+        assert after_kill, "the victim's failure must be visible in fragment_results"
+        assert all(f["node_id"] == survivor_id for f in after_kill)
+        events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
+        completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]
+        assert len(completed) == len(set(completed)) == len(job["fragment_results"])
+    finally:
+        victim.stop()
+        survivor.stop()
+
+
+def test_low_fidelity_node_is_skipped_for_fallback(
+    coord: LiveCoordinator, tmp_path: Path, only_standalone: None
+) -> None:
+    # The noisy node advertises the better fidelity, so the planner picks it first; the
+    # fidelity it really delivers is below the job's minimum, so the runtime falls back.
+    noisy = LiveNode(tmp_path, coord.bootstrap_addr(), name="noisy", noise_level=0.4, fidelity=0.999)
+    clean = LiveNode(tmp_path, coord.bootstrap_addr(), name="clean", fidelity=0.95)
+    noisy_id, clean_id = _enroll(coord, noisy), _enroll(coord, clean)
+    noisy.start()
+    clean.start()
+    try:
+        _heard(coord, noisy_id)
+        _heard(coord, clean_id)
+        job = coord.wait_job(_submit(coord, BELL, seed=2, min_fidelity=0.9))
+        assert job["status"] == "COMPLETED", json.dumps(job["error"])[:3000]
+        plan = coord.http.get(f"/plans/{job['plan_id']}").json()
+        assert plan["fragments"][0]["primary_node"] == noisy_id
+        first = job["fragment_results"][0]
+        assert first["node_id"] == clean_id
+        below = [h for h in first["history"] if h["outcome"] == "fidelity_below_threshold"]
+        assert below and below[0]["node_id"] == noisy_id and below[0]["observed_fidelity"] < 0.9
+        assert job["quantum_result"]["fidelity"] == pytest.approx(1.0, abs=1e-9)
+        history = coord.http.get(f"/metrics/fidelity/{noisy_id}").json()
+        assert history["observed_executions"] == [] or history["advertised"] == pytest.approx(0.999)
+    finally:
+        noisy.stop()
+        clean.stop()
+
+
+def test_websocket_sees_every_transition_in_order(coord: LiveCoordinator) -> None:
+    text, _ = _big_circuit(5, qubits=8, depth=30)
+    job_id = _submit(coord, text, seed=3)
+    ws_url = coord.base_url.replace("http", "ws") + f"/api/v1/jobs/{job_id}/events"
+    messages = []
+    with connect_ws(ws_url, coord.http) as ws:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                msg = ws.receive_json(timeout=30)
+            except Exception:  # noqa: BLE001 - the server closes after the terminal state
+                break
+            messages.append(msg)
+            if msg.get("status") in {"COMPLETED", "FAILED", "CANCELLED"}:
+                break
+    order = ["QUEUED", "COMPILING", "RESERVING", "EXECUTING", "COMPLETED"]
+    statuses = [m["status"] for m in messages if "status" in m]
+    assert statuses[-1] == "COMPLETED"
+    ranks = [order.index(s) for s in statuses]
+    assert ranks == sorted(ranks)
+    seqs = [m["seq"] for m in messages[1:] if m.get("seq") is not None]
+    assert seqs == sorted(seqs)
+    # Every status event after the initial snapshot was delivered.
+    events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
+    status_after_first = [e["payload"]["status"] for e in events if e["event_type"] == "status"
+                          and order.index(e["payload"]["status"]) > order.index(statuses[0])]
+    assert [s for s in statuses[1:] if s != statuses[0]] == [
+        s for s in dict.fromkeys(status_after_first)
+    ] or set(status_after_first) <= set(statuses)
+
+
+def test_cancel_and_watch_cli(coord: LiveCoordinator) -> None:
+    job_id = _submit(coord, BELL, seed=1)
+    coord.wait_job(job_id)
+    r = coord.http.post(f"/jobs/{job_id}/cancel")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+    out = subprocess.run(
+        [sys.executable, "-m", "quantum_mesh.cli", "watch", job_id, "--api", coord.base_url],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["status"] == "COMPLETED"
+
+
+def test_reservations_commit_cancel_and_expire(coord: LiveCoordinator) -> None:
+    r = coord.http.post("/reservations", json={"service_type": "single_qubit", "ttl_s": 1.0})
+    assert r.status_code == 201, r.text
+    res = r.json()
+    assert res["status"] == "COMMITTED" and res["node_id"]
+    wait_until(lambda: coord.http.get(f"/reservations/{res['reservation_id']}").json()["status"] == "EXPIRED",
+               timeout=15, what="reservation expiry")
+    r = coord.http.post("/reservations", json={"service_type": "cnot", "ttl_s": 60})
+    rid = r.json()["reservation_id"]
+    assert coord.http.post(f"/reservations/{rid}/cancel").json()["status"] == "CANCELED"
+    again = coord.http.post(f"/reservations/{rid}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    r = coord.http.post("/reservations", json={"service_type": "single_qubit", "min_fidelity": 0.99999})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_capacity"
+    assert coord.http.get("/reservations/nope").status_code == 404
+
+
+def test_coordinator_sigkill_recovers_every_job(tmp_path: Path, pg_url: str) -> None:
+    live = LiveCoordinator(tmp_path / "crash", database_url=pg_url, embedded_nodes=2)
+    live.start()
+    try:
+        circuits = [_big_circuit(20 + i, qubits=10, depth=50) for i in range(3)]
+        jobs = [_submit(live, text, seed=i) for i, (text, _) in enumerate(circuits)]
+
+        def some_progress() -> bool:
+            events = live.http.get(f"/jobs/{jobs[0]}/events").json()["items"]
+            return any(e["event_type"] == "fragment_completed" for e in events)
+
+        wait_until(some_progress, timeout=60, interval=0.05, what="first fragment")
+        live.kill()
+        live.restart()
+        for job_id, (_, expected) in zip(jobs, circuits, strict=True):
+            job = live.wait_job(job_id, timeout=240)
+            assert job["status"] == "COMPLETED", (job, live.log_tail())
+            probs = job["quantum_result"]["probabilities"]
+            got = np.array([probs.get(format(i, "010b"), 0.0) for i in range(1024)])
+            assert np.allclose(got, expected.probabilities(), atol=1e-9)
+            events = live.http.get(f"/jobs/{job_id}/events").json()["items"]
+            completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]
+            assert len(completed) == len(set(completed)) == len(job["fragment_results"])
+    finally:
+        live.stop()
