@@ -9,7 +9,7 @@ from typing import Any
 
 from quantum_mesh.control.dispatch import MeshDispatcher
 from quantum_mesh.control.jobs import JobManager
-from quantum_mesh.control.offloop import LoopBridge, run_async_driver
+from quantum_mesh.control.offloop import LoopBridge, run_async_driver, run_sync_driver
 from quantum_mesh.control.states import JobStatus
 from quantum_mesh.errors import InvalidInput
 from quantum_mesh.quantum.qaoa import beam
@@ -174,6 +174,42 @@ async def _run_portfolio(ctx: WorkflowContext, params: dict[str, Any]) -> dict[s
     result["selected_indices"] = result["selected"]
     result["selected"] = result.pop("selected_assets")
     return result
+
+
+# --- SQD ---------------------------------------------------------------------------------------
+@validator("sqd")
+async def _validate_sqd(params: dict[str, Any]) -> dict[str, Any]:
+    from quantum_mesh.quantum.sqd.params import parse_sqd_params
+
+    # Builds the molecule (mean field + active space) so an invalid molecule, basis or
+    # active space is a 422 before any job exists.
+    _problem, settings = await asyncio.to_thread(parse_sqd_params, params)
+    return {**params, "seed": settings.seed}
+
+
+@workflow("sqd")
+async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
+    from quantum_mesh.quantum.sqd.loop import SQD_BATCH_METHOD, run_sqd
+    from quantum_mesh.quantum.sqd.params import parse_sqd_params
+
+    def on_progress(p: dict[str, Any]) -> None:
+        ctx.progress_threadsafe(
+            {"done": p["iteration"], "total": p["max_iterations"], "unit": "iterations",
+             "batches_done": p.get("batches_done"), "energy": p.get("energy"),
+             "best_energy": p.get("best_energy")}
+        )
+
+    def driver(bridge: LoopBridge) -> dict[str, Any]:
+        problem, settings = parse_sqd_params(params)
+
+        def solve_batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return bridge.call(
+                ctx.dispatcher.dispatch(SQD_BATCH_METHOD, jobs, service_type="sqd_batch")
+            )
+
+        return run_sqd(problem, settings=settings, solve_batches=solve_batches, on_progress=on_progress)
+
+    return await run_sync_driver(driver)
 
 
 # --- wiring ----------------------------------------------------------------------------------
