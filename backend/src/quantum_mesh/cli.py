@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -152,6 +153,60 @@ async def _watch(job_id: str, api: str, api_key: str | None) -> None:
         typer.echo(json.dumps(client.get(f"/api/v1/jobs/{job_id}").json(), indent=2))
     if final.get("status") != "COMPLETED":
         raise typer.Exit(1)
+
+
+@app.command("log")
+def show_log(
+    paths: Annotated[list[Path] | None, typer.Argument(help="log files (default: all under --data-dir)")] = None,
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("./var"),
+    job: Annotated[str | None, typer.Option(help="only this job")] = None,
+    peer: Annotated[str | None, typer.Option(help="only this peer (prefix)")] = None,
+    event: Annotated[str | None, typer.Option(help="event name, or a prefix ending in *")] = None,
+    since: Annotated[datetime | None, typer.Option(help="ISO time, UTC")] = None,
+    until: Annotated[datetime | None, typer.Option(help="ISO time, UTC")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """Read the fsync'd JSONL peer logs of the coordinator and its nodes."""
+    from quantum_mesh.store.peerlog import PeerLog, format_entries
+
+    # The coordinator logs under logs/, embedded nodes beside their keys under nodes/.
+    files = paths or sorted(data_dir.rglob("*.jsonl"))
+    if not files:
+        typer.echo(f"No peer logs under {data_dir}", err=True)
+        raise typer.Exit(1)
+    entries = PeerLog.read(files, job_id=job, peer=peer, since=_utc(since), until=_utc(until),
+                           event=event)
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry))
+    else:
+        typer.echo(format_entries(entries))
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+projections = typer.Typer(help="MongoDB projections (rebuildable from the Postgres events).")
+app.add_typer(projections, name="projections")
+
+
+@projections.command("rebuild")
+def rebuild_projections_cmd() -> None:
+    """Drop every event-fed projection and replay it from the database (QMESH_DATABASE_URL,
+    QMESH_MONGO_URL)."""
+    from quantum_mesh.config import Settings
+    from quantum_mesh.store.mongo.projector import rebuild_projections
+
+    settings = Settings()
+    if not settings.mongo_url:
+        typer.echo("Set QMESH_MONGO_URL to the MongoDB to rebuild (the embedded store's URL is "
+                   "logged by the coordinator at start-up).", err=True)
+        raise typer.Exit(2)
+    replayed = asyncio.run(rebuild_projections(settings.resolved_database_url(), settings.mongo_url))
+    typer.echo(f"replayed {replayed} events")
 
 
 def main() -> None:  # pragma: no cover - console entry point wrapper

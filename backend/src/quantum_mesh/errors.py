@@ -40,3 +40,9 @@ class NoCapacity(QMeshError):
 
 class ExecutionFailed(QMeshError):
     code = "execution_failed"
+
+
+class Unavailable(QMeshError):
+    """A dependency (e.g. the document store) is down; the request may succeed later."""
+
+    code = "unavailable"

@@ -17,6 +17,7 @@ from quantum_mesh.errors import (
     NoCapacity,
     NotFound,
     QMeshError,
+    Unavailable,
 )
 from quantum_mesh.logs import get_logger
 
@@ -28,6 +29,7 @@ _STATUS: list[tuple[type[QMeshError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (NoCapacity, 503),
+    (Unavailable, 503),
     (ExecutionFailed, 502),
 ]
 _HTTP_CODES = {

@@ -18,8 +18,10 @@ from sqlalchemy import select
 from quantum_mesh.config import Settings
 from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.dispatch import MeshDispatcher
+from quantum_mesh.control.docstore import DocumentStore
 from quantum_mesh.control.enrollment import EnrollmentService
 from quantum_mesh.control.jobs import JobManager
+from quantum_mesh.control.journal import Journal
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.reservations import ReservationService
 from quantum_mesh.control.runtime import CircuitRuntime
@@ -55,7 +57,10 @@ class Coordinator:
             max_frame_bytes=settings.max_frame_bytes,
             advert_max_age_s=settings.advert_stale_after_s,
         )
-        self.reservations = ReservationService(db=self.db, mesh=self.mesh, registry=self.registry)
+        self.journal = Journal(self.data_dir / "logs" / "coordinator.jsonl", peer_id=self.mesh.peer_id)
+        self.reservations = ReservationService(
+            db=self.db, mesh=self.mesh, registry=self.registry, journal=self.journal
+        )
         self.enrollment = EnrollmentService(
             db=self.db, registry=self.registry, reservations=self.reservations
         )
@@ -65,12 +70,21 @@ class Coordinator:
             registry=self.registry,
             reservations=self.reservations,
             settings=settings,
+            journal=self.journal,
         )
         self.jobs = JobManager(
             db=self.db, bus=self.bus, registry=self.registry, runtime=self.runtime, settings=settings
         )
         self.dispatcher = MeshDispatcher(mesh=self.mesh, registry=self.registry, settings=settings)
         register_workflows(self.jobs, self.dispatcher)
+        self.jobs.on_transition.append(
+            lambda m: self.journal.record(
+                "job.update",
+                job_id=m["job_id"], kind=m["kind"], status=m["status"], seq=m["seq"],
+                progress=m["progress"],
+            )
+        )
+        self.docstore = DocumentStore(db=self.db, mongo_url=settings.mongo_url, data_dir=self.data_dir)
         self.supervisor: NodeSupervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._dirty_snapshots: set[str] = set()
@@ -84,7 +98,7 @@ class Coordinator:
         await self.enrollment.load_into_registry()
         await self._restore_snapshots()
         self.mesh.on_advert = self._on_advert
-        self.mesh.on_peer_disconnected = self.registry.mark_disconnected
+        self.mesh.on_peer_disconnected = self._on_disconnect
         self.mesh.stream_filter = self.registry.is_trusted
         await self.mesh.start()
         self.mesh_up = True
@@ -106,6 +120,10 @@ class Coordinator:
             asyncio.create_task(self._sweep_loop(), name="reservation-sweeper"),
             asyncio.create_task(self._snapshot_loop(), name="peer-snapshots"),
         ]
+        await self.docstore.start(
+            peers=lambda: [v.to_dict() for v in self.registry.snapshot()],
+            topology=self.topology,
+        )
         recovered = await self.jobs.recover()
         if recovered:
             log.info("coordinator.recovered_jobs", count=len(recovered))
@@ -115,6 +133,7 @@ class Coordinator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.jobs.shutdown()
+        await self.docstore.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
         with contextlib.suppress(Exception):
@@ -122,9 +141,26 @@ class Coordinator:
         await self.mesh.stop()
         self.mesh_up = False
         await self.db.dispose()
+        self.journal.close()
 
     def document_store_status(self) -> str:
-        return "disabled"
+        return self.docstore.status()
+
+    def topology(self) -> dict[str, Any]:
+        """The mesh as the coordinator sees it now: nodes and links with measured latency."""
+        views = self.registry.snapshot()
+        me = self.mesh.peer_id
+        nodes = [{"id": me, "role": "coordinator", "fresh": True}] + [
+            {"id": v.peer_id, "role": "service_node", "name": v.name, "fresh": v.fresh,
+             "enrollment": v.enrollment, "services": list(v.services)}
+            for v in views
+        ]
+        links = [
+            {"source": me, "target": v.peer_id, "connected": v.connected,
+             "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3)}
+            for v in views
+        ]
+        return {"coordinator": me, "nodes": nodes, "links": links}
 
     async def wait_for_nodes(self, count: int, *, timeout: float) -> bool:
         """Wait (bounded) until ``count`` usable nodes are heard; used by tests and the CLI."""
@@ -138,8 +174,16 @@ class Coordinator:
     # --- mesh callbacks --------------------------------------------------------------------
     def _on_advert(self, advert: Any) -> None:
         data = advert.model_dump() if hasattr(advert, "model_dump") else dict(advert)
+        known = self.registry.view(str(data["peer_id"]))
         entry = self.registry.observe_advert(data)
+        if known is None or not known.fresh:
+            self.journal.record("mesh.peer_heard", node_id=entry.peer_id, name=data.get("name"),
+                                addrs=data.get("listen_addrs"))
         self._dirty_snapshots.add(entry.peer_id)
+
+    def _on_disconnect(self, peer_id: str) -> None:
+        self.registry.mark_disconnected(peer_id)
+        self.journal.record("mesh.peer_disconnected", node_id=peer_id)
 
     # --- background loops ------------------------------------------------------------------
     async def _ping_loop(self) -> None:

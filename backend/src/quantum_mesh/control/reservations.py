@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.states import (
@@ -49,10 +50,13 @@ def reservation_to_dict(r: Reservation) -> dict[str, Any]:
 
 
 class ReservationService:
-    def __init__(self, *, db: Database, mesh: MeshPort, registry: PeerRegistry) -> None:
+    def __init__(
+        self, *, db: Database, mesh: MeshPort, registry: PeerRegistry, journal: Journal = NULL_JOURNAL
+    ) -> None:
         self.db = db
         self.mesh = mesh
         self.registry = registry
+        self.journal = journal
 
     async def _move(
         self, reservation_id: str, to: ReservationStatus, *, reason: str | None = None
@@ -80,6 +84,8 @@ class ReservationService:
                     at=utcnow(),
                 )
             )
+        self.journal.record(f"reservation.{to.value.lower()}", reservation_id=reservation_id,
+                            node_id=r.node_id, job_id=r.job_id, reason=reason)
         return r
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.reservations import ReservationService
@@ -88,12 +89,14 @@ class CircuitRuntime:
         registry: PeerRegistry,
         reservations: ReservationService,
         settings: Settings,
+        journal: Journal = NULL_JOURNAL,
     ) -> None:
         self.db = db
         self.mesh = mesh
         self.registry = registry
         self.reservations = reservations
         self.settings = settings
+        self.journal = journal
 
     async def execute(
         self,
@@ -165,6 +168,9 @@ class CircuitRuntime:
                         },
                     )
                     done_rows[o.fragment_id] = row
+                    self.journal.record("execution.fragment_completed", job_id=job_id,
+                                        fragment_id=o.fragment_id, node_id=o.node_id,
+                                        attempt=o.attempts, observed_fidelity=o.observed_fidelity)
                     await repo.append_event(
                         session,
                         job_id=job_id,
@@ -215,6 +221,7 @@ class CircuitRuntime:
     async def _event(self, job_id: str, event_type: str, **kw: Any) -> None:
         async with self.db.transaction() as session:
             await repo.append_event(session, job_id=job_id, event_type=event_type, **kw)
+        self.journal.record(f"execution.{event_type}", job_id=job_id, **kw)
 
     async def _run_fragment(
         self,
@@ -309,6 +316,8 @@ class CircuitRuntime:
                             "state": encoded_state,
                             "seed": seed,
                             "reservation_id": reservation.reservation_id,
+                            "job_id": job_id,
+                            "fragment_id": fid,
                         },
                         timeout=self.settings.invoke_timeout_s,
                         addrs=self.registry.addrs_of(node_id),

@@ -42,6 +42,7 @@ from quantum_mesh.mesh.protocol import (
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
+from quantum_mesh.store.peerlog import PeerLog
 from quantum_mesh.node.pool import WorkerPool
 from quantum_mesh.node.reservations import ReservationBook
 
@@ -90,6 +91,8 @@ class NodeConfig:
     advert_interval_s: float = 1.0
     blas_threads: int = 1
     ready_file: Path | None = None
+    #: JSONL peer log (fsync'd); default: ``<key file stem>.peerlog.jsonl`` beside the key.
+    log_file: Path | None = None
     qubit_min: int = 1
     qubit_max: int = 24
     #: Import handler modules (Qiskit...) in each worker at startup, not on first use.
@@ -159,6 +162,10 @@ class NodeService:
         self._changed = trio.Event()
         self._stop = trio.Event()
         self._mesh: MeshHost | None = None
+        log_path = config.log_file or config.key_file.with_name(
+            f"{config.key_file.stem}.peerlog.jsonl"
+        )
+        self.peer_log = PeerLog(log_path, peer_id=self.peer_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -304,11 +311,20 @@ class NodeService:
         except trio.WouldBlock as error:
             raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
         self._set_in_flight(+1)
+        started = time.perf_counter()
         try:
             ok, payload = await self._pool.run(request.method, request.params, self.context)
         finally:
             self._set_in_flight(-1)
             self._inbound.release()
+        await trio.to_thread.run_sync(
+            lambda: self.peer_log.append(
+                "invoke.finished", method=request.method, remote=remote, ok=ok,
+                seconds=round(time.perf_counter() - started, 6),
+                job_id=request.params.get("job_id"), fragment_id=request.params.get("fragment_id"),
+                reservation_id=reservation_id if isinstance(reservation_id, str) else None,
+            )
+        )
         if ok:
             assert isinstance(payload, bytes)
             return payload
@@ -348,6 +364,13 @@ class NodeService:
         except (TypeError, ValueError) as error:
             raise RemoteError(ERR_BAD_REQUEST, f"bad {method} params: {error}") from error
         self._changed.set()
+        # Reservation transitions are rare and small: an fsync'd line inline is fine here.
+        self.peer_log.append(
+            f"reservation.{method}", reservation_id=params.get("reservation_id"),
+            service_type=params.get("service_type"), **{
+                k: v for k, v in result.items() if k in ("accepted", "committed", "released", "reason")
+            },
+        )
         return result
 
     def _require_mesh(self) -> MeshHost:

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
-from quantum_mesh.errors import NotFound
+from quantum_mesh.errors import NotFound, Unavailable
 from quantum_mesh.store.tables import FidelitySample, FragmentExecution
 
 router = APIRouter(tags=["discovery"])
@@ -35,19 +35,16 @@ async def get_peer(peer_id: str, coord: CoordinatorDep) -> dict[str, Any]:
 
 @router.get("/discovery/topology")
 async def topology(coord: CoordinatorDep) -> dict[str, Any]:
-    views = coord.registry.snapshot()
-    me = coord.mesh.peer_id
-    nodes = [{"id": me, "role": "coordinator", "fresh": True}] + [
-        {"id": v.peer_id, "role": "service_node", "name": v.name, "fresh": v.fresh,
-         "enrollment": v.enrollment, "services": list(v.services)}
-        for v in views
-    ]
-    links = [
-        {"source": me, "target": v.peer_id, "connected": v.connected,
-         "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3)}
-        for v in views
-    ]
-    return {"coordinator": me, "nodes": nodes, "links": links}
+    """The latest topology projection (refreshed every few seconds from the registry and the
+    coordinator's pings). While the document store is down, the live registry view is
+    returned instead and ``source`` says so."""
+    try:
+        snapshot = await coord.docstore.read("latest_topology")
+    except Unavailable:
+        return {**coord.topology(), "source": "registry", "document_store": coord.document_store_status()}
+    if snapshot is None:
+        return {**coord.topology(), "source": "registry"}
+    return {**snapshot, "source": "projection"}
 
 
 @router.get("/services")

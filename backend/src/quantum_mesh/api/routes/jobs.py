@@ -56,6 +56,21 @@ async def list_job_events(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
     return page(items, len(items), len(items), 0)
 
 
+@router.get("/jobs/{job_id}/provenance")
+async def job_provenance(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    """The provenance bundle of a finished job: input, plan, every event, node identities,
+    seeds, library versions and the result hash (a MongoDB projection)."""
+    job = await coord.jobs.get(job_id)
+    bundle = await coord.docstore.read("get_provenance", job_id)
+    if bundle is None:
+        raise NotFound(
+            f"No provenance bundle for job {job_id} yet (status {job.status}); bundles are "
+            "projected shortly after a job finishes",
+            details={"job_id": job_id, "status": job.status},
+        )
+    return bundle  # type: ignore[no-any-return]
+
+
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
     return job_to_dict(await coord.jobs.cancel(job_id))

@@ -1,0 +1,108 @@
+"""The coordinator's document store: MongoDB projections, with an embedded MongoDB-wire
+server when no ``QMESH_MONGO_URL`` is configured.
+
+Postgres stays the source of truth. Nothing here may fail a job: when MongoDB is down the
+projector reports ``down: …`` (``/ready`` says so) and catches up when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo.errors import PyMongoError
+
+from quantum_mesh.errors import Unavailable
+from quantum_mesh.logs import get_logger
+from quantum_mesh.store.database import Database
+from quantum_mesh.store.mongo.docserver import DocServerError, EmbeddedDocServer
+from quantum_mesh.store.mongo.projector import Projector
+
+log = get_logger(__name__)
+
+PROJECT_INTERVAL_S = 1.0
+TOPOLOGY_INTERVAL_S = 5.0
+
+
+class DocumentStoreUnavailable(Unavailable):
+    code = "document_store_unavailable"
+
+
+class DocumentStore:
+    def __init__(self, *, db: Database, mongo_url: str | None, data_dir: Path) -> None:
+        self.db = db
+        self.configured_url = mongo_url
+        self.data_dir = data_dir
+        self.server: EmbeddedDocServer | None = None
+        self.projector: Projector | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._start_error: str | None = None
+
+    async def start(
+        self,
+        *,
+        peers: Callable[[], list[dict[str, Any]]],
+        topology: Callable[[], dict[str, Any]],
+    ) -> None:
+        url = self.configured_url
+        if url is None:
+            self.server = EmbeddedDocServer(storage_dir=self.data_dir / "docs")
+            try:
+                url = await self.server.start()
+            except DocServerError as exc:
+                # Degraded, not dead: jobs run on Postgres alone; /ready names the part.
+                self._start_error = f"down: embedded document server failed: {exc}"
+                log.error("docstore.embedded_failed", error=str(exc))
+                return
+        self.projector = Projector(db=self.db, mongo_url=url)
+        with contextlib.suppress(PyMongoError):
+            await self.projector.connect()
+        self._tasks = [
+            asyncio.create_task(self.projector.run(PROJECT_INTERVAL_S), name="projector"),
+            asyncio.create_task(self._live_projections(peers, topology), name="live-projections"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.projector is not None:
+            with contextlib.suppress(Exception):
+                await self.projector.close()
+        if self.server is not None:
+            await self.server.stop()
+
+    def status(self) -> str:
+        if self.projector is not None:
+            return self.projector.status()
+        return self._start_error or "down: not started"
+
+    async def _live_projections(
+        self, peers: Callable[[], list[dict[str, Any]]], topology: Callable[[], dict[str, Any]]
+    ) -> None:
+        assert self.projector is not None
+        tick = 0
+        while True:
+            await asyncio.sleep(PROJECT_INTERVAL_S)
+            tick += 1
+            await self.projector.project_peers(peers())
+            if tick % int(TOPOLOGY_INTERVAL_S / PROJECT_INTERVAL_S) == 1:
+                await self.projector.snapshot_topology(topology())
+
+    def _require(self) -> Projector:
+        if self.projector is None:
+            raise DocumentStoreUnavailable(f"Document store is {self.status()}")
+        return self.projector
+
+    async def read(self, what: str, *args: Any) -> Any:
+        """Read a projection; MongoDB being down is a 503, never a 500."""
+        projector = self._require()
+        try:
+            return await getattr(projector, what)(*args)
+        except PyMongoError as exc:
+            raise DocumentStoreUnavailable(
+                f"Document store unavailable: {type(exc).__name__}", details={"read": what}
+            ) from exc

@@ -1,0 +1,1 @@
+"""Operator-facing observability: Prometheus metrics of the control and execution planes."""

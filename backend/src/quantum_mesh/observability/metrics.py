@@ -1,0 +1,152 @@
+"""Prometheus metrics on a dedicated registry, plus the ``GET /metrics`` router.
+
+The control plane calls the small functions below at the points where things happen; nothing
+here reads state by itself, so importing this module has no side effects beyond creating the
+metric objects. The registry is private (not the process-global default one) so that library
+metrics and repeated app factories in tests never collide.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import APIRouter, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Fragments take milliseconds (small circuits) to minutes (SQD batches).
+FRAGMENT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                      120.0, 300.0)
+INVOKE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0)
+
+JOB_TRANSITIONS = Counter(
+    "qmesh_job_transitions_total", "Job state transitions committed by the job manager.",
+    ["kind", "status"], registry=REGISTRY,
+)
+JOBS_BY_STATE = Gauge(
+    "qmesh_jobs", "Jobs currently in each state, by kind.", ["kind", "status"], registry=REGISTRY,
+)
+FRAGMENT_SECONDS = Histogram(
+    "qmesh_fragment_duration_seconds", "Wall time of one fragment execution on a node.",
+    ["outcome"], buckets=FRAGMENT_BUCKETS_S, registry=REGISTRY,
+)
+FRAGMENTS = Counter(
+    "qmesh_fragments_total", "Fragment executions finished, by outcome.", ["outcome"],
+    registry=REGISTRY,
+)
+RETRIES = Counter(
+    "qmesh_retries_total", "Fragment or block retries, by reason.", ["reason"], registry=REGISTRY,
+)
+MESH_INVOKE_SECONDS = Histogram(
+    "qmesh_mesh_invoke_duration_seconds", "Round-trip time of one invocation over the mesh.",
+    ["method", "outcome"], buckets=INVOKE_BUCKETS_S, registry=REGISTRY,
+)
+MESH_INVOKES = Counter(
+    "qmesh_mesh_invokes_total", "Invocations over the mesh, by method and outcome.",
+    ["method", "outcome"], registry=REGISTRY,
+)
+NODE_ADVERT_AGE = Gauge(
+    "qmesh_node_advert_age_seconds", "Seconds since the node's last advert was heard.",
+    ["peer_id"], registry=REGISTRY,
+)
+NODE_FRESH = Gauge(
+    "qmesh_node_fresh", "1 while the node's advert is fresh enough to plan on, else 0.",
+    ["peer_id"], registry=REGISTRY,
+)
+ADVERTS_DROPPED = Counter(
+    "qmesh_adverts_dropped_total", "Adverts received and ignored, by reason.", ["reason"],
+    registry=REGISTRY,
+)
+
+METRIC_NAMES = (
+    "qmesh_job_transitions_total", "qmesh_jobs", "qmesh_fragment_duration_seconds",
+    "qmesh_fragments_total", "qmesh_retries_total", "qmesh_mesh_invoke_duration_seconds",
+    "qmesh_mesh_invokes_total", "qmesh_node_advert_age_seconds", "qmesh_node_fresh",
+    "qmesh_adverts_dropped_total",
+)
+
+
+def _outcome(ok: bool) -> str:
+    return "ok" if ok else "error"
+
+
+def job_transition(kind: str, status: str) -> None:
+    """One committed transition of a job of ``kind`` into ``status``."""
+    JOB_TRANSITIONS.labels(kind=kind, status=status).inc()
+
+
+def set_jobs_by_state(counts: dict[tuple[str, str], int]) -> None:
+    """Replace the per-(kind, status) job gauge; pairs absent from ``counts`` drop to 0."""
+    for labels in _gauge_label_sets(JOBS_BY_STATE):
+        if labels not in counts:
+            JOBS_BY_STATE.labels(*labels).set(0)
+    for (kind, status), n in counts.items():
+        JOBS_BY_STATE.labels(kind=kind, status=status).set(n)
+
+
+def fragment_finished(seconds: float, ok: bool) -> None:
+    """A fragment (or block/batch) execution finished after ``seconds``."""
+    outcome = _outcome(ok)
+    FRAGMENT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
+    FRAGMENTS.labels(outcome=outcome).inc()
+
+
+def retry(reason: str) -> None:
+    """Work was retried (on the same or a fallback node) because of ``reason``."""
+    RETRIES.labels(reason=reason).inc()
+
+
+def mesh_invoke(method: str, seconds: float, ok: bool) -> None:
+    """One invocation of ``method`` on a node took ``seconds`` round trip."""
+    outcome = _outcome(ok)
+    MESH_INVOKE_SECONDS.labels(method=method, outcome=outcome).observe(max(0.0, seconds))
+    MESH_INVOKES.labels(method=method, outcome=outcome).inc()
+
+
+def set_node_freshness(peer_id: str, age_s: float, fresh: bool) -> None:
+    """Age of the node's last advert and whether it is fresh."""
+    NODE_ADVERT_AGE.labels(peer_id=peer_id).set(max(0.0, age_s))
+    NODE_FRESH.labels(peer_id=peer_id).set(1 if fresh else 0)
+
+
+def forget_node(peer_id: str) -> None:
+    """Drop a node's series (e.g. after it was revoked or pruned from the registry)."""
+    for gauge in (NODE_ADVERT_AGE, NODE_FRESH):
+        with contextlib.suppress(KeyError):
+            gauge.remove(peer_id)
+
+
+def advert_dropped(reason: str) -> None:
+    """An advert was ignored (``bad_signature``, ``malformed``, ``not_enrolled``, …)."""
+    ADVERTS_DROPPED.labels(reason=reason).inc()
+
+
+def render() -> tuple[bytes, str]:
+    """The registry in Prometheus text exposition format, and its content type."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def _gauge_label_sets(gauge: Gauge) -> list[tuple[str, ...]]:
+    return [
+        tuple(sample.labels[name] for name in ("kind", "status"))
+        for metric in gauge.collect()
+        for sample in metric.samples
+    ]
+
+
+metrics_router = APIRouter(tags=["observability"])
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    payload, content_type = render()
+    return Response(content=payload, media_type=content_type)
