@@ -78,3 +78,12 @@ def test_embedded_default_peer_log_and_provenance(tmp_path: Path) -> None:
         assert all(e.get("job_id") == job["job_id"] for e in entries)
         peers = {e["peer"] for e in entries}
         assert len(peers) >= 2  # the coordinator's log and at least one node's log
+
+        def scraped() -> str | None:
+            text = coord.http.get(f"{coord.base_url}/metrics").text
+            return text if "qmesh_jobs{" in text else None
+
+        text = wait_until(scraped, timeout=15, what="jobs-by-state gauge")
+        for name in ("qmesh_job_transitions_total", "qmesh_mesh_invoke_duration_seconds",
+                     "qmesh_fragment_duration_seconds", "qmesh_node_fresh"):
+            assert name in text, name

@@ -23,6 +23,7 @@ from quantum_mesh.api.routes import (
 from quantum_mesh.api.security import SecurityMiddleware
 from quantum_mesh.config import Settings, get_settings
 from quantum_mesh.control.coordinator import Coordinator
+from quantum_mesh.observability.metrics import metrics_router
 
 API_PREFIX = "/api/v1"
 
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)  # /health and /ready also at the root for probes
+    app.include_router(metrics_router)
     app.add_middleware(
         SecurityMiddleware,  # type: ignore[arg-type]
         api_keys=settings.api_key_list,

@@ -13,13 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.dispatch import MeshDispatcher
 from quantum_mesh.control.docstore import DocumentStore
 from quantum_mesh.control.enrollment import EnrollmentService
+from quantum_mesh.control.instrumented import InstrumentedMesh
 from quantum_mesh.control.jobs import JobManager
 from quantum_mesh.control.journal import Journal
 from quantum_mesh.control.registry import PeerRegistry
@@ -32,13 +33,15 @@ from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import MeshError
 from quantum_mesh.node.supervisor import NodeSupervisor
 from quantum_mesh.store.database import Database, run_migrations
-from quantum_mesh.store.tables import FidelitySample, PeerSnapshot, utcnow
+from quantum_mesh.observability import metrics
+from quantum_mesh.store.tables import FidelitySample, Job, PeerSnapshot, utcnow
 
 log = get_logger(__name__)
 
 PING_INTERVAL_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 SNAPSHOT_INTERVAL_S = 5.0
+METRICS_INTERVAL_S = 5.0
 
 
 class Coordinator:
@@ -58,15 +61,16 @@ class Coordinator:
             advert_max_age_s=settings.advert_stale_after_s,
         )
         self.journal = Journal(self.data_dir / "logs" / "coordinator.jsonl", peer_id=self.mesh.peer_id)
+        mesh_port = InstrumentedMesh(self.mesh)
         self.reservations = ReservationService(
-            db=self.db, mesh=self.mesh, registry=self.registry, journal=self.journal
+            db=self.db, mesh=mesh_port, registry=self.registry, journal=self.journal
         )
         self.enrollment = EnrollmentService(
             db=self.db, registry=self.registry, reservations=self.reservations
         )
         self.runtime = CircuitRuntime(
             db=self.db,
-            mesh=self.mesh,
+            mesh=mesh_port,
             registry=self.registry,
             reservations=self.reservations,
             settings=settings,
@@ -75,8 +79,9 @@ class Coordinator:
         self.jobs = JobManager(
             db=self.db, bus=self.bus, registry=self.registry, runtime=self.runtime, settings=settings
         )
-        self.dispatcher = MeshDispatcher(mesh=self.mesh, registry=self.registry, settings=settings)
+        self.dispatcher = MeshDispatcher(mesh=mesh_port, registry=self.registry, settings=settings)
         register_workflows(self.jobs, self.dispatcher)
+        self.jobs.on_transition.append(lambda m: metrics.job_transition(m["kind"], m["status"]))
         self.jobs.on_transition.append(
             lambda m: self.journal.record(
                 "job.update",
@@ -119,6 +124,7 @@ class Coordinator:
             asyncio.create_task(self._ping_loop(), name="ping-loop"),
             asyncio.create_task(self._sweep_loop(), name="reservation-sweeper"),
             asyncio.create_task(self._snapshot_loop(), name="peer-snapshots"),
+            asyncio.create_task(self._metrics_loop(), name="metrics"),
         ]
         await self.docstore.start(
             peers=lambda: [v.to_dict() for v in self.registry.snapshot()],
@@ -213,6 +219,31 @@ class Coordinator:
                 await self._flush_snapshots()
             except Exception:  # noqa: BLE001 - snapshots are a cache; retry next tick
                 log.exception("registry.snapshot_failed")
+
+    async def _metrics_loop(self) -> None:
+        """Refresh the gauges that describe state rather than events."""
+        dropped_seen: dict[str, int] = {}
+        while True:
+            try:
+                async with self.db.transaction() as session:
+                    rows = await session.execute(
+                        select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+                    )
+                    metrics.set_jobs_by_state({(k, s): int(n) for k, s, n in rows.all()})
+                now = time.monotonic()
+                for view in self.registry.snapshot():
+                    metrics.set_node_freshness(
+                        view.peer_id, now - self.registry.last_seen(view.peer_id), view.fresh
+                    )
+                for reason, count in self.mesh.advert_stats.items():
+                    if reason == "accepted":
+                        continue
+                    for _ in range(count - dropped_seen.get(reason, 0)):
+                        metrics.advert_dropped(reason)
+                    dropped_seen[reason] = count
+            except Exception:  # noqa: BLE001 - metrics must never take the coordinator down
+                log.exception("metrics.refresh_failed")
+            await asyncio.sleep(METRICS_INTERVAL_S)
 
     async def _flush_snapshots(self) -> None:
         dirty, self._dirty_snapshots = self._dirty_snapshots, set()

@@ -153,6 +153,11 @@ class PeerRegistry:
         entry = self._peers.get(peer_id)
         return entry is not None and self.is_fresh(entry) and self.is_trusted(peer_id)
 
+    def last_seen(self, peer_id: str) -> float:
+        """Monotonic time of the peer's last advert (``-inf`` when never heard)."""
+        entry = self._peers.get(peer_id)
+        return entry.last_seen_mono if entry else float("-inf")
+
     def advert_of(self, peer_id: str) -> dict[str, Any]:
         entry = self._peers.get(peer_id)
         return dict(entry.advert) if entry else {}

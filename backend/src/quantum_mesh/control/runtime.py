@@ -31,6 +31,7 @@ from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import ExecutionFailed
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
+from quantum_mesh.observability import metrics
 from quantum_mesh.quantum.circuits.execute import (
     OPERATOR_MAX_QUBITS,
     apply_fragment_operator,
@@ -44,6 +45,9 @@ from quantum_mesh.store.tables import FragmentExecution
 log = get_logger(__name__)
 
 MAX_BUSY_ROUNDS = 30
+_RETRY_EVENTS = frozenset(
+    {"attempt_failed", "reservation_rejected", "fidelity_below_threshold", "node_skipped"}
+)
 BUSY_REASONS = frozenset({"saturated"})
 _NON_RETRYABLE_REMOTE = {"bad_request", "unknown_method", "handler_unavailable"}
 
@@ -168,6 +172,9 @@ class CircuitRuntime:
                         },
                     )
                     done_rows[o.fragment_id] = row
+                    metrics.fragment_finished(
+                        (o.finished_at - o.started_at).total_seconds(), ok=True
+                    )
                     self.journal.record("execution.fragment_completed", job_id=job_id,
                                         fragment_id=o.fragment_id, node_id=o.node_id,
                                         attempt=o.attempts, observed_fidelity=o.observed_fidelity)
@@ -219,6 +226,9 @@ class CircuitRuntime:
         return [fragment["primary_node"], *fragment.get("fallback_nodes", [])]
 
     async def _event(self, job_id: str, event_type: str, **kw: Any) -> None:
+        if event_type in _RETRY_EVENTS:
+            metrics.retry(event_type if event_type != "attempt_failed" else
+                          str(kw.get("payload", {}).get("code", "attempt_failed")))
         async with self.db.transaction() as session:
             await repo.append_event(session, job_id=job_id, event_type=event_type, **kw)
         self.journal.record(f"execution.{event_type}", job_id=job_id, **kw)
@@ -255,6 +265,7 @@ class CircuitRuntime:
             if not some_busy:
                 break
             await asyncio.sleep(self._delay(min(busy_round, 4), rng))
+        metrics.fragment_finished((datetime.now(UTC) - started).total_seconds(), ok=False)
         raise ExecutionFailed(
             f"Fragment {fid} could not be executed on any candidate node",
             details={"fragment_id": fid, "attempts": attempts, "history": history},
