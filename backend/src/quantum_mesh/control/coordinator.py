@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from quantum_mesh.config import Settings
+from quantum_mesh.control.benchmarks import BENCHMARK_KIND
 from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.dispatch import MeshDispatcher
 from quantum_mesh.control.docstore import DocumentStore
@@ -82,6 +83,7 @@ class Coordinator:
         self.dispatcher = MeshDispatcher(mesh=mesh_port, registry=self.registry, settings=settings)
         register_workflows(self.jobs, self.dispatcher)
         self.jobs.on_transition.append(lambda m: metrics.job_transition(m["kind"], m["status"]))
+        self.jobs.on_transition.append(self._project_benchmark)
         self.jobs.on_transition.append(
             lambda m: self.journal.record(
                 "job.update",
@@ -92,6 +94,7 @@ class Coordinator:
         self.docstore = DocumentStore(db=self.db, mongo_url=settings.mongo_url, data_dir=self.data_dir)
         self.supervisor: NodeSupervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._dirty_snapshots: set[str] = set()
         self.started_at = time.time()
         self.mesh_up = False
@@ -186,6 +189,23 @@ class Coordinator:
             self.journal.record("mesh.peer_heard", node_id=entry.peer_id, name=data.get("name"),
                                 addrs=data.get("listen_addrs"))
         self._dirty_snapshots.add(entry.peer_id)
+
+    def _project_benchmark(self, message: dict[str, Any]) -> None:
+        if message["kind"] != BENCHMARK_KIND or message["status"] != "COMPLETED":
+            return
+        task = asyncio.create_task(self._record_benchmark(message["job_id"]))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_benchmark(self, job_id: str) -> None:
+        job = await self.jobs.get(job_id)
+        if self.docstore.projector is None or not job.result:
+            return
+        await self.docstore.projector.record_benchmark(
+            {"benchmark_id": job_id, "workload": job.result["workload"],
+             "modes": [m["mode"] for m in job.result["modes"]], "figures": job.result,
+             "created_at": job.updated_at}
+        )
 
     def _on_disconnect(self, peer_id: str) -> None:
         self.registry.mark_disconnected(peer_id)

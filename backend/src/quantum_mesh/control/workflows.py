@@ -26,21 +26,59 @@ PORTFOLIO_KIND = "portfolio"
 class WorkflowContext:
     """What a workflow runner may use: the dispatcher and progress reporting."""
 
-    def __init__(self, *, job_id: str, jobs: JobManager, dispatcher: MeshDispatcher) -> None:
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        jobs: JobManager,
+        dispatcher: MeshDispatcher,
+        max_nodes: int | None = None,
+        local: bool = False,
+        report_progress: bool = True,
+    ) -> None:
         self.job_id = job_id
         self.jobs = jobs
         self.dispatcher = dispatcher
+        #: Benchmarks restrict a run to the first ``max_nodes`` nodes, or run it ``local``ly
+        #: (all work in this process, one item after another) as the baseline.
+        self.max_nodes = max_nodes
+        self.local = local
+        self.report_progress = report_progress
         self._loop = asyncio.get_running_loop()
 
     def progress_threadsafe(self, progress: dict[str, Any]) -> None:
         """Report progress from a driver thread (persisted, then published)."""
-        asyncio.run_coroutine_threadsafe(self.jobs.report_progress(self.job_id, progress), self._loop)
+        if self.report_progress:
+            asyncio.run_coroutine_threadsafe(
+                self.jobs.report_progress(self.job_id, progress), self._loop
+            )
 
     def mesh_dispatch(self, bridge: LoopBridge, method: str, service_type: str) -> beam.Dispatch:
+        if self.local:
+            return _local_dispatch(method)
+
         async def dispatch(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return await bridge.acall(self.dispatcher.dispatch(method, jobs, service_type=service_type))
+            return await bridge.acall(
+                self.dispatcher.dispatch(
+                    method, jobs, service_type=service_type, max_nodes=self.max_nodes
+                )
+            )
 
         return dispatch
+
+
+def _local_dispatch(method: str) -> beam.Dispatch:
+    """The baseline: the node handlers called in this thread, one job after another."""
+    from quantum_mesh.node.context import NodeContext
+    from quantum_mesh.node.handlers import resolve
+
+    handler = resolve(method)
+    node = NodeContext(peer_id="local", name="local")
+
+    async def dispatch(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{**handler(job, node), "node_id": "local"} for job in jobs]
+
+    return dispatch
 
 
 def workflow(kind: str) -> Callable[[Runner], Runner]:
@@ -189,7 +227,7 @@ async def _validate_sqd(params: dict[str, Any]) -> dict[str, Any]:
 
 @workflow("sqd")
 async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
-    from quantum_mesh.quantum.sqd.loop import SQD_BATCH_METHOD, run_sqd
+    from quantum_mesh.quantum.sqd.loop import SQD_BATCH_METHOD, run_sqd, solve_batches_locally
     from quantum_mesh.quantum.sqd.params import parse_sqd_params
 
     def on_progress(p: dict[str, Any]) -> None:
@@ -203,8 +241,12 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
         problem, settings = parse_sqd_params(params)
 
         def solve_batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            if ctx.local:
+                return solve_batches_locally(jobs)
             return bridge.call(
-                ctx.dispatcher.dispatch(SQD_BATCH_METHOD, jobs, service_type="sqd_batch")
+                ctx.dispatcher.dispatch(
+                    SQD_BATCH_METHOD, jobs, service_type="sqd_batch", max_nodes=ctx.max_nodes
+                )
             )
 
         return run_sqd(problem, settings=settings, solve_batches=solve_batches, on_progress=on_progress)
@@ -214,9 +256,12 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
 
 # --- wiring ----------------------------------------------------------------------------------
 def register_workflows(jobs: JobManager, dispatcher: MeshDispatcher) -> None:
-    """Attach every workflow processor to the job manager."""
+    """Attach every workflow processor (and the benchmark runner) to the job manager."""
+    from quantum_mesh.control.benchmarks import BENCHMARK_KIND, run_benchmark
+
     for kind, runner in RUNNERS.items():
         jobs.register_processor(kind, _processor(jobs, dispatcher, runner))
+    jobs.register_processor(BENCHMARK_KIND, _processor(jobs, dispatcher, run_benchmark))
 
 
 def _processor(

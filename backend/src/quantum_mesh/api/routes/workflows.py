@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
 from quantum_mesh.control import repository as repo
-from quantum_mesh.control.workflows import VALIDATORS, validate_workflow
+from quantum_mesh.control.benchmarks import BENCHMARK_KIND, validate_benchmark
+from quantum_mesh.control.workflows import PORTFOLIO_KIND, VALIDATORS, validate_workflow
+from quantum_mesh.errors import NotFound
 from quantum_mesh.store.tables import Job
 
 router = APIRouter(tags=["workflows"])
@@ -52,10 +54,59 @@ async def submit_run(
 @router.get("/workflows/runs")
 async def list_runs(coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0) -> dict[str, Any]:
     async with coord.db.transaction() as session:
-        jobs, total = await repo.list_jobs(session, kinds=sorted(VALIDATORS), limit=limit, offset=offset)
+        kinds = sorted(k for k in VALIDATORS if k != PORTFOLIO_KIND)
+        jobs, total = await repo.list_jobs(session, kinds=kinds, limit=limit, offset=offset)
     return page([run_to_dict(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/workflows/runs/{run_id}")
 async def get_run(run_id: str, coord: CoordinatorDep) -> dict[str, Any]:
     return run_to_dict(await coord.jobs.get(run_id))
+
+
+class BenchmarkIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workload: str = Field(description="qaoa_knapsack or sqd")
+    params: dict[str, Any] = Field(default_factory=dict)
+    node_counts: list[int] = Field(default_factory=lambda: [1, 2, 3])
+    include_local: bool = True
+
+
+def benchmark_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "benchmark_id": job.job_id,
+        "status": job.status,
+        "progress": job.progress,
+        "request": job.request,
+        "comparison": job.result if job.status == "COMPLETED" else None,
+        "error": job.error,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+    }
+
+
+@router.post("/workflows/benchmarks", status_code=202)
+async def submit_benchmark(
+    body: BenchmarkIn,
+    coord: CoordinatorDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> JSONResponse:
+    spec = await validate_benchmark(body.model_dump())
+    job, _ = await coord.jobs.submit(kind=BENCHMARK_KIND, request={"params": spec},
+                                     idempotency_key=idempotency_key)
+    return JSONResponse(status_code=202, content={"benchmark_id": job.job_id, "status": job.status})
+
+
+@router.get("/workflows/benchmarks")
+async def list_benchmarks(coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0) -> dict[str, Any]:
+    """Finished benchmark comparisons, read from the benchmark-results projection."""
+    items, total = await coord.docstore.read("list_benchmarks", limit, offset)
+    return page(items, total, limit, offset)
+
+
+@router.get("/workflows/benchmarks/{benchmark_id}")
+async def get_benchmark(benchmark_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+    job = await coord.jobs.get(benchmark_id)
+    if job.kind != BENCHMARK_KIND:
+        raise NotFound(f"Benchmark {benchmark_id} does not exist", details={"benchmark_id": benchmark_id})
+    return benchmark_to_dict(job)

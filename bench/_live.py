@@ -1,0 +1,29 @@
+"""Shared helpers for benchmarks that drive a live coordinator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.live import LiveCoordinator  # noqa: E402
+
+
+def start_coordinator(*, nodes: int, env: dict[str, str] | None = None) -> LiveCoordinator:
+    """A `qmesh coordinator` subprocess with ``nodes`` embedded nodes, in a temp dir."""
+    data_dir = Path(tempfile.mkdtemp(prefix="qmesh-bench-"))
+    return LiveCoordinator(data_dir, embedded_nodes=nodes, env=env).start()
+
+
+def run_benchmark(coord: LiveCoordinator, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    r = coord.http.post("/workflows/benchmarks", json=body)
+    r.raise_for_status()
+    done = coord.wait_job(r.json()["benchmark_id"], timeout=timeout, path="/workflows/benchmarks/")
+    if done["status"] != "COMPLETED":
+        raise RuntimeError(f"benchmark failed: {done['error']}")
+    return done["comparison"]  # type: ignore[no-any-return]
