@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 from alembic import context
 from sqlalchemy import pool
@@ -13,6 +14,11 @@ from quantum_mesh.store.tables import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+# The `alembic` CLI (operators) follows QMESH_DATABASE_URL like the service does; the service
+# itself passes its URL explicitly (run_migrations).
+if not config.attributes.get("qmesh_explicit_url") and os.environ.get("QMESH_DATABASE_URL"):
+    config.set_main_option("sqlalchemy.url", os.environ["QMESH_DATABASE_URL"].replace("%", "%%"))
 
 
 def _run(connection: Connection) -> None:

@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # One command to run the tests: installs if needed, then runs the whole suite against real
-# PostgreSQL (127.0.0.1:5432 or a throwaway server), real libp2p hosts and real subprocesses.
-# Extra arguments go to pytest.
+# PostgreSQL (127.0.0.1:5432 or a throwaway server), real libp2p hosts, a real MongoDB-wire
+# server and real subprocesses. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# The compose-file check needs a compose implementation beside the docker client; install
+# Debian's where we can (root with apt), otherwise that one check says what to install.
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+   && ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get install -y -qq docker-compose >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose >/dev/null 2>&1; }) \
+    || echo "note: could not install docker-compose; the compose check will be skipped" >&2
+fi
+bash scripts/install-newman.sh >/dev/null || true
 exec .venv/bin/python -m pytest "$@"

@@ -22,26 +22,34 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 @app.command()
 def coordinator(
-    host: Annotated[str, typer.Option(help="HTTP bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTP port")] = 8000,
-    p2p_port: Annotated[int, typer.Option("--p2p-port", help="libp2p TCP port (0 = any free)")] = 4001,
-    embedded_nodes: Annotated[int, typer.Option("--embedded-nodes", help="service nodes run inside")] = 3,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="database, keys and logs")] = Path("./var"),
+    host: Annotated[str | None, typer.Option(help="HTTP bind address [QMESH_HOST, 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [QMESH_PORT, 8000]")] = None,
+    p2p_port: Annotated[
+        int | None, typer.Option("--p2p-port", help="libp2p TCP port, 0 = any free [QMESH_P2P_PORT, 4001]")
+    ] = None,
+    embedded_nodes: Annotated[
+        int | None, typer.Option("--embedded-nodes", help="service nodes run inside [QMESH_EMBEDDED_NODES, 3]")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="database, keys and logs [QMESH_DATA_DIR, ./var]")
+    ] = None,
 ) -> None:
-    """Run the FastAPI control plane, the coordinator's libp2p host and embedded nodes."""
+    """Run the FastAPI control plane, the coordinator's libp2p host and embedded nodes.
+
+    Options given on the command line win over QMESH_* variables and .env; those win over
+    the defaults."""
     import uvicorn
 
     from quantum_mesh.api.app import create_app
     from quantum_mesh.config import Settings
     from quantum_mesh.logs import configure_logging
 
-    overrides: dict[str, Any] = {
-        "host": host, "port": port, "p2p_port": p2p_port,
-        "embedded_nodes": embedded_nodes, "data_dir": data_dir,
-    }
-    settings = Settings(**overrides)
+    given = {"host": host, "port": port, "p2p_port": p2p_port, "embedded_nodes": embedded_nodes,
+             "data_dir": data_dir}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, ws="websockets")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                ws="websockets-sansio")
 
 
 @app.command()

@@ -71,7 +71,9 @@ class MeshDispatcher:
             await asyncio.sleep(0.25)
             nodes = self.nodes_for(service_type)
         if max_nodes is not None:
-            nodes = nodes[:max_nodes]
+            # A fixed subset (by peer ID), so a benchmark's "N nodes" means the same N nodes
+            # for every dispatch of the run.
+            nodes = sorted(nodes)[:max_nodes]
         if not nodes:
             raise NoCapacity(
                 f"No fresh enrolled node offers '{service_type}'", details={"service_type": service_type}

@@ -30,6 +30,7 @@ def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(alembic_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    cfg.attributes["qmesh_explicit_url"] = True
     return cfg
 
 
