@@ -20,7 +20,9 @@ def start_coordinator(*, nodes: int, env: dict[str, str] | None = None) -> LiveC
     return LiveCoordinator(data_dir, embedded_nodes=nodes, env=env).start()
 
 
-def run_benchmark(coord: LiveCoordinator, body: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+def run_benchmark(
+    coord: LiveCoordinator, body: dict[str, Any], *, timeout: float
+) -> dict[str, Any]:
     r = coord.http.post("/workflows/benchmarks", json=body)
     r.raise_for_status()
     done = coord.wait_job(r.json()["benchmark_id"], timeout=timeout, path="/workflows/benchmarks/")

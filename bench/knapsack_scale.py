@@ -15,6 +15,7 @@ import argparse
 import json
 
 import numpy as np
+
 from _live import run_benchmark, start_coordinator
 
 
@@ -34,23 +35,37 @@ def main() -> None:
     coord = start_coordinator(nodes=3)
     comparisons = []
     try:
-        print(f"{'items':>5} {'mode':>7} {'ratio/opt':>9} {'vs greedy':>9} {'wall s':>7} "
-              f"{'speedup':>7} {'mesh %':>6} {'qaoa s':>7} {'nodes':>5}")
+        print(
+            f"{'items':>5} {'mode':>7} {'ratio/opt':>9} {'vs greedy':>9} {'wall s':>7} "
+            f"{'speedup':>7} {'mesh %':>6} {'qaoa s':>7} {'nodes':>5}"
+        )
         for n in args.sizes:
             values, weights, capacity = instance(n, args.seed)
-            cmp = run_benchmark(coord, {
-                "workload": "qaoa_knapsack",
-                "params": {"values": values, "weights": weights, "capacity": capacity,
-                           "seed": args.seed},
-                "node_counts": [1, 2, 3], "include_local": True,
-            }, timeout=1800)
+            cmp = run_benchmark(
+                coord,
+                {
+                    "workload": "qaoa_knapsack",
+                    "params": {
+                        "values": values,
+                        "weights": weights,
+                        "capacity": capacity,
+                        "seed": args.seed,
+                    },
+                    "node_counts": [1, 2, 3],
+                    "include_local": True,
+                },
+                timeout=1800,
+            )
             comparisons.append(cmp)
             one_node = next(m for m in cmp["modes"] if m["mode"] == "mesh-1")["wall_s"]
             for m in cmp["modes"]:
                 mesh_share = 100 * (m["mesh_s"] or 0) / m["wall_s"]
-                print(f"{n:>5} {m['mode']:>7} {m['ratio_to_optimum']:>9.4f} {m['ratio_to_greedy']:>9.4f} "
-                      f"{m['wall_s']:>7.2f} {one_node / m['wall_s']:>6.2f}x {mesh_share:>5.1f}% "
-                      f"{m['qaoa_s']:>7.2f} {len(m['nodes_used']):>5}")
+                print(
+                    f"{n:>5} {m['mode']:>7} {m['ratio_to_optimum']:>9.4f} "
+                    f"{m['ratio_to_greedy']:>9.4f} "
+                    f"{m['wall_s']:>7.2f} {one_node / m['wall_s']:>6.2f}x {mesh_share:>5.1f}% "
+                    f"{m['qaoa_s']:>7.2f} {len(m['nodes_used']):>5}"
+                )
             print(f"      same answer in every mode: {cmp['max_value_difference'] == 0}")
     finally:
         coord.stop()

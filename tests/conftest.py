@@ -38,8 +38,11 @@ def _throwaway_postgres(tmp: Path) -> tuple[str, object]:
     if pg_ctl is None or os.geteuid() == 0:
         pytest.exit(
             "No PostgreSQL listens on 127.0.0.1:5432"
-            + (" and no server binaries were found" if pg_ctl is None else
-               " and PostgreSQL refuses to start a throwaway server as root")
+            + (
+                " and no server binaries were found"
+                if pg_ctl is None
+                else " and PostgreSQL refuses to start a throwaway server as root"
+            )
             + ". Install and start the server (Debian/Ubuntu: `apt-get install postgresql`; "
             "macOS: `brew install postgresql && brew services start postgresql`) or set "
             "QMESH_TEST_PG_DSN to a reachable database.",
@@ -49,9 +52,16 @@ def _throwaway_postgres(tmp: Path) -> tuple[str, object]:
 
     port = free_port()
     executor = PostgreSQLExecutor(
-        executable=pg_ctl, host="127.0.0.1", port=port, datadir=str(tmp / "pgdata"),
-        unixsocketdir=str(tmp), logfile=str(tmp / "pg.log"), startparams="-w",
-        dbname="postgres", user="postgres", password="",
+        executable=pg_ctl,
+        host="127.0.0.1",
+        port=port,
+        datadir=str(tmp / "pgdata"),
+        unixsocketdir=str(tmp),
+        logfile=str(tmp / "pg.log"),
+        startparams="-w",
+        dbname="postgres",
+        user="postgres",
+        password="",
     )
     executor.start()
     return f"postgresql://postgres@127.0.0.1:{port}/postgres", executor

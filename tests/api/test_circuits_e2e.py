@@ -11,17 +11,8 @@ import pytest
 from qiskit import qasm2, qasm3
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Statevector
-
+from tests.support.circuits import BELL_QASM2
 from tests.support.live import LiveCoordinator, LiveNode, wait_until
-
-BELL_QASM2 = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[2];
-creg c[2];
-h q[0];
-cx q[0],q[1];
-measure q -> c;
-"""
 
 GHZ5_QASM3 = """OPENQASM 3.0;
 include "stdgates.inc";
@@ -37,8 +28,12 @@ c = measure q;
 
 
 @pytest.fixture(scope="module")
-def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3)
+def coord(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
+) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(
+        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
+    )
     live.start()
     try:
         yield live
@@ -123,19 +118,30 @@ def test_random_6_qubit_circuits_match_statevector(coord: LiveCoordinator, seed:
 def test_standalone_node_joins_and_executes(coord: LiveCoordinator, tmp_path: Path) -> None:
     node = LiveNode(tmp_path, coord.bootstrap_addr(), name="standalone-1")
     peer_id = node.peer_id()
-    assert coord.http.post("/enrollment/peers", json={"peer_id": peer_id, "name": "lab"}).status_code == 201
-    assert coord.http.post(f"/enrollment/peers/{peer_id}/action", json={"action": "approve"}).json()[
-        "status"
-    ] == "APPROVED"
+    assert (
+        coord.http.post("/enrollment/peers", json={"peer_id": peer_id, "name": "lab"}).status_code
+        == 201
+    )
+    assert (
+        coord.http.post(f"/enrollment/peers/{peer_id}/action", json={"action": "approve"}).json()[
+            "status"
+        ]
+        == "APPROVED"
+    )
     node.start()
     embedded = [
-        p["peer_id"] for p in coord.http.get("/discovery/peers").json()["items"] if p["peer_id"] != peer_id
+        p["peer_id"]
+        for p in coord.http.get("/discovery/peers").json()["items"]
+        if p["peer_id"] != peer_id
     ]
     try:
         wait_until(
-            lambda: coord.http.get(f"/discovery/peers/{peer_id}").status_code == 200
-            and coord.http.get(f"/discovery/peers/{peer_id}").json()["fresh"],
-            timeout=30, what="standalone node heard in discovery",
+            lambda: (
+                coord.http.get(f"/discovery/peers/{peer_id}").status_code == 200
+                and coord.http.get(f"/discovery/peers/{peer_id}").json()["fresh"]
+            ),
+            timeout=30,
+            what="standalone node heard in discovery",
         )
         for pid in embedded:
             coord.http.post(f"/enrollment/peers/{pid}/action", json={"action": "suspend"})
@@ -158,7 +164,9 @@ def test_bad_circuit_is_400_naming_the_line(coord: LiveCoordinator) -> None:
 
 
 def test_bad_json_and_validation_errors_use_the_envelope(coord: LiveCoordinator) -> None:
-    r = coord.http.post("/circuits/submit", content=b"{not json", headers={"Content-Type": "application/json"})
+    r = coord.http.post(
+        "/circuits/submit", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = coord.http.post("/circuits/submit", json={"circuit": BELL_QASM2, "shots": 0})
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
@@ -169,10 +177,16 @@ def test_bad_json_and_validation_errors_use_the_envelope(coord: LiveCoordinator)
 
 def test_jobs_list_shape_and_idempotency(coord: LiveCoordinator) -> None:
     headers = {"Idempotency-Key": "bell-once"}
-    a = coord.http.post("/circuits/submit", json={"circuit": BELL_QASM2, "seed": 9}, headers=headers)
-    b = coord.http.post("/circuits/submit", json={"circuit": BELL_QASM2, "seed": 9}, headers=headers)
+    a = coord.http.post(
+        "/circuits/submit", json={"circuit": BELL_QASM2, "seed": 9}, headers=headers
+    )
+    b = coord.http.post(
+        "/circuits/submit", json={"circuit": BELL_QASM2, "seed": 9}, headers=headers
+    )
     assert a.json()["job_id"] == b.json()["job_id"]
-    c = coord.http.post("/circuits/submit", json={"circuit": BELL_QASM2, "seed": 10}, headers=headers)
+    c = coord.http.post(
+        "/circuits/submit", json={"circuit": BELL_QASM2, "seed": 10}, headers=headers
+    )
     assert c.status_code == 409
     page = coord.http.get("/jobs", params={"limit": 2, "offset": 0}).json()
     assert set(page) == {"items", "total", "limit", "offset"}

@@ -16,10 +16,8 @@ from httpx_ws import connect_ws
 from qiskit import qasm2
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Statevector
-
+from tests.support.circuits import BELL_QASM2 as BELL
 from tests.support.live import LiveCoordinator, LiveNode, wait_until
-
-BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\nmeasure q -> c;\n'
 
 
 def _big_circuit(seed: int, qubits: int = 10, depth: int = 40) -> tuple[str, Statevector]:
@@ -28,8 +26,12 @@ def _big_circuit(seed: int, qubits: int = 10, depth: int = 40) -> tuple[str, Sta
 
 
 @pytest.fixture(scope="module")
-def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=2)
+def coord(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
+) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(
+        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=2
+    )
     live.start()
     try:
         yield live
@@ -40,7 +42,9 @@ def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Itera
 @pytest.fixture
 def only_standalone(coord: LiveCoordinator) -> Iterator[None]:
     """Suspend the embedded nodes for one test so work can only go to standalone nodes."""
-    embedded = [e["peer_id"] for e in coord.http.get("/enrollment/peers").json()["items"] if e["embedded"]]
+    embedded = [
+        e["peer_id"] for e in coord.http.get("/enrollment/peers").json()["items"] if e["embedded"]
+    ]
     for pid in embedded:
         coord.http.post(f"/enrollment/peers/{pid}/action", json={"action": "suspend"})
     try:
@@ -52,7 +56,10 @@ def only_standalone(coord: LiveCoordinator) -> Iterator[None]:
 
 def _enroll(coord: LiveCoordinator, node: LiveNode, *, approve: bool = True) -> str:
     peer_id = node.peer_id()
-    assert coord.http.post("/enrollment/peers", json={"peer_id": peer_id}).json()["status"] == "PENDING"
+    assert (
+        coord.http.post("/enrollment/peers", json={"peer_id": peer_id}).json()["status"]
+        == "PENDING"
+    )
     if approve:
         coord.http.post(f"/enrollment/peers/{peer_id}/action", json={"action": "approve"})
     return peer_id
@@ -72,7 +79,9 @@ def _submit(coord: LiveCoordinator, circuit: str, **kw: object) -> str:
     return str(r.json()["job_id"])
 
 
-def test_unenrolled_node_never_gets_work(coord: LiveCoordinator, tmp_path: Path, only_standalone: None) -> None:
+def test_unenrolled_node_never_gets_work(
+    coord: LiveCoordinator, tmp_path: Path, only_standalone: None
+) -> None:
     trusted = LiveNode(tmp_path, coord.bootstrap_addr(), name="trusted")
     stranger = LiveNode(tmp_path, coord.bootstrap_addr(), name="stranger")
     trusted_id = _enroll(coord, trusted)
@@ -95,7 +104,9 @@ def test_unenrolled_node_never_gets_work(coord: LiveCoordinator, tmp_path: Path,
         stranger.stop()
 
 
-def test_suspended_node_stops_getting_work(coord: LiveCoordinator, tmp_path: Path, only_standalone: None) -> None:
+def test_suspended_node_stops_getting_work(
+    coord: LiveCoordinator, tmp_path: Path, only_standalone: None
+) -> None:
     a = LiveNode(tmp_path, coord.bootstrap_addr(), name="a")
     b = LiveNode(tmp_path, coord.bootstrap_addr(), name="b")
     a_id, b_id = _enroll(coord, a), _enroll(coord, b)
@@ -133,7 +144,10 @@ def test_node_killed_mid_job_leaves_job_completed_on_survivor(
 
         def victim_worked() -> bool:
             events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
-            return any(e["event_type"] == "fragment_completed" and e["node_id"] == victim_id for e in events)
+            return any(
+                e["event_type"] == "fragment_completed" and e["node_id"] == victim_id
+                for e in events
+            )
 
         wait_until(victim_worked, timeout=60, interval=0.05, what="victim completed a fragment")
         victim.kill()
@@ -142,15 +156,19 @@ def test_node_killed_mid_job_leaves_job_completed_on_survivor(
         probs = job["quantum_result"]["probabilities"]
         for i, p in enumerate(expected.probabilities()):
             assert probs.get(format(i, "012b"), 0.0) == pytest.approx(p, abs=1e-9)
+
         def lost_victim(h: dict) -> bool:
             if h["node_id"] != victim_id:
                 return False
             reason = str(h.get("reason", ""))
             return h["outcome"] in {"connection_lost", "timeout", "skipped_unusable"} or (
-                h["outcome"] == "reservation_rejected" and ("unreachable" in reason or "usable" in reason)
+                h["outcome"] == "reservation_rejected"
+                and ("unreachable" in reason or "usable" in reason)
             )
 
-        after_kill = [f for f in job["fragment_results"] if any(lost_victim(h) for h in f["history"])]
+        after_kill = [
+            f for f in job["fragment_results"] if any(lost_victim(h) for h in f["history"])
+        ]
         assert after_kill, "the victim's failure must be visible in fragment_results"
         assert all(f["node_id"] == survivor_id for f in after_kill)
         events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
@@ -166,7 +184,9 @@ def test_low_fidelity_node_is_skipped_for_fallback(
 ) -> None:
     # The noisy node advertises the better fidelity, so the planner picks it first; the
     # fidelity it really delivers is below the job's minimum, so the runtime falls back.
-    noisy = LiveNode(tmp_path, coord.bootstrap_addr(), name="noisy", noise_level=0.4, fidelity=0.999)
+    noisy = LiveNode(
+        tmp_path, coord.bootstrap_addr(), name="noisy", noise_level=0.4, fidelity=0.999
+    )
     clean = LiveNode(tmp_path, coord.bootstrap_addr(), name="clean", fidelity=0.95)
     noisy_id, clean_id = _enroll(coord, noisy), _enroll(coord, clean)
     noisy.start()
@@ -200,7 +220,7 @@ def test_websocket_sees_every_transition_in_order(coord: LiveCoordinator) -> Non
         while time.monotonic() < deadline:
             try:
                 msg = ws.receive_json(timeout=30)
-            except Exception:  # noqa: BLE001 - the server closes after the terminal state
+            except Exception:
                 break
             messages.append(msg)
             if msg.get("status") in {"COMPLETED", "FAILED", "CANCELLED"}:
@@ -214,8 +234,12 @@ def test_websocket_sees_every_transition_in_order(coord: LiveCoordinator) -> Non
     assert seqs == sorted(seqs)
     # Every status event after the initial snapshot was delivered.
     events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
-    status_after_first = [e["payload"]["status"] for e in events if e["event_type"] == "status"
-                          and order.index(e["payload"]["status"]) > order.index(statuses[0])]
+    status_after_first = [
+        e["payload"]["status"]
+        for e in events
+        if e["event_type"] == "status"
+        and order.index(e["payload"]["status"]) > order.index(statuses[0])
+    ]
     assert [s for s in statuses[1:] if s != statuses[0]] == [
         s for s in dict.fromkeys(status_after_first)
     ] or set(status_after_first) <= set(statuses)
@@ -228,7 +252,9 @@ def test_cancel_and_watch_cli(coord: LiveCoordinator) -> None:
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
     out = subprocess.run(
         [sys.executable, "-m", "quantum_mesh.cli", "watch", job_id, "--api", coord.base_url],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["status"] == "COMPLETED"
@@ -239,14 +265,21 @@ def test_reservations_commit_cancel_and_expire(coord: LiveCoordinator) -> None:
     assert r.status_code == 201, r.text
     res = r.json()
     assert res["status"] == "COMMITTED" and res["node_id"]
-    wait_until(lambda: coord.http.get(f"/reservations/{res['reservation_id']}").json()["status"] == "EXPIRED",
-               timeout=15, what="reservation expiry")
+    wait_until(
+        lambda: (
+            coord.http.get(f"/reservations/{res['reservation_id']}").json()["status"] == "EXPIRED"
+        ),
+        timeout=15,
+        what="reservation expiry",
+    )
     r = coord.http.post("/reservations", json={"service_type": "cnot", "ttl_s": 60})
     rid = r.json()["reservation_id"]
     assert coord.http.post(f"/reservations/{rid}/cancel").json()["status"] == "CANCELED"
     again = coord.http.post(f"/reservations/{rid}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
-    r = coord.http.post("/reservations", json={"service_type": "single_qubit", "min_fidelity": 0.99999})
+    r = coord.http.post(
+        "/reservations", json={"service_type": "single_qubit", "min_fidelity": 0.99999}
+    )
     assert r.status_code == 503 and r.json()["error"]["code"] == "no_capacity"
     assert coord.http.get("/reservations/nope").status_code == 404
 
@@ -272,7 +305,9 @@ def test_coordinator_sigkill_recovers_every_job(tmp_path: Path, pg_url: str) -> 
             got = np.array([probs.get(format(i, "010b"), 0.0) for i in range(1024)])
             assert np.allclose(got, expected.probabilities(), atol=1e-9)
             events = live.http.get(f"/jobs/{job_id}/events").json()["items"]
-            completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]
+            completed = [
+                e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"
+            ]
             assert len(completed) == len(set(completed)) == len(job["fragment_results"])
     finally:
         live.stop()

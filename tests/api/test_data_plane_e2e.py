@@ -9,16 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from quantum_mesh.store.mongo.docserver import EmbeddedDocServer
+from tests.support.circuits import BELL_QASM2 as BELL
 from tests.support.live import LiveCoordinator, wait_until
 
-BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\ncreg c[2];\nh q[0];\ncx q[0],q[1];\nmeasure q -> c;\n'
+from quantum_mesh.store.mongo.docserver import EmbeddedDocServer
 
 
 def _submit_and_wait(coord: LiveCoordinator, seed: int) -> dict:
-    job_id = coord.http.post("/circuits/submit", json={"circuit": BELL, "seed": seed}).json()["job_id"]
+    job_id = coord.http.post("/circuits/submit", json={"circuit": BELL, "seed": seed}).json()[
+        "job_id"
+    ]
     job = coord.wait_job(job_id)
     assert job["status"] == "COMPLETED", job
     return job
@@ -27,16 +27,25 @@ def _submit_and_wait(coord: LiveCoordinator, seed: int) -> dict:
 def test_mongo_outage_degrades_ready_and_projections_catch_up(tmp_path: Path, pg_url: str) -> None:
     server = EmbeddedDocServer(storage_dir=tmp_path / "mongo", watchdog=False)
     url = asyncio.run(server.start())
-    coord = LiveCoordinator(tmp_path / "coord", database_url=pg_url, embedded_nodes=2,
-                            env={"QMESH_MONGO_URL": f"{url.rstrip('/')}/qmesh_e2e"})
+    coord = LiveCoordinator(
+        tmp_path / "coord",
+        database_url=pg_url,
+        embedded_nodes=2,
+        env={"QMESH_MONGO_URL": f"{url.rstrip('/')}/qmesh_e2e"},
+    )
     coord.start()
     try:
         first = _submit_and_wait(coord, seed=1)
-        wait_until(lambda: coord.http.get(f"/jobs/{first['job_id']}/provenance").status_code == 200,
-                   timeout=30, what="first provenance bundle")
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{first['job_id']}/provenance").status_code == 200,
+            timeout=30,
+            what="first provenance bundle",
+        )
         bundle = coord.http.get(f"/jobs/{first['job_id']}/provenance").json()
         assert bundle["status"] == "COMPLETED" and len(bundle["result_hash"]) == 64
-        assert {n["node_id"] for n in bundle["nodes"]} >= {f["node_id"] for f in first["fragment_results"]}
+        assert {n["node_id"] for n in bundle["nodes"]} >= {
+            f["node_id"] for f in first["fragment_results"]
+        }
         assert any(e["event_type"] == "fragment_completed" for e in bundle["events"])
 
         asyncio.run(server.stop(grace_s=0))
@@ -48,9 +57,14 @@ def test_mongo_outage_degrades_ready_and_projections_catch_up(tmp_path: Path, pg
         assert r.status_code == 503 and r.json()["error"]["code"] == "document_store_unavailable"
 
         asyncio.run(server.start())
-        wait_until(lambda: coord.http.get("/ready").status_code == 200, timeout=60, what="recovered")
-        wait_until(lambda: coord.http.get(f"/jobs/{during['job_id']}/provenance").status_code == 200,
-                   timeout=60, what="projection caught up")
+        wait_until(
+            lambda: coord.http.get("/ready").status_code == 200, timeout=60, what="recovered"
+        )
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{during['job_id']}/provenance").status_code == 200,
+            timeout=60,
+            what="projection caught up",
+        )
     finally:
         coord.stop()
         asyncio.run(server.stop(grace_s=0))
@@ -62,19 +76,38 @@ def test_embedded_default_peer_log_and_provenance(tmp_path: Path) -> None:
         ready = coord.http.get("/ready").json()
         assert ready["parts"]["document_store"] == "up"
         job = _submit_and_wait(coord, seed=3)
-        wait_until(lambda: coord.http.get(f"/jobs/{job['job_id']}/provenance").status_code == 200,
-                   timeout=30, what="provenance")
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{job['job_id']}/provenance").status_code == 200,
+            timeout=30,
+            what="provenance",
+        )
         topo = coord.http.get("/discovery/topology").json()
         assert len(topo["nodes"]) == 3 and topo["links"]
         out = subprocess.run(
-            [sys.executable, "-m", "quantum_mesh.cli", "log", "--data-dir", str(coord.data_dir),
-             "--job", job["job_id"], "--json"],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "quantum_mesh.cli",
+                "log",
+                "--data-dir",
+                str(coord.data_dir),
+                "--job",
+                job["job_id"],
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         entries = [json.loads(line) for line in out.stdout.splitlines()]
         events = {e["event"] for e in entries}
-        assert {"job.update", "reservation.committed", "execution.fragment_completed",
-                "invoke.finished"} <= events
+        assert {
+            "job.update",
+            "reservation.committed",
+            "execution.fragment_completed",
+            "invoke.finished",
+        } <= events
         assert all(e.get("job_id") == job["job_id"] for e in entries)
         peers = {e["peer"] for e in entries}
         assert len(peers) >= 2  # the coordinator's log and at least one node's log
@@ -84,6 +117,10 @@ def test_embedded_default_peer_log_and_provenance(tmp_path: Path) -> None:
             return text if "qmesh_jobs{" in text else None
 
         text = wait_until(scraped, timeout=15, what="jobs-by-state gauge")
-        for name in ("qmesh_job_transitions_total", "qmesh_mesh_invoke_duration_seconds",
-                     "qmesh_fragment_duration_seconds", "qmesh_node_fresh"):
+        for name in (
+            "qmesh_job_transitions_total",
+            "qmesh_mesh_invoke_duration_seconds",
+            "qmesh_fragment_duration_seconds",
+            "qmesh_node_fresh",
+        ):
             assert name in text, name

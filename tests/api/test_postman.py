@@ -37,8 +37,12 @@ def _newman() -> str:
         pytest.fail("bash is needed to run scripts/install-newman.sh")
     try:
         out = subprocess.run(
-            ["bash", str(INSTALL_SCRIPT)], cwd=ROOT, capture_output=True, text=True,
-            timeout=INSTALL_TIMEOUT_S, check=False,
+            ["bash", str(INSTALL_SCRIPT)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"scripts/install-newman.sh did not finish in {INSTALL_TIMEOUT_S}s")
@@ -82,20 +86,40 @@ def test_postman_collection_passes_against_live_coordinator(
 ) -> None:
     report = tmp_path / "newman.json"
     cmd = [
-        newman, "run", str(COLLECTION), "--environment", str(ENVIRONMENT),
-        "--env-var", f"baseUrl={coordinator.base_url}/api/v1",
-        "--timeout-request", str(REQUEST_TIMEOUT_MS),
-        "--timeout", str(NEWMAN_TIMEOUT_S * 1000),
-        "--reporters", "cli,json", "--reporter-json-export", str(report),
-        "--color", "off", "--disable-unicode",
+        newman,
+        "run",
+        str(COLLECTION),
+        "--environment",
+        str(ENVIRONMENT),
+        "--env-var",
+        f"baseUrl={coordinator.base_url}/api/v1",
+        "--timeout-request",
+        str(REQUEST_TIMEOUT_MS),
+        "--timeout",
+        str(NEWMAN_TIMEOUT_S * 1000),
+        "--reporters",
+        "cli,json",
+        "--reporter-json-export",
+        str(report),
+        "--color",
+        "off",
+        "--disable-unicode",
     ]
     try:
-        run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                             timeout=NEWMAN_TIMEOUT_S + 60, check=False)
+        run = subprocess.run(
+            cmd,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=NEWMAN_TIMEOUT_S + 60,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        pytest.fail(f"newman did not finish in {NEWMAN_TIMEOUT_S + 60}s:\n{out[-SUMMARY_CHARS:]}\n"
-                    f"--- coordinator log ---\n{coordinator.log_tail()}")
+        pytest.fail(
+            f"newman did not finish in {NEWMAN_TIMEOUT_S + 60}s:\n{out[-SUMMARY_CHARS:]}\n"
+            f"--- coordinator log ---\n{coordinator.log_tail()}"
+        )
     if run.returncode != 0:
         pytest.fail(
             f"newman exited {run.returncode}\n{_summary(report) or run.stdout[-SUMMARY_CHARS:]}\n"

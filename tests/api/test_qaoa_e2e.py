@@ -6,14 +6,18 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from tests.support.live import LiveCoordinator
 
 from quantum_mesh.quantum.qaoa.classical import knapsack_dp, knapsack_greedy
-from tests.support.live import LiveCoordinator
 
 
 @pytest.fixture(scope="module")
-def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3)
+def coord(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
+) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(
+        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
+    )
     live.start()
     try:
         yield live
@@ -30,8 +34,13 @@ def _instance(n: int, seed: int) -> tuple[list[int], list[int], int]:
 
 def test_knapsack_60_items_across_nodes(coord: LiveCoordinator) -> None:
     values, weights, capacity = _instance(60, seed=7)
-    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
-        "values": values, "weights": weights, "capacity": capacity, "seed": 3}})
+    r = coord.http.post(
+        "/workflows/runs",
+        json={
+            "kind": "qaoa_knapsack",
+            "params": {"values": values, "weights": weights, "capacity": capacity, "seed": 3},
+        },
+    )
     assert r.status_code == 202, r.text
     run = coord.wait_job(r.json()["run_id"], timeout=300, path="/workflows/runs/")
     assert run["status"] == "COMPLETED", (run, coord.log_tail())
@@ -51,8 +60,14 @@ def test_portfolio_10_assets_reaches_brute_force_optimum(coord: LiveCoordinator)
     n = 10
     a = rng.normal(size=(n, n))
     cov = (a @ a.T / n * 0.1).tolist()
-    body = {"assets": [f"A{i}" for i in range(n)], "expected_returns": rng.uniform(0.01, 0.2, n).tolist(),
-            "covariance": cov, "budget": 4, "risk_aversion": 0.5, "seed": 1}
+    body = {
+        "assets": [f"A{i}" for i in range(n)],
+        "expected_returns": rng.uniform(0.01, 0.2, n).tolist(),
+        "covariance": cov,
+        "budget": 4,
+        "risk_aversion": 0.5,
+        "seed": 1,
+    }
     r = coord.http.post("/finance/submit", json=body)
     assert r.status_code == 202, r.text
     job = coord.wait_job(r.json()["job_id"], timeout=300, path="/finance/")
@@ -66,11 +81,20 @@ def test_portfolio_10_assets_reaches_brute_force_optimum(coord: LiveCoordinator)
 
 
 def test_bad_workflow_params_are_422(coord: LiveCoordinator) -> None:
-    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
-        "values": [1, 2], "weights": [1], "capacity": 3}})
+    r = coord.http.post(
+        "/workflows/runs",
+        json={"kind": "qaoa_knapsack", "params": {"values": [1, 2], "weights": [1], "capacity": 3}},
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_input"
     r = coord.http.post("/workflows/runs", json={"kind": "nope", "params": {}})
     assert r.status_code == 422 and "available" in r.json()["error"]["details"]
-    r = coord.http.post("/finance/submit", json={"assets": ["a", "b"], "expected_returns": [0.1],
-                                                 "covariance": [[1, 0], [0, 1]], "budget": 1})
+    r = coord.http.post(
+        "/finance/submit",
+        json={
+            "assets": ["a", "b"],
+            "expected_returns": [0.1],
+            "covariance": [[1, 0], [0, 1]],
+            "budget": 1,
+        },
+    )
     assert r.status_code == 422

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from tests.support.live import LiveCoordinator
 
 KEY, OTHER_KEY = "s3cret-key", "second-key"
@@ -15,9 +14,14 @@ KEY, OTHER_KEY = "s3cret-key", "second-key"
 @pytest.fixture(scope="module")
 def coord(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveCoordinator]:
     live = LiveCoordinator(
-        tmp_path_factory.mktemp("sec"), embedded_nodes=0, api_key=KEY,
-        env={"QMESH_API_KEYS": f"{KEY},{OTHER_KEY}", "QMESH_RATE_LIMIT_PER_MINUTE": "20",
-             "QMESH_MAX_REQUEST_BYTES": "5000"},
+        tmp_path_factory.mktemp("sec"),
+        embedded_nodes=0,
+        api_key=KEY,
+        env={
+            "QMESH_API_KEYS": f"{KEY},{OTHER_KEY}",
+            "QMESH_RATE_LIMIT_PER_MINUTE": "20",
+            "QMESH_MAX_REQUEST_BYTES": "5000",
+        },
     )
     live.start()
     try:
@@ -35,8 +39,11 @@ def _envelope(r: httpx.Response, status: int, code: str) -> None:
 def test_health_is_open_everything_else_needs_a_key(coord: LiveCoordinator) -> None:
     assert httpx.get(f"{coord.base_url}/api/v1/health").json() == {"status": "ok"}
     _envelope(httpx.get(f"{coord.base_url}/api/v1/jobs"), 401, "unauthorized")
-    _envelope(httpx.get(f"{coord.base_url}/api/v1/jobs", headers={"X-API-Key": "wrong"}), 401,
-              "unauthorized")
+    _envelope(
+        httpx.get(f"{coord.base_url}/api/v1/jobs", headers={"X-API-Key": "wrong"}),
+        401,
+        "unauthorized",
+    )
     ok = httpx.get(f"{coord.base_url}/api/v1/jobs", headers={"X-API-Key": KEY})
     assert ok.status_code == 200 and "items" in ok.json()
     ok = httpx.get(f"{coord.base_url}/api/v1/jobs", headers={"Authorization": f"Bearer {KEY}"})
@@ -50,8 +57,11 @@ def test_oversized_body_is_413(coord: LiveCoordinator) -> None:
 
 def test_validation_error_is_422(coord: LiveCoordinator) -> None:
     _envelope(coord.http.post("/circuits/submit", json={"shots": 5}), 422, "validation_error")
-    _envelope(coord.http.post("/enrollment/peers", json={"peer_id": "not a peer id"}), 422,
-              "validation_error")
+    _envelope(
+        coord.http.post("/enrollment/peers", json={"peer_id": "not a peer id"}),
+        422,
+        "validation_error",
+    )
 
 
 def test_rate_limit_is_429_with_retry_after(coord: LiveCoordinator) -> None:

@@ -7,24 +7,36 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.live import LiveCoordinator, LiveNode, wait_until
 
 from quantum_mesh.quantum.sqd.loop import run_sqd, solve_batches_locally
 from quantum_mesh.quantum.sqd.params import parse_sqd_params
-from tests.support.live import LiveCoordinator, LiveNode, wait_until
 
 pytestmark = pytest.mark.chem
 
 # Small but non-trivial: N2 in 6-31G with a (10e, 8o) active space, fast on 2 cores.
 PARAMS = {
-    "molecule": {"atom": "N 0 0 0; N 0 0 1.1", "basis": "6-31g", "active_orbitals": 8,
-                 "active_electrons": 10},
-    "n_batches": 4, "samples_per_batch": 60, "max_iterations": 2, "n_samples": 4000, "seed": 42,
+    "molecule": {
+        "atom": "N 0 0 0; N 0 0 1.1",
+        "basis": "6-31g",
+        "active_orbitals": 8,
+        "active_electrons": 10,
+    },
+    "n_batches": 4,
+    "samples_per_batch": 60,
+    "max_iterations": 2,
+    "n_samples": 4000,
+    "seed": 42,
 }
 
 
 @pytest.fixture(scope="module")
-def coord(tmp_path_factory: pytest.TempPathFactory, module_pg_url: str) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3)
+def coord(
+    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
+) -> Iterator[LiveCoordinator]:
+    live = LiveCoordinator(
+        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
+    )
     live.start()
     try:
         yield live
@@ -64,12 +76,21 @@ def test_sqd_survives_a_killed_node(coord: LiveCoordinator, tmp_path: Path) -> N
     coord.http.post(f"/enrollment/peers/{peer_id}/action", json={"action": "approve"})
     node.start()
     try:
-        wait_until(lambda: coord.http.get(f"/discovery/peers/{peer_id}").status_code == 200,
-                   timeout=30, what="doomed node heard")
-        r = coord.http.post("/workflows/runs", json={"kind": "sqd", "params": {**PARAMS, "seed": 7}})
+        wait_until(
+            lambda: coord.http.get(f"/discovery/peers/{peer_id}").status_code == 200,
+            timeout=30,
+            what="doomed node heard",
+        )
+        r = coord.http.post(
+            "/workflows/runs", json={"kind": "sqd", "params": {**PARAMS, "seed": 7}}
+        )
         run_id = r.json()["run_id"]
-        wait_until(lambda: coord.http.get(f"/workflows/runs/{run_id}").json()["status"] == "EXECUTING",
-                   timeout=60, interval=0.05, what="run executing")
+        wait_until(
+            lambda: coord.http.get(f"/workflows/runs/{run_id}").json()["status"] == "EXECUTING",
+            timeout=60,
+            interval=0.05,
+            what="run executing",
+        )
         node.kill()
         run = coord.wait_job(run_id, timeout=400, path="/workflows/runs/")
         assert run["status"] == "COMPLETED", run["error"]

@@ -13,8 +13,16 @@ from quantum_mesh.errors import Conflict
 from quantum_mesh.store.database import Database, run_migrations
 
 EXPECTED_TABLES = {
-    "jobs", "execution_plans", "fragment_executions", "execution_events", "enrollments",
-    "reservations", "reservation_events", "peer_snapshots", "fidelity_samples", "alembic_version",
+    "jobs",
+    "execution_plans",
+    "fragment_executions",
+    "execution_events",
+    "enrollments",
+    "reservations",
+    "reservation_events",
+    "peer_snapshots",
+    "fidelity_samples",
+    "alembic_version",
 }
 
 
@@ -28,10 +36,11 @@ async def _exercise(url: str) -> None:
     await asyncio.to_thread(run_migrations, url)  # idempotent: a second upgrade is a no-op
     db = Database(url)
     try:
-        assert EXPECTED_TABLES <= await _tables(db)
+        assert await _tables(db) >= EXPECTED_TABLES
         async with db.transaction() as s:
-            job = await repo.create_job(s, job_id="j1", kind="circuit", request={"x": 1},
-                                        idempotency_key="k1")
+            job = await repo.create_job(
+                s, job_id="j1", kind="circuit", request={"x": 1}, idempotency_key="k1"
+            )
         async with db.transaction() as s:
             job = await repo.get_job(s, job_id="j1", for_update=True)
             await repo.transition_job(s, job=job, to=JobStatus.COMPILING)

@@ -28,8 +28,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float, interval: float = 0.2, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -42,9 +43,17 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float 
 class LiveCoordinator:
     """`python -m quantum_mesh.cli coordinator` as a subprocess, with an HTTP client."""
 
-    def __init__(self, data_dir: Path, *, database_url: str | None = None, embedded_nodes: int = 3,
-                 env: dict[str, str] | None = None, p2p_port: int | None = None,
-                 port: int | None = None, api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        database_url: str | None = None,
+        embedded_nodes: int = 3,
+        env: dict[str, str] | None = None,
+        p2p_port: int | None = None,
+        port: int | None = None,
+        api_key: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.p2p_port = p2p_port or free_port()
@@ -61,16 +70,32 @@ class LiveCoordinator:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "coordinator.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quantum_mesh.cli", "coordinator", "--port", str(self.port),
-             "--p2p-port", str(self.p2p_port), "--embedded-nodes", str(self.embedded_nodes),
-             "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env,
+            [
+                sys.executable,
+                "-m",
+                "quantum_mesh.cli",
+                "coordinator",
+                "--port",
+                str(self.port),
+                "--p2p-port",
+                str(self.p2p_port),
+                "--embedded-nodes",
+                str(self.embedded_nodes),
+                "--data-dir",
+                str(self.data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
         )
         wait_until(self._ready, timeout=START_TIMEOUT_S, what="coordinator /ready")
         want = self.embedded_nodes if wait_nodes is None else wait_nodes
         if want:
-            wait_until(lambda: self.usable_nodes() >= want, timeout=START_TIMEOUT_S,
-                       what=f"{want} usable nodes")
+            wait_until(
+                lambda: self.usable_nodes() >= want,
+                timeout=START_TIMEOUT_S,
+                what=f"{want} usable nodes",
+            )
         return self
 
     def _ready(self) -> bool:
@@ -132,23 +157,50 @@ class LiveCoordinator:
 class LiveNode:
     """A standalone `qmesh node` subprocess."""
 
-    def __init__(self, data_dir: Path, bootstrap: str, *, name: str = "standalone",
-                 noise_level: float = 0.0, fidelity: float = 0.99, workers: int = 1,
-                 key_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        bootstrap: str,
+        *,
+        name: str = "standalone",
+        noise_level: float = 0.0,
+        fidelity: float = 0.99,
+        workers: int = 1,
+        key_file: Path | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.key_file = key_file or data_dir / f"{name}.key"
         self.ready_file = data_dir / f"{name}.ready.json"
-        self.args = [sys.executable, "-m", "quantum_mesh.cli", "node", "--bootstrap", bootstrap,
-                     "--key-file", str(self.key_file), "--name", name, "--workers", str(workers),
-                     "--noise-level", str(noise_level), "--fidelity", str(fidelity),
-                     "--ready-file", str(self.ready_file)]
+        self.args = [
+            sys.executable,
+            "-m",
+            "quantum_mesh.cli",
+            "node",
+            "--bootstrap",
+            bootstrap,
+            "--key-file",
+            str(self.key_file),
+            "--name",
+            name,
+            "--workers",
+            str(workers),
+            "--noise-level",
+            str(noise_level),
+            "--fidelity",
+            str(fidelity),
+            "--ready-file",
+            str(self.ready_file),
+        ]
         self.name = name
         self.proc: subprocess.Popen[bytes] | None = None
 
     def peer_id(self) -> str:
         out = subprocess.run(
             [sys.executable, "-m", "quantum_mesh.cli", "keygen", "--key-file", str(self.key_file)],
-            check=True, capture_output=True, text=True, timeout=60,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         return out.stdout.strip()
 

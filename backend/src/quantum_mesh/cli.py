@@ -6,15 +6,17 @@ import asyncio
 import json
 import os
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="quantum-mesh: a distributed quantum-computing service over libp2p.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="quantum-mesh: a distributed quantum-computing service over libp2p.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 DEFAULT_API = "http://127.0.0.1:8000"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -22,16 +24,21 @@ TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 @app.command()
 def coordinator(
-    host: Annotated[str | None, typer.Option(help="HTTP bind address [QMESH_HOST, 127.0.0.1]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="HTTP bind address [QMESH_HOST, 127.0.0.1]")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port [QMESH_PORT, 8000]")] = None,
     p2p_port: Annotated[
-        int | None, typer.Option("--p2p-port", help="libp2p TCP port, 0 = any free [QMESH_P2P_PORT, 4001]")
+        int | None,
+        typer.Option("--p2p-port", help="libp2p TCP port, 0 = any free [QMESH_P2P_PORT, 4001]"),
     ] = None,
     embedded_nodes: Annotated[
-        int | None, typer.Option("--embedded-nodes", help="service nodes run inside [QMESH_EMBEDDED_NODES, 3]")
+        int | None,
+        typer.Option("--embedded-nodes", help="service nodes run inside [QMESH_EMBEDDED_NODES, 3]"),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", help="database, keys and logs [QMESH_DATA_DIR, ./var]")
+        Path | None,
+        typer.Option("--data-dir", help="database, keys and logs [QMESH_DATA_DIR, ./var]"),
     ] = None,
 ) -> None:
     """Run the FastAPI control plane, the coordinator's libp2p host and embedded nodes.
@@ -44,12 +51,22 @@ def coordinator(
     from quantum_mesh.config import Settings
     from quantum_mesh.logs import configure_logging
 
-    given = {"host": host, "port": port, "p2p_port": p2p_port, "embedded_nodes": embedded_nodes,
-             "data_dir": data_dir}
+    given: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "p2p_port": p2p_port,
+        "embedded_nodes": embedded_nodes,
+        "data_dir": data_dir,
+    }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     configure_logging(settings.log_level, json=settings.log_json)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                ws="websockets-sansio")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws="websockets-sansio",
+    )
 
 
 @app.command()
@@ -73,9 +90,16 @@ def node(
     configure_logging(settings.log_level, json=settings.log_json)
     run_node(
         NodeConfig(
-            key_file=key_file, bootstrap=bootstrap, listen_host=listen_host, p2p_port=p2p_port,
-            name=name, workers=workers, noise_level=noise_level, fidelity=fidelity,
-            blas_threads=settings.node_blas_threads, ready_file=ready_file,
+            key_file=key_file,
+            bootstrap=bootstrap,
+            listen_host=listen_host,
+            p2p_port=p2p_port,
+            name=name,
+            workers=workers,
+            noise_level=noise_level,
+            fidelity=fidelity,
+            blas_threads=settings.node_blas_threads,
+            ready_file=ready_file,
         )
     )
 
@@ -138,8 +162,13 @@ async def _watch(job_id: str, api: str, api_key: str | None) -> None:
     url = api.replace("http", "ws", 1) + f"/api/v1/jobs/{job_id}/events"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     final: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task(f"{job_id[:8]} QUEUED", total=None)
         async with websockets.connect(url, additional_headers=headers) as ws:
             async for raw in ws:
@@ -152,8 +181,12 @@ async def _watch(job_id: str, api: str, api_key: str | None) -> None:
                 prog = msg.get("progress") or {}
                 done = prog.get("fragments_done", prog.get("done"))
                 total = prog.get("fragments_total", prog.get("total"))
-                progress.update(task, description=f"{job_id[:8]} {msg['status']}",
-                                completed=done or 0, total=total)
+                progress.update(
+                    task,
+                    description=f"{job_id[:8]} {msg['status']}",
+                    completed=done or 0,
+                    total=total,
+                )
                 final = msg
                 if msg["status"] in TERMINAL:
                     break
@@ -165,7 +198,9 @@ async def _watch(job_id: str, api: str, api_key: str | None) -> None:
 
 @app.command("log")
 def show_log(
-    paths: Annotated[list[Path] | None, typer.Argument(help="log files (default: all under --data-dir)")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="log files (default: all under --data-dir)")
+    ] = None,
     data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("./var"),
     job: Annotated[str | None, typer.Option(help="only this job")] = None,
     peer: Annotated[str | None, typer.Option(help="only this peer (prefix)")] = None,
@@ -182,8 +217,9 @@ def show_log(
     if not files:
         typer.echo(f"No peer logs under {data_dir}", err=True)
         raise typer.Exit(1)
-    entries = PeerLog.read(files, job_id=job, peer=peer, since=_utc(since), until=_utc(until),
-                           event=event)
+    entries = PeerLog.read(
+        files, job_id=job, peer=peer, since=_utc(since), until=_utc(until), event=event
+    )
     if as_json:
         for entry in entries:
             typer.echo(json.dumps(entry))
@@ -210,10 +246,15 @@ def rebuild_projections_cmd() -> None:
 
     settings = Settings()
     if not settings.mongo_url:
-        typer.echo("Set QMESH_MONGO_URL to the MongoDB to rebuild (the embedded store's URL is "
-                   "logged by the coordinator at start-up).", err=True)
+        typer.echo(
+            "Set QMESH_MONGO_URL to the MongoDB to rebuild (the embedded store's URL is "
+            "logged by the coordinator at start-up).",
+            err=True,
+        )
         raise typer.Exit(2)
-    replayed = asyncio.run(rebuild_projections(settings.resolved_database_url(), settings.mongo_url))
+    replayed = asyncio.run(
+        rebuild_projections(settings.resolved_database_url(), settings.mongo_url)
+    )
     typer.echo(f"replayed {replayed} events")
 
 
@@ -223,4 +264,4 @@ def main() -> None:  # pragma: no cover - console entry point wrapper
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

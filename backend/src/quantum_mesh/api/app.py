@@ -44,7 +44,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="quantum-mesh", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     for module in (
-        system, circuits, jobs, plans, discovery, enrollment, reservations, workflows, finance
+        system,
+        circuits,
+        jobs,
+        plans,
+        discovery,
+        enrollment,
+        reservations,
+        workflows,
+        finance,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)  # /health and /ready also at the root for probes

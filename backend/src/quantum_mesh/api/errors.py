@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,13 +48,16 @@ _HTTP_CODES = {
 
 
 def error_response(
-    status: int, code: str, message: str, details: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "details": details or {}}},
-        headers=headers,
+        headers=dict(headers) if headers else None,
     )
 
 
@@ -76,10 +80,14 @@ def install_error_handlers(app: FastAPI) -> None:
             for e in exc.errors()
         ]
         if any(e["type"] == "json_invalid" for e in errors):
-            return error_response(400, "invalid_json", "Request body is not valid JSON", {"errors": errors})
+            return error_response(
+                400, "invalid_json", "Request body is not valid JSON", {"errors": errors}
+            )
         first = errors[0] if errors else {"loc": [], "msg": "invalid"}
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
-        return error_response(422, "validation_error", f"{where}: {first['msg']}", {"errors": errors})
+        return error_response(
+            422, "validation_error", f"{where}: {first['msg']}", {"errors": errors}
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

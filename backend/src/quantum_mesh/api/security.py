@@ -64,9 +64,14 @@ class SecurityMiddleware:
         if self.key_digests and path not in OPEN_PATHS:
             key = self._presented_key(headers)
             if key is None or not self._valid(key):
-                await self._reject(scope, send, 401, "unauthorized",
-                                   "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
-                                   {"WWW-Authenticate": "Bearer"})
+                await self._reject(
+                    scope,
+                    send,
+                    401,
+                    "unauthorized",
+                    "Missing or invalid API key (Authorization: Bearer <key> or X-API-Key)",
+                    {"WWW-Authenticate": "Bearer"},
+                )
                 return
             identity = hashlib.sha256(key.encode()).hexdigest()[:16]
         elif scope.get("client"):
@@ -74,21 +79,37 @@ class SecurityMiddleware:
         if self.bucket is not None and path not in OPEN_PATHS:
             wait = self.bucket.take(identity)
             if wait > 0:
-                await self._reject(scope, send, 429, "rate_limited", "Too many requests",
-                                   {"Retry-After": str(max(1, math.ceil(wait)))})
+                await self._reject(
+                    scope,
+                    send,
+                    429,
+                    "rate_limited",
+                    "Too many requests",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
                 return
         if scope["type"] == "http":
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._reject(scope, send, 413, "payload_too_large",
-                                   f"Request body exceeds {self.max_body_bytes} bytes")
+                await self._reject(
+                    scope,
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"Request body exceeds {self.max_body_bytes} bytes",
+                )
                 return
             receive = self._limited(receive)
         try:
             await self.app(scope, receive, send)
         except _BodyTooLarge:
-            await self._reject(scope, send, 413, "payload_too_large",
-                               f"Request body exceeds {self.max_body_bytes} bytes")
+            await self._reject(
+                scope,
+                send,
+                413,
+                "payload_too_large",
+                f"Request body exceeds {self.max_body_bytes} bytes",
+            )
 
     @staticmethod
     def _presented_key(headers: dict[str, str]) -> str | None:
@@ -118,14 +139,21 @@ class SecurityMiddleware:
 
     @staticmethod
     async def _reject(
-        scope: Scope, send: Send, status: int, code: str, message: str,
+        scope: Scope,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
         headers: dict[str, str] | None = None,
     ) -> None:
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 4000 + status, "reason": message})
             return
         body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
-        raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": body})

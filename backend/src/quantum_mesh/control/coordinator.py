@@ -33,8 +33,8 @@ from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import MeshError
 from quantum_mesh.node.supervisor import NodeSupervisor
-from quantum_mesh.store.database import Database, run_migrations
 from quantum_mesh.observability import metrics
+from quantum_mesh.store.database import Database, run_migrations
 from quantum_mesh.store.tables import FidelitySample, Job, PeerSnapshot, utcnow
 
 log = get_logger(__name__)
@@ -52,7 +52,8 @@ class Coordinator:
         self.db = Database(settings.resolved_database_url())
         self.bus = JobEventBus()
         self.registry = PeerRegistry(
-            stale_after_s=settings.advert_stale_after_s, require_enrollment=settings.require_enrollment
+            stale_after_s=settings.advert_stale_after_s,
+            require_enrollment=settings.require_enrollment,
         )
         self.mesh = MeshBridge(
             key_file=self.data_dir / "coordinator.key",
@@ -61,7 +62,9 @@ class Coordinator:
             max_frame_bytes=settings.max_frame_bytes,
             advert_max_age_s=settings.advert_stale_after_s,
         )
-        self.journal = Journal(self.data_dir / "logs" / "coordinator.jsonl", peer_id=self.mesh.peer_id)
+        self.journal = Journal(
+            self.data_dir / "logs" / "coordinator.jsonl", peer_id=self.mesh.peer_id
+        )
         mesh_port = InstrumentedMesh(self.mesh)
         self.reservations = ReservationService(
             db=self.db, mesh=mesh_port, registry=self.registry, journal=self.journal
@@ -78,7 +81,11 @@ class Coordinator:
             journal=self.journal,
         )
         self.jobs = JobManager(
-            db=self.db, bus=self.bus, registry=self.registry, runtime=self.runtime, settings=settings
+            db=self.db,
+            bus=self.bus,
+            registry=self.registry,
+            runtime=self.runtime,
+            settings=settings,
         )
         self.dispatcher = MeshDispatcher(mesh=mesh_port, registry=self.registry, settings=settings)
         register_workflows(self.jobs, self.dispatcher)
@@ -87,11 +94,16 @@ class Coordinator:
         self.jobs.on_transition.append(
             lambda m: self.journal.record(
                 "job.update",
-                job_id=m["job_id"], kind=m["kind"], status=m["status"], seq=m["seq"],
+                job_id=m["job_id"],
+                kind=m["kind"],
+                status=m["status"],
+                seq=m["seq"],
                 progress=m["progress"],
             )
         )
-        self.docstore = DocumentStore(db=self.db, mongo_url=settings.mongo_url, data_dir=self.data_dir)
+        self.docstore = DocumentStore(
+            db=self.db, mongo_url=settings.mongo_url, data_dir=self.data_dir
+        )
         self.supervisor: NodeSupervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -110,7 +122,9 @@ class Coordinator:
         self.mesh.stream_filter = self.registry.is_trusted
         await self.mesh.start()
         self.mesh_up = True
-        log.info("coordinator.mesh_started", peer_id=self.mesh.peer_id, addrs=self.mesh.listen_addrs)
+        log.info(
+            "coordinator.mesh_started", peer_id=self.mesh.peer_id, addrs=self.mesh.listen_addrs
+        )
         if self.settings.embedded_nodes > 0:
             self.supervisor = NodeSupervisor(
                 count=self.settings.embedded_nodes,
@@ -120,7 +134,10 @@ class Coordinator:
             )
             for i, peer_id in enumerate(self.supervisor.peer_ids):
                 await self.enrollment.create(
-                    peer_id=peer_id, name=f"embedded-{i}", status=EnrollmentStatus.APPROVED, embedded=True
+                    peer_id=peer_id,
+                    name=f"embedded-{i}",
+                    status=EnrollmentStatus.APPROVED,
+                    embedded=True,
                 )
             await self.supervisor.start()
         self._tasks = [
@@ -160,13 +177,23 @@ class Coordinator:
         views = self.registry.snapshot()
         me = self.mesh.peer_id
         nodes = [{"id": me, "role": "coordinator", "fresh": True}] + [
-            {"id": v.peer_id, "role": "service_node", "name": v.name, "fresh": v.fresh,
-             "enrollment": v.enrollment, "services": list(v.services)}
+            {
+                "id": v.peer_id,
+                "role": "service_node",
+                "name": v.name,
+                "fresh": v.fresh,
+                "enrollment": v.enrollment,
+                "services": list(v.services),
+            }
             for v in views
         ]
         links = [
-            {"source": me, "target": v.peer_id, "connected": v.connected,
-             "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3)}
+            {
+                "source": me,
+                "target": v.peer_id,
+                "connected": v.connected,
+                "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3),
+            }
             for v in views
         ]
         return {"coordinator": me, "nodes": nodes, "links": links}
@@ -186,8 +213,12 @@ class Coordinator:
         known = self.registry.view(str(data["peer_id"]))
         entry = self.registry.observe_advert(data)
         if known is None or not known.fresh:
-            self.journal.record("mesh.peer_heard", node_id=entry.peer_id, name=data.get("name"),
-                                addrs=data.get("listen_addrs"))
+            self.journal.record(
+                "mesh.peer_heard",
+                node_id=entry.peer_id,
+                name=data.get("name"),
+                addrs=data.get("listen_addrs"),
+            )
         self._dirty_snapshots.add(entry.peer_id)
 
     def _project_benchmark(self, message: dict[str, Any]) -> None:
@@ -202,9 +233,13 @@ class Coordinator:
         if self.docstore.projector is None or not job.result:
             return
         await self.docstore.projector.record_benchmark(
-            {"benchmark_id": job_id, "workload": job.result["workload"],
-             "modes": [m["mode"] for m in job.result["modes"]], "figures": job.result,
-             "created_at": job.updated_at}
+            {
+                "benchmark_id": job_id,
+                "workload": job.result["workload"],
+                "modes": [m["mode"] for m in job.result["modes"]],
+                "figures": job.result,
+                "created_at": job.updated_at,
+            }
         )
 
     def _on_disconnect(self, peer_id: str) -> None:
@@ -229,7 +264,7 @@ class Coordinator:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
                 await self.reservations.expire_due()
-            except Exception:  # noqa: BLE001 - the sweeper must outlive a transient DB error
+            except Exception:
                 log.exception("reservations.sweep_failed")
 
     async def _snapshot_loop(self) -> None:
@@ -237,7 +272,7 @@ class Coordinator:
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
             try:
                 await self._flush_snapshots()
-            except Exception:  # noqa: BLE001 - snapshots are a cache; retry next tick
+            except Exception:
                 log.exception("registry.snapshot_failed")
 
     async def _metrics_loop(self) -> None:
@@ -261,7 +296,7 @@ class Coordinator:
                     for _ in range(count - dropped_seen.get(reason, 0)):
                         metrics.advert_dropped(reason)
                     dropped_seen[reason] = count
-            except Exception:  # noqa: BLE001 - metrics must never take the coordinator down
+            except Exception:
                 log.exception("metrics.refresh_failed")
             await asyncio.sleep(METRICS_INTERVAL_S)
 
@@ -293,5 +328,7 @@ class Coordinator:
     async def _restore_snapshots(self) -> None:
         async with self.db.transaction() as session:
             for row in (await session.execute(select(PeerSnapshot))).scalars():
-                updated = row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+                updated = (
+                    row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
+                )
                 self.registry.restore(row.peer_id, row.advert, updated or datetime.now(UTC))

@@ -76,7 +76,8 @@ class MeshDispatcher:
             nodes = sorted(nodes)[:max_nodes]
         if not nodes:
             raise NoCapacity(
-                f"No fresh enrolled node offers '{service_type}'", details={"service_type": service_type}
+                f"No fresh enrolled node offers '{service_type}'",
+                details={"service_type": service_type},
             )
         timeout = timeout or self.settings.invoke_timeout_s
         queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -119,16 +120,23 @@ class MeshDispatcher:
                 t0 = time.perf_counter()
                 try:
                     reply = await self.mesh.invoke(
-                        node_id, method, item.params, timeout=timeout,
+                        node_id,
+                        method,
+                        item.params,
+                        timeout=timeout,
                         addrs=self.registry.addrs_of(node_id),
                     )
                 except RemoteError as exc:
                     self.registry.record_outcome(node_id, ok=False)
-                    item.errors.append({"node_id": node_id, "code": exc.code, "message": exc.message})
+                    item.errors.append(
+                        {"node_id": node_id, "code": exc.code, "message": exc.message}
+                    )
                     if exc.code in _FATAL_REMOTE:
                         failure.append(
-                            ExecutionFailed(f"{method} rejected by {node_id}: {exc.message}",
-                                            details={"code": exc.code})
+                            ExecutionFailed(
+                                f"{method} rejected by {node_id}: {exc.message}",
+                                details={"code": exc.code},
+                            )
                         )
                         done.set()
                         return
@@ -136,8 +144,12 @@ class MeshDispatcher:
                     continue
                 except MeshError as exc:
                     self.registry.record_outcome(node_id, ok=False)
-                    item.errors.append({"node_id": node_id, "code": type(exc).__name__, "message": str(exc)})
-                    log.warning("dispatch.node_failed", node_id=node_id, method=method, error=str(exc))
+                    item.errors.append(
+                        {"node_id": node_id, "code": type(exc).__name__, "message": str(exc)}
+                    )
+                    log.warning(
+                        "dispatch.node_failed", node_id=node_id, method=method, error=str(exc)
+                    )
                     dead_nodes.add(node_id)
                     self._requeue(item, node_id, queue, failure, done, method)
                     if len(dead_nodes) >= len(nodes):
@@ -157,7 +169,7 @@ class MeshDispatcher:
                     done.set()
                     return
 
-        slots = []
+        slots: list[asyncio.Task[None]] = []
         for node_id in nodes:
             view = self.registry.view(node_id)
             workers = 1

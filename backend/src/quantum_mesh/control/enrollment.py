@@ -39,7 +39,11 @@ class EnrollmentService:
                 self.registry.set_enrollment(e.peer_id, e.status)
 
     async def create(
-        self, *, peer_id: str, name: str | None, status: EnrollmentStatus = EnrollmentStatus.PENDING,
+        self,
+        *,
+        peer_id: str,
+        name: str | None,
+        status: EnrollmentStatus = EnrollmentStatus.PENDING,
         embedded: bool = False,
     ) -> tuple[Enrollment, bool]:
         """Create an enrollment; an existing one is returned unchanged (idempotent)."""
@@ -53,8 +57,12 @@ class EnrollmentService:
                 self.registry.set_enrollment(peer_id, existing.status)
                 return existing, False
             e = Enrollment(
-                peer_id=peer_id, name=name, status=status.value, embedded=embedded,
-                created_at=utcnow(), updated_at=utcnow(),
+                peer_id=peer_id,
+                name=name,
+                status=status.value,
+                embedded=embedded,
+                created_at=utcnow(),
+                updated_at=utcnow(),
             )
             session.add(e)
         self.registry.set_enrollment(peer_id, e.status)
@@ -70,9 +78,14 @@ class EnrollmentService:
     async def list(self, *, limit: int, offset: int) -> tuple[list[Enrollment], int]:
         async with self.db.transaction() as session:
             rows = await session.execute(
-                select(Enrollment).order_by(Enrollment.created_at.desc()).limit(limit).offset(offset)
+                select(Enrollment)
+                .order_by(Enrollment.created_at.desc())
+                .limit(limit)
+                .offset(offset)
             )
-            total = (await session.execute(select(func.count()).select_from(Enrollment))).scalar_one()
+            total = (
+                await session.execute(select(func.count()).select_from(Enrollment))
+            ).scalar_one()
         return list(rows.scalars()), int(total)
 
     async def act(self, *, peer_id: str, action: str) -> Enrollment:

@@ -51,7 +51,9 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "progress": job.progress,
         "fragment_results": result.get("fragment_results", []) if is_circuit else [],
         "quantum_result": result.get("quantum_result") if is_circuit else None,
-        "result": None if is_circuit else (job.result if job.status == JobStatus.COMPLETED else None),
+        "result": None
+        if is_circuit
+        else (job.result if job.status == JobStatus.COMPLETED else None),
     }
 
 
@@ -92,7 +94,11 @@ class JobManager:
         try:
             async with self.db.transaction() as session:
                 job = await repo.create_job(
-                    session, job_id=job_id, kind=kind, request=request, idempotency_key=idempotency_key
+                    session,
+                    job_id=job_id,
+                    kind=kind,
+                    request=request,
+                    idempotency_key=idempotency_key,
                 )
         except IntegrityError:
             # A concurrent request with the same key won the race: return its job.
@@ -119,7 +125,9 @@ class JobManager:
     ) -> tuple[Job, bool]:
         # Parse before accepting, so a bad circuit is a 400 and never a FAILED job.
         await asyncio.to_thread(parse_circuit, request["circuit"])
-        return await self.submit(kind=CIRCUIT_KIND, request=request, idempotency_key=idempotency_key)
+        return await self.submit(
+            kind=CIRCUIT_KIND, request=request, idempotency_key=idempotency_key
+        )
 
     # --- reads ---------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
@@ -140,7 +148,13 @@ class JobManager:
         async with self.db.transaction() as session:
             job = await repo.get_job(session, job_id=job_id, for_update=True)
             event = await repo.transition_job(
-                session, job=job, to=to, error=error, result=result, progress=progress, plan_id=plan_id
+                session,
+                job=job,
+                to=to,
+                error=error,
+                result=result,
+                progress=progress,
+                plan_id=plan_id,
             )
         self._publish(job, seq=event.seq)
         return job
@@ -175,10 +189,13 @@ class JobManager:
         job = await self.get(job_id)
         if JobStatus(job.status) in TERMINAL_JOB_STATES:
             raise Conflict(
-                f"Job {job_id} is already {job.status}", details={"job_id": job_id, "status": job.status}
+                f"Job {job_id} is already {job.status}",
+                details={"job_id": job_id, "status": job.status},
             )
         job = await self.transition(
-            job_id, JobStatus.CANCELLED, error={"code": "cancelled", "message": "Cancelled by client"}
+            job_id,
+            JobStatus.CANCELLED,
+            error={"code": "cancelled", "message": "Cancelled by client"},
         )
         task = self._tasks.get(job_id)
         if task is not None:
@@ -203,10 +220,14 @@ class JobManager:
         except asyncio.CancelledError:
             raise
         except QMeshError as exc:
-            await self._fail(job_id, {"code": exc.code, "message": exc.message, "details": exc.details})
+            await self._fail(
+                job_id, {"code": exc.code, "message": exc.message, "details": exc.details}
+            )
         except Exception as exc:
             log.exception("job.crashed", job_id=job_id)
-            await self._fail(job_id, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"})
+            await self._fail(
+                job_id, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
+            )
 
     async def _fail(self, job_id: str, error: dict[str, Any]) -> None:
         try:
@@ -252,7 +273,9 @@ class JobManager:
         while True:
             try:
                 return plan_fragments(
-                    pending, self.registry.usable_snapshot(), weights=self.weights(),
+                    pending,
+                    self.registry.usable_snapshot(),
+                    weights=self.weights(),
                     min_fidelity=min_fidelity,
                 )
             except NoCapacity:
@@ -324,7 +347,9 @@ class JobManager:
             nonlocal status
             if status == JobStatus.RESERVING:
                 await self.transition(
-                    job_id, JobStatus.EXECUTING, progress={"fragments_done": completed, "fragments_total": total}
+                    job_id,
+                    JobStatus.EXECUTING,
+                    progress={"fragments_done": completed, "fragments_total": total},
                 )
                 status = JobStatus.EXECUTING
             elif completed:
@@ -350,7 +375,9 @@ class JobManager:
             shots=int(request.get("shots", 1024)),
             seed=seed,
             fragment_fidelities=[
-                r["observed_fidelity"] for r in fragment_results if r["observed_fidelity"] is not None
+                r["observed_fidelity"]
+                for r in fragment_results
+                if r["observed_fidelity"] is not None
             ],
         )
         await self.transition(

@@ -29,7 +29,7 @@ class Journal:
         try:
             assert self._log is not None
             self._log.append(event, **fields)
-        except Exception:  # noqa: BLE001 - losing a log line must never stop the service
+        except Exception:
             log.exception("peerlog.append_failed", event_name=event)
 
     def close(self) -> None:

@@ -49,7 +49,9 @@ def _score(
 ) -> dict[str, float]:
     latency_ms = _DEFAULT_LATENCY_MS if peer.latency_s is None else peer.latency_s * 1000.0
     # Moving a qubit's state to a node that did not hold it costs a transfer (state + link).
-    moved = sum(1 for q in fragment.qubits if previous_node_of_qubit.get(q, peer.peer_id) != peer.peer_id)
+    moved = sum(
+        1 for q in fragment.qubits if previous_node_of_qubit.get(q, peer.peer_id) != peer.peer_id
+    )
     transfer = moved / max(1, len(fragment.qubits))
     # Load counts both what the node reports and what this plan already gave it, which
     # spreads fragments across nodes.

@@ -117,9 +117,13 @@ class PeerRegistry:
         entry = self._peers.get(peer_id)
         if entry is not None:
             prev = entry.latency_s
-            entry.latency_s = seconds if prev is None else (1 - _LATENCY_EWMA) * prev + _LATENCY_EWMA * seconds
+            entry.latency_s = (
+                seconds if prev is None else (1 - _LATENCY_EWMA) * prev + _LATENCY_EWMA * seconds
+            )
 
-    def record_outcome(self, peer_id: str, *, ok: bool, observed_fidelity: float | None = None) -> None:
+    def record_outcome(
+        self, peer_id: str, *, ok: bool, observed_fidelity: float | None = None
+    ) -> None:
         entry = self._peers.get(peer_id)
         if entry is None:
             return

@@ -145,7 +145,9 @@ async def list_events(session: AsyncSession, *, job_id: str) -> list[ExecutionEv
     return list(rows.scalars())
 
 
-async def save_plan(session: AsyncSession, *, plan_id: str, job_id: str, plan: dict[str, Any]) -> None:
+async def save_plan(
+    session: AsyncSession, *, plan_id: str, job_id: str, plan: dict[str, Any]
+) -> None:
     session.add(ExecutionPlan(plan_id=plan_id, job_id=job_id, plan=plan, created_at=utcnow()))
     await session.flush()
 

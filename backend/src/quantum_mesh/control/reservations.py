@@ -51,7 +51,12 @@ def reservation_to_dict(r: Reservation) -> dict[str, Any]:
 
 class ReservationService:
     def __init__(
-        self, *, db: Database, mesh: MeshPort, registry: PeerRegistry, journal: Journal = NULL_JOURNAL
+        self,
+        *,
+        db: Database,
+        mesh: MeshPort,
+        registry: PeerRegistry,
+        journal: Journal = NULL_JOURNAL,
     ) -> None:
         self.db = db
         self.mesh = mesh
@@ -84,8 +89,13 @@ class ReservationService:
                     at=utcnow(),
                 )
             )
-        self.journal.record(f"reservation.{to.value.lower()}", reservation_id=reservation_id,
-                            node_id=r.node_id, job_id=r.job_id, reason=reason)
+        self.journal.record(
+            f"reservation.{to.value.lower()}",
+            reservation_id=reservation_id,
+            node_id=r.node_id,
+            job_id=r.job_id,
+            reason=reason,
+        )
         return r
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
@@ -143,7 +153,9 @@ class ReservationService:
             )
         if not self.registry.is_usable(node_id):
             return await self._move(
-                reservation_id, ReservationStatus.REJECTED, reason="node not usable (stale or not enrolled)"
+                reservation_id,
+                ReservationStatus.REJECTED,
+                reason="node not usable (stale or not enrolled)",
             )
         try:
             answer = await self.mesh.invoke(
@@ -159,10 +171,14 @@ class ReservationService:
                 addrs=self.registry.addrs_of(node_id),
             )
         except (MeshError, RemoteError) as exc:
-            return await self._move(reservation_id, ReservationStatus.REJECTED, reason=f"unreachable: {exc}")
+            return await self._move(
+                reservation_id, ReservationStatus.REJECTED, reason=f"unreachable: {exc}"
+            )
         if not answer.get("accepted"):
             return await self._move(
-                reservation_id, ReservationStatus.REJECTED, reason=str(answer.get("reason") or "refused")
+                reservation_id,
+                ReservationStatus.REJECTED,
+                reason=str(answer.get("reason") or "refused"),
             )
         await self._move(reservation_id, ReservationStatus.PREPARED)
         try:
@@ -174,7 +190,9 @@ class ReservationService:
                 addrs=self.registry.addrs_of(node_id),
             )
         except (MeshError, RemoteError) as exc:
-            return await self._move(reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}")
+            return await self._move(
+                reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}"
+            )
         return await self._move(reservation_id, ReservationStatus.COMMITTED)
 
     async def get(self, reservation_id: str) -> Reservation:
@@ -199,7 +217,9 @@ class ReservationService:
         except Conflict:
             log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
 
-    async def cancel(self, reservation_id: str, *, reason: str = "cancelled by client") -> Reservation:
+    async def cancel(
+        self, reservation_id: str, *, reason: str = "cancelled by client"
+    ) -> Reservation:
         r = await self.get(reservation_id)
         if ReservationStatus(r.status) in TERMINAL_RESERVATION_STATES:
             raise Conflict(

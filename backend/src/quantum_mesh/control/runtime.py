@@ -66,6 +66,13 @@ class FragmentOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _decode_reply(
+    reply: dict[str, Any],
+) -> tuple[NDArray[np.complex128], NDArray[np.complex128] | None]:
+    operator = reply.get("operator")
+    return decode_array(reply["state"]), None if operator is None else decode_array(operator)
+
+
 def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter (attempt counts from 1)."""
     return rng.uniform(0, min(cap, base * (2 ** (attempt - 1))))
@@ -116,11 +123,15 @@ class CircuitRuntime:
         n = circuit.num_qubits
         ops_by_id = {op.op_id: op for op in circuit.operations}
         async with self.db.transaction() as session:
-            done_rows = {r.fragment_id: r for r in await repo.fragment_executions(session, job_id=job_id)}
+            done_rows = {
+                r.fragment_id: r for r in await repo.fragment_executions(session, job_id=job_id)
+            }
         # Recovery: replay completed fragments in the order their waves were composed: apply
         # the operator each node returned, or restore the checkpoint of a wide solo fragment.
         state = initial_state(n)
-        for row in sorted(done_rows.values(), key=lambda r: (r.output.get("wave", 0), r.output.get("order", 0))):
+        for row in sorted(
+            done_rows.values(), key=lambda r: (r.output.get("wave", 0), r.output.get("order", 0))
+        ):
             if row.output.get("checkpoint") is not None:
                 state = decode_array(row.output["checkpoint"])
             else:
@@ -175,9 +186,14 @@ class CircuitRuntime:
                     metrics.fragment_finished(
                         (o.finished_at - o.started_at).total_seconds(), ok=True
                     )
-                    self.journal.record("execution.fragment_completed", job_id=job_id,
-                                        fragment_id=o.fragment_id, node_id=o.node_id,
-                                        attempt=o.attempts, observed_fidelity=o.observed_fidelity)
+                    self.journal.record(
+                        "execution.fragment_completed",
+                        job_id=job_id,
+                        fragment_id=o.fragment_id,
+                        node_id=o.node_id,
+                        attempt=o.attempts,
+                        observed_fidelity=o.observed_fidelity,
+                    )
                     await repo.append_event(
                         session,
                         job_id=job_id,
@@ -218,7 +234,9 @@ class CircuitRuntime:
         state = outcomes[0].state
         for o in outcomes[1:]:
             if o.operator is None:
-                raise ExecutionFailed(f"Node returned no operator for parallel fragment {o.fragment_id}")
+                raise ExecutionFailed(
+                    f"Node returned no operator for parallel fragment {o.fragment_id}"
+                )
             state = apply_fragment_operator(state, o.operator, o.qubits, n)
         return state
 
@@ -227,8 +245,11 @@ class CircuitRuntime:
 
     async def _event(self, job_id: str, event_type: str, **kw: Any) -> None:
         if event_type in _RETRY_EVENTS:
-            metrics.retry(event_type if event_type != "attempt_failed" else
-                          str(kw.get("payload", {}).get("code", "attempt_failed")))
+            metrics.retry(
+                event_type
+                if event_type != "attempt_failed"
+                else str(kw.get("payload", {}).get("code", "attempt_failed"))
+            )
         async with self.db.transaction() as session:
             await repo.append_event(session, job_id=job_id, event_type=event_type, **kw)
         self.journal.record(f"execution.{event_type}", job_id=job_id, **kw)
@@ -254,9 +275,16 @@ class CircuitRuntime:
         # only busy, the fragment waits (bounded backoff) and asks again instead of failing.
         for busy_round in range(1, MAX_BUSY_ROUNDS + 1):
             outcome, some_busy = await self._try_candidates(
-                job_id=job_id, fragment=fragment, encoded_state=encoded_state,
-                num_qubits=num_qubits, operations=operations, seed=seed,
-                min_fidelity=min_fidelity, history=history, rng=rng, started=started,
+                job_id=job_id,
+                fragment=fragment,
+                encoded_state=encoded_state,
+                num_qubits=num_qubits,
+                operations=operations,
+                seed=seed,
+                min_fidelity=min_fidelity,
+                history=history,
+                rng=rng,
+                started=started,
                 attempts_so_far=attempts,
             )
             if isinstance(outcome, FragmentOutcome):
@@ -294,8 +322,13 @@ class CircuitRuntime:
         for node_id in self._candidates(fragment):
             if not self.registry.is_usable(node_id):
                 history.append({"node_id": node_id, "outcome": "skipped_unusable"})
-                await self._event(job_id, "node_skipped", fragment_id=fid, node_id=node_id,
-                                  payload={"reason": "stale, disconnected or not enrolled"})
+                await self._event(
+                    job_id,
+                    "node_skipped",
+                    fragment_id=fid,
+                    node_id=node_id,
+                    payload={"reason": "stale, disconnected or not enrolled"},
+                )
                 continue
             for node_attempt in range(1, self.settings.max_attempts_per_node + 1):
                 attempts += 1
@@ -307,15 +340,33 @@ class CircuitRuntime:
                     fragment_id=fid,
                 )
                 if reservation.status != ReservationStatus.COMMITTED:
-                    history.append({"node_id": node_id, "attempt": attempts, "outcome": "reservation_rejected",
-                                    "reason": reservation.reason})
-                    await self._event(job_id, "reservation_rejected", fragment_id=fid, node_id=node_id,
-                                      attempt=attempts, payload={"reason": reservation.reason})
+                    history.append(
+                        {
+                            "node_id": node_id,
+                            "attempt": attempts,
+                            "outcome": "reservation_rejected",
+                            "reason": reservation.reason,
+                        }
+                    )
+                    await self._event(
+                        job_id,
+                        "reservation_rejected",
+                        fragment_id=fid,
+                        node_id=node_id,
+                        attempt=attempts,
+                        payload={"reason": reservation.reason},
+                    )
                     if reservation.reason in BUSY_REASONS:
                         busy_refusals += 1
                     break
-                await self._event(job_id, "attempt_started", fragment_id=fid, node_id=node_id,
-                                  attempt=attempts, payload={"reservation_id": reservation.reservation_id})
+                await self._event(
+                    job_id,
+                    "attempt_started",
+                    fragment_id=fid,
+                    node_id=node_id,
+                    attempt=attempts,
+                    payload={"reservation_id": reservation.reservation_id},
+                )
                 t0 = time.perf_counter()
                 try:
                     reply = await self.mesh.invoke(
@@ -336,10 +387,22 @@ class CircuitRuntime:
                 except RemoteError as exc:
                     await self.reservations.mark_executed(reservation.reservation_id)
                     self.registry.record_outcome(node_id, ok=False)
-                    history.append({"node_id": node_id, "attempt": attempts, "outcome": "remote_error",
-                                    "error": {"code": exc.code, "message": exc.message}})
-                    await self._event(job_id, "attempt_failed", fragment_id=fid, node_id=node_id,
-                                      attempt=attempts, payload={"code": exc.code, "message": exc.message})
+                    history.append(
+                        {
+                            "node_id": node_id,
+                            "attempt": attempts,
+                            "outcome": "remote_error",
+                            "error": {"code": exc.code, "message": exc.message},
+                        }
+                    )
+                    await self._event(
+                        job_id,
+                        "attempt_failed",
+                        fragment_id=fid,
+                        node_id=node_id,
+                        attempt=attempts,
+                        payload={"code": exc.code, "message": exc.message},
+                    )
                     if exc.code in _NON_RETRYABLE_REMOTE:
                         raise ExecutionFailed(
                             f"Fragment {fid} was refused by {node_id}: {exc.message}",
@@ -351,9 +414,22 @@ class CircuitRuntime:
                     await self._cancel_quietly(reservation.reservation_id, "invocation failed")
                     self.registry.record_outcome(node_id, ok=False)
                     kind = "timeout" if isinstance(exc, InvokeTimeout) else "connection_lost"
-                    history.append({"node_id": node_id, "attempt": attempts, "outcome": kind, "error": str(exc)})
-                    await self._event(job_id, "attempt_failed", fragment_id=fid, node_id=node_id,
-                                      attempt=attempts, payload={"code": kind, "message": str(exc)})
+                    history.append(
+                        {
+                            "node_id": node_id,
+                            "attempt": attempts,
+                            "outcome": kind,
+                            "error": str(exc),
+                        }
+                    )
+                    await self._event(
+                        job_id,
+                        "attempt_failed",
+                        fragment_id=fid,
+                        node_id=node_id,
+                        attempt=attempts,
+                        payload={"code": kind, "message": str(exc)},
+                    )
                     if not self.registry.is_usable(node_id):
                         break
                     await asyncio.sleep(self._delay(node_attempt, rng))
@@ -364,42 +440,61 @@ class CircuitRuntime:
                 self.registry.record_latency(node_id, elapsed)
                 if min_fidelity is not None and fidelity < min_fidelity:
                     self.registry.record_outcome(node_id, ok=False, observed_fidelity=fidelity)
-                    history.append({"node_id": node_id, "attempt": attempts,
-                                    "outcome": "fidelity_below_threshold", "observed_fidelity": fidelity})
-                    await self._event(job_id, "fidelity_below_threshold", fragment_id=fid, node_id=node_id,
-                                      attempt=attempts,
-                                      payload={"observed_fidelity": fidelity, "min_fidelity": min_fidelity})
+                    history.append(
+                        {
+                            "node_id": node_id,
+                            "attempt": attempts,
+                            "outcome": "fidelity_below_threshold",
+                            "observed_fidelity": fidelity,
+                        }
+                    )
+                    await self._event(
+                        job_id,
+                        "fidelity_below_threshold",
+                        fragment_id=fid,
+                        node_id=node_id,
+                        attempt=attempts,
+                        payload={"observed_fidelity": fidelity, "min_fidelity": min_fidelity},
+                    )
                     break
                 self.registry.record_outcome(node_id, ok=True, observed_fidelity=fidelity)
-                history.append({"node_id": node_id, "attempt": attempts, "outcome": "ok",
-                                "observed_fidelity": fidelity, "seconds": round(elapsed, 6)})
-                new_state, operator = await asyncio.to_thread(
-                    lambda: (
-                        decode_array(reply["state"]),
-                        None if reply.get("operator") is None else decode_array(reply["operator"]),
-                    )
+                history.append(
+                    {
+                        "node_id": node_id,
+                        "attempt": attempts,
+                        "outcome": "ok",
+                        "observed_fidelity": fidelity,
+                        "seconds": round(elapsed, 6),
+                    }
                 )
-                return (FragmentOutcome(
-                    fragment_id=fid,
-                    node_id=node_id,
-                    attempts=attempts,
-                    started_at=started,
-                    finished_at=datetime.now(UTC),
-                    observed_fidelity=fidelity,
-                    state=new_state,
-                    operator=operator,
-                    qubits=[int(q) for q in reply.get("qubits", fragment["qubits"])],
-                    history=history,
-                ), False)
+                new_state, operator = await asyncio.to_thread(_decode_reply, reply)
+                return (
+                    FragmentOutcome(
+                        fragment_id=fid,
+                        node_id=node_id,
+                        attempts=attempts,
+                        started_at=started,
+                        finished_at=datetime.now(UTC),
+                        observed_fidelity=fidelity,
+                        state=new_state,
+                        operator=operator,
+                        qubits=[int(q) for q in reply.get("qubits", fragment["qubits"])],
+                        history=history,
+                    ),
+                    False,
+                )
         return attempts, busy_refusals > 0
 
     def _delay(self, attempt: int, rng: random.Random) -> float:
         return backoff_delay(
-            attempt, base=self.settings.retry_base_delay_s, cap=self.settings.retry_max_delay_s, rng=rng
+            attempt,
+            base=self.settings.retry_base_delay_s,
+            cap=self.settings.retry_max_delay_s,
+            rng=rng,
         )
 
     async def _cancel_quietly(self, reservation_id: str, reason: str) -> None:
         try:
             await self.reservations.cancel(reservation_id, reason=reason)
-        except Exception as exc:  # noqa: BLE001 - best effort; the sweeper expires it anyway
+        except Exception as exc:
             log.info("reservation.cancel_failed", reservation_id=reservation_id, error=str(exc))

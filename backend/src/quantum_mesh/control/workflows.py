@@ -121,7 +121,9 @@ async def _validate_knapsack(params: dict[str, Any]) -> dict[str, Any]:
     for key in ("values", "weights", "capacity"):
         if key not in params:
             raise InvalidInput(f"params.{key} is required", details={"field": key})
-    await asyncio.to_thread(validate_knapsack, params["values"], params["weights"], params["capacity"])
+    await asyncio.to_thread(
+        validate_knapsack, params["values"], params["weights"], params["capacity"]
+    )
     settings = beam.KnapsackSettings.from_params(params)
     return {**params, "seed": _seed(params), "settings": settings.as_dict()}
 
@@ -132,15 +134,24 @@ async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[st
 
     def on_progress(p: dict[str, Any]) -> None:
         ctx.progress_threadsafe(
-            {"done": p["block_index"] + 1, "total": p["blocks_total"], "unit": "blocks",
-             "best_value": p["best_value"], "optimum_value": p["optimum_value"]}
+            {
+                "done": p["block_index"] + 1,
+                "total": p["blocks_total"],
+                "unit": "blocks",
+                "best_value": p["best_value"],
+                "optimum_value": p["optimum_value"],
+            }
         )
 
     async def driver(bridge: LoopBridge) -> dict[str, Any]:
         return await beam.solve_knapsack(
-            params["values"], params["weights"], params["capacity"],
+            params["values"],
+            params["weights"],
+            params["capacity"],
             dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_BLOCK, "qaoa_block"),
-            settings=settings, seed=params["seed"], on_progress=on_progress,
+            settings=settings,
+            seed=params["seed"],
+            on_progress=on_progress,
         )
 
     return await run_async_driver(driver)
@@ -150,8 +161,10 @@ async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[st
 @validator("qaoa_parameter_search")
 async def _validate_param_search(params: dict[str, Any]) -> dict[str, Any]:
     qubo = params.get("qubo")
-    if not isinstance(qubo, list) or not qubo or not all(
-        isinstance(row, list) and len(row) == len(qubo) for row in qubo
+    if (
+        not isinstance(qubo, list)
+        or not qubo
+        or not all(isinstance(row, list) and len(row) == len(qubo) for row in qubo)
     ):
         raise InvalidInput("params.qubo must be a square matrix (list of lists)")
     if len(qubo) > 22:
@@ -173,8 +186,11 @@ async def _run_param_search(ctx: WorkflowContext, params: dict[str, Any]) -> dic
         return await beam.search_parameters(
             {"qubo": {"matrix": params["qubo"], "offset": params["offset"]}},
             dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_SCHEDULES, "qaoa_block"),
-            n_schedules=params["n_schedules"], seed=params["seed"], p=params["p"],
-            jobs=params["jobs"], refine_rounds=params["refine_rounds"],
+            n_schedules=params["n_schedules"],
+            seed=params["seed"],
+            p=params["p"],
+            jobs=params["jobs"],
+            refine_rounds=params["refine_rounds"],
         )
 
     return await run_async_driver(driver)
@@ -192,20 +208,30 @@ async def _validate_portfolio(params: dict[str, Any]) -> dict[str, Any]:
     if len(set(assets)) != len(assets):
         raise InvalidInput("asset names must be unique")
     await asyncio.to_thread(
-        validate_portfolio, mu, params.get("covariance"), params.get("budget"),
+        validate_portfolio,
+        mu,
+        params.get("covariance"),  # type: ignore[arg-type]  # validated right here
+        params.get("budget"),  # type: ignore[arg-type]
         params.get("risk_aversion", 0.5),
     )
-    return {**params, "risk_aversion": float(params.get("risk_aversion", 0.5)), "seed": _seed(params)}
+    return {
+        **params,
+        "risk_aversion": float(params.get("risk_aversion", 0.5)),
+        "seed": _seed(params),
+    }
 
 
 @workflow(PORTFOLIO_KIND)
 async def _run_portfolio(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
     async def driver(bridge: LoopBridge) -> dict[str, Any]:
         return await beam.solve_portfolio(
-            params["expected_returns"], params["covariance"], params["budget"],
+            params["expected_returns"],
+            params["covariance"],
+            params["budget"],
             params["risk_aversion"],
             dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_BLOCK, "qaoa_block"),
-            seed=params["seed"], assets=params["assets"],
+            seed=params["seed"],
+            assets=params["assets"],
         )
 
     result = await run_async_driver(driver)
@@ -232,9 +258,14 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
 
     def on_progress(p: dict[str, Any]) -> None:
         ctx.progress_threadsafe(
-            {"done": p["iteration"], "total": p["max_iterations"], "unit": "iterations",
-             "batches_done": p.get("batches_done"), "energy": p.get("energy"),
-             "best_energy": p.get("best_energy")}
+            {
+                "done": p["iteration"],
+                "total": p["max_iterations"],
+                "unit": "iterations",
+                "batches_done": p.get("batches_done"),
+                "energy": p.get("energy"),
+                "best_energy": p.get("best_energy"),
+            }
         )
 
     def driver(bridge: LoopBridge) -> dict[str, Any]:
@@ -249,7 +280,9 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
                 )
             )
 
-        return run_sqd(problem, settings=settings, solve_batches=solve_batches, on_progress=on_progress)
+        return run_sqd(
+            problem, settings=settings, solve_batches=solve_batches, on_progress=on_progress
+        )
 
     return await run_sync_driver(driver)
 
@@ -278,7 +311,9 @@ def _processor(
         result = await runner(ctx, job.request["params"])
         # Progress reports travel from driver threads; close the bar whatever arrived last.
         last = (await jobs.get(job_id)).progress or {}
-        final = {**last, "done": last["total"]} if "total" in last else {**last, "done": 1, "total": 1}
+        final = (
+            {**last, "done": last["total"]} if "total" in last else {**last, "done": 1, "total": 1}
+        )
         await jobs.transition(job_id, JobStatus.COMPLETED, result=result, progress=final)
 
     return process

@@ -172,7 +172,7 @@ class MeshBridge:
         method: str,
         params: dict[str, Any],
         *,
-        timeout: float,  # noqa: ASYNC109 - the integration contract; enforced in Trio
+        timeout: float,
         addrs: list[str] | None = None,
     ) -> dict[str, Any]:
         """Call ``method`` on a peer over a new stream; see ``mesh.invoke.invoke_peer``."""
@@ -195,7 +195,7 @@ class MeshBridge:
         self,
         peer_id: str,
         *,
-        timeout: float = PING_TIMEOUT_S,  # noqa: ASYNC109 - the integration contract
+        timeout: float = PING_TIMEOUT_S,
     ) -> float:
         """Round-trip seconds of a ``ping`` invocation (dial included if not connected)."""
         started = time.perf_counter()

@@ -42,9 +42,9 @@ from quantum_mesh.mesh.protocol import (
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
-from quantum_mesh.store.peerlog import PeerLog
 from quantum_mesh.node.pool import WorkerPool
 from quantum_mesh.node.reservations import ReservationBook
+from quantum_mesh.store.peerlog import PeerLog
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ DEFAULT_SERVICES: tuple[str, ...] = (
 )
 #: Methods answered on the Trio loop itself: cheap bookkeeping that must stay responsive
 #: even when every worker is busy (``ping`` then measures the link, not the queue).
+_LOGGED_RESERVATION_FIELDS = ("accepted", "committed", "released", "reason")
 INLINE_METHODS = frozenset({"ping", "reserve", "commit", "release", "node_status"})
 #: How often a connected node checks that its bootstrap connection is still up.
 BOOTSTRAP_CHECK_S = 1.0
@@ -367,9 +368,8 @@ class NodeService:
         # Reservation transitions are rare and small: an fsync'd line inline is fine here.
         self.peer_log.append(
             f"reservation.{method}", reservation_id=params.get("reservation_id"),
-            service_type=params.get("service_type"), **{
-                k: v for k, v in result.items() if k in ("accepted", "committed", "released", "reason")
-            },
+            service_type=params.get("service_type"),
+            **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
         )
         return result
 

@@ -29,7 +29,9 @@ async def list_peers(
 async def get_peer(peer_id: str, coord: CoordinatorDep) -> dict[str, Any]:
     view = coord.registry.view(peer_id)
     if view is None:
-        raise NotFound(f"Peer {peer_id} has not been heard on the mesh", details={"peer_id": peer_id})
+        raise NotFound(
+            f"Peer {peer_id} has not been heard on the mesh", details={"peer_id": peer_id}
+        )
     return view.to_dict()
 
 
@@ -41,7 +43,11 @@ async def topology(coord: CoordinatorDep) -> dict[str, Any]:
     try:
         snapshot = await coord.docstore.read("latest_topology")
     except Unavailable:
-        return {**coord.topology(), "source": "registry", "document_store": coord.document_store_status()}
+        return {
+            **coord.topology(),
+            "source": "registry",
+            "document_store": coord.document_store_status(),
+        }
     if snapshot is None:
         return {**coord.topology(), "source": "registry"}
     return {**snapshot, "source": "projection"}
@@ -66,23 +72,36 @@ async def fidelity_history(
     view = coord.registry.view(node_id)
     async with coord.db.transaction() as session:
         samples = await session.execute(
-            select(FidelitySample).where(FidelitySample.node_id == node_id)
-            .order_by(FidelitySample.seq.desc()).limit(limit).offset(offset)
+            select(FidelitySample)
+            .where(FidelitySample.node_id == node_id)
+            .order_by(FidelitySample.seq.desc())
+            .limit(limit)
+            .offset(offset)
         )
         executions = await session.execute(
-            select(FragmentExecution).where(FragmentExecution.node_id == node_id)
-            .order_by(FragmentExecution.finished_at.desc()).limit(limit)
+            select(FragmentExecution)
+            .where(FragmentExecution.node_id == node_id)
+            .order_by(FragmentExecution.finished_at.desc())
+            .limit(limit)
         )
-        total = (await session.execute(
-            select(func.count()).select_from(FidelitySample).where(FidelitySample.node_id == node_id)
-        )).scalar_one()
+        total = (
+            await session.execute(
+                select(func.count())
+                .select_from(FidelitySample)
+                .where(FidelitySample.node_id == node_id)
+            )
+        ).scalar_one()
         sample_rows = list(samples.scalars())
         exec_rows = list(executions.scalars())
     if view is None and not sample_rows and not exec_rows:
         raise NotFound(f"No fidelity history for node {node_id}", details={"node_id": node_id})
-    observed = [
-        {"at": r.finished_at.isoformat(), "job_id": r.job_id, "fragment_id": r.fragment_id,
-         "observed": r.observed_fidelity}
+    observed: list[dict[str, Any]] = [
+        {
+            "at": r.finished_at.isoformat(),
+            "job_id": r.job_id,
+            "fragment_id": r.fragment_id,
+            "observed": r.observed_fidelity,
+        }
         for r in exec_rows
     ]
     return {
@@ -90,7 +109,8 @@ async def fidelity_history(
         "advertised": view.fidelity if view else None,
         "observed_mean": (
             sum(o["observed"] for o in observed if o["observed"] is not None) / len(observed)
-            if observed else None
+            if observed
+            else None
         ),
         "items": [
             {"at": r.at.isoformat(), "advertised": r.advertised, "observed": r.observed}

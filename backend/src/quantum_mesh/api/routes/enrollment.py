@@ -34,7 +34,9 @@ async def enroll(body: EnrollIn, coord: CoordinatorDep) -> JSONResponse:
 
 
 @router.get("/enrollment/peers")
-async def list_enrollments(coord: CoordinatorDep, limit: LimitQ = 100, offset: OffsetQ = 0) -> dict[str, Any]:
+async def list_enrollments(
+    coord: CoordinatorDep, limit: LimitQ = 100, offset: OffsetQ = 0
+) -> dict[str, Any]:
     rows, total = await coord.enrollment.list(limit=limit, offset=offset)
     return page([enrollment_to_dict(e) for e in rows], total, limit, offset)
 

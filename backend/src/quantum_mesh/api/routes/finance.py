@@ -60,9 +60,13 @@ async def submit_portfolio(
 
 
 @router.get("/finance")
-async def list_portfolios(coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0) -> dict[str, Any]:
+async def list_portfolios(
+    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+) -> dict[str, Any]:
     async with coord.db.transaction() as session:
-        jobs, total = await repo.list_jobs(session, kinds=[PORTFOLIO_KIND], limit=limit, offset=offset)
+        jobs, total = await repo.list_jobs(
+            session, kinds=[PORTFOLIO_KIND], limit=limit, offset=offset
+        )
     return page([_finance_job(j) for j in jobs], total, limit, offset)
 
 
@@ -85,12 +89,20 @@ async def compare_portfolio(job_id: str, coord: CoordinatorDep) -> dict[str, Any
     optimum_value = r["optimum_objective"]
     return {
         "job_id": job_id,
-        "qaoa": {"selected": r["selected"], "objective": r["objective"], "node_id": r.get("node_id"),
-                 "encoding": r.get("encoding"), "wall_s": timing.get("wall_s"),
-                 "qaoa_s": timing.get("qaoa_s")},
-        "exact": {"selected": [assets[i] for i in r["optimum_selected"]], "objective": optimum_value,
-                  "method": "brute force over all budget-sized selections",
-                  "wall_s": timing.get("classical_s")},
+        "qaoa": {
+            "selected": r["selected"],
+            "objective": r["objective"],
+            "node_id": r.get("node_id"),
+            "encoding": r.get("encoding"),
+            "wall_s": timing.get("wall_s"),
+            "qaoa_s": timing.get("qaoa_s"),
+        },
+        "exact": {
+            "selected": [assets[i] for i in r["optimum_selected"]],
+            "objective": optimum_value,
+            "method": "brute force over all budget-sized selections",
+            "wall_s": timing.get("classical_s"),
+        },
         "ratio": (r["objective"] / optimum_value) if optimum_value else None,
         "gap": r["gap"],
         "is_optimal": r["is_optimal"],

@@ -86,7 +86,9 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
         try:
             job = await coord.jobs.get(job_id)
         except NotFound as exc:
-            await websocket.send_json({"error": {"code": exc.code, "message": exc.message, "details": {}}})
+            await websocket.send_json(
+                {"error": {"code": exc.code, "message": exc.message, "details": {}}}
+            )
             await websocket.close(code=4404)
             return
         current = {

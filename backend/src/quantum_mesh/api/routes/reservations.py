@@ -25,8 +25,10 @@ class ReservationIn(BaseModel):
 @router.post("/reservations", status_code=201)
 async def create_reservation(body: ReservationIn, coord: CoordinatorDep) -> JSONResponse:
     r = await coord.reservations.reserve(
-        service_type=body.service_type, node_id=body.node_id,
-        min_fidelity=body.min_fidelity, ttl_s=body.ttl_s,
+        service_type=body.service_type,
+        node_id=body.node_id,
+        min_fidelity=body.min_fidelity,
+        ttl_s=body.ttl_s,
     )
     return JSONResponse(status_code=201, content=reservation_to_dict(r))
 

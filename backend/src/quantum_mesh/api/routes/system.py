@@ -25,13 +25,17 @@ async def ready(coord: CoordinatorDep) -> JSONResponse:
         async with coord.db.transaction() as session:
             await session.execute(text("SELECT 1"))
         parts["database"] = "up"
-    except Exception as exc:  # noqa: BLE001 - readiness reports any failure as "down"
+    except Exception as exc:
         parts["database"] = f"down: {type(exc).__name__}"
     parts["mesh"] = "up" if coord.mesh_up else "down"
     parts["document_store"] = coord.document_store_status()
     failing = [k for k, v in parts.items() if not str(v).startswith(("up", "disabled"))]
-    body = {"status": "ready" if not failing else "degraded", "parts": parts, "failing": failing,
-            "usable_nodes": len(coord.registry.usable_snapshot())}
+    body = {
+        "status": "ready" if not failing else "degraded",
+        "parts": parts,
+        "failing": failing,
+        "usable_nodes": len(coord.registry.usable_snapshot()),
+    }
     return JSONResponse(status_code=200 if not failing else 503, content=body)
 
 

@@ -52,7 +52,9 @@ async def submit_run(
 
 
 @router.get("/workflows/runs")
-async def list_runs(coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0) -> dict[str, Any]:
+async def list_runs(
+    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+) -> dict[str, Any]:
     async with coord.db.transaction() as session:
         kinds = sorted(k for k in VALIDATORS if k != PORTFOLIO_KIND)
         jobs, total = await repo.list_jobs(session, kinds=kinds, limit=limit, offset=offset)
@@ -92,13 +94,16 @@ async def submit_benchmark(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     spec = await validate_benchmark(body.model_dump())
-    job, _ = await coord.jobs.submit(kind=BENCHMARK_KIND, request={"params": spec},
-                                     idempotency_key=idempotency_key)
+    job, _ = await coord.jobs.submit(
+        kind=BENCHMARK_KIND, request={"params": spec}, idempotency_key=idempotency_key
+    )
     return JSONResponse(status_code=202, content={"benchmark_id": job.job_id, "status": job.status})
 
 
 @router.get("/workflows/benchmarks")
-async def list_benchmarks(coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0) -> dict[str, Any]:
+async def list_benchmarks(
+    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+) -> dict[str, Any]:
     """Finished benchmark comparisons, read from the benchmark-results projection."""
     items, total = await coord.docstore.read("list_benchmarks", limit, offset)
     return page(items, total, limit, offset)
@@ -108,5 +113,7 @@ async def list_benchmarks(coord: CoordinatorDep, limit: LimitQ = 50, offset: Off
 async def get_benchmark(benchmark_id: str, coord: CoordinatorDep) -> dict[str, Any]:
     job = await coord.jobs.get(benchmark_id)
     if job.kind != BENCHMARK_KIND:
-        raise NotFound(f"Benchmark {benchmark_id} does not exist", details={"benchmark_id": benchmark_id})
+        raise NotFound(
+            f"Benchmark {benchmark_id} does not exist", details={"benchmark_id": benchmark_id}
+        )
     return benchmark_to_dict(job)

@@ -88,8 +88,8 @@ def execute_fragment(params: dict[str, Any], node: NodeContext) -> dict[str, Any
     (``encode_array`` of the complex128 statevector), ``seed`` (drives the noise).
 
     Returns: ``state`` (encoded), ``observed_fidelity``, ``operator`` (encoded unitary the
-    node really applied on ``qubits``, noise included, or ``None`` beyond ``OPERATOR_MAX_QUBITS``), ``qubits``,
-    ``seconds``, ``applied_ops``.
+    node really applied on ``qubits``, noise included, or ``None`` beyond
+    ``OPERATOR_MAX_QUBITS``), ``qubits``, ``seconds``, ``applied_ops``.
 
     Raises:
         ValueError: malformed params (wrong state length, qubit out of range, unknown gate).
