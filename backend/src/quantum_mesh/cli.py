@@ -74,9 +74,14 @@ def node(
     key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.key"),
     p2p_port: Annotated[int, typer.Option("--p2p-port")] = 0,
     name: Annotated[str, typer.Option()] = "node",
-    workers: Annotated[int, typer.Option(min=1)] = 1,
-    noise_level: Annotated[float, typer.Option("--noise-level", min=0.0, max=1.0)] = 0.0,
-    fidelity: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.99,
+    workers: Annotated[int | None, typer.Option(min=1, help="[QMESH_NODE_WORKERS, 1]")] = None,
+    noise_level: Annotated[
+        float | None,
+        typer.Option("--noise-level", min=0.0, max=1.0, help="[QMESH_NODE_NOISE_LEVEL, 0]"),
+    ] = None,
+    fidelity: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="advertised [QMESH_NODE_FIDELITY, 0.99]")
+    ] = None,
     listen_host: Annotated[str, typer.Option("--listen-host")] = "127.0.0.1",
     ready_file: Annotated[Path | None, typer.Option("--ready-file")] = None,
 ) -> None:
@@ -94,9 +99,9 @@ def node(
             listen_host=listen_host,
             p2p_port=p2p_port,
             name=name,
-            workers=workers,
-            noise_level=noise_level,
-            fidelity=fidelity,
+            workers=workers if workers is not None else settings.node_workers,
+            noise_level=noise_level if noise_level is not None else settings.node_noise_level,
+            fidelity=fidelity if fidelity is not None else settings.node_fidelity,
             blas_threads=settings.node_blas_threads,
             ready_file=ready_file,
         )

@@ -182,7 +182,7 @@ class ReservationService:
             )
         await self._move(reservation_id, ReservationStatus.PREPARED)
         try:
-            await self.mesh.invoke(
+            committed = await self.mesh.invoke(
                 node_id,
                 "commit",
                 {"reservation_id": reservation_id},
@@ -192,6 +192,12 @@ class ReservationService:
         except (MeshError, RemoteError) as exc:
             return await self._move(
                 reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}"
+            )
+        if not committed.get("committed", False):
+            return await self._move(
+                reservation_id,
+                ReservationStatus.REJECTED,
+                reason=f"commit refused: {committed.get('reason') or 'unknown'}",
             )
         return await self._move(reservation_id, ReservationStatus.COMMITTED)
 
@@ -278,7 +284,8 @@ class ReservationService:
             ids = list(rows.scalars())
         for reservation_id in ids:
             try:
-                await self._move(reservation_id, ReservationStatus.CANCELED, reason=reason)
+                r = await self._move(reservation_id, ReservationStatus.CANCELED, reason=reason)
             except Conflict:
                 continue
+            await self._release_on_node(r)
         return len(ids)

@@ -19,7 +19,7 @@ class ReservationIn(BaseModel):
     service_type: str = Field(min_length=1, max_length=64)
     node_id: str | None = Field(default=None, max_length=128)
     min_fidelity: float | None = Field(default=None, ge=0.0, le=1.0)
-    ttl_s: float = Field(default=30.0, gt=0.0, le=3600.0)
+    ttl_s: float = Field(default=30.0, gt=0.0, le=300.0)  # nodes hold at most 300 s
 
 
 @router.post("/reservations", status_code=201)
