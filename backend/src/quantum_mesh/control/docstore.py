@@ -25,6 +25,7 @@ log = get_logger(__name__)
 
 PROJECT_INTERVAL_S = 1.0
 TOPOLOGY_INTERVAL_S = 5.0
+TOPOLOGY_EVERY_TICKS = int(TOPOLOGY_INTERVAL_S / PROJECT_INTERVAL_S)
 
 
 class DocumentStoreUnavailable(Unavailable):
@@ -85,12 +86,18 @@ class DocumentStore:
     ) -> None:
         assert self.projector is not None
         tick = 0
+        last_shape: object = None
         while True:
             await asyncio.sleep(PROJECT_INTERVAL_S)
             tick += 1
             await self.projector.project_peers(peers())
-            if tick % int(TOPOLOGY_INTERVAL_S / PROJECT_INTERVAL_S) == 1:
-                await self.projector.snapshot_topology(topology())
+            current = topology()
+            # Snapshot at once when a node joins, leaves or changes freshness, else every
+            # TOPOLOGY_INTERVAL_S for the latency history.
+            shape = sorted((n["id"], n.get("fresh"), n.get("enrollment")) for n in current["nodes"])
+            due = shape != last_shape or tick % TOPOLOGY_EVERY_TICKS == 0
+            if due and await self.projector.snapshot_topology(current):
+                last_shape = shape
 
     def _require(self) -> Projector:
         if self.projector is None:
