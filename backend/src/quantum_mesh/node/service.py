@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ DEFAULT_SERVICES: tuple[str, ...] = (
 )
 #: Methods answered on the Trio loop itself: cheap bookkeeping that must stay responsive
 #: even when every worker is busy (``ping`` then measures the link, not the queue).
+#: Longest a requested shutdown may take before the process exits regardless.
+HARD_EXIT_AFTER_S = 15.0
 _LOGGED_RESERVATION_FIELDS = ("accepted", "committed", "released", "reason")
 INLINE_METHODS = frozenset({"ping", "reserve", "commit", "release", "node_status"})
 #: How often a connected node checks that its bootstrap connection is still up.
@@ -208,10 +211,18 @@ class NodeService:
         with trio.move_on_after(DRAIN_ADVERT_S):
             await self._publish_advert()
 
+    def _request_stop(self) -> None:
+        """Stop gracefully; if shutdown wedges (a stuck stream or worker), exit anyway."""
+        if not self._stop.is_set():
+            timer = threading.Timer(HARD_EXIT_AFTER_S, os._exit, args=(0,))
+            timer.daemon = True
+            timer.start()
+        self._stop.set()
+
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
             logger.info("node %s received signal %s; draining", self.peer_id, signum)
-            self._stop.set()
+            self._request_stop()
             return
 
     async def _watch_parent(self, parent_pid: int) -> None:
@@ -220,7 +231,7 @@ class NodeService:
             if os.getppid() != parent_pid:
                 break
         logger.warning("parent process %s is gone; node %s exits", parent_pid, self.peer_id)
-        self._stop.set()
+        self._request_stop()
 
     # --- mesh membership ---------------------------------------------------------------------
 

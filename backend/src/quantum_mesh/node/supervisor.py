@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantum_mesh.mesh.identity import peer_id_from_key_file
+from quantum_mesh.procutil import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class NodeSupervisor:
                 stdout=log,
                 stderr=log,
                 env=env,
+                preexec_fn=die_with_parent(),
             )
         logger.info("started node-%s (%s) as pid %s", child.index, child.peer_id, child.process.pid)
 

@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from quantum_mesh.logs import get_logger
+from quantum_mesh.procutil import die_with_parent
 
 log = get_logger(__name__)
 
@@ -189,7 +190,9 @@ class EmbeddedDocServer:
         ]
         if self.sync_on_commit:
             args.append("--sync-on-commit")
-        self._proc = await asyncio.to_thread(self._popen, args)
+        # Forked from the event loop's thread (Popen returns in milliseconds) so that the
+        # parent-death signal below is tied to a thread that lives as long as the process.
+        self._proc = self._popen(args)
         try:
             await self._wait_ready()
         except DocServerError:
@@ -202,7 +205,7 @@ class EmbeddedDocServer:
             # child in order, instead of the child dying first and the watchdog restarting it.
             proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.storage_dir, start_new_session=True,
+                cwd=self.storage_dir, start_new_session=True, preexec_fn=die_with_parent(),
             )
         self._pidfile.write_text(str(proc.pid))
         return proc
