@@ -47,4 +47,6 @@ async def bootstrap(coord: CoordinatorDep) -> dict[str, Any]:
         "advert_topic": coord.mesh.advert_topic,
         "protocols": coord.mesh.protocols,
         "require_enrollment": coord.settings.require_enrollment,
+        # Adverts accepted and dropped by reason (malformed, oversized, stale, peer_mismatch).
+        "advert_stats": dict(coord.mesh.advert_stats),
     }
