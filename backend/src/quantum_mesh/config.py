@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     require_enrollment: bool = True
     advert_interval_s: float = 1.0
     advert_stale_after_s: float = 5.0
+    peer_forget_after_s: float = 3600.0
     invoke_timeout_s: float = 30.0
     max_frame_bytes: int = 64 * 1024 * 1024
 

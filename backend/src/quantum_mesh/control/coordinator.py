@@ -270,6 +270,11 @@ class Coordinator:
     async def _snapshot_loop(self) -> None:
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL_S)
+            for peer_id in self.registry.forget_stale(
+                older_than_s=self.settings.peer_forget_after_s
+            ):
+                metrics.forget_node(peer_id)
+                self.journal.record("mesh.peer_forgotten", node_id=peer_id)
             try:
                 await self._flush_snapshots()
             except Exception:

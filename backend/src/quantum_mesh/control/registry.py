@@ -134,6 +134,14 @@ class PeerRegistry:
         if observed_fidelity is not None:
             entry.observed_fidelity = observed_fidelity
 
+    def forget_stale(self, *, older_than_s: float) -> list[str]:
+        """Drop peers not heard for ``older_than_s`` (their last advert stays in the database)."""
+        cutoff = time.monotonic() - older_than_s
+        gone = [p for p, e in self._peers.items() if e.last_seen_mono < cutoff]
+        for peer_id in gone:
+            del self._peers[peer_id]
+        return gone
+
     def set_enrollment(self, peer_id: str, status: str) -> None:
         self._enrollment[peer_id] = status
 
