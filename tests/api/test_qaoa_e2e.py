@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tests.support.live import LiveCoordinator
+from tests.support.live import LiveCoordinator, wait_until
 
 from quantum_mesh.quantum.qaoa.classical import knapsack_dp, knapsack_greedy
 
@@ -98,3 +99,38 @@ def test_bad_workflow_params_are_422(coord: LiveCoordinator) -> None:
         },
     )
     assert r.status_code == 422
+
+
+def _qaoa_block_invocations(coord: LiveCoordinator) -> float:
+    text = coord.http.get(f"{coord.base_url}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("qmesh_mesh_invokes_total{") and 'method="qaoa_block"' in line
+    )
+
+
+def test_cancelling_a_running_workflow_stops_its_mesh_work(coord: LiveCoordinator) -> None:
+    beam_width = 8
+    values, weights, capacity = _instance(200, seed=11)
+    baseline = _qaoa_block_invocations(coord)
+    # 16-qubit blocks take a noticeable time each, so the cancel lands mid-run.
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
+        "values": values, "weights": weights, "capacity": capacity, "seed": 5, "block_size": 16,
+        "beam_width": beam_width}})
+    run_id = r.json()["run_id"]
+    wait_until(lambda: _qaoa_block_invocations(coord) > baseline, timeout=120, interval=0.02,
+               what="first block job sent")
+    cancelled = coord.http.post(f"/jobs/{run_id}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
+    at_cancel = _qaoa_block_invocations(coord) - baseline
+    blocks = -(-200 // 16)
+    full_run = 1 + (blocks - 1) * beam_width  # block jobs a complete run sends
+    time.sleep(10)  # long enough for an uncancelled run to send most of its block jobs
+    sent = _qaoa_block_invocations(coord) - baseline
+    # Only the dispatch round under way when the cancel arrived may still finish.
+    assert sent <= at_cancel + beam_width, (at_cancel, sent, full_run)
+    assert sent < full_run / 2
+    run = coord.http.get(f"/workflows/runs/{run_id}").json()
+    assert run["status"] == "CANCELLED" and run["error"]["code"] == "cancelled"
+    assert coord.http.post(f"/jobs/{run_id}/cancel").status_code == 409

@@ -73,6 +73,8 @@ class JobManager:
         self.runtime = runtime
         self.settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Jobs cancelled while running: driver threads poll this to stop dispatching.
+        self.cancelled: set[str] = set()
         self._processors: dict[str, Processor] = {CIRCUIT_KIND: self._process_circuit}
         self.on_transition: list[Callable[[dict[str, Any]], None]] = []
 
@@ -197,6 +199,7 @@ class JobManager:
             JobStatus.CANCELLED,
             error={"code": "cancelled", "message": "Cancelled by client"},
         )
+        self.cancelled.add(job_id)
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()

@@ -11,7 +11,7 @@ from quantum_mesh.control.dispatch import MeshDispatcher
 from quantum_mesh.control.jobs import JobManager
 from quantum_mesh.control.offloop import LoopBridge, run_async_driver, run_sync_driver
 from quantum_mesh.control.states import JobStatus
-from quantum_mesh.errors import InvalidInput
+from quantum_mesh.errors import InvalidInput, QMeshError
 from quantum_mesh.quantum.qaoa import beam
 from quantum_mesh.quantum.qaoa.classical import validate_knapsack, validate_portfolio
 
@@ -21,6 +21,10 @@ Runner = Callable[["WorkflowContext", dict[str, Any]], Awaitable[dict[str, Any]]
 VALIDATORS: dict[str, Validator] = {}
 RUNNERS: dict[str, Runner] = {}
 PORTFOLIO_KIND = "portfolio"
+
+
+class JobCancelled(QMeshError):
+    code = "cancelled"
 
 
 class WorkflowContext:
@@ -46,6 +50,11 @@ class WorkflowContext:
         self.report_progress = report_progress
         self._loop = asyncio.get_running_loop()
 
+    def check_cancelled(self) -> None:
+        """Raise in a driver thread once the job was cancelled, so no further work is sent."""
+        if self.job_id in self.jobs.cancelled:
+            raise JobCancelled(f"Job {self.job_id} was cancelled")
+
     def progress_threadsafe(self, progress: dict[str, Any]) -> None:
         """Report progress from a driver thread (persisted, then published)."""
         if self.report_progress:
@@ -58,6 +67,7 @@ class WorkflowContext:
             return _local_dispatch(method)
 
         async def dispatch(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            self.check_cancelled()
             return await bridge.acall(
                 self.dispatcher.dispatch(
                     method, jobs, service_type=service_type, max_nodes=self.max_nodes
@@ -272,6 +282,7 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
         problem, settings = parse_sqd_params(params)
 
         def solve_batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            ctx.check_cancelled()
             if ctx.local:
                 return solve_batches_locally(jobs)
             return bridge.call(
