@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 
@@ -18,5 +18,6 @@ LimitQ = Annotated[int, Query(ge=1, le=500)]
 OffsetQ = Annotated[int, Query(ge=0)]
 
 
-def page(items: list, total: int, limit: int, offset: int) -> dict:  # type: ignore[type-arg]
+def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:
+    """The contract's list shape."""
     return {"items": items, "total": total, "limit": limit, "offset": offset}
