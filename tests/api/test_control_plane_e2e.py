@@ -311,3 +311,54 @@ def test_coordinator_sigkill_recovers_every_job(tmp_path: Path, pg_url: str) -> 
             assert len(completed) == len(set(completed)) == len(job["fragment_results"])
     finally:
         live.stop()
+
+
+def test_coordinator_sigkill_resumes_a_knapsack_run_from_its_last_block(
+    tmp_path: Path, pg_url: str
+) -> None:
+    live = LiveCoordinator(tmp_path / "crash-qaoa", database_url=pg_url, embedded_nodes=2)
+    live.start()
+    rng = np.random.default_rng(4)
+    values = rng.integers(10, 100, size=120).tolist()
+    weights = rng.integers(5, 60, size=120).tolist()
+    try:
+        run_id = live.http.post(
+            "/workflows/runs",
+            json={
+                "kind": "qaoa_knapsack",
+                "params": {
+                    "values": values,
+                    "weights": weights,
+                    "capacity": int(sum(weights) * 0.4),
+                    "seed": 2,
+                    "block_size": 16,
+                },
+            },
+        ).json()["run_id"]
+
+        def checkpoints() -> list[int]:
+            events = live.http.get(f"/jobs/{run_id}/events").json()["items"]
+            return [
+                e["payload"]["state"]["next_block"]
+                for e in events
+                if e["event_type"] == "checkpoint"
+            ]
+
+        wait_until(
+            lambda: len(checkpoints()) >= 1, timeout=120, interval=0.05, what="first finished block"
+        )
+        at_kill = live.http.get(f"/workflows/runs/{run_id}").json()["status"]
+        live.kill()
+        assert at_kill not in {"COMPLETED", "FAILED", "CANCELLED"}  # killed mid-run
+        live.restart()
+        run = live.wait_job(run_id, timeout=300, path="/workflows/runs/")
+        assert run["status"] == "COMPLETED", run["error"]
+        marks = checkpoints()
+        blocks = len(run["result"]["block_items"])
+        # Every block was finished exactly once: the restarted run continued, not restarted.
+        assert marks == list(range(1, blocks + 1)), marks
+        result = run["result"]
+        assert result["total_weight"] <= int(sum(weights) * 0.4)
+        assert result["total_value"] >= result["greedy_value"]
+    finally:
+        live.stop()

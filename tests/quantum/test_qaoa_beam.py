@@ -50,9 +50,12 @@ def baseline() -> dict[str, Any]:
     values, weights, capacity = knapsack_instance(0)
     return asyncio.run(
         beam.solve_knapsack(
-            values, weights, capacity,
+            values,
+            weights,
+            capacity,
             dispatch=local_dispatch(worker.solve_block),
-            settings=beam.KnapsackSettings(), seed=0,
+            settings=beam.KnapsackSettings(),
+            seed=0,
         )
     )
 
@@ -85,8 +88,11 @@ def test_duplicated_stale_and_lost_results_do_not_change_answer(
         results = await inner(payloads)
         out: list[dict[str, Any]] = []
         for r in results:
-            stale = {**r, "job_version": r["job_version"] - 1,
-                     "candidates": [{**c, "bits": [0] * len(c["bits"])} for c in r["candidates"]]}
+            stale = {
+                **r,
+                "job_version": r["job_version"] - 1,
+                "candidates": [{**c, "bits": [0] * len(c["bits"])} for c in r["candidates"]],
+            }
             foreign = {**r, "job_id": "someone-else", "candidates": stale["candidates"]}
             out += [stale, foreign, r, copy.deepcopy(r)]
         if calls[0] == 2:  # lose one result: its job is re-sent with job_version + 1
@@ -95,9 +101,15 @@ def test_duplicated_stale_and_lost_results_do_not_change_answer(
 
     progress: list[dict[str, Any]] = []
     result = await_run(
-        beam.solve_knapsack(values, weights, capacity, dispatch=unreliable,
-                            settings=beam.KnapsackSettings(), seed=0,
-                            on_progress=progress.append)
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=unreliable,
+            settings=beam.KnapsackSettings(),
+            seed=0,
+            on_progress=progress.append,
+        )
     )
     assert _answer(result) == _answer(baseline)
     assert result["timing"]["jobs_resent"] == 1
@@ -109,9 +121,14 @@ def test_duplicated_stale_and_lost_results_do_not_change_answer(
 def test_compound_jobs_give_the_same_answer(baseline: dict[str, Any]) -> None:
     values, weights, capacity = knapsack_instance(0)
     result = await_run(
-        beam.solve_knapsack(values, weights, capacity,
-                            dispatch=local_dispatch(worker.solve_block),
-                            settings=beam.KnapsackSettings(compound_size=4), seed=0)
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=local_dispatch(worker.solve_block),
+            settings=beam.KnapsackSettings(compound_size=4),
+            seed=0,
+        )
     )
     assert _answer(result) == _answer(baseline)
     assert result["timing"]["dispatch_rounds"] == len(result["block_items"])
@@ -129,8 +146,15 @@ def test_portfolio_ten_assets_reaches_brute_force_optimum() -> None:
     sigma = a @ a.T / n + np.diag(rng.uniform(0.001, 0.01, n))
     names = [f"A{i}" for i in range(n)]
     result = await_run(
-        beam.solve_portfolio(mu.tolist(), sigma.tolist(), k, q,
-                             dispatch=local_dispatch(worker.solve_block), seed=1, assets=names)
+        beam.solve_portfolio(
+            mu.tolist(),
+            sigma.tolist(),
+            k,
+            q,
+            dispatch=local_dispatch(worker.solve_block),
+            seed=1,
+            assets=names,
+        )
     )
     optimum = classical.portfolio_brute_force(mu.tolist(), sigma.tolist(), k, q)
     assert result["selected"] == optimum.selected
@@ -147,8 +171,14 @@ def test_search_parameters_over_several_jobs() -> None:
     matrix = rng.normal(size=(8, 8))
     problem = {"qubo": {"matrix": matrix.tolist(), "offset": 1.0}}
     result = await_run(
-        beam.search_parameters(problem, dispatch=local_dispatch(worker.evaluate_schedules),
-                               n_schedules=64, seed=2, p=2, jobs=4)
+        beam.search_parameters(
+            problem,
+            dispatch=local_dispatch(worker.evaluate_schedules),
+            n_schedules=64,
+            seed=2,
+            p=2,
+            jobs=4,
+        )
     )
     assert len(result["rounds"]) == 2
     assert {j["node_id"] for j in result["rounds"][0]["jobs"]} == {"n0", "n1"}
@@ -156,8 +186,63 @@ def test_search_parameters_over_several_jobs() -> None:
     assert result["rounds"][1]["best_energy"] <= result["rounds"][0]["best_energy"]
     # independent check: the reported energy is the engine's for that schedule
     built = qubo_problem(matrix.tolist(), offset=1.0)
-    state = engine.evolve(built.normalised, gammas=result["best_gammas"],
-                          betas=result["best_betas"])
+    state = engine.evolve(
+        built.normalised, gammas=result["best_gammas"], betas=result["best_betas"]
+    )
     assert result["best_energy"] == pytest.approx(
-        float(engine.probabilities(state) @ built.energies), abs=1e-9)
+        float(engine.probabilities(state) @ built.energies), abs=1e-9
+    )
     assert result["best_energy"] < float(built.energies.mean())
+
+
+def test_resuming_from_a_checkpoint_skips_finished_blocks(baseline: dict[str, Any]) -> None:
+    values, weights, capacity = knapsack_instance(0)
+    snapshots: list[dict[str, Any]] = []
+    full = asyncio.run(
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=local_dispatch(worker.solve_block),
+            settings=beam.KnapsackSettings(),
+            seed=0,
+            checkpoint=snapshots.append,
+        )
+    )
+    assert _answer(full) == _answer(baseline)
+    assert [s["next_block"] for s in snapshots] == list(range(1, len(full["block_items"]) + 1))
+    resume_at = snapshots[1]  # as if the coordinator died after block 1
+    sent_blocks: list[int] = []
+    inner = local_dispatch(worker.solve_block)
+
+    async def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent_blocks.extend(p["block_index"] for p in payloads)
+        return await inner(payloads)
+
+    resumed = asyncio.run(
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=counting,
+            settings=beam.KnapsackSettings(),
+            seed=0,
+            resume=copy.deepcopy(resume_at),
+        )
+    )
+    assert _answer(resumed) == _answer(full)
+    assert min(sent_blocks) == 2  # blocks 0 and 1 were not sent again
+    # A snapshot of another run (other seed) is ignored: everything is solved afresh.
+    sent_blocks.clear()
+    asyncio.run(
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=counting,
+            settings=beam.KnapsackSettings(),
+            seed=1,
+            resume=copy.deepcopy(resume_at),
+        )
+    )
+    assert min(sent_blocks) == 0

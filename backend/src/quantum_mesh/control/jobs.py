@@ -173,6 +173,18 @@ class JobManager:
             )
         self._publish(job, seq=event.seq)
 
+    async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
+        """Persist a workload driver's resumable state (an append-only event)."""
+        async with self.db.transaction() as session:
+            await repo.append_event(
+                session, job_id=job_id, event_type="checkpoint", payload={"state": state}
+            )
+
+    async def last_checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        async with self.db.transaction() as session:
+            event = await repo.latest_event(session, job_id=job_id, event_type="checkpoint")
+        return None if event is None else dict(event.payload["state"])
+
     def _publish(self, job: Job, *, seq: int | None) -> None:
         message = {
             "job_id": job.job_id,

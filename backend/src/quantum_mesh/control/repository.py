@@ -204,3 +204,15 @@ async def fragment_executions(session: AsyncSession, *, job_id: str) -> list[Fra
         .order_by(FragmentExecution.started_at)
     )
     return list(rows.scalars())
+
+
+async def latest_event(
+    session: AsyncSession, *, job_id: str, event_type: str
+) -> ExecutionEvent | None:
+    rows = await session.execute(
+        select(ExecutionEvent)
+        .where(ExecutionEvent.job_id == job_id, ExecutionEvent.event_type == event_type)
+        .order_by(ExecutionEvent.seq.desc())
+        .limit(1)
+    )
+    return rows.scalar_one_or_none()

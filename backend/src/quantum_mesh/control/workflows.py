@@ -21,6 +21,7 @@ Runner = Callable[["WorkflowContext", dict[str, Any]], Awaitable[dict[str, Any]]
 VALIDATORS: dict[str, Validator] = {}
 RUNNERS: dict[str, Runner] = {}
 PORTFOLIO_KIND = "portfolio"
+CHECKPOINT_TIMEOUT_S = 30.0
 
 
 class JobCancelled(QMeshError):
@@ -54,6 +55,14 @@ class WorkflowContext:
         """Raise in a driver thread once the job was cancelled, so no further work is sent."""
         if self.job_id in self.jobs.cancelled:
             raise JobCancelled(f"Job {self.job_id} was cancelled")
+
+    def checkpoint_threadsafe(self, state: dict[str, Any]) -> None:
+        """Persist a driver's resumable state from its thread, waiting for the commit so the
+        next block is only sent once the previous one is durable (benchmarks keep none)."""
+        if self.report_progress:
+            asyncio.run_coroutine_threadsafe(
+                self.jobs.save_checkpoint(self.job_id, state), self._loop
+            ).result(timeout=CHECKPOINT_TIMEOUT_S)
 
     def progress_threadsafe(self, progress: dict[str, Any]) -> None:
         """Report progress from a driver thread (persisted, then published)."""
@@ -141,6 +150,8 @@ async def _validate_knapsack(params: dict[str, Any]) -> dict[str, Any]:
 @workflow("qaoa_knapsack")
 async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, Any]:
     settings = beam.KnapsackSettings.from_params(params["settings"])
+    # After a coordinator restart the run continues from its last finished block.
+    resume = await ctx.jobs.last_checkpoint(ctx.job_id) if ctx.report_progress else None
 
     def on_progress(p: dict[str, Any]) -> None:
         ctx.progress_threadsafe(
@@ -162,6 +173,8 @@ async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[st
             settings=settings,
             seed=params["seed"],
             on_progress=on_progress,
+            checkpoint=ctx.checkpoint_threadsafe,
+            resume=resume,
         )
 
     return await run_async_driver(driver)

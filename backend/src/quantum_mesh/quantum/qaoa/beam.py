@@ -251,8 +251,15 @@ async def solve_knapsack(
     settings: KnapsackSettings,
     seed: int,
     on_progress: Progress | None = None,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """0/1 knapsack by QAOA on blocks with a beam of ``settings.beam_width`` partial solutions.
+
+    ``checkpoint`` receives, after every block, a JSON-safe snapshot (the beam, the next block,
+    the per-block log and the QAOA seconds so far); passing the last one back as ``resume``
+    continues the same run (same instance, settings and seed) from the next block, so a
+    coordinator restart does not redo finished blocks. A snapshot from another run is ignored.
 
     Items are split into blocks (:func:`decompose`). For each block, one job per beam entry
     (its remaining capacity, chosen value/weight, and the LP profile of the later items as
@@ -275,16 +282,36 @@ async def solve_knapsack(
     optimum = knapsack_dp(values, weights, capacity)
     greedy = knapsack_greedy(values, weights, capacity)
     classical_s = time.perf_counter() - t0
-    blocks = decompose(vals.tolist(), wts.tolist(), block_size=settings.block_size,
-                       order=settings.order)  # type: ignore[arg-type]
+    blocks = decompose(
+        vals.tolist(),
+        wts.tolist(),
+        block_size=settings.block_size,
+        order=settings.order,  # type: ignore[arg-type]  # validated by KnapsackSettings
+    )
     tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.as_dict())
-    qaoa = {"p": settings.p, "optimizer": settings.optimizer, "grid_size": settings.grid_size,
-            "maxiter": settings.maxiter, "shots": settings.shots}
+    qaoa = {
+        "p": settings.p,
+        "optimizer": settings.optimizer,
+        "grid_size": settings.grid_size,
+        "maxiter": settings.maxiter,
+        "shots": settings.shots,
+    }
     ledger = _Ledger()
     beam = [_Entry(selected=(), value=0, weight=0, score=0.0)]
     block_log: list[dict[str, Any]] = []
     qaoa_s = 0.0
+    first_block = 0
+    if resume is not None and resume.get("tag") == tag:
+        first_block = int(resume["next_block"])
+        beam = [
+            _Entry(tuple(e["selected"]), int(e["value"]), int(e["weight"]), float(e["score"]))
+            for e in resume["beam"]
+        ]
+        block_log = [dict(entry) for entry in resume["block_log"]]
+        qaoa_s = float(resume["qaoa_s"])
     for b, items in enumerate(blocks):
+        if b < first_block:
+            continue
         later = [i for block in blocks[b + 1 :] for i in block]
         profile = future_profile(vals[later].tolist(), wts[later].tolist()) if later else None
         jobs = [
@@ -309,8 +336,13 @@ async def solve_knapsack(
             )
             for e, entry in enumerate(beam)
         ]
-        results = await _run_jobs(jobs, dispatch=dispatch, group=settings.compound_size,
-                                  attempts=settings.max_attempts, ledger=ledger)
+        results = await _run_jobs(
+            jobs,
+            dispatch=dispatch,
+            group=settings.compound_size,
+            attempts=settings.max_attempts,
+            ledger=ledger,
+        )
         extended: dict[tuple[int, ...], _Entry] = {}
         for job in jobs:
             result = results[job.job_id]
@@ -334,14 +366,37 @@ async def solve_knapsack(
             raise ExecutionFailed(f"Block {b}: no feasible candidate came back.")
         ranked = sorted(extended.values(), key=lambda x: (-x.score, -x.value, x.weight, x.selected))
         beam = ranked[: settings.beam_width]
+        if checkpoint is not None:
+            checkpoint(
+                {
+                    "tag": tag,
+                    "next_block": b + 1,
+                    "beam": [
+                        {
+                            "selected": list(x.selected),
+                            "value": x.value,
+                            "weight": x.weight,
+                            "score": x.score,
+                        }
+                        for x in beam
+                    ],
+                    # Candidates are the bulk of the log and only informative: not kept here.
+                    "block_log": [
+                        {k: v for k, v in e.items() if k != "candidates"} for e in block_log
+                    ],
+                    "qaoa_s": qaoa_s,
+                }
+            )
         if on_progress is not None:
-            on_progress({
-                "block_index": b,
-                "blocks_total": len(blocks),
-                "best_value": max(x.value for x in beam),
-                "beam_values": [x.value for x in beam],
-                "optimum_value": optimum.value,
-            })
+            on_progress(
+                {
+                    "block_index": b,
+                    "blocks_total": len(blocks),
+                    "best_value": max(x.value for x in beam),
+                    "beam_values": [x.value for x in beam],
+                    "optimum_value": optimum.value,
+                }
+            )
     best = max(beam, key=lambda x: (x.value, -x.weight, tuple(-i for i in x.selected)))
     selected: list[int] = list(best.selected)
     total_v, total_w = best.value, best.weight
@@ -400,17 +455,29 @@ async def solve_portfolio(
         item_indices=list(range(mu.size)),
         values=mu.tolist(),
         weights=[1.0] * mu.size,
-        context={"covariance": sigma.tolist(), "budget": k, "risk_aversion": q,
-                 "encoding": settings.encoding},
-        qaoa={"p": settings.p, "optimizer": settings.optimizer, "grid_size": settings.grid_size,
-              "maxiter": settings.maxiter, "shots": settings.shots},
+        context={
+            "covariance": sigma.tolist(),
+            "budget": k,
+            "risk_aversion": q,
+            "encoding": settings.encoding,
+        },
+        qaoa={
+            "p": settings.p,
+            "optimizer": settings.optimizer,
+            "grid_size": settings.grid_size,
+            "maxiter": settings.maxiter,
+            "shots": settings.shots,
+        },
         random_seed=_seed_for(seed, 0, 0),
         top_k=settings.top_k,
         problem="portfolio",
     )
     ledger = _Ledger()
-    result = (await _run_jobs([job], dispatch=dispatch, group=1,
-                              attempts=settings.max_attempts, ledger=ledger))[job.job_id]
+    result = (
+        await _run_jobs(
+            [job], dispatch=dispatch, group=1, attempts=settings.max_attempts, ledger=ledger
+        )
+    )[job.job_id]
     best_sel: list[int] = []
     best_obj = -np.inf
     for cand in result.get("candidates", []):
@@ -476,8 +543,10 @@ async def search_parameters(
             noise = rng.normal(scale=width * (high - low) / (2**r), size=(count, 2 * p))
             batch = np.clip(np.asarray(best_schedule) + noise, low, high)
         chunks = [c for c in np.array_split(batch, min(jobs, len(batch))) if len(c)]
-        payloads = [{**problem, "schedules": c.tolist(), "batch_id": f"r{r}-j{j}"}
-                    for j, c in enumerate(chunks)]
+        payloads = [
+            {**problem, "schedules": c.tolist(), "batch_id": f"r{r}-j{j}"}
+            for j, c in enumerate(chunks)
+        ]
         t0 = time.perf_counter()
         raw = await dispatch(payloads)
         dispatch_s += time.perf_counter() - t0
@@ -494,15 +563,23 @@ async def search_parameters(
             if float(res["best_energy"]) < best_energy:
                 best_energy = float(res["best_energy"])
                 best_schedule = [float(x) for x in res["best_schedule"]]
-        rounds.append({
-            "round": r,
-            "schedules": len(batch),
-            "best_energy": best_energy,
-            "missing_batches": sorted(set(wanted) - set(seen)),
-            "jobs": [{"batch_id": bid, "node_id": res.get("node_id"),
-                      "seconds": res.get("seconds"), "evaluations": res.get("evaluations")}
-                     for bid, res in seen.items()],
-        })
+        rounds.append(
+            {
+                "round": r,
+                "schedules": len(batch),
+                "best_energy": best_energy,
+                "missing_batches": sorted(set(wanted) - set(seen)),
+                "jobs": [
+                    {
+                        "batch_id": bid,
+                        "node_id": res.get("node_id"),
+                        "seconds": res.get("seconds"),
+                        "evaluations": res.get("evaluations"),
+                    }
+                    for bid, res in seen.items()
+                ],
+            }
+        )
     return {
         "best_schedule": best_schedule,
         "best_gammas": best_schedule[:p],
