@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from quantum_mesh.observability import metrics
@@ -75,12 +75,13 @@ def test_node_freshness_and_forget() -> None:
     assert ("qmesh_node_fresh", (("peer_id", "12D3KooWStale"),)) not in _samples()
 
 
-def test_metrics_router_serves_prometheus_text() -> None:
+async def test_metrics_router_serves_prometheus_text() -> None:
     app = FastAPI()
     app.include_router(metrics.metrics_router)
     metrics.retry("fallback_node")
-    with TestClient(app) as client:
-        response = client.get("/metrics")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert 'qmesh_retries_total{reason="fallback_node"}' in response.text
