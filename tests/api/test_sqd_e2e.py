@@ -64,6 +64,14 @@ def test_sqd_over_mesh_matches_sequential_and_exact(coord: LiveCoordinator) -> N
     assert len(nodes) >= 2
     for b in res["batches"]:
         assert b["subspace_dim"] > 0 and b["seconds"] >= 0
+    # Progress was visible per batch while it ran, not only per iteration.
+    events = coord.http.get(f"/jobs/{run['run_id']}/events").json()["items"]
+    per_batch = [
+        e["payload"]["progress"]
+        for e in events
+        if e["event_type"] == "progress" and "iteration_batches_done" in e["payload"]["progress"]
+    ]
+    assert per_batch and per_batch[-1]["iteration_batches"] == PARAMS["n_batches"]
     problem, settings = parse_sqd_params(PARAMS)
     sequential = run_sqd(problem, settings=settings, solve_batches=solve_batches_locally)
     assert res["energy"] == pytest.approx(sequential["energy"], abs=1e-10)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,9 +59,12 @@ class MeshDispatcher:
         service_type: str,
         timeout: float | None = None,
         max_nodes: int | None = None,
+        on_done: Callable[[int, int], None] | None = None,
     ) -> list[dict[str, Any]]:
         """Run every job on some node; results in input order, each tagged with ``node_id``,
-        ``attempts`` and ``mesh_seconds`` (wall time of the invocation seen by the coordinator)."""
+        ``attempts`` and ``mesh_seconds`` (wall time of the invocation seen by the coordinator).
+
+        ``on_done(done, total)`` is called on the event loop as each job's result arrives."""
         if not jobs:
             return []
         nodes = self.nodes_for(service_type)
@@ -165,6 +168,8 @@ class MeshDispatcher:
                     reply["retried_after"] = item.errors
                 results[item.index] = reply
                 remaining -= 1
+                if on_done is not None:
+                    on_done(len(jobs) - remaining, len(jobs))
                 if remaining == 0:
                     done.set()
                     return

@@ -21,6 +21,8 @@ Runner = Callable[["WorkflowContext", dict[str, Any]], Awaitable[dict[str, Any]]
 VALIDATORS: dict[str, Validator] = {}
 RUNNERS: dict[str, Runner] = {}
 PORTFOLIO_KIND = "portfolio"
+# Fire-and-forget progress writes are kept referenced until they finish.
+_background: set[asyncio.Future[None]] = set()
 CHECKPOINT_TIMEOUT_S = 30.0
 
 
@@ -279,20 +281,29 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
     from quantum_mesh.quantum.sqd.loop import SQD_BATCH_METHOD, run_sqd, solve_batches_locally
     from quantum_mesh.quantum.sqd.params import parse_sqd_params
 
+    latest: dict[str, Any] = {"done": 0, "unit": "iterations"}
+
     def on_progress(p: dict[str, Any]) -> None:
-        ctx.progress_threadsafe(
-            {
-                "done": p["iteration"],
-                "total": p["max_iterations"],
-                "unit": "iterations",
-                "batches_done": p.get("batches_done"),
-                "energy": p.get("energy"),
-                "best_energy": p.get("best_energy"),
-            }
+        latest.update(
+            done=p["iteration"],
+            total=p["max_iterations"],
+            batches_done=p.get("batches_done"),
+            energy=p.get("energy"),
+            best_energy=p.get("best_energy"),
         )
+        ctx.progress_threadsafe(dict(latest))
+
+    def on_batch(done: int, total: int) -> None:
+        # Called on the event loop as each batch of the current iteration comes back.
+        if ctx.report_progress:
+            progress = {**latest, "iteration_batches_done": done, "iteration_batches": total}
+            task = asyncio.ensure_future(ctx.jobs.report_progress(ctx.job_id, progress))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
 
     def driver(bridge: LoopBridge) -> dict[str, Any]:
         problem, settings = parse_sqd_params(params)
+        latest["total"] = settings.max_iterations
 
         def solve_batches(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ctx.check_cancelled()
@@ -300,7 +311,11 @@ async def _run_sqd(ctx: WorkflowContext, params: dict[str, Any]) -> dict[str, An
                 return solve_batches_locally(jobs)
             return bridge.call(
                 ctx.dispatcher.dispatch(
-                    SQD_BATCH_METHOD, jobs, service_type="sqd_batch", max_nodes=ctx.max_nodes
+                    SQD_BATCH_METHOD,
+                    jobs,
+                    service_type="sqd_batch",
+                    max_nodes=ctx.max_nodes,
+                    on_done=on_batch,
                 )
             )
 
