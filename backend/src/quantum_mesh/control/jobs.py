@@ -358,16 +358,21 @@ class JobManager:
         else:
             await self.transition(job_id, status, plan_id=plan_id)
 
-        async def on_wave(completed: int, total: int) -> None:
+        total_fragments = len(plan_fragments_all)
+
+        async def on_committed() -> None:
+            # RESERVING ends when the first reservation is committed and work is sent.
             nonlocal status
             if status == JobStatus.RESERVING:
+                status = JobStatus.EXECUTING
                 await self.transition(
                     job_id,
                     JobStatus.EXECUTING,
-                    progress={"fragments_done": completed, "fragments_total": total},
+                    progress={"fragments_done": len(done), "fragments_total": total_fragments},
                 )
-                status = JobStatus.EXECUTING
-            elif completed:
+
+        async def on_wave(completed: int, total: int) -> None:
+            if completed and status == JobStatus.EXECUTING:
                 await self.report_progress(
                     job_id, {"fragments_done": completed, "fragments_total": total}
                 )
@@ -380,7 +385,10 @@ class JobManager:
             seed=seed,
             min_fidelity=min_fidelity,
             on_wave=on_wave,
+            on_committed=on_committed,
         )
+        if status == JobStatus.RESERVING:  # recovered with every fragment already done
+            await on_committed()
         order = {f.fragment_id: i for i, f in enumerate(fragments)}
         fragment_results.sort(key=lambda r: order[r["fragment_id"]])
         quantum_result = await asyncio.to_thread(

@@ -118,6 +118,7 @@ class CircuitRuntime:
         seed: int,
         min_fidelity: float | None,
         on_wave: Callable[[int, int], Awaitable[None]] | None = None,
+        on_committed: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results."""
         n = circuit.num_qubits
@@ -155,6 +156,7 @@ class CircuitRuntime:
                         operations=[ops_by_id[i].to_dict() for i in f["operation_ids"]],
                         seed=rng.randrange(2**31),
                         min_fidelity=min_fidelity,
+                        on_committed=on_committed,
                     )
                     for f in wave
                 )
@@ -264,6 +266,7 @@ class CircuitRuntime:
         operations: list[dict[str, Any]],
         seed: int,
         min_fidelity: float | None,
+        on_committed: Callable[[], Awaitable[None]] | None = None,
     ) -> FragmentOutcome:
         fid = fragment["fragment_id"]
         started = datetime.now(UTC)
@@ -286,6 +289,7 @@ class CircuitRuntime:
                 rng=rng,
                 started=started,
                 attempts_so_far=attempts,
+                on_committed=on_committed,
             )
             if isinstance(outcome, FragmentOutcome):
                 return outcome
@@ -313,6 +317,7 @@ class CircuitRuntime:
         rng: random.Random,
         started: datetime,
         attempts_so_far: int,
+        on_committed: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[FragmentOutcome | int, bool]:
         """One pass over the candidates. Returns (outcome or attempts used, whether some
         candidate refused only because it was busy, so another pass may succeed)."""
@@ -359,6 +364,8 @@ class CircuitRuntime:
                     if reservation.reason in BUSY_REASONS:
                         busy_refusals += 1
                     break
+                if on_committed is not None:
+                    await on_committed()
                 await self._event(
                     job_id,
                     "attempt_started",
