@@ -3,7 +3,6 @@ Qiskit result, against a live `qmesh coordinator` subprocess on real PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +26,6 @@ c = measure q;
 """
 
 
-@pytest.fixture(scope="module")
-def coord(
-    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
-) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(
-        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
-    )
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
 
 
 def _run(coord: LiveCoordinator, circuit: str, **extra: object) -> dict:

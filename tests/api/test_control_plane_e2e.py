@@ -25,18 +25,7 @@ def _big_circuit(seed: int, qubits: int = 10, depth: int = 40) -> tuple[str, Sta
     return qasm2.dumps(circuit), Statevector.from_instruction(circuit)
 
 
-@pytest.fixture(scope="module")
-def coord(
-    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
-) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(
-        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=2
-    )
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
+EMBEDDED_NODES = 2
 
 
 @pytest.fixture

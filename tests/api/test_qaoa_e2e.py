@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from tests.support.live import LiveCoordinator, wait_until
 
 from quantum_mesh.quantum.qaoa.classical import knapsack_dp, knapsack_greedy
-
-
-@pytest.fixture(scope="module")
-def coord(
-    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
-) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(
-        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
-    )
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
 
 
 def _instance(n: int, seed: int) -> tuple[list[int], list[int], int]:

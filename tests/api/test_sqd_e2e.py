@@ -3,7 +3,6 @@ sequential run, robust to a node killed mid-run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +29,6 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def coord(
-    tmp_path_factory: pytest.TempPathFactory, module_pg_url: str
-) -> Iterator[LiveCoordinator]:
-    live = LiveCoordinator(
-        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=3
-    )
-    live.start()
-    try:
-        yield live
-    finally:
-        live.stop()
 
 
 def _run(coord: LiveCoordinator, params: dict) -> dict:
