@@ -91,25 +91,17 @@ class SecurityMiddleware:
         if scope["type"] == "http":
             length = headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._reject(
-                    scope,
-                    send,
-                    413,
-                    "payload_too_large",
-                    f"Request body exceeds {self.max_body_bytes} bytes",
-                )
+                await self._too_large(scope, send)
                 return
             receive = self._limited(receive)
         try:
             await self.app(scope, receive, send)
         except _BodyTooLarge:
-            await self._reject(
-                scope,
-                send,
-                413,
-                "payload_too_large",
-                f"Request body exceeds {self.max_body_bytes} bytes",
-            )
+            await self._too_large(scope, send)
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        message = f"Request body exceeds {self.max_body_bytes} bytes"
+        await self._reject(scope, send, 413, "payload_too_large", message)
 
     @staticmethod
     def _presented_key(headers: dict[str, str]) -> str | None:

@@ -57,6 +57,19 @@ def job_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
+def job_message(job: Job, *, seq: int | None) -> dict[str, Any]:
+    """One job-status message, as the WebSocket stream and the hooks receive it."""
+    return {
+        "job_id": job.job_id,
+        "kind": job.kind,
+        "status": job.status,
+        "at": job.updated_at.isoformat(),
+        "progress": job.progress,
+        "error": job.error,
+        "seq": seq,
+    }
+
+
 class JobManager:
     def __init__(
         self,
@@ -186,15 +199,7 @@ class JobManager:
         return None if event is None else dict(event.payload["state"])
 
     def _publish(self, job: Job, *, seq: int | None) -> None:
-        message = {
-            "job_id": job.job_id,
-            "kind": job.kind,
-            "status": job.status,
-            "at": job.updated_at.isoformat(),
-            "progress": job.progress,
-            "error": job.error,
-            "seq": seq,
-        }
+        message = job_message(job, seq=seq)
         self.bus.publish(job.job_id, message)
         for hook in self.on_transition:
             hook(message)

@@ -326,13 +326,15 @@ class CircuitRuntime:
         busy_refusals = 0
         for node_id in self._candidates(fragment):
             if not self.registry.is_usable(node_id):
-                history.append({"node_id": node_id, "outcome": "skipped_unusable"})
-                await self._event(
+                await self._setback(
                     job_id,
+                    fid,
+                    history,
                     "node_skipped",
-                    fragment_id=fid,
                     node_id=node_id,
-                    payload={"reason": "stale, disconnected or not enrolled"},
+                    attempt=None,
+                    outcome="skipped_unusable",
+                    reason="stale, disconnected or not enrolled",
                 )
                 continue
             for node_attempt in range(1, self.settings.max_attempts_per_node + 1):
@@ -345,21 +347,15 @@ class CircuitRuntime:
                     fragment_id=fid,
                 )
                 if reservation.status != ReservationStatus.COMMITTED:
-                    history.append(
-                        {
-                            "node_id": node_id,
-                            "attempt": attempts,
-                            "outcome": "reservation_rejected",
-                            "reason": reservation.reason,
-                        }
-                    )
-                    await self._event(
+                    await self._setback(
                         job_id,
+                        fid,
+                        history,
                         "reservation_rejected",
-                        fragment_id=fid,
                         node_id=node_id,
                         attempt=attempts,
-                        payload={"reason": reservation.reason},
+                        outcome="reservation_rejected",
+                        reason=reservation.reason,
                     )
                     if reservation.reason in BUSY_REASONS:
                         busy_refusals += 1
@@ -394,21 +390,16 @@ class CircuitRuntime:
                 except RemoteError as exc:
                     await self.reservations.mark_executed(reservation.reservation_id)
                     self.registry.record_outcome(node_id, ok=False)
-                    history.append(
-                        {
-                            "node_id": node_id,
-                            "attempt": attempts,
-                            "outcome": "remote_error",
-                            "error": {"code": exc.code, "message": exc.message},
-                        }
-                    )
-                    await self._event(
+                    await self._setback(
                         job_id,
+                        fid,
+                        history,
                         "attempt_failed",
-                        fragment_id=fid,
                         node_id=node_id,
                         attempt=attempts,
-                        payload={"code": exc.code, "message": exc.message},
+                        outcome="remote_error",
+                        code=exc.code,
+                        message=exc.message,
                     )
                     if exc.code in _NON_RETRYABLE_REMOTE:
                         raise ExecutionFailed(
@@ -421,21 +412,16 @@ class CircuitRuntime:
                     await self._cancel_quietly(reservation.reservation_id, "invocation failed")
                     self.registry.record_outcome(node_id, ok=False)
                     kind = "timeout" if isinstance(exc, InvokeTimeout) else "connection_lost"
-                    history.append(
-                        {
-                            "node_id": node_id,
-                            "attempt": attempts,
-                            "outcome": kind,
-                            "error": str(exc),
-                        }
-                    )
-                    await self._event(
+                    await self._setback(
                         job_id,
+                        fid,
+                        history,
                         "attempt_failed",
-                        fragment_id=fid,
                         node_id=node_id,
                         attempt=attempts,
-                        payload={"code": kind, "message": str(exc)},
+                        outcome=kind,
+                        code=kind,
+                        message=str(exc),
                     )
                     if not self.registry.is_usable(node_id):
                         break
@@ -447,21 +433,16 @@ class CircuitRuntime:
                 self.registry.record_latency(node_id, elapsed)
                 if min_fidelity is not None and fidelity < min_fidelity:
                     self.registry.record_outcome(node_id, ok=False, observed_fidelity=fidelity)
-                    history.append(
-                        {
-                            "node_id": node_id,
-                            "attempt": attempts,
-                            "outcome": "fidelity_below_threshold",
-                            "observed_fidelity": fidelity,
-                        }
-                    )
-                    await self._event(
+                    await self._setback(
                         job_id,
+                        fid,
+                        history,
                         "fidelity_below_threshold",
-                        fragment_id=fid,
                         node_id=node_id,
                         attempt=attempts,
-                        payload={"observed_fidelity": fidelity, "min_fidelity": min_fidelity},
+                        outcome="fidelity_below_threshold",
+                        observed_fidelity=fidelity,
+                        min_fidelity=min_fidelity,
                     )
                     break
                 self.registry.record_outcome(node_id, ok=True, observed_fidelity=fidelity)
@@ -491,6 +472,24 @@ class CircuitRuntime:
                     False,
                 )
         return attempts, busy_refusals > 0
+
+    async def _setback(
+        self,
+        job_id: str,
+        fid: str,
+        history: list[dict[str, Any]],
+        event_type: str,
+        *,
+        node_id: str,
+        attempt: int | None,
+        outcome: str,
+        **details: Any,
+    ) -> None:
+        """A try that did not produce the fragment: into its history and the event log."""
+        history.append({"node_id": node_id, "attempt": attempt, "outcome": outcome, **details})
+        await self._event(
+            job_id, event_type, fragment_id=fid, node_id=node_id, attempt=attempt, payload=details
+        )
 
     def _delay(self, attempt: int, rng: random.Random) -> float:
         return backoff_delay(

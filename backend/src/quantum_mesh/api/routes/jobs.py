@@ -9,7 +9,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
 from quantum_mesh.control import repository as repo
-from quantum_mesh.control.jobs import job_to_dict
+from quantum_mesh.control.jobs import job_message, job_to_dict
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import NotFound
 from quantum_mesh.schemas.jobs import JobOut
@@ -91,16 +91,7 @@ async def job_events(websocket: WebSocket, job_id: str) -> None:
             )
             await websocket.close(code=4404)
             return
-        current = {
-            "job_id": job.job_id,
-            "kind": job.kind,
-            "status": job.status,
-            "at": job.updated_at.isoformat(),
-            "progress": job.progress,
-            "error": job.error,
-            "seq": None,
-            "initial": True,
-        }
+        current = {**job_message(job, seq=None), "initial": True}
         await websocket.send_json(current)
         last_status = job.status
         while JobStatus(last_status) not in TERMINAL_JOB_STATES:
