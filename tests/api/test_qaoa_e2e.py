@@ -41,6 +41,29 @@ def test_knapsack_60_items_across_nodes(coord: LiveCoordinator) -> None:
     assert run["progress"]["done"] == run["progress"]["total"]
 
 
+def test_knapsack_with_distributed_angle_search(coord: LiveCoordinator) -> None:
+    values, weights, capacity = _instance(60, seed=8)
+    r = coord.http.post(
+        "/workflows/runs",
+        json={
+            "kind": "qaoa_knapsack",
+            "params": {
+                "values": values,
+                "weights": weights,
+                "capacity": capacity,
+                "seed": 1,
+                "optimizer": "distributed",
+            },
+        },
+    )
+    run = coord.wait_job(r.json()["run_id"], timeout=300, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", run["error"]
+    res = run["result"]
+    assert res["settings"]["optimizer"] == "distributed"
+    assert res["total_weight"] <= capacity and res["total_value"] >= res["greedy_value"]
+    assert res["total_value"] >= 0.97 * res["optimum_value"]
+
+
 def test_portfolio_10_assets_reaches_brute_force_optimum(coord: LiveCoordinator) -> None:
     rng = np.random.default_rng(5)
     n = 10
@@ -100,12 +123,27 @@ def test_cancelling_a_running_workflow_stops_its_mesh_work(coord: LiveCoordinato
     values, weights, capacity = _instance(200, seed=11)
     baseline = _qaoa_block_invocations(coord)
     # 16-qubit blocks take a noticeable time each, so the cancel lands mid-run.
-    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {
-        "values": values, "weights": weights, "capacity": capacity, "seed": 5, "block_size": 16,
-        "beam_width": beam_width}})
+    r = coord.http.post(
+        "/workflows/runs",
+        json={
+            "kind": "qaoa_knapsack",
+            "params": {
+                "values": values,
+                "weights": weights,
+                "capacity": capacity,
+                "seed": 5,
+                "block_size": 16,
+                "beam_width": beam_width,
+            },
+        },
+    )
     run_id = r.json()["run_id"]
-    wait_until(lambda: _qaoa_block_invocations(coord) > baseline, timeout=120, interval=0.02,
-               what="first block job sent")
+    wait_until(
+        lambda: _qaoa_block_invocations(coord) > baseline,
+        timeout=120,
+        interval=0.02,
+        what="first block job sent",
+    )
     cancelled = coord.http.post(f"/jobs/{run_id}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "CANCELLED"
     at_cancel = _qaoa_block_invocations(coord) - baseline

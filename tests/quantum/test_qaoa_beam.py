@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from quantum_mesh.errors import InvalidInput
 from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.qaoa import beam, classical, engine, worker
 from quantum_mesh.quantum.qaoa.solver import qubo_problem
@@ -246,3 +247,44 @@ def test_resuming_from_a_checkpoint_skips_finished_blocks(baseline: dict[str, An
         )
     )
     assert min(sent_blocks) == 0
+
+
+def test_distributed_angle_search_per_block() -> None:
+    values, weights, capacity = knapsack_instance(3)
+    schedule_payloads: list[dict[str, Any]] = []
+    inner = local_dispatch(worker.evaluate_schedules, nodes=3)
+
+    async def schedules(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        schedule_payloads.extend(payloads)
+        return await inner(payloads)
+
+    settings = beam.KnapsackSettings(optimizer="distributed")
+    result = asyncio.run(
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=local_dispatch(worker.solve_block),
+            schedule_dispatch=schedules,
+            settings=settings,
+            seed=3,
+        )
+    )
+    assert result["total_weight"] <= capacity
+    assert result["total_value"] >= result["greedy_value"]
+    assert result["total_value"] >= 0.97 * result["optimum_value"]
+    blocks = len(result["block_items"])
+    # Each block's schedules were split over several payloads (several nodes at once).
+    assert len(schedule_payloads) >= 2 * blocks
+    assert all(b["candidates"] for b in result["blocks"])
+    with pytest.raises(InvalidInput):
+        asyncio.run(
+            beam.solve_knapsack(
+                values,
+                weights,
+                capacity,
+                dispatch=local_dispatch(worker.solve_block),
+                settings=settings,
+                seed=3,
+            )
+        )

@@ -177,6 +177,7 @@ async def _run_knapsack(ctx: WorkflowContext, params: dict[str, Any]) -> dict[st
             on_progress=on_progress,
             checkpoint=ctx.checkpoint_threadsafe,
             resume=resume,
+            schedule_dispatch=ctx.mesh_dispatch(bridge, beam.METHOD_SCHEDULES, "qaoa_block"),
         )
 
     return await run_async_driver(driver)

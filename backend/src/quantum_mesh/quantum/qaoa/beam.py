@@ -40,6 +40,13 @@ Dispatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
 Progress = Callable[[dict[str, Any]], None]
 
 
+#: ``grid`` and ``cobyla`` choose each block's angles inside the node that solves it;
+#: ``distributed`` first evaluates a batch of (gamma, beta) schedules for the block on several
+#: nodes at once (``qaoa_schedules``), refines the best, then solves every beam entry of the
+#: block with those fixed angles.
+KNAPSACK_OPTIMIZERS = (*OPTIMIZERS, "distributed")
+
+
 @dataclass(frozen=True)
 class KnapsackSettings:
     """Tuning of :func:`solve_knapsack` (validated on creation).
@@ -65,7 +72,10 @@ class KnapsackSettings:
             (1 <= self.block_size <= 20, "block_size must be in [1, 20]"),
             (1 <= self.beam_width <= 32, "beam_width must be in [1, 32]"),
             (1 <= self.p <= MAX_P, f"p must be in [1, {MAX_P}]"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (
+                self.optimizer in KNAPSACK_OPTIMIZERS,
+                f"optimizer must be one of {KNAPSACK_OPTIMIZERS}",
+            ),
             (2 <= self.grid_size <= 32, "grid_size must be in [2, 32]"),
             (1 <= self.maxiter <= 2000, "maxiter must be in [1, 2000]"),
             (1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
@@ -242,6 +252,37 @@ def _block_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _with_distributed_angles(
+    jobs: list[BlockJob],
+    *,
+    settings: KnapsackSettings,
+    seed: int,
+    dispatch: Dispatch,
+    ledger: _Ledger,
+) -> list[BlockJob]:
+    """Pick the block's angles by a distributed schedule search on its leading beam entry,
+    then fix them for every entry of the block (angles act on the normalised cost, so they
+    carry over between entries whose contexts differ)."""
+    started = time.perf_counter()
+    found = await search_parameters(
+        jobs[0].to_dict(),
+        dispatch=dispatch,
+        n_schedules=settings.grid_size**2,
+        seed=seed,
+        p=settings.p,
+        jobs=max(2, min(8, settings.beam_width)),
+        refine_rounds=1,
+    )
+    ledger.dispatch_s += time.perf_counter() - started
+    fixed = {
+        "p": settings.p,
+        "gammas": found["best_gammas"],
+        "betas": found["best_betas"],
+        "shots": settings.shots,
+    }
+    return [replace(job, qaoa=fixed) for job in jobs]
+
+
 async def solve_knapsack(
     values: list[int],
     weights: list[int],
@@ -253,6 +294,7 @@ async def solve_knapsack(
     on_progress: Progress | None = None,
     checkpoint: Callable[[dict[str, Any]], None] | None = None,
     resume: Mapping[str, Any] | None = None,
+    schedule_dispatch: Dispatch | None = None,
 ) -> dict[str, Any]:
     """0/1 knapsack by QAOA on blocks with a beam of ``settings.beam_width`` partial solutions.
 
@@ -296,6 +338,8 @@ async def solve_knapsack(
         "maxiter": settings.maxiter,
         "shots": settings.shots,
     }
+    if settings.optimizer == "distributed" and schedule_dispatch is None:
+        raise InvalidInput("optimizer 'distributed' needs a schedule dispatch (qaoa_schedules).")
     ledger = _Ledger()
     beam = [_Entry(selected=(), value=0, weight=0, score=0.0)]
     block_log: list[dict[str, Any]] = []
@@ -336,6 +380,15 @@ async def solve_knapsack(
             )
             for e, entry in enumerate(beam)
         ]
+        if settings.optimizer == "distributed":
+            assert schedule_dispatch is not None
+            jobs = await _with_distributed_angles(
+                jobs,
+                settings=settings,
+                seed=_seed_for(seed, b, 1 << 20),
+                dispatch=schedule_dispatch,
+                ledger=ledger,
+            )
         results = await _run_jobs(
             jobs,
             dispatch=dispatch,
