@@ -18,6 +18,16 @@ app = typer.Typer(
 )
 
 DEFAULT_API = "http://127.0.0.1:8000"
+
+
+@app.callback()
+def _setup() -> None:
+    """Structured logs go to stderr for every command, so stdout stays for results."""
+    from quantum_mesh.config import Settings
+    from quantum_mesh.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
