@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,6 +64,30 @@ def _heard(coord: LiveCoordinator, peer_id: str) -> None:
     wait_until(fresh, timeout=30, what=f"{peer_id} heard")
 
 
+@contextmanager
+def _standalone(
+    coord: LiveCoordinator, tmp_path: Path, *specs: dict[str, Any]
+) -> Iterator[list[tuple[LiveNode, str]]]:
+    """Start standalone nodes (enrolled and approved unless ``approve=False``), wait until
+    each is heard, and stop them all afterwards."""
+    started: list[tuple[LiveNode, str]] = []
+    try:
+        for spec in specs:
+            spec = dict(spec)
+            approve = spec.pop("approve", True)
+            node = LiveNode(tmp_path, coord.bootstrap_addr(), **spec)
+            peer_id = _enroll(coord, node) if approve else node.peer_id()
+            started.append((node, peer_id))
+        for node, _ in started:
+            node.start()
+        for _, peer_id in started:
+            _heard(coord, peer_id)
+        yield started
+    finally:
+        for node, _ in started:
+            node.stop()
+
+
 def _submit(coord: LiveCoordinator, circuit: str, **kw: object) -> str:
     r = coord.http.post("/circuits/submit", json={"circuit": circuit, **kw})
     assert r.status_code == 202, r.text
@@ -71,15 +97,9 @@ def _submit(coord: LiveCoordinator, circuit: str, **kw: object) -> str:
 def test_unenrolled_node_never_gets_work(
     coord: LiveCoordinator, tmp_path: Path, only_standalone: None
 ) -> None:
-    trusted = LiveNode(tmp_path, coord.bootstrap_addr(), name="trusted")
-    stranger = LiveNode(tmp_path, coord.bootstrap_addr(), name="stranger")
-    trusted_id = _enroll(coord, trusted)
-    stranger_id = stranger.peer_id()
-    trusted.start()
-    stranger.start()
-    try:
-        _heard(coord, trusted_id)
-        _heard(coord, stranger_id)
+    with _standalone(
+        coord, tmp_path, {"name": "trusted"}, {"name": "stranger", "approve": False}
+    ) as [(_, trusted_id), (_, stranger_id)]:
         assert coord.http.get(f"/discovery/peers/{stranger_id}").json()["enrollment"] is None
         jobs = [_submit(coord, BELL, seed=i) for i in range(3)]
         for job_id in jobs:
@@ -88,22 +108,12 @@ def test_unenrolled_node_never_gets_work(
             assert {f["node_id"] for f in job["fragment_results"]} == {trusted_id}
         services = coord.http.get("/services").json()["items"]
         assert all(stranger_id not in s["peers"] for s in services)
-    finally:
-        trusted.stop()
-        stranger.stop()
 
 
 def test_suspended_node_stops_getting_work(
     coord: LiveCoordinator, tmp_path: Path, only_standalone: None
 ) -> None:
-    a = LiveNode(tmp_path, coord.bootstrap_addr(), name="a")
-    b = LiveNode(tmp_path, coord.bootstrap_addr(), name="b")
-    a_id, b_id = _enroll(coord, a), _enroll(coord, b)
-    a.start()
-    b.start()
-    try:
-        _heard(coord, a_id)
-        _heard(coord, b_id)
+    with _standalone(coord, tmp_path, {"name": "a"}, {"name": "b"}) as [(_, a_id), (_, b_id)]:
         r = coord.http.post(f"/enrollment/peers/{a_id}/action", json={"action": "suspend"})
         assert r.json()["status"] == "SUSPENDED"
         text, _ = _big_circuit(3, qubits=4, depth=10)
@@ -112,22 +122,15 @@ def test_suspended_node_stops_getting_work(
         assert {f["node_id"] for f in job["fragment_results"]} == {b_id}
         plan = coord.http.get(f"/plans/{job['plan_id']}").json()
         assert all(a_id not in [f["primary_node"], *f["fallback_nodes"]] for f in plan["fragments"])
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_node_killed_mid_job_leaves_job_completed_on_survivor(
     coord: LiveCoordinator, tmp_path: Path, only_standalone: None
 ) -> None:
-    victim = LiveNode(tmp_path, coord.bootstrap_addr(), name="victim")
-    survivor = LiveNode(tmp_path, coord.bootstrap_addr(), name="survivor")
-    victim_id, survivor_id = _enroll(coord, victim), _enroll(coord, survivor)
-    victim.start()
-    survivor.start()
-    try:
-        _heard(coord, victim_id)
-        _heard(coord, survivor_id)
+    with _standalone(coord, tmp_path, {"name": "victim"}, {"name": "survivor"}) as [
+        (victim, victim_id),
+        (_, survivor_id),
+    ]:
         text, expected = _big_circuit(11, qubits=12, depth=60)
         job_id = _submit(coord, text, seed=4)
 
@@ -163,9 +166,6 @@ def test_node_killed_mid_job_leaves_job_completed_on_survivor(
         events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
         completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]
         assert len(completed) == len(set(completed)) == len(job["fragment_results"])
-    finally:
-        victim.stop()
-        survivor.stop()
 
 
 def test_low_fidelity_node_is_skipped_for_fallback(
@@ -173,16 +173,11 @@ def test_low_fidelity_node_is_skipped_for_fallback(
 ) -> None:
     # The noisy node advertises the better fidelity, so the planner picks it first; the
     # fidelity it really delivers is below the job's minimum, so the runtime falls back.
-    noisy = LiveNode(
-        tmp_path, coord.bootstrap_addr(), name="noisy", noise_level=0.4, fidelity=0.999
-    )
-    clean = LiveNode(tmp_path, coord.bootstrap_addr(), name="clean", fidelity=0.95)
-    noisy_id, clean_id = _enroll(coord, noisy), _enroll(coord, clean)
-    noisy.start()
-    clean.start()
-    try:
-        _heard(coord, noisy_id)
-        _heard(coord, clean_id)
+    noisy_spec = {"name": "noisy", "noise_level": 0.4, "fidelity": 0.999}
+    with _standalone(coord, tmp_path, noisy_spec, {"name": "clean", "fidelity": 0.95}) as [
+        (_, noisy_id),
+        (_, clean_id),
+    ]:
         job = coord.wait_job(_submit(coord, BELL, seed=2, min_fidelity=0.9))
         assert job["status"] == "COMPLETED", json.dumps(job["error"])[:3000]
         plan = coord.http.get(f"/plans/{job['plan_id']}").json()
@@ -194,9 +189,6 @@ def test_low_fidelity_node_is_skipped_for_fallback(
         assert job["quantum_result"]["fidelity"] == pytest.approx(1.0, abs=1e-9)
         history = coord.http.get(f"/metrics/fidelity/{noisy_id}").json()
         assert history["observed_executions"] == [] or history["advertised"] == pytest.approx(0.999)
-    finally:
-        noisy.stop()
-        clean.stop()
 
 
 def test_websocket_sees_every_transition_in_order(coord: LiveCoordinator) -> None:

@@ -92,6 +92,18 @@ class MeshDispatcher:
         failure: list[BaseException] = []
         dead_nodes: set[str] = set()
 
+        def give_up(message: str, errors: list[dict[str, Any]]) -> None:
+            failure.append(ExecutionFailed(message, details={"errors": errors}))
+            done.set()
+
+        def requeue(item: _Pending, node_id: str) -> None:
+            """Back on the queue for another node, unless it has failed too often."""
+            item.excluded.add(node_id)
+            if item.attempts >= MAX_ATTEMPTS_PER_JOB:
+                give_up(f"Job {item.index} of {method} failed {item.attempts} times", item.errors)
+            else:
+                queue.put_nowait(item)
+
         async def slot(node_id: str) -> None:
             nonlocal remaining
             while not done.is_set():
@@ -106,13 +118,7 @@ class MeshDispatcher:
                     # Let another node take it; if every live node is excluded, give up on it.
                     alive = [n for n in nodes if n not in dead_nodes and n not in item.excluded]
                     if not alive:
-                        failure.append(
-                            ExecutionFailed(
-                                f"Job {item.index} of {method} failed on every node",
-                                details={"errors": item.errors},
-                            )
-                        )
-                        done.set()
+                        give_up(f"Job {item.index} of {method} failed on every node", item.errors)
                         return
                     queue.put_nowait(item)
                     await asyncio.sleep(0.01)
@@ -135,15 +141,9 @@ class MeshDispatcher:
                         {"node_id": node_id, "code": exc.code, "message": exc.message}
                     )
                     if exc.code in _FATAL_REMOTE:
-                        failure.append(
-                            ExecutionFailed(
-                                f"{method} rejected by {node_id}: {exc.message}",
-                                details={"code": exc.code},
-                            )
-                        )
-                        done.set()
+                        give_up(f"{method} rejected by {node_id}: {exc.message}", item.errors)
                         return
-                    self._requeue(item, node_id, queue, failure, done, method)
+                    requeue(item, node_id)
                     continue
                 except MeshError as exc:
                     self.registry.record_outcome(node_id, ok=False)
@@ -154,10 +154,9 @@ class MeshDispatcher:
                         "dispatch.node_failed", node_id=node_id, method=method, error=str(exc)
                     )
                     dead_nodes.add(node_id)
-                    self._requeue(item, node_id, queue, failure, done, method)
+                    requeue(item, node_id)
                     if len(dead_nodes) >= len(nodes):
-                        failure.append(ExecutionFailed(f"Every node failed while running {method}"))
-                        done.set()
+                        give_up(f"Every node failed while running {method}", item.errors)
                     return
                 self.registry.record_outcome(node_id, ok=True)
                 reply = dict(reply)
@@ -191,24 +190,3 @@ class MeshDispatcher:
         if any(r is None for r in results):
             raise ExecutionFailed(f"{method}: some jobs could not be run on any node")
         return [r for r in results if r is not None]
-
-    @staticmethod
-    def _requeue(
-        item: _Pending,
-        node_id: str,
-        queue: asyncio.Queue[_Pending],
-        failure: list[BaseException],
-        done: asyncio.Event,
-        method: str,
-    ) -> None:
-        item.excluded.add(node_id)
-        if item.attempts >= MAX_ATTEMPTS_PER_JOB:
-            failure.append(
-                ExecutionFailed(
-                    f"Job {item.index} of {method} failed {item.attempts} times",
-                    details={"errors": item.errors},
-                )
-            )
-            done.set()
-            return
-        queue.put_nowait(item)
