@@ -28,6 +28,8 @@ def _setup() -> None:
 
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json)
+
+
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 

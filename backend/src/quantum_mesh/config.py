@@ -39,11 +39,23 @@ class Settings(BaseSettings):
     invoke_timeout_s: float = 30.0
     max_frame_bytes: int = 64 * 1024 * 1024
 
-    # --- runtime ---------------------------------------------------------------------------
-    max_attempts_per_node: int = 2
-    capacity_wait_s: float = 30.0
-    retry_base_delay_s: float = 0.2
-    retry_max_delay_s: float = 2.0
+    # --- work queue and scheduling --------------------------------------------------------
+    #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.
+    max_queued_jobs: int = Field(default=2000, ge=1)
+    #: A unit of mesh work fails after this many executions that failed with real errors.
+    max_unit_attempts: int = Field(default=4, ge=1)
+    #: Longest a unit waits for a node with a free slot (busy/restarting nodes mean wait).
+    unit_deadline_s: float = Field(default=600.0, gt=0)
+    #: Longest a unit waits when no known node offers its service at all.
+    capacity_wait_s: float = Field(default=30.0, ge=0)
+
+    # --- coordinator worker pools -----------------------------------------------------------
+    #: Threads for short CPU steps of running jobs (planning, composing, analysis).
+    compute_threads: int = Field(default=2, ge=1)
+    #: Threads for workload drivers (one per concurrently running workflow).
+    driver_threads: int = Field(default=16, ge=1)
+    #: Processes for input validation (circuit parsing, pyscf mean-field runs).
+    validation_processes: int = Field(default=1, ge=1)
 
     # --- planner cost weights --------------------------------------------------------------
     cost_weight_latency: float = 1.0

@@ -15,6 +15,14 @@ class QMeshError(Exception):
         self.message = message
         self.details = details or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep ``details`` when the error crosses a process boundary (validation workers).
+        return (_rebuild, (type(self), self.message, self.details))
+
+
+def _rebuild(cls: type[QMeshError], message: str, details: dict[str, Any]) -> QMeshError:
+    return cls(message, details=details)
+
 
 class InvalidInput(QMeshError):
     code = "invalid_input"
@@ -40,6 +48,25 @@ class NoCapacity(QMeshError):
 
 class ExecutionFailed(QMeshError):
     code = "execution_failed"
+
+
+class DeadlineExceeded(ExecutionFailed):
+    """Work waited longer than its deadline for a node with a free slot."""
+
+    code = "deadline_exceeded"
+
+
+class Overloaded(QMeshError):
+    """The work queue is full: the client should retry after ``retry_after_s``."""
+
+    code = "overloaded"
+
+    def __init__(
+        self, message: str, *, retry_after_s: int = 1, details: dict[str, Any] | None = None
+    ) -> None:
+        retry_after_s = int((details or {}).get("retry_after_s", retry_after_s))
+        super().__init__(message, details={**(details or {}), "retry_after_s": retry_after_s})
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(QMeshError):

@@ -17,6 +17,7 @@ from quantum_mesh.errors import (
     InvalidInput,
     NoCapacity,
     NotFound,
+    Overloaded,
     QMeshError,
     Unavailable,
 )
@@ -28,6 +29,7 @@ _STATUS: list[tuple[type[QMeshError], int]] = [
     (InvalidCircuit, 400),
     (InvalidInput, 422),
     (NotFound, 404),
+    (Overloaded, 429),
     (Conflict, 409),
     (NoCapacity, 503),
     (Unavailable, 503),
@@ -71,7 +73,8 @@ def _status_for(exc: QMeshError) -> int:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QMeshError)
     async def _domain(_request: Request, exc: QMeshError) -> JSONResponse:
-        return error_response(_status_for(exc), exc.code, exc.message, exc.details)
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        return error_response(_status_for(exc), exc.code, exc.message, exc.details, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,9 +16,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from quantum_mesh.config import Settings
-from quantum_mesh.control.benchmarks import BENCHMARK_KIND
 from quantum_mesh.control.bus import JobEventBus
-from quantum_mesh.control.dispatch import MeshDispatcher
+from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.docstore import DocumentStore
 from quantum_mesh.control.enrollment import EnrollmentService
 from quantum_mesh.control.instrumented import InstrumentedMesh
@@ -27,8 +26,9 @@ from quantum_mesh.control.journal import Journal
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.reservations import ReservationService
 from quantum_mesh.control.runtime import CircuitRuntime
+from quantum_mesh.control.scheduler import WorkScheduler
 from quantum_mesh.control.states import EnrollmentStatus
-from quantum_mesh.control.workflows import register_workflows
+from quantum_mesh.control.workflows import BENCHMARK_KIND, CircuitWorkload, register_processors
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import MeshError
@@ -72,7 +72,8 @@ class Coordinator:
         self.enrollment = EnrollmentService(
             db=self.db, registry=self.registry, reservations=self.reservations
         )
-        self.runtime = CircuitRuntime(
+        self.compute = ComputePools(settings)
+        self.scheduler = WorkScheduler(
             db=self.db,
             mesh=mesh_port,
             registry=self.registry,
@@ -80,15 +81,24 @@ class Coordinator:
             settings=settings,
             journal=self.journal,
         )
+        self.runtime = CircuitRuntime(
+            db=self.db, scheduler=self.scheduler, compute=self.compute, journal=self.journal
+        )
         self.jobs = JobManager(
             db=self.db,
             bus=self.bus,
-            registry=self.registry,
-            runtime=self.runtime,
+            scheduler=self.scheduler,
+            compute=self.compute,
             settings=settings,
         )
-        self.dispatcher = MeshDispatcher(mesh=mesh_port, registry=self.registry, settings=settings)
-        register_workflows(self.jobs, self.dispatcher)
+        self.circuits = CircuitWorkload(
+            db=self.db,
+            registry=self.registry,
+            runtime=self.runtime,
+            compute=self.compute,
+            settings=settings,
+        )
+        register_processors(self.jobs, self.circuits)
         self.jobs.on_transition.append(lambda m: metrics.job_transition(m["kind"], m["status"]))
         self.jobs.on_transition.append(self._project_benchmark)
         self.jobs.on_transition.append(
@@ -114,6 +124,7 @@ class Coordinator:
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.compute.start()
         await asyncio.to_thread(run_migrations, self.db.url)
         await self.enrollment.load_into_registry()
         await self._restore_snapshots()
@@ -140,6 +151,7 @@ class Coordinator:
                     embedded=True,
                 )
             await self.supervisor.start()
+        self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._ping_loop(), name="ping-loop"),
             asyncio.create_task(self._sweep_loop(), name="reservation-sweeper"),
@@ -159,6 +171,8 @@ class Coordinator:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.jobs.shutdown()
+        await self.scheduler.stop()
+        self.compute.shutdown()
         await self.docstore.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
@@ -220,6 +234,7 @@ class Coordinator:
                 addrs=data.get("listen_addrs"),
             )
         self._dirty_snapshots.add(entry.peer_id)
+        self.scheduler.node_heard(entry.peer_id)
 
     def _project_benchmark(self, message: dict[str, Any]) -> None:
         if message["kind"] != BENCHMARK_KIND or message["status"] != "COMPLETED":

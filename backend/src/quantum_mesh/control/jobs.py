@@ -1,40 +1,66 @@
-"""The job manager: sole writer of job state, from submission through recovery.
+"""The job manager: the one place where a job's state changes, from submission to the end.
 
-Every transition is committed before it is published (WebSocket, logs), so nothing a client
-sees can be lost by a crash. Work runs in background tasks that this manager tracks; on start-up
-``recover`` re-attaches to every unfinished job and continues it from its persisted events.
+One template runs every job, whatever its kind: QUEUED → COMPILING → RESERVING → EXECUTING →
+COMPLETED/FAILED/CANCELLED. Workloads are processors (``control/workflows/``) that compile
+and execute through a narrow :class:`JobHandle`; they never touch job state. RESERVING ends
+when the job's first unit of mesh work has its reservation committed (the scheduler tells us)
+and work is about to be sent. Every transition is committed before it is published
+(WebSocket, hooks), so nothing a client sees can be lost by a crash; on start-up
+``recover`` re-enters the same template for every unfinished job, and the processors resume
+from what they persisted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.bus import JobEventBus
-from quantum_mesh.control.planner import CostWeights, FragmentSpec, plan_fragments
-from quantum_mesh.control.registry import PeerRegistry
-from quantum_mesh.control.runtime import CircuitRuntime
+from quantum_mesh.control.compute import ComputePools
+from quantum_mesh.control.scheduler import UnitOutcome, WorkScheduler, WorkUnit
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
-from quantum_mesh.errors import Conflict, NoCapacity, QMeshError
+from quantum_mesh.errors import Conflict, Overloaded, QMeshError
 from quantum_mesh.logs import get_logger
-from quantum_mesh.quantum.analysis import build_quantum_result
-from quantum_mesh.quantum.circuits.fragments import build_fragments
-from quantum_mesh.quantum.circuits.parse import parse_circuit
+from quantum_mesh.observability import metrics
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.tables import Job
 
 log = get_logger(__name__)
 
+#: Completions counted for the Retry-After estimate.
+_RATE_WINDOW_S = 10.0
+
+
+class JobCancelled(QMeshError):
+    code = "cancelled"
+
+
 CIRCUIT_KIND = "circuit"
-CAPACITY_POLL_S = 0.25
-Processor = Callable[[str], Awaitable[None]]
+
+
+class JobProcess(Protocol):
+    """One job's workload: what it does between QUEUED and its end (made per job, so it may
+    keep what ``compile`` prepared for ``execute``)."""
+
+    async def compile(self) -> str | None:
+        """Prepare the work (parse, plan). Returns a plan id, if the workload has plans."""
+        ...
+
+    async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Run the work; returns the result and the final progress (None: keep the last)."""
+        ...
+
+
+Processor = Callable[["JobHandle"], JobProcess]
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
@@ -70,31 +96,112 @@ def job_message(job: Job, *, seq: int | None) -> dict[str, Any]:
     }
 
 
+class JobHandle:
+    """What a processor may do with its job: read the request, report progress, keep
+    checkpoints, run units of mesh work, use the worker pools, notice cancellation."""
+
+    def __init__(self, manager: JobManager, job: Job) -> None:
+        self._manager = manager
+        self.job_id = job.job_id
+        self.kind = job.kind
+        self.request: dict[str, Any] = dict(job.request)
+        self.status = JobStatus(job.status)
+        self.compute = manager.compute
+        #: Distinguishes unit ids of this (re)start from those of a run before a crash.
+        self.run_token = uuid.uuid4().hex[:6]
+        self._units = 0
+
+    @property
+    def cancelled(self) -> bool:
+        return self.job_id in self._manager.cancelled
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise JobCancelled(f"Job {self.job_id} was cancelled")
+
+    def new_unit_id(self, method: str) -> str:
+        self._units += 1
+        return f"{method}/{self.run_token}/{self._units}"
+
+    async def progress(self, progress: dict[str, Any]) -> None:
+        await self._manager.report_progress(self.job_id, progress)
+
+    async def checkpoint(self, state: dict[str, Any]) -> None:
+        await self._manager.save_checkpoint(self.job_id, state)
+
+    async def last_checkpoint(self) -> dict[str, Any] | None:
+        return await self._manager.last_checkpoint(self.job_id)
+
+    async def run_unit(self, unit: WorkUnit) -> UnitOutcome:
+        self.check_cancelled()
+        return await self._manager.scheduler.run(unit)
+
+    async def run_units(
+        self,
+        units: Sequence[WorkUnit],
+        *,
+        on_done: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> list[UnitOutcome]:
+        self.check_cancelled()
+        return await self._manager.scheduler.run_many(units, on_done=on_done)
+
+    def nodes_offering(self, service_type: str) -> list[str]:
+        """Usable nodes offering ``service_type`` now, by peer ID."""
+        registry = self._manager.scheduler.registry
+        return sorted(v.peer_id for v in registry.usable_snapshot() if service_type in v.services)
+
+
 class JobManager:
     def __init__(
         self,
         *,
         db: Database,
         bus: JobEventBus,
-        registry: PeerRegistry,
-        runtime: CircuitRuntime,
+        scheduler: WorkScheduler,
+        compute: ComputePools,
         settings: Settings,
     ) -> None:
         self.db = db
         self.bus = bus
-        self.registry = registry
-        self.runtime = runtime
+        self.scheduler = scheduler
+        self.compute = compute
         self.settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
         #: Jobs cancelled while running: driver threads poll this to stop dispatching.
         self.cancelled: set[str] = set()
-        self._processors: dict[str, Processor] = {CIRCUIT_KIND: self._process_circuit}
+        self._processors: dict[str, Processor] = {}
+        self._status: dict[str, JobStatus] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._finished_at: deque[float] = deque(maxlen=10_000)
         self.on_transition: list[Callable[[dict[str, Any]], None]] = []
+        scheduler.on_committed = self._unit_committed
 
     def register_processor(self, kind: str, processor: Processor) -> None:
         self._processors[kind] = processor
 
     # --- submission ----------------------------------------------------------------------
+    @property
+    def active(self) -> int:
+        """Jobs accepted and not yet finished (the admission-control queue)."""
+        return len(self._tasks)
+
+    def admit(self) -> None:
+        """Refuse new work with 429 while the queue is full, with an honest Retry-After."""
+        bound = self.settings.max_queued_jobs
+        if self.active < bound:
+            return
+        now = time.monotonic()
+        recent = sum(1 for t in self._finished_at if now - t <= _RATE_WINDOW_S)
+        rate = recent / _RATE_WINDOW_S
+        metrics.job_rejected()
+        excess = self.active - bound + 1
+        retry_after = 60 if rate <= 0 else min(60, max(1, math.ceil(excess / rate)))
+        raise Overloaded(
+            f"The coordinator has {self.active} unfinished jobs (limit {bound}); retry later",
+            retry_after_s=retry_after,
+            details={"active_jobs": self.active, "limit": bound},
+        )
+
     async def submit(
         self, *, kind: str, request: dict[str, Any], idempotency_key: str | None
     ) -> tuple[Job, bool]:
@@ -105,6 +212,7 @@ class JobManager:
             if existing is not None:
                 self._check_same_request(existing, kind, request)
                 return existing, False
+        self.admit()
         job_id = str(uuid.uuid4())
         try:
             async with self.db.transaction() as session:
@@ -123,8 +231,9 @@ class JobManager:
                 raise
             self._check_same_request(existing, kind, request)
             return existing, False
+        self._status[job_id] = JobStatus.QUEUED
         self._publish(job, seq=None)
-        self._spawn(job.job_id, kind)
+        self._spawn(job.job_id)
         return job, True
 
     @staticmethod
@@ -135,21 +244,12 @@ class JobManager:
                 details={"job_id": existing.job_id},
             )
 
-    async def submit_circuit(
-        self, *, request: dict[str, Any], idempotency_key: str | None
-    ) -> tuple[Job, bool]:
-        # Parse before accepting, so a bad circuit is a 400 and never a FAILED job.
-        await asyncio.to_thread(parse_circuit, request["circuit"])
-        return await self.submit(
-            kind=CIRCUIT_KIND, request=request, idempotency_key=idempotency_key
-        )
-
     # --- reads ---------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:
         async with self.db.transaction() as session:
             return await repo.get_job(session, job_id=job_id)
 
-    # --- transitions ---------------------------------------------------------------------
+    # --- transitions (the only writers of job state) -------------------------------------
     async def transition(
         self,
         job_id: str,
@@ -171,6 +271,11 @@ class JobManager:
                 progress=progress,
                 plan_id=plan_id,
             )
+        if to in TERMINAL_JOB_STATES:
+            self._status.pop(job_id, None)
+            self._locks.pop(job_id, None)
+        else:
+            self._status[job_id] = to
         self._publish(job, seq=event.seq)
         return job
 
@@ -198,6 +303,22 @@ class JobManager:
             event = await repo.latest_event(session, job_id=job_id, event_type="checkpoint")
         return None if event is None else dict(event.payload["state"])
 
+    async def attach_plan(self, job_id: str, plan_id: str) -> None:
+        status = self._status.get(job_id)
+        if status is not None:
+            await self.transition(job_id, status, plan_id=plan_id)
+
+    async def _unit_committed(self, job_id: str) -> None:
+        """A unit of this job has a committed reservation: RESERVING ends now."""
+        if self._status.get(job_id) != JobStatus.RESERVING:
+            return
+        async with self._lock(job_id):
+            if self._status.get(job_id) == JobStatus.RESERVING:
+                await self.transition(job_id, JobStatus.EXECUTING)
+
+    def _lock(self, job_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
     def _publish(self, job: Job, *, seq: int | None) -> None:
         message = job_message(job, seq=seq)
         self.bus.publish(job.job_id, message)
@@ -217,28 +338,32 @@ class JobManager:
             error={"code": "cancelled", "message": "Cancelled by client"},
         )
         self.cancelled.add(job_id)
+        self.scheduler.cancel_job(job_id)
         task = self._tasks.get(job_id)
         if task is not None:
             task.cancel()
         return job
 
-    # --- background work -----------------------------------------------------------------
-    def _spawn(self, job_id: str, kind: str) -> None:
+    # --- the lifecycle template ------------------------------------------------------------
+    def _spawn(self, job_id: str) -> None:
         if job_id in self._tasks:
             return
-        processor = self._processors.get(kind)
-        if processor is None:
-            log.error("job.no_processor", job_id=job_id, kind=kind)
-            return
-        task = asyncio.create_task(self._guarded(job_id, processor), name=f"job-{job_id}")
+        task = asyncio.create_task(self._guarded(job_id), name=f"job-{job_id}")
         self._tasks[job_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(job_id, None))
+        task.add_done_callback(lambda _t: self._finished(job_id))
 
-    async def _guarded(self, job_id: str, processor: Processor) -> None:
+    def _finished(self, job_id: str) -> None:
+        self._tasks.pop(job_id, None)
+        self._finished_at.append(time.monotonic())
+        self.cancelled.discard(job_id)
+
+    async def _guarded(self, job_id: str) -> None:
         try:
-            await processor(job_id)
+            await self._lifecycle(job_id)
         except asyncio.CancelledError:
             raise
+        except JobCancelled:
+            log.info("job.driver_stopped_after_cancel", job_id=job_id)
         except QMeshError as exc:
             await self._fail(
                 job_id, {"code": exc.code, "message": exc.message, "details": exc.details}
@@ -248,6 +373,32 @@ class JobManager:
             await self._fail(
                 job_id, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             )
+
+    async def _lifecycle(self, job_id: str) -> None:
+        """QUEUED → COMPILING → RESERVING → (first committed unit) EXECUTING → COMPLETED.
+
+        A recovered job re-enters here in whatever state it was persisted in."""
+        job = await self.get(job_id)
+        status = JobStatus(job.status)
+        if status in TERMINAL_JOB_STATES:
+            return
+        self._status[job_id] = status
+        processor = self._processors.get(job.kind)
+        if processor is None:
+            raise QMeshError(f"No processor for job kind '{job.kind}'")
+        process = processor(JobHandle(self, job))
+        if status == JobStatus.QUEUED:
+            await self.transition(job_id, JobStatus.COMPILING)
+        plan_id = await process.compile()
+        if self._status.get(job_id) == JobStatus.COMPILING:
+            await self.transition(job_id, JobStatus.RESERVING, plan_id=plan_id)
+        elif plan_id is not None:
+            await self.attach_plan(job_id, plan_id)
+        result, progress = await process.execute()
+        # A job that needed no new unit (recovered with everything done, or run locally)
+        # still passes through EXECUTING, so every job shows the same lifecycle.
+        await self._unit_committed(job_id)
+        await self.transition(job_id, JobStatus.COMPLETED, result=result, progress=progress)
 
     async def _fail(self, job_id: str, error: dict[str, Any]) -> None:
         try:
@@ -261,7 +412,7 @@ class JobManager:
             jobs = await repo.unfinished_jobs(session)
         for job in jobs:
             log.info("job.recovering", job_id=job.job_id, status=job.status, kind=job.kind)
-            self._spawn(job.job_id, job.kind)
+            self._spawn(job.job_id)
         return [j.job_id for j in jobs]
 
     async def wait_idle(self, timeout: float) -> None:
@@ -273,144 +424,3 @@ class JobManager:
         for task in list(self._tasks.values()):
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-
-    def weights(self) -> CostWeights:
-        s = self.settings
-        return CostWeights(
-            latency=s.cost_weight_latency,
-            failure=s.cost_weight_failure,
-            transfer=s.cost_weight_transfer,
-            load=s.cost_weight_load,
-            fidelity=s.cost_weight_fidelity,
-        )
-
-    async def _plan_when_capacity(
-        self, pending: list[FragmentSpec], min_fidelity: float | None
-    ) -> list[dict[str, Any]]:
-        """Plan now, or wait (bounded) for nodes to be heard: right after a start-up or a
-        recovery the registry is still filling from adverts."""
-        deadline = time.monotonic() + self.settings.capacity_wait_s
-        while True:
-            try:
-                return plan_fragments(
-                    pending,
-                    self.registry.usable_snapshot(),
-                    weights=self.weights(),
-                    min_fidelity=min_fidelity,
-                )
-            except NoCapacity:
-                if time.monotonic() >= deadline:
-                    raise
-                await asyncio.sleep(CAPACITY_POLL_S)
-
-    # --- circuits ------------------------------------------------------------------------
-    async def _process_circuit(self, job_id: str) -> None:
-        job = await self.get(job_id)
-        request = job.request
-        if job.status == JobStatus.QUEUED:
-            job = await self.transition(job_id, JobStatus.COMPILING)
-        circuit = await asyncio.to_thread(parse_circuit, request["circuit"])
-        fragments = await asyncio.to_thread(build_fragments, circuit)
-        async with self.db.transaction() as session:
-            done = {r.fragment_id for r in await repo.fragment_executions(session, job_id=job_id)}
-        specs = [
-            FragmentSpec(
-                fragment_id=f.fragment_id,
-                service_type=f.service_type,
-                qubits=f.qubits,
-                operation_ids=f.operation_ids,
-                depends_on=f.depends_on,
-                width=circuit.num_qubits,
-            )
-            for f in fragments
-        ]
-        min_fidelity = request.get("min_fidelity")
-        # A recovered job is planned again for what is left: nodes may have changed meanwhile.
-        pending = [s for s in specs if s.fragment_id not in done]
-        planned = await self._plan_when_capacity(pending, min_fidelity)
-        by_id = {p["fragment_id"]: p for p in planned}
-        plan_fragments_all = [
-            by_id.get(s.fragment_id)
-            or {
-                "fragment_id": s.fragment_id,
-                "service_type": s.service_type,
-                "qubits": list(s.qubits),
-                "operation_ids": list(s.operation_ids),
-                "depends_on": list(s.depends_on),
-                "primary_node": None,
-                "fallback_nodes": [],
-                "cost": {},
-                "completed_before_replan": True,
-            }
-            for s in specs
-        ]
-        plan_id = str(uuid.uuid4())
-        plan = {
-            "plan_id": plan_id,
-            "job_id": job_id,
-            "num_qubits": circuit.num_qubits,
-            "weights": self.weights().__dict__,
-            "min_fidelity": min_fidelity,
-            "fragments": plan_fragments_all,
-            "registry_snapshot": [p.to_dict() for p in self.registry.usable_snapshot()],
-        }
-        async with self.db.transaction() as session:
-            await repo.save_plan(session, plan_id=plan_id, job_id=job_id, plan=plan)
-        status = JobStatus((await self.get(job_id)).status)
-        if status == JobStatus.COMPILING:
-            await self.transition(job_id, JobStatus.RESERVING, plan_id=plan_id)
-            status = JobStatus.RESERVING
-        else:
-            await self.transition(job_id, status, plan_id=plan_id)
-
-        total_fragments = len(plan_fragments_all)
-
-        async def on_committed() -> None:
-            # RESERVING ends when the first reservation is committed and work is sent.
-            nonlocal status
-            if status == JobStatus.RESERVING:
-                status = JobStatus.EXECUTING
-                await self.transition(
-                    job_id,
-                    JobStatus.EXECUTING,
-                    progress={"fragments_done": len(done), "fragments_total": total_fragments},
-                )
-
-        async def on_wave(completed: int, total: int) -> None:
-            if completed and status == JobStatus.EXECUTING:
-                await self.report_progress(
-                    job_id, {"fragments_done": completed, "fragments_total": total}
-                )
-
-        seed = int(request.get("seed") or 0)
-        final_state, fragment_results = await self.runtime.execute(
-            job_id=job_id,
-            circuit=circuit,
-            fragments=plan_fragments_all,
-            seed=seed,
-            min_fidelity=min_fidelity,
-            on_wave=on_wave,
-            on_committed=on_committed,
-        )
-        if status == JobStatus.RESERVING:  # recovered with every fragment already done
-            await on_committed()
-        order = {f.fragment_id: i for i, f in enumerate(fragments)}
-        fragment_results.sort(key=lambda r: order[r["fragment_id"]])
-        quantum_result = await asyncio.to_thread(
-            build_quantum_result,
-            circuit,
-            final_state,
-            shots=int(request.get("shots", 1024)),
-            seed=seed,
-            fragment_fidelities=[
-                r["observed_fidelity"]
-                for r in fragment_results
-                if r["observed_fidelity"] is not None
-            ],
-        )
-        await self.transition(
-            job_id,
-            JobStatus.COMPLETED,
-            progress={"fragments_done": len(fragments), "fragments_total": len(fragments)},
-            result={"fragment_results": fragment_results, "quantum_result": quantum_result},
-        )

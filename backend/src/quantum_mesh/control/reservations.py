@@ -6,13 +6,16 @@ leaves an honest record and the TTL sweeper can expire what was left behind.
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
+from quantum_mesh.control import repository as repo
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
+from quantum_mesh.control.planner import rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.states import (
@@ -20,9 +23,10 @@ from quantum_mesh.control.states import (
     TERMINAL_RESERVATION_STATES,
     ReservationStatus,
 )
-from quantum_mesh.errors import Conflict, NoCapacity, NotFound
+from quantum_mesh.errors import Conflict, InvalidInput, NoCapacity, NotFound
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError, RemoteError
+from quantum_mesh.mesh.protocol import METHOD_COMMIT, METHOD_RELEASE, METHOD_RESERVE
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.tables import Reservation, ReservationEvent, utcnow
 
@@ -66,51 +70,62 @@ class ReservationService:
     async def _move(
         self, reservation_id: str, to: ReservationStatus, *, reason: str | None = None
     ) -> Reservation:
+        return await self._move_along(reservation_id, [to], reason=reason)
+
+    async def _move_along(
+        self,
+        reservation_id: str,
+        path: list[ReservationStatus],
+        *,
+        reason: str | None = None,
+        job_event: dict[str, Any] | None = None,
+    ) -> Reservation:
+        """Move through ``path`` in one transaction (one event per step), optionally with the
+        job event that this step makes true."""
         async with self.db.transaction() as session:
             r = await session.get(Reservation, reservation_id, with_for_update=True)
             if r is None:
                 raise NotFound(f"Reservation {reservation_id} does not exist")
-            current = ReservationStatus(r.status)
-            if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
-                raise Conflict(
-                    f"Reservation {reservation_id} cannot move from {current} to {to}",
-                    details={"reservation_id": reservation_id, "status": current.value},
+            for to in path:
+                current = ReservationStatus(r.status)
+                if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
+                    raise Conflict(
+                        f"Reservation {reservation_id} cannot move from {current} to {to}",
+                        details={"reservation_id": reservation_id, "status": current.value},
+                    )
+                r.status = to.value
+                r.updated_at = utcnow()
+                if reason is not None:
+                    r.reason = reason
+                session.add(
+                    ReservationEvent(
+                        reservation_id=reservation_id,
+                        status=to.value,
+                        node_id=r.node_id,
+                        payload={"reason": reason} if reason else {},
+                        at=utcnow(),
+                    )
                 )
-            r.status = to.value
-            r.updated_at = utcnow()
-            if reason is not None:
-                r.reason = reason
-            session.add(
-                ReservationEvent(
-                    reservation_id=reservation_id,
-                    status=to.value,
-                    node_id=r.node_id,
-                    payload={"reason": reason} if reason else {},
-                    at=utcnow(),
-                )
+            if job_event is not None:
+                await repo.append_event(session, **job_event)
+        for to in path:
+            self.journal.record(
+                f"reservation.{to.value.lower()}",
+                reservation_id=reservation_id,
+                node_id=r.node_id,
+                job_id=r.job_id,
+                reason=reason,
             )
-        self.journal.record(
-            f"reservation.{to.value.lower()}",
-            reservation_id=reservation_id,
-            node_id=r.node_id,
-            job_id=r.job_id,
-            reason=reason,
-        )
         return r
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
-        peers = [
-            p
-            for p in self.registry.usable_snapshot()
-            if service_type in p.services and (min_fidelity is None or p.fidelity >= min_fidelity)
-        ]
+        peers = [p for p in self.registry.usable_snapshot() if service_type in p.services]
         if not peers:
             raise NoCapacity(
-                f"No fresh enrolled node offers '{service_type}'"
-                + (f" with fidelity >= {min_fidelity}" if min_fidelity is not None else ""),
+                f"No fresh enrolled node offers '{service_type}'",
                 details={"service_type": service_type},
             )
-        return min(peers, key=lambda p: (p.load, p.peer_id)).peer_id
+        return rank_nodes(peers, min_fidelity=min_fidelity)[0].peer_id
 
     async def reserve(
         self,
@@ -121,10 +136,18 @@ class ReservationService:
         ttl_s: float = DEFAULT_TTL_S,
         job_id: str | None = None,
         fragment_id: str | None = None,
+        started_event: dict[str, Any] | None = None,
     ) -> Reservation:
-        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal)."""
+        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal).
+
+        The node is asked to reserve and commit in one round trip (``"commit": true``); a node
+        that predates that answers the reserve alone and gets a separate ``commit``. With
+        ``started_event`` (and a ``job_id``) the job's ``attempt_started`` event is written in
+        the same transaction as the COMMITTED state, before any work is sent."""
         if node_id is None:
             node_id = self._choose_node(service_type, min_fidelity)
+        if not math.isfinite(ttl_s) or ttl_s <= 0:
+            raise InvalidInput("ttl_s must be a positive number", details={"ttl_s": ttl_s})
         reservation_id = str(uuid.uuid4())
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
         async with self.db.transaction() as session:
@@ -160,12 +183,13 @@ class ReservationService:
         try:
             answer = await self.mesh.invoke(
                 node_id,
-                "reserve",
+                METHOD_RESERVE,
                 {
                     "reservation_id": reservation_id,
                     "service_type": service_type,
                     "min_fidelity": min_fidelity,
                     "ttl_s": ttl_s,
+                    "commit": True,
                 },
                 timeout=NEGOTIATION_TIMEOUT_S,
                 addrs=self.registry.addrs_of(node_id),
@@ -180,26 +204,39 @@ class ReservationService:
                 ReservationStatus.REJECTED,
                 reason=str(answer.get("reason") or "refused"),
             )
-        await self._move(reservation_id, ReservationStatus.PREPARED)
-        try:
-            committed = await self.mesh.invoke(
-                node_id,
-                "commit",
-                {"reservation_id": reservation_id},
-                timeout=NEGOTIATION_TIMEOUT_S,
-                addrs=self.registry.addrs_of(node_id),
-            )
-        except (MeshError, RemoteError) as exc:
-            return await self._move(
-                reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}"
-            )
-        if not committed.get("committed", False):
-            return await self._move(
-                reservation_id,
-                ReservationStatus.REJECTED,
-                reason=f"commit refused: {committed.get('reason') or 'unknown'}",
-            )
-        return await self._move(reservation_id, ReservationStatus.COMMITTED)
+        if not answer.get("committed"):
+            await self._move(reservation_id, ReservationStatus.PREPARED)
+            try:
+                committed = await self.mesh.invoke(
+                    node_id,
+                    METHOD_COMMIT,
+                    {"reservation_id": reservation_id},
+                    timeout=NEGOTIATION_TIMEOUT_S,
+                    addrs=self.registry.addrs_of(node_id),
+                )
+            except (MeshError, RemoteError) as exc:
+                return await self._move(
+                    reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}"
+                )
+            if not committed.get("committed", False):
+                return await self._move(
+                    reservation_id,
+                    ReservationStatus.REJECTED,
+                    reason=f"commit refused: {committed.get('reason') or 'unknown'}",
+                )
+            path = [ReservationStatus.COMMITTED]
+        else:
+            path = [ReservationStatus.PREPARED, ReservationStatus.COMMITTED]
+        job_event = None
+        if started_event is not None and job_id is not None:
+            job_event = {
+                "job_id": job_id,
+                "event_type": "attempt_started",
+                "fragment_id": fragment_id,
+                "node_id": node_id,
+                "payload": {**started_event, "reservation_id": reservation_id},
+            }
+        return await self._move_along(reservation_id, path, job_event=job_event)
 
     async def get(self, reservation_id: str) -> Reservation:
         async with self.db.transaction() as session:
@@ -217,11 +254,34 @@ class ReservationService:
             tzinfo=r.expires_at.tzinfo or UTC
         ) > datetime.now(UTC)
 
-    async def mark_executed(self, reservation_id: str) -> None:
+    async def mark_executed(
+        self,
+        reservation_id: str,
+        *,
+        reason: str | None = None,
+        completed_event: dict[str, Any] | None = None,
+    ) -> None:
+        """The work this reservation held was sent (and, with ``completed_event``, accepted:
+        the job's event is written in the same transaction)."""
         try:
-            await self._move(reservation_id, ReservationStatus.EXECUTED)
+            await self._move_along(
+                reservation_id,
+                [ReservationStatus.EXECUTED],
+                reason=reason,
+                job_event=completed_event,
+            )
         except Conflict:
             log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
+            if completed_event is not None:
+                async with self.db.transaction() as session:
+                    await repo.append_event(session, **completed_event)
+
+    async def mark_unused(self, reservation_id: str, *, reason: str) -> None:
+        """The node turned the work away (busy): the slot was never used."""
+        try:
+            await self._move(reservation_id, ReservationStatus.CANCELED, reason=reason)
+        except Conflict:
+            log.info("reservation.cancel_after_terminal", reservation_id=reservation_id)
 
     async def cancel(
         self, reservation_id: str, *, reason: str = "cancelled by client"
@@ -241,7 +301,7 @@ class ReservationService:
         try:
             await self.mesh.invoke(
                 r.node_id,
-                "release",
+                METHOD_RELEASE,
                 {"reservation_id": r.reservation_id},
                 timeout=NEGOTIATION_TIMEOUT_S,
                 addrs=self.registry.addrs_of(r.node_id),

@@ -12,25 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
-from quantum_mesh.control.ports import MeshPort
-from quantum_mesh.control.registry import PeerRegistry
-from quantum_mesh.control.reservations import ReservationService
-from quantum_mesh.control.states import ReservationStatus
-from quantum_mesh.errors import ExecutionFailed
+from quantum_mesh.control.planner import PlannedFragment
+from quantum_mesh.control.scheduler import WorkScheduler, WorkUnit
+from quantum_mesh.errors import ExecutionFailed, QMeshError
 from quantum_mesh.logs import get_logger
-from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
+from quantum_mesh.mesh.protocol import METHOD_EXECUTE_FRAGMENT
 from quantum_mesh.observability import metrics
 from quantum_mesh.quantum.circuits.execute import (
     OPERATOR_MAX_QUBITS,
@@ -43,13 +40,6 @@ from quantum_mesh.store.database import Database
 from quantum_mesh.store.tables import FragmentExecution
 
 log = get_logger(__name__)
-
-MAX_BUSY_ROUNDS = 30
-_RETRY_EVENTS = frozenset(
-    {"attempt_failed", "reservation_rejected", "fidelity_below_threshold", "node_skipped"}
-)
-BUSY_REASONS = frozenset({"saturated"})
-_NON_RETRYABLE_REMOTE = {"bad_request", "unknown_method", "handler_unavailable"}
 
 
 @dataclass
@@ -73,11 +63,6 @@ def _decode_reply(
     return decode_array(reply["state"]), None if operator is None else decode_array(operator)
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter (attempt counts from 1)."""
-    return rng.uniform(0, min(cap, base * (2 ** (attempt - 1))))
-
-
 def _fragment_result_dict(row: FragmentExecution) -> dict[str, Any]:
     return {
         "fragment_id": row.fragment_id,
@@ -96,17 +81,13 @@ class CircuitRuntime:
         self,
         *,
         db: Database,
-        mesh: MeshPort,
-        registry: PeerRegistry,
-        reservations: ReservationService,
-        settings: Settings,
+        scheduler: WorkScheduler,
+        compute: ComputePools,
         journal: Journal = NULL_JOURNAL,
     ) -> None:
         self.db = db
-        self.mesh = mesh
-        self.registry = registry
-        self.reservations = reservations
-        self.settings = settings
+        self.scheduler = scheduler
+        self.compute = compute
         self.journal = journal
 
     async def execute(
@@ -114,11 +95,10 @@ class CircuitRuntime:
         *,
         job_id: str,
         circuit: NormalizedCircuit,
-        fragments: Sequence[dict[str, Any]],
+        fragments: Sequence[PlannedFragment],
         seed: int,
         min_fidelity: float | None,
         on_wave: Callable[[int, int], Awaitable[None]] | None = None,
-        on_committed: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results."""
         n = circuit.num_qubits
@@ -153,15 +133,14 @@ class CircuitRuntime:
                         fragment=f,
                         state=state,
                         num_qubits=n,
-                        operations=[ops_by_id[i].to_dict() for i in f["operation_ids"]],
+                        operations=[ops_by_id[i].to_dict() for i in f.operation_ids],
                         seed=rng.randrange(2**31),
                         min_fidelity=min_fidelity,
-                        on_committed=on_committed,
                     )
                     for f in wave
                 )
             )
-            state = await asyncio.to_thread(self._compose, outcomes, n)
+            state = await self.compute.run(self._compose, outcomes, n)
             checkpoint = encode_array(state) if outcomes[0].operator is None else None
             async with self.db.transaction() as session:
                 for order, o in enumerate(outcomes):
@@ -207,24 +186,24 @@ class CircuitRuntime:
                     )
             done.update(o.fragment_id for o in outcomes)
             wave_index += 1
-        results = [_fragment_result_dict(done_rows[f["fragment_id"]]) for f in fragments]
+        results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]
         return state, results
 
     @staticmethod
-    def _next_wave(fragments: Sequence[dict[str, Any]], done: set[str]) -> list[dict[str, Any]]:
-        wave: list[dict[str, Any]] = []
+    def _next_wave(fragments: Sequence[PlannedFragment], done: set[str]) -> list[PlannedFragment]:
+        wave: list[PlannedFragment] = []
         busy: set[int] = set()
         for f in fragments:
-            if f["fragment_id"] in done or not all(d in done for d in f["depends_on"]):
+            if f.fragment_id in done or not all(d in done for d in f.depends_on):
                 continue
             # Nodes return no operator for very wide fragments; such a fragment runs alone so
             # its returned state is the wave's output.
-            wide = len(f["qubits"]) > OPERATOR_MAX_QUBITS
+            wide = len(f.qubits) > OPERATOR_MAX_QUBITS
             if wide and wave:
                 continue
-            if busy.isdisjoint(f["qubits"]):
+            if busy.isdisjoint(f.qubits):
                 wave.append(f)
-                busy.update(f["qubits"])
+                busy.update(f.qubits)
                 if wide:
                     break
         if not wave:
@@ -242,265 +221,61 @@ class CircuitRuntime:
             state = apply_fragment_operator(state, o.operator, o.qubits, n)
         return state
 
-    def _candidates(self, fragment: dict[str, Any]) -> list[str]:
-        return [fragment["primary_node"], *fragment.get("fallback_nodes", [])]
-
-    async def _event(self, job_id: str, event_type: str, **kw: Any) -> None:
-        if event_type in _RETRY_EVENTS:
-            metrics.retry(
-                event_type
-                if event_type != "attempt_failed"
-                else str(kw.get("payload", {}).get("code", "attempt_failed"))
-            )
-        async with self.db.transaction() as session:
-            await repo.append_event(session, job_id=job_id, event_type=event_type, **kw)
-        self.journal.record(f"execution.{event_type}", job_id=job_id, **kw)
-
     async def _run_fragment(
         self,
         *,
         job_id: str,
-        fragment: dict[str, Any],
+        fragment: PlannedFragment,
         state: NDArray[np.complex128],
         num_qubits: int,
         operations: list[dict[str, Any]],
         seed: int,
         min_fidelity: float | None,
-        on_committed: Callable[[], Awaitable[None]] | None = None,
     ) -> FragmentOutcome:
-        fid = fragment["fragment_id"]
-        started = datetime.now(UTC)
-        attempts = 0
-        history: list[dict[str, Any]] = []
-        rng = random.Random(seed)
-        encoded_state = await asyncio.to_thread(encode_array, state)
-        # A busy node refuses reservations; when no candidate took the fragment but some were
-        # only busy, the fragment waits (bounded backoff) and asks again instead of failing.
-        for busy_round in range(1, MAX_BUSY_ROUNDS + 1):
-            outcome, some_busy = await self._try_candidates(
-                job_id=job_id,
-                fragment=fragment,
-                encoded_state=encoded_state,
-                num_qubits=num_qubits,
-                operations=operations,
-                seed=seed,
-                min_fidelity=min_fidelity,
-                history=history,
-                rng=rng,
-                started=started,
-                attempts_so_far=attempts,
-                on_committed=on_committed,
-            )
-            if isinstance(outcome, FragmentOutcome):
-                return outcome
-            attempts = outcome
-            if not some_busy:
-                break
-            await asyncio.sleep(self._delay(min(busy_round, 4), rng))
-        metrics.fragment_finished((datetime.now(UTC) - started).total_seconds(), ok=False)
-        raise ExecutionFailed(
-            f"Fragment {fid} could not be executed on any candidate node",
-            details={"fragment_id": fid, "attempts": attempts, "history": history},
+        encoded_state = await self.compute.run(encode_array, state)
+
+        def fidelity_ok(node_id: str, reply: Mapping[str, Any]) -> dict[str, Any] | None:
+            fidelity = float(reply["observed_fidelity"])
+            if min_fidelity is not None and fidelity < min_fidelity:
+                return {
+                    "outcome": "fidelity_below_threshold",
+                    "observed_fidelity": fidelity,
+                    "min_fidelity": min_fidelity,
+                }
+            return None
+
+        unit = WorkUnit(
+            job_id=job_id,
+            unit_id=fragment.fragment_id,
+            method=METHOD_EXECUTE_FRAGMENT,
+            service_type=fragment.service_type,
+            params={
+                "num_qubits": num_qubits,
+                "operations": operations,
+                "state": encoded_state,
+                "seed": seed,
+            },
+            width=num_qubits,
+            min_fidelity=min_fidelity,
+            preferred=fragment.candidates,
+            record=False,
+            accept=fidelity_ok,
         )
-
-    async def _try_candidates(
-        self,
-        *,
-        job_id: str,
-        fragment: dict[str, Any],
-        encoded_state: dict[str, Any],
-        num_qubits: int,
-        operations: list[dict[str, Any]],
-        seed: int,
-        min_fidelity: float | None,
-        history: list[dict[str, Any]],
-        rng: random.Random,
-        started: datetime,
-        attempts_so_far: int,
-        on_committed: Callable[[], Awaitable[None]] | None = None,
-    ) -> tuple[FragmentOutcome | int, bool]:
-        """One pass over the candidates. Returns (outcome or attempts used, whether some
-        candidate refused only because it was busy, so another pass may succeed)."""
-        fid = fragment["fragment_id"]
-        attempts = attempts_so_far
-        busy_refusals = 0
-        for node_id in self._candidates(fragment):
-            if not self.registry.is_usable(node_id):
-                await self._setback(
-                    job_id,
-                    fid,
-                    history,
-                    "node_skipped",
-                    node_id=node_id,
-                    attempt=None,
-                    outcome="skipped_unusable",
-                    reason="stale, disconnected or not enrolled",
-                )
-                continue
-            for node_attempt in range(1, self.settings.max_attempts_per_node + 1):
-                attempts += 1
-                reservation = await self.reservations.reserve(
-                    service_type=fragment["service_type"],
-                    node_id=node_id,
-                    min_fidelity=min_fidelity,
-                    job_id=job_id,
-                    fragment_id=fid,
-                )
-                if reservation.status != ReservationStatus.COMMITTED:
-                    await self._setback(
-                        job_id,
-                        fid,
-                        history,
-                        "reservation_rejected",
-                        node_id=node_id,
-                        attempt=attempts,
-                        outcome="reservation_rejected",
-                        reason=reservation.reason,
-                    )
-                    if reservation.reason in BUSY_REASONS:
-                        busy_refusals += 1
-                    break
-                if on_committed is not None:
-                    await on_committed()
-                await self._event(
-                    job_id,
-                    "attempt_started",
-                    fragment_id=fid,
-                    node_id=node_id,
-                    attempt=attempts,
-                    payload={"reservation_id": reservation.reservation_id},
-                )
-                t0 = time.perf_counter()
-                try:
-                    reply = await self.mesh.invoke(
-                        node_id,
-                        "execute_fragment",
-                        {
-                            "num_qubits": num_qubits,
-                            "operations": operations,
-                            "state": encoded_state,
-                            "seed": seed,
-                            "reservation_id": reservation.reservation_id,
-                            "job_id": job_id,
-                            "fragment_id": fid,
-                        },
-                        timeout=self.settings.invoke_timeout_s,
-                        addrs=self.registry.addrs_of(node_id),
-                    )
-                except RemoteError as exc:
-                    await self.reservations.mark_executed(reservation.reservation_id)
-                    self.registry.record_outcome(node_id, ok=False)
-                    await self._setback(
-                        job_id,
-                        fid,
-                        history,
-                        "attempt_failed",
-                        node_id=node_id,
-                        attempt=attempts,
-                        outcome="remote_error",
-                        code=exc.code,
-                        message=exc.message,
-                    )
-                    if exc.code in _NON_RETRYABLE_REMOTE:
-                        raise ExecutionFailed(
-                            f"Fragment {fid} was refused by {node_id}: {exc.message}",
-                            details={"fragment_id": fid, "code": exc.code},
-                        ) from exc
-                    await asyncio.sleep(self._delay(node_attempt, rng))
-                    continue
-                except MeshError as exc:
-                    await self._cancel_quietly(reservation.reservation_id, "invocation failed")
-                    self.registry.record_outcome(node_id, ok=False)
-                    kind = "timeout" if isinstance(exc, InvokeTimeout) else "connection_lost"
-                    await self._setback(
-                        job_id,
-                        fid,
-                        history,
-                        "attempt_failed",
-                        node_id=node_id,
-                        attempt=attempts,
-                        outcome=kind,
-                        code=kind,
-                        message=str(exc),
-                    )
-                    if not self.registry.is_usable(node_id):
-                        break
-                    await asyncio.sleep(self._delay(node_attempt, rng))
-                    continue
-                await self.reservations.mark_executed(reservation.reservation_id)
-                elapsed = time.perf_counter() - t0
-                fidelity = float(reply["observed_fidelity"])
-                self.registry.record_latency(node_id, elapsed)
-                if min_fidelity is not None and fidelity < min_fidelity:
-                    self.registry.record_outcome(node_id, ok=False, observed_fidelity=fidelity)
-                    await self._setback(
-                        job_id,
-                        fid,
-                        history,
-                        "fidelity_below_threshold",
-                        node_id=node_id,
-                        attempt=attempts,
-                        outcome="fidelity_below_threshold",
-                        observed_fidelity=fidelity,
-                        min_fidelity=min_fidelity,
-                    )
-                    break
-                self.registry.record_outcome(node_id, ok=True, observed_fidelity=fidelity)
-                history.append(
-                    {
-                        "node_id": node_id,
-                        "attempt": attempts,
-                        "outcome": "ok",
-                        "observed_fidelity": fidelity,
-                        "seconds": round(elapsed, 6),
-                    }
-                )
-                new_state, operator = await asyncio.to_thread(_decode_reply, reply)
-                return (
-                    FragmentOutcome(
-                        fragment_id=fid,
-                        node_id=node_id,
-                        attempts=attempts,
-                        started_at=started,
-                        finished_at=datetime.now(UTC),
-                        observed_fidelity=fidelity,
-                        state=new_state,
-                        operator=operator,
-                        qubits=[int(q) for q in reply.get("qubits", fragment["qubits"])],
-                        history=history,
-                    ),
-                    False,
-                )
-        return attempts, busy_refusals > 0
-
-    async def _setback(
-        self,
-        job_id: str,
-        fid: str,
-        history: list[dict[str, Any]],
-        event_type: str,
-        *,
-        node_id: str,
-        attempt: int | None,
-        outcome: str,
-        **details: Any,
-    ) -> None:
-        """A try that did not produce the fragment: into its history and the event log."""
-        history.append({"node_id": node_id, "attempt": attempt, "outcome": outcome, **details})
-        await self._event(
-            job_id, event_type, fragment_id=fid, node_id=node_id, attempt=attempt, payload=details
-        )
-
-    def _delay(self, attempt: int, rng: random.Random) -> float:
-        return backoff_delay(
-            attempt,
-            base=self.settings.retry_base_delay_s,
-            cap=self.settings.retry_max_delay_s,
-            rng=rng,
-        )
-
-    async def _cancel_quietly(self, reservation_id: str, reason: str) -> None:
         try:
-            await self.reservations.cancel(reservation_id, reason=reason)
-        except Exception as exc:
-            log.info("reservation.cancel_failed", reservation_id=reservation_id, error=str(exc))
+            done = await self.scheduler.run(unit)
+        except QMeshError:
+            metrics.fragment_finished(0.0, ok=False)
+            raise
+        new_state, operator = await self.compute.run(_decode_reply, done.reply)
+        return FragmentOutcome(
+            fragment_id=fragment.fragment_id,
+            node_id=done.node_id,
+            attempts=done.attempts,
+            started_at=done.started_at,
+            finished_at=done.finished_at,
+            observed_fidelity=float(done.reply["observed_fidelity"]),
+            state=new_state,
+            operator=operator,
+            qubits=[int(q) for q in done.reply.get("qubits", fragment.qubits)],
+            history=done.history,
+        )

@@ -36,8 +36,10 @@ from quantum_mesh.mesh.protocol import (
     BRIDGE_GRACE_S,
     BRIDGE_STOP_TIMEOUT_S,
     DEFAULT_MAX_FRAME_BYTES,
+    ERR_NOT_ENROLLED,
     ERR_UNKNOWN_METHOD,
     INVOKE_PROTOCOL,
+    METHOD_PING,
     PING_TIMEOUT_S,
 )
 
@@ -199,7 +201,7 @@ class MeshBridge:
     ) -> float:
         """Round-trip seconds of a ``ping`` invocation (dial included if not connected)."""
         started = time.perf_counter()
-        await self.invoke(peer_id, "ping", {}, timeout=timeout)
+        await self.invoke(peer_id, METHOD_PING, {}, timeout=timeout)
         return time.perf_counter() - started
 
     async def hop(self) -> None:
@@ -326,8 +328,8 @@ class MeshBridge:
 
         Streams from peers the coordinator does not trust are refused."""
         if self.stream_filter is not None and not self.stream_filter(remote):
-            raise RemoteError("not_enrolled", "this peer is not enrolled and approved")
-        if request.method == "ping":
+            raise RemoteError(ERR_NOT_ENROLLED, "this peer is not enrolled and approved")
+        if request.method == METHOD_PING:
             return {"pong": True, "peer_id": self.peer_id, "t": time.time()}
         raise RemoteError(ERR_UNKNOWN_METHOD, f"the coordinator does not serve {request.method}")
 

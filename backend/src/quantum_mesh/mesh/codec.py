@@ -18,6 +18,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 from quantum_mesh.mesh.errors import FrameTooLarge, ProtocolError, RemoteError
 from quantum_mesh.mesh.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    ERR_BAD_REQUEST,
     ERR_UNSUPPORTED_VERSION,
     FRAME_HEADER_BYTES,
     PROTOCOL_VERSION,
@@ -157,11 +158,11 @@ def parse_request(obj: dict[str, Any]) -> Request:
     _check_version(obj)
     request_id, method, params = obj.get("id"), obj.get("method"), obj.get("params", {})
     if not isinstance(request_id, str) or not request_id:
-        raise ProtocolError("request 'id' must be a non-empty string", code="bad_request")
+        raise ProtocolError("request 'id' must be a non-empty string", code=ERR_BAD_REQUEST)
     if not isinstance(method, str) or not method:
-        raise ProtocolError("request 'method' must be a non-empty string", code="bad_request")
+        raise ProtocolError("request 'method' must be a non-empty string", code=ERR_BAD_REQUEST)
     if not isinstance(params, dict):
-        raise ProtocolError("request 'params' must be a JSON object", code="bad_request")
+        raise ProtocolError("request 'params' must be a JSON object", code=ERR_BAD_REQUEST)
     return Request(id=request_id, method=method, params=params)
 
 

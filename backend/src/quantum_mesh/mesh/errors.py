@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quantum_mesh.errors import QMeshError
+from quantum_mesh.mesh.protocol import ERR_FRAME_TOO_LARGE, ERR_PROTOCOL
 
 
 class MeshError(QMeshError):
@@ -34,15 +35,15 @@ class RemoteError(MeshError):
 class FrameTooLarge(MeshError):
     """A frame's declared or encoded length exceeds the configured limit."""
 
-    code = "frame_too_large"
+    code = ERR_FRAME_TOO_LARGE
 
 
 class ProtocolError(MeshError):
     """The bytes on the wire do not follow docs/wire-protocol.md (truncated, not JSON, ...)."""
 
-    code = "protocol_error"
+    code = ERR_PROTOCOL
 
-    def __init__(self, message: str, *, code: str = "protocol_error") -> None:
+    def __init__(self, message: str, *, code: str = ERR_PROTOCOL) -> None:
         super().__init__(message)
         self.code = code
 

@@ -1,6 +1,9 @@
 """Wire-level constants of the quantum-mesh protocols (see docs/wire-protocol.md).
 
-Everything both sides of the mesh must agree on lives here, so a version bump is one edit.
+Everything both sides of the mesh must agree on lives here, so a version bump is one edit:
+protocol ids, limits and timeouts, method names, advertised service types, reservation
+reasons and remote error codes. Code in ``mesh/``, ``node/`` and ``control/`` uses these
+names, never the string literals.
 """
 
 from __future__ import annotations
@@ -55,3 +58,66 @@ ERR_BUSY: Final = "busy"
 ERR_FRAME_TOO_LARGE: Final = "frame_too_large"
 ERR_PROTOCOL: Final = "protocol_error"
 ERR_WORKER_CRASHED: Final = "worker_crashed"
+#: The coordinator refuses streams from peers it has not enrolled and approved.
+ERR_NOT_ENROLLED: Final = "not_enrolled"
+
+#: Codes that no retry can fix, on this node or another: the request itself is wrong, or no
+#: node of this build can serve it.
+NON_RETRYABLE_CODES: Final = frozenset(
+    {ERR_BAD_REQUEST, ERR_UNKNOWN_METHOD, ERR_HANDLER_UNAVAILABLE}
+)
+#: Codes that mean "this node is full right now": retry later or elsewhere.
+BUSY_CODES: Final = frozenset({ERR_BUSY})
+
+# --- methods ----------------------------------------------------------------------------------
+# Answered on the node's network loop (``node/service.py``).
+METHOD_PING: Final = "ping"
+METHOD_NODE_STATUS: Final = "node_status"
+METHOD_RESERVE: Final = "reserve"
+METHOD_COMMIT: Final = "commit"
+METHOD_RELEASE: Final = "release"
+# Run in the node's worker pool (``node/handlers.py``).
+METHOD_EXECUTE_FRAGMENT: Final = "execute_fragment"
+METHOD_QAOA_BLOCK: Final = "qaoa_block"
+METHOD_QAOA_SCHEDULES: Final = "qaoa_schedules"
+METHOD_SQD_BATCH: Final = "sqd_batch"
+# Tests and benchmarks only.
+METHOD_ECHO: Final = "echo"
+METHOD_DEBUG_SLEEP: Final = "debug_sleep"
+
+# --- service types a node advertises (``Advert.services``, ``reserve``'s ``service_type``) ----
+SERVICE_SINGLE_QUBIT: Final = "single_qubit"
+SERVICE_TWO_QUBIT: Final = "two_qubit"
+SERVICE_MULTI_QUBIT: Final = "multi_qubit"
+SERVICE_BELL_PAIR: Final = "bell_pair"
+SERVICE_CNOT: Final = "cnot"
+SERVICE_CZ: Final = "cz"
+SERVICE_TELEPORTATION: Final = "teleportation"
+SERVICE_SYNDROME_EXTRACTION: Final = "syndrome_extraction"
+SERVICE_DISTILLATION: Final = "distillation"
+SERVICE_MEASUREMENT_FEEDFORWARD: Final = "measurement_feedforward"
+SERVICE_QAOA_BLOCK: Final = "qaoa_block"
+SERVICE_SQD_BATCH: Final = "sqd_batch"
+#: What a node offers unless configured otherwise.
+DEFAULT_SERVICES: Final[tuple[str, ...]] = (
+    SERVICE_SINGLE_QUBIT,
+    SERVICE_TWO_QUBIT,
+    SERVICE_MULTI_QUBIT,
+    SERVICE_BELL_PAIR,
+    SERVICE_CNOT,
+    SERVICE_CZ,
+    SERVICE_TELEPORTATION,
+    SERVICE_SYNDROME_EXTRACTION,
+    SERVICE_DISTILLATION,
+    SERVICE_MEASUREMENT_FEEDFORWARD,
+    SERVICE_QAOA_BLOCK,
+    SERVICE_SQD_BATCH,
+)
+
+# --- reservation reasons (the ``reason`` of a refused ``reserve`` or failed ``commit``) -------
+REASON_SERVICE_NOT_OFFERED: Final = "service_not_offered"
+REASON_FIDELITY_BELOW_MINIMUM: Final = "fidelity_below_minimum"
+REASON_SATURATED: Final = "saturated"
+REASON_UNKNOWN_RESERVATION: Final = "unknown_reservation"
+#: Refusals that mean "full right now", not "never here".
+BUSY_REASONS: Final = frozenset({REASON_SATURATED})

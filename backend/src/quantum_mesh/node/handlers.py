@@ -1,8 +1,12 @@
 """The method table of a service node and the code that runs one method in a worker process.
 
-Handlers are named by dotted path and imported lazily *inside the worker process*, so the node
-process itself never imports Qiskit, and a handler module that is missing or broken becomes a
-remote error (``handler_unavailable``) instead of a node that will not start.
+Every method has a *handler* obeying the node contract ``handler(params, node) -> dict``.
+The work methods' handlers here are thin adapters: they pass what the quantum function
+really uses from the node's context (noise level, peer id, BLAS threads) as plain keyword
+arguments, so ``quantum/`` never imports the node. Quantum functions are named by dotted path
+and imported lazily *inside the worker process*, so the node process itself never imports
+Qiskit, and a module that is missing or broken becomes a remote error
+(``handler_unavailable``) instead of a node that will not start.
 """
 
 from __future__ import annotations
@@ -19,23 +23,40 @@ from quantum_mesh.mesh.protocol import (
     ERR_HANDLER_ERROR,
     ERR_HANDLER_UNAVAILABLE,
     ERR_UNKNOWN_METHOD,
+    METHOD_DEBUG_SLEEP,
+    METHOD_ECHO,
+    METHOD_EXECUTE_FRAGMENT,
+    METHOD_PING,
+    METHOD_QAOA_BLOCK,
+    METHOD_QAOA_SCHEDULES,
+    METHOD_SQD_BATCH,
 )
 from quantum_mesh.node.context import NodeContext
 
 Handler = Callable[[dict[str, Any], NodeContext], dict[str, Any]]
+#: A quantum function: params plus keyword-only context, never a ``NodeContext``.
+Implementation = Callable[..., dict[str, Any]]
 
 #: Longest ``debug_sleep`` honoured: tests use it to simulate a long job, not to park workers.
 DEBUG_SLEEP_CAP_S = 30.0
 
-#: Method name -> "module:function". Every entry runs in the node's worker pool.
+#: Method name -> "module:function" of its handler. Every entry runs in the node's worker pool.
 METHODS: dict[str, str] = {
-    "ping": "quantum_mesh.node.handlers:ping",
-    "execute_fragment": "quantum_mesh.quantum.circuits.execute:execute_fragment",
-    "qaoa_block": "quantum_mesh.quantum.qaoa.worker:solve_block",
-    "qaoa_schedules": "quantum_mesh.quantum.qaoa.worker:evaluate_schedules",
-    "sqd_batch": "quantum_mesh.quantum.sqd.worker:solve_batch",
-    "echo": "quantum_mesh.node.handlers:echo",
-    "debug_sleep": "quantum_mesh.node.handlers:debug_sleep",
+    METHOD_PING: "quantum_mesh.node.handlers:ping",
+    METHOD_EXECUTE_FRAGMENT: "quantum_mesh.node.handlers:execute_fragment",
+    METHOD_QAOA_BLOCK: "quantum_mesh.node.handlers:qaoa_block",
+    METHOD_QAOA_SCHEDULES: "quantum_mesh.node.handlers:qaoa_schedules",
+    METHOD_SQD_BATCH: "quantum_mesh.node.handlers:sqd_batch",
+    METHOD_ECHO: "quantum_mesh.node.handlers:echo",
+    METHOD_DEBUG_SLEEP: "quantum_mesh.node.handlers:debug_sleep",
+}
+
+#: Work method -> "module:function" of the quantum function its handler adapts.
+IMPLEMENTATIONS: dict[str, str] = {
+    METHOD_EXECUTE_FRAGMENT: "quantum_mesh.quantum.circuits.execute:execute_fragment",
+    METHOD_QAOA_BLOCK: "quantum_mesh.quantum.qaoa.worker:solve_block",
+    METHOD_QAOA_SCHEDULES: "quantum_mesh.quantum.qaoa.worker:evaluate_schedules",
+    METHOD_SQD_BATCH: "quantum_mesh.quantum.sqd.worker:solve_batch",
 }
 
 
@@ -63,23 +84,63 @@ def debug_sleep(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
     return {"slept": slept, "peer_id": node.peer_id}
 
 
+def execute_fragment(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+    """``execute_fragment`` with the node's coherent-error strength really applied."""
+    run = implementation(METHOD_EXECUTE_FRAGMENT)
+    return run(params, noise_level=node.noise_level)
+
+
+def qaoa_block(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+    """``qaoa_block`` under the node's noise, stamped with its peer id."""
+    run = implementation(METHOD_QAOA_BLOCK)
+    return run(params, peer_id=node.peer_id, noise_level=node.noise_level)
+
+
+def qaoa_schedules(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+    """``qaoa_schedules`` under the node's noise, stamped with its peer id."""
+    run = implementation(METHOD_QAOA_SCHEDULES)
+    return run(params, peer_id=node.peer_id, noise_level=node.noise_level)
+
+
+def sqd_batch(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+    """``sqd_batch`` with the node's BLAS/OpenMP thread count."""
+    run = implementation(METHOD_SQD_BATCH)
+    return run(params, threads=node.blas_threads)
+
+
+def _load(target: str, *, method: str) -> Callable[..., Any]:
+    module_name, _, function_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        function = getattr(module, function_name)
+    except (ImportError, AttributeError) as error:
+        raise HandlerUnavailable(f"{method} ({target}) is unavailable: {error}") from error
+    if not callable(function):
+        raise HandlerUnavailable(f"{method} ({target}) is not callable")
+    return function  # type: ignore[no-any-return]
+
+
 def resolve(method: str) -> Handler:
-    """Import the handler of ``method``.
+    """Import the handler of ``method`` and, for a work method, the quantum function it adapts.
 
     Raises:
         KeyError: ``method`` is not in ``METHODS``.
         HandlerUnavailable: its module or function cannot be imported.
     """
-    target = METHODS[method]
-    module_name, _, function_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        handler = getattr(module, function_name)
-    except (ImportError, AttributeError) as error:
-        raise HandlerUnavailable(f"{method} ({target}) is unavailable: {error}") from error
-    if not callable(handler):
-        raise HandlerUnavailable(f"{method} ({target}) is not callable")
-    return handler  # type: ignore[no-any-return]
+    handler: Handler = _load(METHODS[method], method=method)
+    if method in IMPLEMENTATIONS:
+        implementation(method)  # fail here, not mid-call, when the quantum module is missing
+    return handler
+
+
+def implementation(method: str) -> Implementation:
+    """Import the quantum function behind the work method ``method`` (lazily, in the worker).
+
+    Raises:
+        KeyError: ``method`` is not in ``IMPLEMENTATIONS``.
+        HandlerUnavailable: its module or function cannot be imported.
+    """
+    return _load(IMPLEMENTATIONS[method], method=method)
 
 
 def run_method(
@@ -98,6 +159,8 @@ def run_method(
         return False, (ERR_HANDLER_UNAVAILABLE, str(error))
     try:
         result = handler(params, node)
+    except HandlerUnavailable as error:  # an adapter could not import its quantum function
+        return False, (ERR_HANDLER_UNAVAILABLE, str(error))
     except (ValueError, InvalidInput) as error:
         return False, (ERR_BAD_REQUEST, f"{type(error).__name__}: {error}")
     except Exception as error:
@@ -114,7 +177,8 @@ def run_method(
 
 
 def preload() -> list[str]:
-    """Import every handler module that exists, so a warm worker answers its first call fast.
+    """Import every handler and quantum module that exists, so a warm worker answers its first
+    call fast.
 
     Returns the methods that could not be loaded.
     """

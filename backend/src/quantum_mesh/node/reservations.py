@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-REASON_SERVICE = "service_not_offered"
-REASON_FIDELITY = "fidelity_below_minimum"
-REASON_SATURATED = "saturated"
-REASON_UNKNOWN = "unknown_reservation"
+from quantum_mesh.mesh.protocol import (
+    REASON_FIDELITY_BELOW_MINIMUM,
+    REASON_SATURATED,
+    REASON_SERVICE_NOT_OFFERED,
+    REASON_UNKNOWN_RESERVATION,
+)
 
 #: Longest reservation a node grants, whatever the caller asks for.
 MAX_TTL_S = 300.0
@@ -68,9 +70,9 @@ class ReservationBook:
             return {"accepted": True, "reason": None, "expires_at": existing.expires_at}
         reason: str | None = None
         if service_type not in self._services:
-            reason = REASON_SERVICE
+            reason = REASON_SERVICE_NOT_OFFERED
         elif self._fidelity < min_fidelity:
-            reason = REASON_FIDELITY
+            reason = REASON_FIDELITY_BELOW_MINIMUM
         elif len(self._active) + in_flight >= self._capacity:
             reason = REASON_SATURATED
         if reason is not None:
@@ -89,7 +91,7 @@ class ReservationBook:
         self.expire(now=now)
         reservation = self._active.get(reservation_id)
         if reservation is None:
-            return {"committed": False, "reason": REASON_UNKNOWN, "expires_at": now}
+            return {"committed": False, "reason": REASON_UNKNOWN_RESERVATION, "expires_at": now}
         reservation.committed = True
         reservation.expires_at = now + reservation.ttl_s
         return {"committed": True, "reason": None, "expires_at": reservation.expires_at}

@@ -35,11 +35,17 @@ from quantum_mesh.mesh.protocol import (
     BOOTSTRAP_RETRY_INITIAL_S,
     BOOTSTRAP_RETRY_MAX_S,
     DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_SERVICES,  # re-exported: ``from quantum_mesh.node.service import DEFAULT_SERVICES``
     DIAL_TIMEOUT_S,
     ERR_BAD_REQUEST,
     ERR_BUSY,
     ERR_UNKNOWN_METHOD,
     INVOKE_PROTOCOL,
+    METHOD_COMMIT,
+    METHOD_NODE_STATUS,
+    METHOD_PING,
+    METHOD_RELEASE,
+    METHOD_RESERVE,
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
@@ -49,26 +55,14 @@ from quantum_mesh.store.peerlog import PeerLog
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SERVICES: tuple[str, ...] = (
-    "single_qubit",
-    "two_qubit",
-    "multi_qubit",
-    "bell_pair",
-    "cnot",
-    "cz",
-    "teleportation",
-    "syndrome_extraction",
-    "distillation",
-    "measurement_feedforward",
-    "qaoa_block",
-    "sqd_batch",
-)
 #: Methods answered on the Trio loop itself: cheap bookkeeping that must stay responsive
 #: even when every worker is busy (``ping`` then measures the link, not the queue).
+INLINE_METHODS = frozenset(
+    {METHOD_PING, METHOD_RESERVE, METHOD_COMMIT, METHOD_RELEASE, METHOD_NODE_STATUS}
+)
 #: Longest a requested shutdown may take before the process exits regardless.
 HARD_EXIT_AFTER_S = 15.0
 _LOGGED_RESERVATION_FIELDS = ("accepted", "committed", "released", "reason")
-INLINE_METHODS = frozenset({"ping", "reserve", "commit", "release", "node_status"})
 #: How often a connected node checks that its bootstrap connection is still up.
 BOOTSTRAP_CHECK_S = 1.0
 #: Bounded time for the final DRAINING advert on shutdown.
@@ -331,9 +325,13 @@ class NodeService:
             self._inbound.release()
         await trio.to_thread.run_sync(
             lambda: self.peer_log.append(
-                "invoke.finished", method=request.method, remote=remote, ok=ok,
+                "invoke.finished",
+                method=request.method,
+                remote=remote,
+                ok=ok,
                 seconds=round(time.perf_counter() - started, 6),
-                job_id=request.params.get("job_id"), fragment_id=request.params.get("fragment_id"),
+                job_id=request.params.get("job_id"),
+                fragment_id=request.params.get("fragment_id"),
                 reservation_id=reservation_id if isinstance(reservation_id, str) else None,
             )
         )
@@ -350,15 +348,15 @@ class NodeService:
     def _inline(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         try:
-            if method == "ping":
+            if method == METHOD_PING:
                 return handlers.ping(params, self.context)
-            if method == "node_status":
+            if method == METHOD_NODE_STATUS:
                 return {
                     "in_flight": self._in_flight,
                     "reservations": self.book.active_count(now=now),
                     "advert": self.advert().model_dump(mode="json"),
                 }
-            if method == "reserve":
+            if method == METHOD_RESERVE:
                 result = self.book.reserve(
                     reservation_id=_str_param(params, "reservation_id"),
                     service_type=_str_param(params, "service_type"),
@@ -367,7 +365,13 @@ class NodeService:
                     in_flight=self._in_flight,
                     now=now,
                 )
-            elif method == "commit":
+                # ``"commit": true`` reserves and commits in one round trip (protocol 1.1).
+                if result["accepted"] and params.get("commit") is True:
+                    committed = self.book.commit(
+                        reservation_id=_str_param(params, "reservation_id"), now=now
+                    )
+                    result = {**result, **committed}
+            elif method == METHOD_COMMIT:
                 result = self.book.commit(
                     reservation_id=_str_param(params, "reservation_id"), now=now
                 )
@@ -378,7 +382,8 @@ class NodeService:
         self._changed.set()
         # Reservation transitions are rare and small: an fsync'd line inline is fine here.
         self.peer_log.append(
-            f"reservation.{method}", reservation_id=params.get("reservation_id"),
+            f"reservation.{method}",
+            reservation_id=params.get("reservation_id"),
             service_type=params.get("service_type"),
             **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
         )

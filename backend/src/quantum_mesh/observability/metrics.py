@@ -23,55 +23,134 @@ from prometheus_client import (
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Fragments take milliseconds (small circuits) to minutes (SQD batches).
-FRAGMENT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                      120.0, 300.0)
-INVOKE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0)
+FRAGMENT_BUCKETS_S = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+INVOKE_BUCKETS_S = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 JOB_TRANSITIONS = Counter(
-    "qmesh_job_transitions_total", "Job state transitions committed by the job manager.",
-    ["kind", "status"], registry=REGISTRY,
+    "qmesh_job_transitions_total",
+    "Job state transitions committed by the job manager.",
+    ["kind", "status"],
+    registry=REGISTRY,
 )
 JOBS_BY_STATE = Gauge(
-    "qmesh_jobs", "Jobs currently in each state, by kind.", ["kind", "status"], registry=REGISTRY,
+    "qmesh_jobs",
+    "Jobs currently in each state, by kind.",
+    ["kind", "status"],
+    registry=REGISTRY,
 )
 FRAGMENT_SECONDS = Histogram(
-    "qmesh_fragment_duration_seconds", "Wall time of one fragment execution on a node.",
-    ["outcome"], buckets=FRAGMENT_BUCKETS_S, registry=REGISTRY,
+    "qmesh_fragment_duration_seconds",
+    "Wall time of one fragment execution on a node.",
+    ["outcome"],
+    buckets=FRAGMENT_BUCKETS_S,
+    registry=REGISTRY,
 )
 FRAGMENTS = Counter(
-    "qmesh_fragments_total", "Fragment executions finished, by outcome.", ["outcome"],
+    "qmesh_fragments_total",
+    "Fragment executions finished, by outcome.",
+    ["outcome"],
     registry=REGISTRY,
 )
 RETRIES = Counter(
-    "qmesh_retries_total", "Fragment or block retries, by reason.", ["reason"], registry=REGISTRY,
+    "qmesh_retries_total",
+    "Fragment or block retries, by reason.",
+    ["reason"],
+    registry=REGISTRY,
 )
 MESH_INVOKE_SECONDS = Histogram(
-    "qmesh_mesh_invoke_duration_seconds", "Round-trip time of one invocation over the mesh.",
-    ["method", "outcome"], buckets=INVOKE_BUCKETS_S, registry=REGISTRY,
+    "qmesh_mesh_invoke_duration_seconds",
+    "Round-trip time of one invocation over the mesh.",
+    ["method", "outcome"],
+    buckets=INVOKE_BUCKETS_S,
+    registry=REGISTRY,
 )
 MESH_INVOKES = Counter(
-    "qmesh_mesh_invokes_total", "Invocations over the mesh, by method and outcome.",
-    ["method", "outcome"], registry=REGISTRY,
+    "qmesh_mesh_invokes_total",
+    "Invocations over the mesh, by method and outcome.",
+    ["method", "outcome"],
+    registry=REGISTRY,
 )
 NODE_ADVERT_AGE = Gauge(
-    "qmesh_node_advert_age_seconds", "Seconds since the node's last advert was heard.",
-    ["peer_id"], registry=REGISTRY,
+    "qmesh_node_advert_age_seconds",
+    "Seconds since the node's last advert was heard.",
+    ["peer_id"],
+    registry=REGISTRY,
 )
 NODE_FRESH = Gauge(
-    "qmesh_node_fresh", "1 while the node's advert is fresh enough to plan on, else 0.",
-    ["peer_id"], registry=REGISTRY,
+    "qmesh_node_fresh",
+    "1 while the node's advert is fresh enough to plan on, else 0.",
+    ["peer_id"],
+    registry=REGISTRY,
+)
+QUEUE_DEPTH = Gauge(
+    "qmesh_work_queue_depth",
+    "Units of mesh work waiting for a node with a free slot.",
+    registry=REGISTRY,
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "qmesh_work_queue_wait_seconds",
+    "Time a unit of mesh work waited in the queue.",
+    buckets=INVOKE_BUCKETS_S,
+    registry=REGISTRY,
+)
+JOBS_REJECTED = Counter(
+    "qmesh_jobs_rejected_total",
+    "Submits refused with 429 because the job queue was full.",
+    registry=REGISTRY,
 )
 ADVERTS_DROPPED = Counter(
-    "qmesh_adverts_dropped_total", "Adverts received and ignored, by reason.", ["reason"],
+    "qmesh_adverts_dropped_total",
+    "Adverts received and ignored, by reason.",
+    ["reason"],
     registry=REGISTRY,
 )
 
 METRIC_NAMES = (
-    "qmesh_job_transitions_total", "qmesh_jobs", "qmesh_fragment_duration_seconds",
-    "qmesh_fragments_total", "qmesh_retries_total", "qmesh_mesh_invoke_duration_seconds",
-    "qmesh_mesh_invokes_total", "qmesh_node_advert_age_seconds", "qmesh_node_fresh",
+    "qmesh_job_transitions_total",
+    "qmesh_jobs",
+    "qmesh_fragment_duration_seconds",
+    "qmesh_fragments_total",
+    "qmesh_retries_total",
+    "qmesh_mesh_invoke_duration_seconds",
+    "qmesh_mesh_invokes_total",
+    "qmesh_node_advert_age_seconds",
+    "qmesh_node_fresh",
     "qmesh_adverts_dropped_total",
+    "qmesh_work_queue_depth",
+    "qmesh_work_queue_wait_seconds",
+    "qmesh_jobs_rejected_total",
 )
 
 
@@ -98,6 +177,18 @@ def fragment_finished(seconds: float, ok: bool) -> None:
     outcome = _outcome(ok)
     FRAGMENT_SECONDS.labels(outcome=outcome).observe(max(0.0, seconds))
     FRAGMENTS.labels(outcome=outcome).inc()
+
+
+def set_queue_depth(depth: int) -> None:
+    QUEUE_DEPTH.set(depth)
+
+
+def queue_wait(seconds: float) -> None:
+    QUEUE_WAIT_SECONDS.observe(max(0.0, seconds))
+
+
+def job_rejected() -> None:
+    JOBS_REJECTED.inc()
 
 
 def retry(reason: str) -> None:

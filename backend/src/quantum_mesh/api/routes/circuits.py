@@ -19,7 +19,7 @@ async def submit_circuit(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    job, _created = await coord.jobs.submit_circuit(
-        request=body.model_dump(), idempotency_key=idempotency_key
+    job, _created = await coord.circuits.submit(
+        coord.jobs, request=body.model_dump(), idempotency_key=idempotency_key
     )
     return JSONResponse(status_code=202, content={"job_id": job.job_id, "status": job.status})

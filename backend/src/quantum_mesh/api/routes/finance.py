@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
 from quantum_mesh.control import repository as repo
-from quantum_mesh.control.workflows import PORTFOLIO_KIND, VALIDATORS
+from quantum_mesh.control.workflows import PORTFOLIO_KIND, WORKFLOWS
 from quantum_mesh.errors import Conflict, NotFound
 from quantum_mesh.store.tables import Job
 
@@ -52,7 +52,10 @@ async def submit_portfolio(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    params = await VALIDATORS[PORTFOLIO_KIND](body.model_dump(exclude_none=True))
+    coord.jobs.admit()
+    params = await WORKFLOWS[PORTFOLIO_KIND].validate(
+        body.model_dump(exclude_none=True), coord.compute
+    )
     job, _ = await coord.jobs.submit(
         kind=PORTFOLIO_KIND, request={"params": params}, idempotency_key=idempotency_key
     )

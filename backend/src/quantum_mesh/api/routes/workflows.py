@@ -10,8 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
 from quantum_mesh.control import repository as repo
-from quantum_mesh.control.benchmarks import BENCHMARK_KIND, validate_benchmark
-from quantum_mesh.control.workflows import PORTFOLIO_KIND, VALIDATORS, validate_workflow
+from quantum_mesh.control.workflows import (
+    BENCHMARK,
+    BENCHMARK_KIND,
+    public_kinds,
+    validate_workflow,
+)
 from quantum_mesh.errors import NotFound
 from quantum_mesh.store.tables import Job
 
@@ -44,7 +48,8 @@ async def submit_run(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    params = await validate_workflow(body.kind, body.params)
+    coord.jobs.admit()
+    params = await validate_workflow(body.kind, body.params, coord.compute)
     job, _ = await coord.jobs.submit(
         kind=body.kind, request={"params": params}, idempotency_key=idempotency_key
     )
@@ -56,8 +61,9 @@ async def list_runs(
     coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
 ) -> dict[str, Any]:
     async with coord.db.transaction() as session:
-        kinds = sorted(k for k in VALIDATORS if k != PORTFOLIO_KIND)
-        jobs, total = await repo.list_jobs(session, kinds=kinds, limit=limit, offset=offset)
+        jobs, total = await repo.list_jobs(
+            session, kinds=public_kinds(), limit=limit, offset=offset
+        )
     return page([run_to_dict(j) for j in jobs], total, limit, offset)
 
 
@@ -93,7 +99,8 @@ async def submit_benchmark(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    spec = await validate_benchmark(body.model_dump())
+    coord.jobs.admit()
+    spec = await BENCHMARK.validate(body.model_dump(), coord.compute)
     job, _ = await coord.jobs.submit(
         kind=BENCHMARK_KIND, request={"params": spec}, idempotency_key=idempotency_key
     )

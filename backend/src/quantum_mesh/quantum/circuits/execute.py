@@ -1,8 +1,9 @@
 """Node-side fragment execution: apply a fragment's operations to a statevector.
 
-This is the ``execute_fragment`` handler of the node handler contract (JSON in, JSON out).
-A noisy node really applies a coherent error (small seeded rotations after every
-operation), and reports the fidelity it observed against its own noiseless evolution.
+This implements the ``execute_fragment`` node method (JSON in, JSON out; the node adapts its
+context in ``node/handlers.py``). A noisy node really applies a coherent error (small seeded
+rotations after every operation), and reports the fidelity it observed against its own
+noiseless evolution.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from numpy.typing import NDArray
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Operator, Statevector
 
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.circuits.gates import append_operation, expected_arity, is_known_gate
 from quantum_mesh.quantum.circuits.model import Operation
 from quantum_mesh.quantum.encoding import decode_array, encode_array
@@ -81,8 +81,9 @@ def _apply_unitary(
     return np.ascontiguousarray(result).reshape(-1)
 
 
-def execute_fragment(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
-    """Node handler: apply ``params["operations"]`` to ``params["state"]``.
+def execute_fragment(params: dict[str, Any], *, noise_level: float = 0.0) -> dict[str, Any]:
+    """Apply ``params["operations"]`` to ``params["state"]`` with coherent noise of strength
+    ``noise_level`` (0 = ideal; the executing node's configured level).
 
     Params: ``num_qubits``, ``operations`` (``Operation.to_dict()`` list), ``state``
     (``encode_array`` of the complex128 statevector), ``seed`` (drives the noise).
@@ -102,8 +103,8 @@ def execute_fragment(params: dict[str, Any], node: NodeContext) -> dict[str, Any
     ideal_unitary = _unitary(ideal_circuit)
     ideal = _evolve(state, ideal_circuit, ideal_unitary, qubits, num_qubits)
     applied_unitary = ideal_unitary
-    if node.noise_level > 0 and qubits:
-        noisy_circuit = _local_circuit(operations, local, noise_level=node.noise_level, seed=seed)
+    if noise_level > 0 and qubits:
+        noisy_circuit = _local_circuit(operations, local, noise_level=noise_level, seed=seed)
         applied_unitary = _unitary(noisy_circuit)
         noisy = _evolve(state, noisy_circuit, applied_unitary, qubits, num_qubits)
         final, fidelity = noisy, float(abs(np.vdot(ideal, noisy)) ** 2)

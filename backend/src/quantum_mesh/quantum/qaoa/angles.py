@@ -35,9 +35,9 @@ class AngleSearch:
     evaluations: int
 
 
-def normalise(energies: NDArray[np.float64], *, mask: NDArray[np.bool_] | None = None) -> tuple[
-    NDArray[np.float64], float, float
-]:
+def normalise(
+    energies: NDArray[np.float64], *, mask: NDArray[np.bool_] | None = None
+) -> tuple[NDArray[np.float64], float, float]:
     """``((E - shift) / scale, shift, scale)`` with the mean and std of ``E`` (over ``mask``)."""
     ref = energies if mask is None else energies[mask]
     shift = float(ref.mean())

@@ -1,13 +1,19 @@
 """Master-side QAOA drivers: knapsack beam search over blocks, portfolio selection and
-distributed angle search. Transport-agnostic and async; no I/O except through ``dispatch``.
+distributed angle search. Transport-agnostic and synchronous; no I/O except through
+``dispatch``. The drivers are plain functions meant to run in a worker thread.
 
-``dispatch(payloads)`` sends each payload dict to some node in parallel and returns the
-result dicts, each carrying ``node_id`` (the coordinator's dispatch adds it). For
-:func:`solve_knapsack` and :func:`solve_portfolio` the node method is ``qaoa_block``
-(:data:`METHOD_BLOCK`); for :func:`search_parameters` it is ``qaoa_schedules``
-(:data:`METHOD_SCHEDULES`). Delivery may be at-least-once: duplicated results and results
-of an older ``job_version`` never change the answer; jobs left without a result are re-sent
-with ``job_version + 1`` (at most ``max_attempts`` rounds).
+``dispatch(payloads)`` is a blocking call: it sends every payload dict to some node (in
+parallel where it can) and returns the result dicts in input order, each carrying
+``node_id`` (the coordinator's dispatch adds it). Retrying failed deliveries and waiting for
+capacity is the dispatcher's business, not the drivers'. For :func:`solve_knapsack` and
+:func:`solve_portfolio` the node method is ``qaoa_block`` (:data:`METHOD_BLOCK`); for
+:func:`search_parameters` it is ``qaoa_schedules`` (:data:`METHOD_SCHEDULES`).
+
+Each block job is dispatched once, and exactly one result is accepted for it: a result
+counts only if its ``job_id``, ``block_index``, ``beam_entry`` and ``job_version`` match a
+pending job, so duplicated copies and stale results (an older ``job_version``, a foreign
+job) are counted and ignored and never change the answer. A job left without an accepted
+result fails the run (:class:`ExecutionFailed`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -36,7 +42,8 @@ from quantum_mesh.quantum.qaoa.problems import future_profile, lp_value
 
 METHOD_BLOCK = "qaoa_block"
 METHOD_SCHEDULES = "qaoa_schedules"
-Dispatch = Callable[[list[dict[str, Any]]], Awaitable[list[dict[str, Any]]]]
+#: Blocking: every payload to some node; the result dicts in input order, with ``node_id``.
+Dispatch = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -53,6 +60,10 @@ class KnapsackSettings:
 
     ``compound_size``: beam-entry jobs of one block grouped into one dispatched payload
     (``{"jobs": [...]}``), to amortise transport on small blocks.
+
+    ``max_attempts``: deprecated and ignored. It bounded the driver's re-send rounds, which
+    are gone (the dispatcher retries); it is still accepted and range-checked so existing
+    request bodies and run tags stay valid.
     """
 
     block_size: int = 12
@@ -103,7 +114,10 @@ class KnapsackSettings:
 
 @dataclass(frozen=True)
 class PortfolioSettings:
-    """Tuning of :func:`solve_portfolio`. ``encoding``: ``"xy"`` (default) or ``"penalty"``."""
+    """Tuning of :func:`solve_portfolio`. ``encoding``: ``"xy"`` (default) or ``"penalty"``.
+
+    ``max_attempts``: deprecated and ignored (see :class:`KnapsackSettings`).
+    """
 
     p: int = 2
     optimizer: str = "cobyla"
@@ -133,7 +147,8 @@ class _Entry:
 
 @dataclass
 class _Ledger:
-    """What the dispatch rounds of a run did."""
+    """What the dispatch rounds of a run did. ``resent`` is always 0 (the driver no longer
+    re-sends; the dispatcher retries); it stays for the shape of ``timing``."""
 
     dispatch_s: float = 0.0
     critical_s: float = 0.0
@@ -152,56 +167,53 @@ def _seed_for(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, *keys]).generate_state(1)[0])
 
 
-async def _run_jobs(
-    jobs: list[BlockJob], *, dispatch: Dispatch, group: int, attempts: int, ledger: _Ledger
+def _run_jobs(
+    jobs: list[BlockJob], *, dispatch: Dispatch, group: int, ledger: _Ledger
 ) -> dict[str, dict[str, Any]]:
-    """Dispatch block jobs until each has exactly one accepted result (keyed by job_id).
+    """Dispatch the block jobs once (``group`` jobs per payload) and accept exactly one
+    result per job (keyed by job_id).
 
     A result is accepted only if its ``(job_id, block_index, beam_entry)`` names a pending
-    job and its ``job_version`` is that job's current version; later copies are duplicates.
+    job and its ``job_version`` is that job's version; other results are counted as stale,
+    later copies of an accepted one as duplicates, and both are ignored.
+
+    Raises:
+        ExecutionFailed: some job has no accepted result.
     """
     pending = {job.job_id: job for job in jobs}
     accepted: dict[str, dict[str, Any]] = {}
-    for attempt in range(attempts):
-        todo = [job for job in pending.values() if job.job_id not in accepted]
-        if not todo:
-            break
-        if attempt:
-            ledger.resent += len(todo)
-            todo = [replace(job, job_version=job.job_version + 1) for job in todo]
-            pending.update({job.job_id: job for job in todo})
-        payloads: list[dict[str, Any]] = []
-        for start in range(0, len(todo), group):
-            chunk = [job.to_dict() for job in todo[start : start + group]]
-            payloads.append(chunk[0] if group == 1 else {"jobs": chunk})
-        started = time.perf_counter()
-        raw = await dispatch(payloads)
-        ledger.dispatch_s += time.perf_counter() - started
-        ledger.rounds += 1
-        per_node: dict[str, float] = {}
-        for result in _flatten(raw):
-            job = pending.get(str(result.get("job_id")))
-            if job is None or result.get("block_index") != job.block_index:
-                ledger.stale += 1
-                continue
-            if result.get("beam_entry", 0) != job.beam_entry:
-                ledger.stale += 1
-                continue
-            if result.get("job_version") != job.job_version:
-                ledger.stale += 1
-                continue
-            if job.job_id in accepted:
-                ledger.duplicates += 1
-                continue
-            accepted[job.job_id] = result
-            node = str(result.get("node_id"))
-            seconds = float(result.get("diagnostics", {}).get("seconds", 0.0))
-            per_node[node] = per_node.get(node, 0.0) + seconds
-        ledger.critical_s += max(per_node.values(), default=0.0)
+    payloads: list[dict[str, Any]] = []
+    for start in range(0, len(jobs), group):
+        chunk = [job.to_dict() for job in jobs[start : start + group]]
+        payloads.append(chunk[0] if group == 1 else {"jobs": chunk})
+    started = time.perf_counter()
+    raw = dispatch(payloads)
+    ledger.dispatch_s += time.perf_counter() - started
+    ledger.rounds += 1
+    per_node: dict[str, float] = {}
+    for result in _flatten(raw):
+        job = pending.get(str(result.get("job_id")))
+        if job is None or result.get("block_index") != job.block_index:
+            ledger.stale += 1
+            continue
+        if result.get("beam_entry", 0) != job.beam_entry:
+            ledger.stale += 1
+            continue
+        if result.get("job_version") != job.job_version:
+            ledger.stale += 1
+            continue
+        if job.job_id in accepted:
+            ledger.duplicates += 1
+            continue
+        accepted[job.job_id] = result
+        node = str(result.get("node_id"))
+        seconds = float(result.get("diagnostics", {}).get("seconds", 0.0))
+        per_node[node] = per_node.get(node, 0.0) + seconds
+    ledger.critical_s += max(per_node.values(), default=0.0)
     missing = sorted(set(pending) - set(accepted))
     if missing:
         raise ExecutionFailed(
-            f"No result for {len(missing)} block job(s) after {attempts} attempts.",
+            f"No result for {len(missing)} block job(s).",
             details={"job_ids": missing},
         )
     return accepted
@@ -252,7 +264,7 @@ def _block_entry(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _with_distributed_angles(
+def _with_distributed_angles(
     jobs: list[BlockJob],
     *,
     settings: KnapsackSettings,
@@ -264,7 +276,7 @@ async def _with_distributed_angles(
     then fix them for every entry of the block (angles act on the normalised cost, so they
     carry over between entries whose contexts differ)."""
     started = time.perf_counter()
-    found = await search_parameters(
+    found = search_parameters(
         jobs[0].to_dict(),
         dispatch=dispatch,
         n_schedules=settings.grid_size**2,
@@ -283,7 +295,7 @@ async def _with_distributed_angles(
     return [replace(job, qaoa=fixed) for job in jobs]
 
 
-async def solve_knapsack(
+def solve_knapsack(
     values: list[int],
     weights: list[int],
     capacity: int,
@@ -316,7 +328,8 @@ async def solve_knapsack(
         ``settings``, ``seed``.
 
     Raises:
-        InvalidInput: bad instance or settings. ExecutionFailed: jobs left without results.
+        InvalidInput: bad instance or settings. ExecutionFailed: a block job without an
+            accepted result, or a block with no feasible candidate.
     """
     started = time.perf_counter()
     vals, wts, cap = validate_knapsack(values, weights, capacity)
@@ -382,20 +395,14 @@ async def solve_knapsack(
         ]
         if settings.optimizer == "distributed":
             assert schedule_dispatch is not None
-            jobs = await _with_distributed_angles(
+            jobs = _with_distributed_angles(
                 jobs,
                 settings=settings,
                 seed=_seed_for(seed, b, 1 << 20),
                 dispatch=schedule_dispatch,
                 ledger=ledger,
             )
-        results = await _run_jobs(
-            jobs,
-            dispatch=dispatch,
-            group=settings.compound_size,
-            attempts=settings.max_attempts,
-            ledger=ledger,
-        )
+        results = _run_jobs(jobs, dispatch=dispatch, group=settings.compound_size, ledger=ledger)
         extended: dict[tuple[int, ...], _Entry] = {}
         for job in jobs:
             result = results[job.job_id]
@@ -476,7 +483,7 @@ async def solve_knapsack(
     }
 
 
-async def solve_portfolio(
+def solve_portfolio(
     expected_returns: list[float],
     covariance: list[list[float]],
     budget: int,
@@ -526,11 +533,7 @@ async def solve_portfolio(
         problem="portfolio",
     )
     ledger = _Ledger()
-    result = (
-        await _run_jobs(
-            [job], dispatch=dispatch, group=1, attempts=settings.max_attempts, ledger=ledger
-        )
-    )[job.job_id]
+    result = _run_jobs([job], dispatch=dispatch, group=1, ledger=ledger)[job.job_id]
     best_sel: list[int] = []
     best_obj = -np.inf
     for cand in result.get("candidates", []):
@@ -560,7 +563,7 @@ async def solve_portfolio(
     }
 
 
-async def search_parameters(
+def search_parameters(
     problem: Mapping[str, Any],
     *,
     dispatch: Dispatch,
@@ -601,7 +604,7 @@ async def search_parameters(
             for j, c in enumerate(chunks)
         ]
         t0 = time.perf_counter()
-        raw = await dispatch(payloads)
+        raw = dispatch(payloads)
         dispatch_s += time.perf_counter() - t0
         seen: dict[str, dict[str, Any]] = {}
         wanted = {str(pl["batch_id"]): pl for pl in payloads}

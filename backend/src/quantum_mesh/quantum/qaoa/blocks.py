@@ -55,8 +55,16 @@ class BlockJob:
             InvalidInput: missing or extra fields, mismatched lengths, bad numbers.
         """
         names = set(cls.__dataclass_fields__)
-        required = {"job_id", "block_index", "item_indices", "values", "weights", "context",
-                    "qaoa", "random_seed"}
+        required = {
+            "job_id",
+            "block_index",
+            "item_indices",
+            "values",
+            "weights",
+            "context",
+            "qaoa",
+            "random_seed",
+        }
         missing = sorted(required - set(data))
         extra = sorted(set(data) - names)
         if missing or extra:

@@ -190,9 +190,7 @@ def portfolio_objective(
 ) -> float:
     """``mu^T x - q x^T Sigma x`` for the 0/1 vector with ones at ``selected``."""
     idx = np.asarray(list(selected), dtype=np.int64)
-    return float(
-        expected_returns[idx].sum() - risk_aversion * covariance[np.ix_(idx, idx)].sum()
-    )
+    return float(expected_returns[idx].sum() - risk_aversion * covariance[np.ix_(idx, idx)].sum())
 
 
 def portfolio_brute_force(

@@ -219,9 +219,7 @@ def sample_counts(probs: FloatArray, *, shots: int, seed: int) -> dict[int, int]
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
-def best_distinct(
-    indices: NDArray[np.int64], energies: FloatArray, *, k: int
-) -> NDArray[np.int64]:
+def best_distinct(indices: NDArray[np.int64], energies: FloatArray, *, k: int) -> NDArray[np.int64]:
     """The ``k`` distinct indices (among ``indices``) of lowest energy, lowest first.
 
     Ties are broken by the smaller index, so the result is deterministic.

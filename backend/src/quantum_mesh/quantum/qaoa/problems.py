@@ -83,9 +83,7 @@ def lp_value(capacity: FloatArray | float, profile: Mapping[str, Sequence[float]
     """The LP value of a :func:`future_profile` at the given capacity (array or scalar)."""
     if not profile or len(profile.get("weights", [])) < 2:
         return np.zeros_like(np.asarray(capacity, dtype=np.float64))
-    return np.interp(
-        np.maximum(capacity, 0.0), profile["weights"], profile["values"], left=0.0
-    )
+    return np.interp(np.maximum(capacity, 0.0), profile["weights"], profile["values"], left=0.0)
 
 
 def default_penalty(values: FloatArray, weights: FloatArray) -> float:

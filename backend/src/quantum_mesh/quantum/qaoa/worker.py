@@ -1,6 +1,6 @@
-"""Node handlers for QAOA (``qaoa_block`` and ``qaoa_schedules``), run in a node's worker
-process: JSON in, JSON out, deterministic for a given seed. Bad params raise ``ValueError``
-(the invoke protocol's ``bad_request``).
+"""QAOA node methods (``qaoa_block`` and ``qaoa_schedules``), run in a node's worker process
+(adapted to the node's context in ``node/handlers.py``): JSON in, JSON out, deterministic for
+a given seed. Bad params raise ``ValueError`` (the invoke protocol's ``bad_request``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from quantum_mesh.errors import InvalidInput
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.qaoa.blocks import BlockJob
 from quantum_mesh.quantum.qaoa.solver import (
     BlockProblem,
@@ -27,42 +26,52 @@ MAX_SCHEDULES = 4096
 _SCHEDULE_KEYS = ("schedules", "batch_id")
 
 
-def solve_block(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+def solve_block(
+    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0
+) -> dict[str, Any]:
     """``qaoa_block``: solve one :class:`BlockJob` (its ``to_dict()``) or a compound job.
 
     A compound job ``{"jobs": [job, ...]}`` (at most 64, solved in order) returns
     ``{"results": [result, ...]}``; a single job returns ``BlockResult.to_dict()`` with
-    ``diagnostics["peer_id"]`` set to the node that ran it.
+    ``diagnostics["peer_id"]`` set to ``peer_id`` (the node that ran it). ``noise_level`` is
+    that node's depolarising noise (0 = ideal).
     """
     try:
         if "jobs" in params:
             jobs = params["jobs"]
             if not isinstance(jobs, list) or not 1 <= len(jobs) <= MAX_COMPOUND_JOBS:
                 raise InvalidInput(f"'jobs' must be a list of 1..{MAX_COMPOUND_JOBS} block jobs.")
-            return {"results": [_solve_one(job, node) for job in jobs]}
-        return _solve_one(params, node)
+            return {
+                "results": [
+                    _solve_one(job, peer_id=peer_id, noise_level=noise_level) for job in jobs
+                ]
+            }
+        return _solve_one(params, peer_id=peer_id, noise_level=noise_level)
     except InvalidInput as error:
         raise ValueError(error.message) from error
 
 
-def _solve_one(params: Mapping[str, Any], node: NodeContext) -> dict[str, Any]:
+def _solve_one(params: Mapping[str, Any], *, peer_id: str, noise_level: float) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         raise InvalidInput("A block job must be an object.")
     job = BlockJob.from_dict(params)
-    result = run_block(job, noise_level=node.noise_level).to_dict()
-    result["diagnostics"]["peer_id"] = node.peer_id
+    result = run_block(job, noise_level=noise_level).to_dict()
+    result["diagnostics"]["peer_id"] = peer_id
     return result
 
 
-def evaluate_schedules(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
-    """``qaoa_schedules``: energy expectation of each schedule on one problem.
+def evaluate_schedules(
+    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0
+) -> dict[str, Any]:
+    """``qaoa_schedules``: energy expectation of each schedule on one problem, under the
+    executing node's depolarising ``noise_level``.
 
     ``params``: ``schedules: [[gamma_1..gamma_p, beta_1..beta_p], ...]`` plus either the
     fields of a :class:`BlockJob` (angles act on its normalised cost, as in ``qaoa_block``) or
     ``qubo: {"matrix": [[...]], "offset"?: float}`` (angles act on the QUBO normalised to
     zero mean and unit variance). Returns ``energies`` (problem units), ``best_index``,
     ``best_schedule``, ``best_energy``, ``evaluations``, ``seconds``, ``normalisation``,
-    ``peer_id`` and ``batch_id`` (echoed from params, optional).
+    ``peer_id`` (as given) and ``batch_id`` (echoed from params, optional).
     """
     started = time.perf_counter()
     try:
@@ -70,7 +79,7 @@ def evaluate_schedules(params: dict[str, Any], node: NodeContext) -> dict[str, A
         if not isinstance(schedules, list) or not 1 <= len(schedules) <= MAX_SCHEDULES:
             raise InvalidInput(f"'schedules' must be a list of 1..{MAX_SCHEDULES} schedules.")
         problem = _schedule_problem(params)
-        energies = evaluate_schedule_batch(problem, schedules, noise_level=node.noise_level)
+        energies = evaluate_schedule_batch(problem, schedules, noise_level=noise_level)
     except InvalidInput as error:
         raise ValueError(error.message) from error
     except (TypeError, ValueError) as error:
@@ -84,7 +93,7 @@ def evaluate_schedules(params: dict[str, Any], node: NodeContext) -> dict[str, A
         "evaluations": len(energies),
         "seconds": time.perf_counter() - started,
         "normalisation": {"shift": problem.shift, "scale": problem.scale},
-        "peer_id": node.peer_id,
+        "peer_id": peer_id,
         "batch_id": params.get("batch_id"),
     }
 

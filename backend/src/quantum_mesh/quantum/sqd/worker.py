@@ -1,4 +1,4 @@
-"""Node handler ``sqd_batch``: one SQD batch diagonalisation (qiskit-addon-sqd's ``solve_sci``).
+"""Node method ``sqd_batch``: one SQD batch diagonalisation (qiskit-addon-sqd's ``solve_sci``).
 
 Params (JSON; arrays via ``quantum.encoding``):
 
@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.quantum.sqd.problem import MAX_ACTIVE_ORBITALS, integrals_hash
 from quantum_mesh.quantum.sqd.threads import pyscf_threads
@@ -45,13 +44,9 @@ _CACHE_SIZE = 4
 _INTEGRALS: OrderedDict[str, tuple[NDArray[np.float64], NDArray[np.float64]]] = OrderedDict()
 
 
-def solve_batch(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
-    """Diagonalise the Hamiltonian in one batch's subspace, with ``node.blas_threads`` threads."""
-    return solve_batch_with_threads(params, threads=node.blas_threads)
-
-
-def solve_batch_with_threads(params: dict[str, Any], *, threads: int | None) -> dict[str, Any]:
-    """:func:`solve_batch` with an explicit OpenMP thread count (``None``: leave it as is)."""
+def solve_batch(params: dict[str, Any], *, threads: int | None = None) -> dict[str, Any]:
+    """Diagonalise the Hamiltonian in one batch's subspace with ``threads`` OpenMP threads
+    (a node passes its ``blas_threads``; ``None``: leave the process setting as is)."""
     start = time.perf_counter()
     norb, nelec = _check_space(params)
     h1, h2 = _integrals(params, norb=norb, nelec=nelec)
@@ -90,6 +85,10 @@ def solve_batch_with_threads(params: dict[str, Any], *, threads: int | None) -> 
         "ci_strs_b": encode_array(np.asarray(state.ci_strs_b, dtype=np.int64)),
         "seconds": time.perf_counter() - start,
     }
+
+
+#: The name the in-process drivers (``sqd/loop.py``, ``sqd/local_pool.py``) call it by.
+solve_batch_with_threads = solve_batch
 
 
 def clear_cache() -> None:

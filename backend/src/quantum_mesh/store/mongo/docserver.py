@@ -185,8 +185,15 @@ class EmbeddedDocServer:
         if self._logfile.exists() and self._logfile.stat().st_size > LOG_ROTATE_BYTES:
             self._logfile.replace(self._logfile.with_suffix(".log.1"))
         args = [
-            str(exe), "--host", self.host, "--port", str(self._port),
-            "--storage-path", str(self._data_path), "--log-level", "WARNING",
+            str(exe),
+            "--host",
+            self.host,
+            "--port",
+            str(self._port),
+            "--storage-path",
+            str(self._data_path),
+            "--log-level",
+            "WARNING",
         ]
         if self.sync_on_commit:
             args.append("--sync-on-commit")
@@ -204,8 +211,13 @@ class EmbeddedDocServer:
             # Own session: a Ctrl-C in the terminal reaches the coordinator, which stops the
             # child in order, instead of the child dying first and the watchdog restarting it.
             proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                cwd=self.storage_dir, start_new_session=True, preexec_fn=die_with_parent(),
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.storage_dir,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         self._pidfile.write_text(str(proc.pid))
         return proc
@@ -213,7 +225,9 @@ class EmbeddedDocServer:
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(
-            self.url, serverSelectionTimeoutMS=PING_TIMEOUT_MS, connectTimeoutMS=PING_TIMEOUT_MS,
+            self.url,
+            serverSelectionTimeoutMS=PING_TIMEOUT_MS,
+            connectTimeoutMS=PING_TIMEOUT_MS,
             directConnection=True,
         )
         try:

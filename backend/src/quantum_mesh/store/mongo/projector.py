@@ -228,10 +228,7 @@ class Projector:
     async def _apply(self, events: list[dict[str, Any]]) -> None:
         coll = ProvenanceBundle.get_pymongo_collection()
         job_ids = list({e["job_id"] for e in events})
-        closed = {
-            d["job_id"]
-            async for d in coll.find({"job_id": {"$in": job_ids}}, {"job_id": 1})
-        }
+        closed = {d["job_id"] async for d in coll.find({"job_id": {"$in": job_ids}}, {"job_id": 1})}
         for event in events:
             job_id = event["job_id"]
             status = event["payload"].get("status") if event["event_type"] == "status" else None

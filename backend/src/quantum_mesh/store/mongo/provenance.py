@@ -27,8 +27,15 @@ from quantum_mesh.store.tables import (
 
 #: Distributions whose versions decide what a job computed.
 TRACKED_LIBRARIES = (
-    "quantum-mesh", "qiskit", "qiskit-aer", "libp2p", "numpy", "scipy",
-    "qiskit-addon-sqd", "pyscf", "ffsim",
+    "quantum-mesh",
+    "qiskit",
+    "qiskit-aer",
+    "libp2p",
+    "numpy",
+    "scipy",
+    "qiskit-addon-sqd",
+    "pyscf",
+    "ffsim",
 )
 _SEED_DEPTH = 4
 

@@ -1,0 +1,105 @@
+"""The coordinator's own bounded worker pools, so the API loop only validates, persists and
+schedules.
+
+- ``run``: short CPU steps of running jobs (planning, composing states, encoding, result
+  analysis) in a small thread pool of their own, never asyncio's shared default pool.
+- ``isolated``: validation that may be slow or memory-hungry (circuit parsing at submit,
+  pyscf mean-field runs) in worker *processes*, so neither the GIL nor a huge input can stall
+  ``/health`` and submits.
+- ``drive``: workload drivers (beam search, the SQD loop) — blocking functions that mostly
+  wait on the mesh — in a thread pool sized for the number of concurrent workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any, TypeVar
+
+from quantum_mesh.config import Settings
+from quantum_mesh.logs import get_logger
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+_BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _init_isolated() -> None:
+    for var in _BLAS_ENV_VARS:
+        os.environ.setdefault(var, "1")
+    from quantum_mesh.procutil import die_with_parent
+
+    arm = die_with_parent()
+    if arm is not None:
+        arm()
+
+
+def _warm() -> int:
+    # Import the heavy modules once per worker so the first real call is fast.
+    import quantum_mesh.quantum.circuits.parse  # noqa: F401
+
+    return os.getpid()
+
+
+class ComputePools:
+    def __init__(self, settings: Settings) -> None:
+        self._threads = ThreadPoolExecutor(
+            max_workers=settings.compute_threads, thread_name_prefix="qmesh-compute"
+        )
+        self._drivers = ThreadPoolExecutor(
+            max_workers=settings.driver_threads, thread_name_prefix="qmesh-driver"
+        )
+        self._processes_n = settings.validation_processes
+        self._processes: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the validation workers in the background (their imports take seconds)."""
+        pool = self._process_pool()
+        for _ in range(self._processes_n):
+            pool.submit(_warm)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._on(self._threads, fn, *args, **kwargs)
+
+    async def drive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._on(self._drivers, fn, *args, **kwargs)
+
+    async def isolated(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a picklable function in a validation process; a crashed worker (say, killed
+        for memory) is replaced and the call fails with the worker's error."""
+        try:
+            return await self._on(self._process_pool(), fn, *args, **kwargs)
+        except BrokenProcessPool:
+            log.warning("compute.validation_pool_broken")
+            self._shutdown_processes()
+            raise
+
+    @staticmethod
+    async def _on(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        if self._processes is None:
+            self._processes = ProcessPoolExecutor(
+                max_workers=self._processes_n,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_isolated,
+            )
+        return self._processes
+
+    def _shutdown_processes(self) -> None:
+        pool, self._processes = self._processes, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def shutdown(self) -> None:
+        self._shutdown_processes()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._drivers.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,564 @@
+"""The one path every unit of mesh work takes: queue → node choice → reservation → invoke.
+
+Units (circuit fragments, QAOA blocks, angle schedules, SQD batches) wait in one FIFO queue
+and are placed only on a node with a free slot, known from the node's advertised workers and
+from the coordinator's own count of what it has in flight there — so a reservation is asked
+for only when it is likely to be granted. A node that is busy, restarting or briefly stale
+means *wait*, never failure. A unit fails only for a real fault: nothing offers its service,
+its deadline passed, a node rejected it as bad input, or it failed with real errors on
+``max_unit_attempts`` executions. ``attempts`` counts executions; refused reservations are
+counted apart (``refusals``).
+
+Every accepted result is recorded exactly once: the reservation moves to EXECUTED and the
+job gets one ``unit_completed`` event (circuit fragments record their own rows instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from quantum_mesh.config import Settings
+from quantum_mesh.control import repository as repo
+from quantum_mesh.control.journal import NULL_JOURNAL, Journal
+from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
+from quantum_mesh.control.ports import MeshPort
+from quantum_mesh.control.registry import PeerRegistry, PeerView
+from quantum_mesh.control.reservations import ReservationService
+from quantum_mesh.control.states import ReservationStatus
+from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
+from quantum_mesh.logs import get_logger
+from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
+from quantum_mesh.mesh.protocol import BUSY_CODES, BUSY_REASONS, NON_RETRYABLE_CODES
+from quantum_mesh.node.reservations import SLOTS_PER_WORKER
+from quantum_mesh.observability import metrics
+
+log = get_logger(__name__)
+
+#: How long a node that refused for lack of capacity is skipped (an advert or a finished
+#: unit on it ends the pause sooner).
+BUSY_PAUSE_S = 0.25
+#: How long a node that could not be reached is skipped.
+UNREACHABLE_PAUSE_S = 1.0
+#: The queue is re-examined at least this often (deadlines, pauses ending).
+PUMP_INTERVAL_S = 0.1
+
+#: Optional check of a reply: a dict (``outcome`` plus details) says why it is not acceptable
+#: and the unit is tried elsewhere.
+Acceptance = Callable[[str, Mapping[str, Any]], dict[str, Any] | None]
+UnitHook = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One piece of mesh work. ``params`` is the method's payload."""
+
+    job_id: str
+    unit_id: str
+    method: str
+    service_type: str
+    params: Mapping[str, Any]
+    #: Qubits the node must hold (0: any node offering the service).
+    width: int = 0
+    min_fidelity: float | None = None
+    #: Restrict to these nodes (a benchmark's "N nodes").
+    nodes: frozenset[str] | None = None
+    #: The planner's order for this unit (first = primary); others follow by rank.
+    preferred: tuple[str, ...] = ()
+    timeout_s: float | None = None
+    #: Record a ``unit_completed`` event (circuit fragments keep their own record).
+    record: bool = True
+    accept: Acceptance | None = None
+
+
+@dataclass
+class UnitOutcome:
+    unit_id: str
+    node_id: str
+    reply: dict[str, Any]
+    attempts: int
+    refusals: int
+    reservation_id: str
+    seconds: float
+    started_at: datetime
+    finished_at: datetime
+    history: list[dict[str, Any]]
+
+
+@dataclass(order=True)
+class _Ticket:
+    seq: int
+    unit: WorkUnit = field(compare=False)
+    future: asyncio.Future[UnitOutcome] = field(compare=False)
+    enqueued: float = field(compare=False)
+    deadline: float = field(compare=False)
+    started_at: datetime = field(compare=False)
+    attempts: int = field(default=0, compare=False)
+    refusals: int = field(default=0, compare=False)
+    failed_on: dict[str, int] = field(default_factory=dict, compare=False)
+    history: list[dict[str, Any]] = field(default_factory=list, compare=False)
+
+
+class WorkScheduler:
+    """Owns the work queue and each node's slots; runs on the API event loop."""
+
+    def __init__(
+        self,
+        *,
+        db: Any,
+        mesh: MeshPort,
+        registry: PeerRegistry,
+        reservations: ReservationService,
+        settings: Settings,
+        journal: Journal = NULL_JOURNAL,
+    ) -> None:
+        self.db = db
+        self.mesh = mesh
+        self.registry = registry
+        self.reservations = reservations
+        self.settings = settings
+        self.journal = journal
+        self._queue: list[_Ticket] = []
+        self._seq = itertools.count()
+        self._in_flight: dict[str, int] = {}
+        self._paused_until: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        #: Called once per unit, after its reservation is committed and before it is sent.
+        self.on_committed: UnitHook | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump(), name="work-scheduler")
+
+    async def stop(self) -> None:
+        tasks = [t for t in [self._pump_task, *self._running] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pump_task = None
+        for ticket in self._queue:
+            if not ticket.future.done():
+                ticket.future.cancel()
+        self._queue.clear()
+
+    def nudge(self) -> None:
+        """Something changed (an advert, a freed slot): look at the queue again."""
+        self._wake.set()
+
+    # --- public ----------------------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def in_flight(self) -> dict[str, int]:
+        return {k: v for k, v in self._in_flight.items() if v}
+
+    async def run(self, unit: WorkUnit) -> UnitOutcome:
+        """Queue ``unit`` and wait for its accepted result (or its real failure)."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        ticket = _Ticket(
+            seq=next(self._seq),
+            unit=unit,
+            future=loop.create_future(),
+            enqueued=now,
+            deadline=now + self.settings.unit_deadline_s,
+            started_at=datetime.now(UTC),
+        )
+        self._push(ticket)
+        try:
+            return await asyncio.shield(ticket.future)
+        except asyncio.CancelledError:
+            self._drop(ticket)
+            raise
+
+    async def run_many(
+        self,
+        units: Sequence[WorkUnit],
+        *,
+        on_done: Callable[[int, int], Awaitable[None]] | None = None,
+    ) -> list[UnitOutcome]:
+        """Run every unit; results in input order. The first real failure cancels the rest."""
+        done = 0
+
+        async def one(unit: WorkUnit) -> UnitOutcome:
+            nonlocal done
+            outcome = await self.run(unit)
+            done += 1
+            if on_done is not None:
+                await on_done(done, len(units))
+            return outcome
+
+        tasks = [asyncio.ensure_future(one(u)) for u in units]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def cancel_job(self, job_id: str) -> int:
+        """Drop a cancelled job's waiting units; units already on a node finish there."""
+        mine = [t for t in self._queue if t.unit.job_id == job_id]
+        for ticket in mine:
+            self._drop(ticket)
+            if not ticket.future.done():
+                ticket.future.cancel()
+        return len(mine)
+
+    # --- queue -----------------------------------------------------------------------------
+    def _push(self, ticket: _Ticket) -> None:
+        heapq.heappush(self._queue, ticket)
+        metrics.set_queue_depth(len(self._queue))
+        self._wake.set()
+
+    def _drop(self, ticket: _Ticket) -> None:
+        if ticket in self._queue:
+            self._queue.remove(ticket)
+            heapq.heapify(self._queue)
+            metrics.set_queue_depth(len(self._queue))
+
+    async def _pump(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=PUMP_INTERVAL_S)
+            self._wake.clear()
+            try:
+                self._place_waiting()
+            except Exception:  # the pump must survive anything a placement raises
+                log.exception("scheduler.pump_failed")
+
+    def _place_waiting(self) -> None:
+        if not self._queue:
+            return
+        now = time.monotonic()
+        views = [v for v in self.registry.snapshot() if v.fresh or v.connected]
+        usable = [v for v in views if v.fresh and self.registry.is_trusted(v.peer_id)]
+        keep: list[_Ticket] = []
+        for ticket in sorted(self._queue):  # FIFO across jobs
+            if ticket.future.done():
+                continue
+            node = self._choose(ticket, usable, now)
+            if node is not None:
+                self._in_flight[node] = self._in_flight.get(node, 0) + 1
+                waited = now - ticket.enqueued
+                metrics.queue_wait(waited)
+                task = asyncio.create_task(self._execute(ticket, node))
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
+                continue
+            failure = self._fault_while_waiting(ticket, now)
+            if failure is not None:
+                ticket.future.set_exception(failure)
+                continue
+            keep.append(ticket)
+        heapq.heapify(keep)
+        self._queue = keep
+        metrics.set_queue_depth(len(keep))
+
+    @staticmethod
+    def _offers(view: PeerView, unit: WorkUnit) -> bool:
+        return offers(view, unit.service_type, unit.width) and (
+            unit.nodes is None or view.peer_id in unit.nodes
+        )
+
+    def free_slots(self, view: PeerView) -> int:
+        workers = max(1, int(self.registry.advert_of(view.peer_id).get("workers", 1)))
+        return workers * SLOTS_PER_WORKER - self._in_flight.get(view.peer_id, 0)
+
+    def _choose(self, ticket: _Ticket, usable: list[PeerView], now: float) -> str | None:
+        unit = ticket.unit
+        candidates = [
+            v
+            for v in usable
+            if self._offers(v, unit)
+            and self.free_slots(v) > 0
+            and self._paused_until.get(v.peer_id, 0.0) <= now
+        ]
+        if not candidates:
+            return None
+        ranked = rank_nodes(
+            candidates,
+            weights=CostWeights.from_settings(self.settings),
+            preferred=unit.preferred,
+            min_fidelity=unit.min_fidelity,
+            failed_on=ticket.failed_on,
+            in_flight=self._in_flight,
+        )
+        return ranked[0].peer_id
+
+    def _fault_while_waiting(self, ticket: _Ticket, now: float) -> Exception | None:
+        """Why a unit that cannot be placed now will never be, or ``None`` (keep waiting)."""
+        unit = ticket.unit
+        known = [v for v in self.registry.snapshot() if self._offers(v, unit)]
+        waited = now - ticket.enqueued
+        if not known and waited >= self.settings.capacity_wait_s:
+            return NoCapacity(
+                f"No enrolled node offers '{unit.service_type}'"
+                + (f" for {unit.width} qubits" if unit.width else ""),
+                details={"unit_id": unit.unit_id, "service_type": unit.service_type},
+            )
+        if now >= ticket.deadline:
+            return DeadlineExceeded(
+                f"Unit {unit.unit_id} waited {waited:.1f} s for a node with a free slot",
+                details={
+                    "unit_id": unit.unit_id,
+                    "attempts": ticket.attempts,
+                    "refusals": ticket.refusals,
+                    "history": ticket.history[-20:],
+                },
+            )
+        return None
+
+    # --- one placement -------------------------------------------------------------------
+    async def _execute(self, ticket: _Ticket, node_id: str) -> None:
+        unit = ticket.unit
+        try:
+            outcome = await self._attempt(ticket, node_id)
+        except asyncio.CancelledError:
+            if not ticket.future.done():
+                ticket.future.cancel()
+            raise
+        except Exception as exc:  # a bug here must fail the unit, not hang it
+            log.exception("scheduler.attempt_crashed", unit_id=unit.unit_id)
+            outcome = exc
+        finally:
+            self._in_flight[node_id] = max(0, self._in_flight.get(node_id, 0) - 1)
+            self._wake.set()
+        if ticket.future.done():
+            return
+        if isinstance(outcome, UnitOutcome):
+            ticket.future.set_result(outcome)
+        elif isinstance(outcome, Exception):
+            ticket.future.set_exception(outcome)
+        else:  # requeued: wait for the next placement
+            self._push(ticket)
+
+    async def _attempt(self, ticket: _Ticket, node_id: str) -> UnitOutcome | Exception | None:
+        """One reservation + invocation. Returns the outcome, a final error, or ``None`` to
+        requeue the unit."""
+        unit = ticket.unit
+        reservation = await self.reservations.reserve(
+            service_type=unit.service_type,
+            node_id=node_id,
+            min_fidelity=unit.min_fidelity,
+            job_id=unit.job_id,
+            fragment_id=unit.unit_id,
+            started_event={"unit_id": unit.unit_id, "method": unit.method},
+        )
+        if reservation.status != ReservationStatus.COMMITTED:
+            reason = reservation.reason or "refused"
+            ticket.refusals += 1
+            busy = reason in BUSY_REASONS
+            self._pause(node_id, BUSY_PAUSE_S if busy else UNREACHABLE_PAUSE_S)
+            if not busy:
+                ticket.failed_on[node_id] = ticket.failed_on.get(node_id, 0) + 1
+            await self._setback(
+                ticket,
+                "reservation_rejected",
+                node_id=node_id,
+                attempt=None,
+                outcome="reservation_rejected",
+                reason=reason,
+                reservation_id=reservation.reservation_id,
+            )
+            return None
+        if self.on_committed is not None:
+            await self.on_committed(unit.job_id)
+        ticket.attempts += 1
+        t0 = time.perf_counter()
+        payload = {
+            **unit.params,
+            "reservation_id": reservation.reservation_id,
+            "job_id": unit.params.get("job_id", unit.job_id),
+            "fragment_id": unit.unit_id,
+        }
+        try:
+            reply = await self.mesh.invoke(
+                node_id,
+                unit.method,
+                payload,
+                timeout=unit.timeout_s or self.settings.invoke_timeout_s,
+                addrs=self.registry.addrs_of(node_id),
+            )
+        except RemoteError as exc:
+            if exc.code in BUSY_CODES:
+                await self.reservations.mark_unused(reservation.reservation_id, reason=exc.code)
+                ticket.attempts -= 1  # it never ran
+                ticket.refusals += 1
+                self._pause(node_id, BUSY_PAUSE_S)
+                await self._setback(
+                    ticket,
+                    "reservation_rejected",
+                    node_id=node_id,
+                    attempt=None,
+                    outcome="reservation_rejected",
+                    reason=exc.code,
+                )
+                return None
+            await self.reservations.mark_executed(reservation.reservation_id, reason=exc.code)
+            self.registry.record_outcome(node_id, ok=False)
+            await self._setback(
+                ticket,
+                "attempt_failed",
+                node_id=node_id,
+                attempt=ticket.attempts,
+                outcome="remote_error",
+                code=exc.code,
+                message=exc.message,
+            )
+            if exc.code in NON_RETRYABLE_CODES:
+                return ExecutionFailed(
+                    f"{unit.method} rejected by node {node_id}: {exc.message}",
+                    details={"unit_id": unit.unit_id, "code": exc.code},
+                )
+            return self._retry_or_fail(ticket, node_id)
+        except MeshError as exc:
+            # Whether the node ran it is unknown; its TTL frees the slot if it is alive.
+            await self.reservations.mark_unused(
+                reservation.reservation_id, reason=f"invocation failed: {exc}"
+            )
+            self.registry.record_outcome(node_id, ok=False)
+            self._pause(node_id, UNREACHABLE_PAUSE_S)
+            await self._setback(
+                ticket,
+                "attempt_failed",
+                node_id=node_id,
+                attempt=ticket.attempts,
+                outcome="timeout" if isinstance(exc, InvokeTimeout) else "connection_lost",
+                code=type(exc).__name__,
+                message=str(exc),
+            )
+            return self._retry_or_fail(ticket, node_id)
+        seconds = time.perf_counter() - t0
+        self.registry.record_latency(node_id, seconds)
+        rejected = unit.accept(node_id, reply) if unit.accept is not None else None
+        if rejected is not None:
+            outcome_name = str(rejected.get("outcome", "rejected"))
+            await self.reservations.mark_executed(reservation.reservation_id, reason=outcome_name)
+            self.registry.record_outcome(
+                node_id, ok=False, observed_fidelity=rejected.get("observed_fidelity")
+            )
+            await self._setback(
+                ticket,
+                outcome_name,
+                node_id=node_id,
+                attempt=ticket.attempts,
+                **{**rejected, "seconds": round(seconds, 6)},
+            )
+            return self._retry_or_fail(ticket, node_id)
+        self.registry.record_outcome(
+            node_id, ok=True, observed_fidelity=_as_float(reply.get("observed_fidelity"))
+        )
+        ticket.history.append(
+            {
+                "node_id": node_id,
+                "attempt": ticket.attempts,
+                "outcome": "ok",
+                "seconds": round(seconds, 6),
+                "reservation_id": reservation.reservation_id,
+            }
+        )
+        outcome = UnitOutcome(
+            unit_id=unit.unit_id,
+            node_id=node_id,
+            reply=dict(reply),
+            attempts=ticket.attempts,
+            refusals=ticket.refusals,
+            reservation_id=reservation.reservation_id,
+            seconds=seconds,
+            started_at=ticket.started_at,
+            finished_at=datetime.now(UTC),
+            history=ticket.history,
+        )
+        await self.reservations.mark_executed(
+            reservation.reservation_id,
+            completed_event=self._completion_event(unit, outcome) if unit.record else None,
+        )
+        return outcome
+
+    @staticmethod
+    def _completion_event(unit: WorkUnit, outcome: UnitOutcome) -> dict[str, Any]:
+        return {
+            "job_id": unit.job_id,
+            "event_type": "unit_completed",
+            "fragment_id": unit.unit_id,
+            "node_id": outcome.node_id,
+            "attempt": outcome.attempts,
+            "payload": {
+                "method": unit.method,
+                "reservation_id": outcome.reservation_id,
+                "attempts": outcome.attempts,
+                "refusals": outcome.refusals,
+                "seconds": round(outcome.seconds, 6),
+            },
+        }
+
+    def _retry_or_fail(self, ticket: _Ticket, node_id: str) -> Exception | None:
+        ticket.failed_on[node_id] = ticket.failed_on.get(node_id, 0) + 1
+        if ticket.attempts >= self.settings.max_unit_attempts:
+            unit = ticket.unit
+            return ExecutionFailed(
+                f"{unit.method} unit {unit.unit_id} failed {ticket.attempts} times",
+                details={"unit_id": unit.unit_id, "history": ticket.history[-20:]},
+            )
+        return None
+
+    def _pause(self, node_id: str, seconds: float) -> None:
+        self._paused_until[node_id] = time.monotonic() + seconds
+
+    def node_heard(self, node_id: str) -> None:
+        """A fresh advert ends a busy pause early: the node says how loaded it is now."""
+        until = self._paused_until.get(node_id)
+        if until is not None and until - time.monotonic() <= BUSY_PAUSE_S:
+            self._paused_until.pop(node_id, None)
+        self._wake.set()
+
+    async def _setback(
+        self,
+        ticket: _Ticket,
+        event_type: str,
+        *,
+        node_id: str,
+        attempt: int | None,
+        outcome: str,
+        **details: Any,
+    ) -> None:
+        """A try that did not produce the unit: into its history, the events and metrics."""
+        unit = ticket.unit
+        details.pop("outcome", None)
+        ticket.history.append(
+            {"node_id": node_id, "attempt": attempt, "outcome": outcome, **details}
+        )
+        metrics.retry(outcome)
+        async with self.db.transaction() as session:
+            await repo.append_event(
+                session,
+                job_id=unit.job_id,
+                event_type=event_type,
+                fragment_id=unit.unit_id,
+                node_id=node_id,
+                attempt=attempt,
+                payload={"outcome": outcome, **details},
+            )
+        self.journal.record(
+            f"execution.{event_type}",
+            job_id=unit.job_id,
+            fragment_id=unit.unit_id,
+            node_id=node_id,
+            attempt=attempt,
+            **details,
+        )
+
+
+def _as_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -1,0 +1,62 @@
+"""Portfolio selection by QAOA (the /finance API)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantum_mesh.control.compute import ComputePools
+from quantum_mesh.control.jobs import JobHandle
+from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
+from quantum_mesh.control.workflows.params import seed_of
+from quantum_mesh.errors import InvalidInput
+from quantum_mesh.mesh.protocol import METHOD_QAOA_BLOCK, SERVICE_QAOA_BLOCK
+from quantum_mesh.quantum.qaoa import beam
+from quantum_mesh.quantum.qaoa.classical import validate_portfolio
+
+PORTFOLIO_KIND = "portfolio"
+
+
+class PortfolioWorkflow:
+    kind = PORTFOLIO_KIND
+    service_type = SERVICE_QAOA_BLOCK
+
+    async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
+        assets = params.get("assets")
+        mu = params.get("expected_returns")
+        if not isinstance(assets, list) or not all(isinstance(a, str) for a in assets):
+            raise InvalidInput("assets must be a list of names")
+        if not isinstance(mu, list) or len(mu) != len(assets):
+            raise InvalidInput("expected_returns must have one entry per asset")
+        if len(set(assets)) != len(assets):
+            raise InvalidInput("asset names must be unique")
+        await compute.run(
+            validate_portfolio,
+            mu,
+            params.get("covariance"),
+            params.get("budget"),
+            params.get("risk_aversion", 0.5),
+        )
+        return {
+            **params,
+            "risk_aversion": float(params.get("risk_aversion", 0.5)),
+            "seed": seed_of(params),
+        }
+
+    async def run(
+        self, handle: JobHandle, params: dict[str, Any], options: RunOptions
+    ) -> dict[str, Any]:
+        def driver(port: DriverPort) -> dict[str, Any]:
+            return beam.solve_portfolio(
+                params["expected_returns"],
+                params["covariance"],
+                params["budget"],
+                params["risk_aversion"],
+                dispatch=port.dispatcher(METHOD_QAOA_BLOCK, SERVICE_QAOA_BLOCK),
+                seed=params["seed"],
+                assets=params["assets"],
+            )
+
+        result = await drive(handle, options, driver)
+        result["selected_indices"] = result["selected"]
+        result["selected"] = result.pop("selected_assets")
+        return result
