@@ -1,6 +1,7 @@
 """A live coordinator shared by one test module (real subprocess, real PostgreSQL).
 
-A module may set ``EMBEDDED_NODES`` to change how many embedded service nodes it gets."""
+A module may set ``EMBEDDED_NODES`` to change how many embedded service nodes it gets, and
+``COORD_ENV`` (a dict) to add ``QMESH_*`` settings."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ def coord(
 ) -> Iterator[LiveCoordinator]:
     nodes = getattr(request.module, "EMBEDDED_NODES", DEFAULT_EMBEDDED_NODES)
     live = LiveCoordinator(
-        tmp_path_factory.mktemp("coord"), database_url=module_pg_url, embedded_nodes=nodes
+        tmp_path_factory.mktemp("coord"),
+        database_url=module_pg_url,
+        embedded_nodes=nodes,
+        env=getattr(request.module, "COORD_ENV", None),
     )
     live.start()
     try:

@@ -168,6 +168,60 @@ def test_node_killed_mid_job_leaves_job_completed_on_survivor(
         assert len(completed) == len(set(completed)) == len(job["fragment_results"])
 
 
+def test_queued_jobs_survive_a_node_killed_mid_run(
+    coord: LiveCoordinator, tmp_path: Path, only_standalone: None
+) -> None:
+    """16 jobs queued on 2 standalone nodes; one is SIGKILLed while it works. Busy and lost
+    nodes mean waiting and retrying, never failure: every job completes on the survivor,
+    no fragment is accepted twice, and the retries are visible."""
+    with _standalone(coord, tmp_path, {"name": "victim"}, {"name": "survivor"}) as [
+        (victim, victim_id),
+        (_, survivor_id),
+    ]:
+        circuits = [_big_circuit(100 + i, qubits=10, depth=30) for i in range(16)]
+        job_ids = [_submit(coord, text, seed=i) for i, (text, _) in enumerate(circuits)]
+
+        def victim_worked() -> bool:
+            for job_id in job_ids:
+                events = coord.http.get(f"/jobs/{job_id}/events").json()["items"]
+                if any(
+                    e["event_type"] == "fragment_completed" and e["node_id"] == victim_id
+                    for e in events
+                ):
+                    return True
+            return False
+
+        wait_until(victim_worked, timeout=90, interval=0.05, what="victim completed a fragment")
+        victim.kill()
+        jobs = [coord.wait_job(job_id, timeout=300) for job_id in job_ids]
+        assert [j["status"] for j in jobs] == ["COMPLETED"] * 16, [j["error"] for j in jobs]
+        for job, (_, expected) in zip(jobs, circuits, strict=True):
+            probs = job["quantum_result"]["probabilities"]
+            for i, p in enumerate(expected.probabilities()):
+                assert probs.get(format(i, "010b"), 0.0) == pytest.approx(p, abs=1e-9)
+        retried = 0
+        for job in jobs:
+            events = coord.http.get(f"/jobs/{job['job_id']}/events").json()["items"]
+            completed = [
+                e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"
+            ]
+            assert len(completed) == len(set(completed)) == len(job["fragment_results"])
+            retried += sum(
+                1
+                for e in events
+                if e["event_type"] in {"attempt_failed", "reservation_rejected"}
+                and e["node_id"] == victim_id
+            )
+        assert retried >= 1, "the victim's loss must show as retries in the job events"
+        late = [
+            f["node_id"]
+            for j in jobs
+            for f in j["fragment_results"]
+            if any(h["node_id"] == victim_id and h["outcome"] != "ok" for h in f["history"])
+        ]
+        assert late and set(late) == {survivor_id}
+
+
 def test_low_fidelity_node_is_skipped_for_fallback(
     coord: LiveCoordinator, tmp_path: Path, only_standalone: None
 ) -> None:

@@ -41,6 +41,62 @@ def test_knapsack_60_items_across_nodes(coord: LiveCoordinator) -> None:
     assert run["progress"]["done"] == run["progress"]["total"]
 
 
+def _knapsack_run(coord: LiveCoordinator, n: int, seed: int) -> str:
+    values, weights, capacity = _instance(n, seed=seed)
+    r = coord.http.post(
+        "/workflows/runs",
+        json={
+            "kind": "qaoa_knapsack",
+            "params": {"values": values, "weights": weights, "capacity": capacity, "seed": seed},
+        },
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["run_id"])
+
+
+def test_eight_concurrent_knapsack_runs_all_complete(coord: LiveCoordinator) -> None:
+    """More block work than the nodes have slots: the runs queue, none fails as busy."""
+    run_ids = [_knapsack_run(coord, 36, seed=20 + i) for i in range(8)]
+    runs = [coord.wait_job(rid, timeout=600, path="/workflows/runs/") for rid in run_ids]
+    assert [r["status"] for r in runs] == ["COMPLETED"] * 8, [r["error"] for r in runs]
+    for run in runs:
+        res = run["result"]
+        assert res["total_weight"] <= res["capacity"]
+        assert res["total_value"] >= res["greedy_value"]
+
+
+def test_knapsack_shows_reserving_and_provenance_lists_every_block(
+    coord: LiveCoordinator,
+) -> None:
+    run_id = _knapsack_run(coord, 24, seed=5)
+    run = coord.wait_job(run_id, timeout=300, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", run["error"]
+    events = coord.http.get(f"/jobs/{run_id}/events").json()["items"]
+    statuses = [e["payload"]["status"] for e in events if e["event_type"] == "status"]
+    assert statuses == ["QUEUED", "COMPILING", "RESERVING", "EXECUTING", "COMPLETED"]
+    units = [e for e in events if e["event_type"] == "unit_completed"]
+    started = [e for e in events if e["event_type"] == "attempt_started"]
+    blocks = run["result"]["blocks"]
+    assert len(units) >= len({b["block_index"] for b in blocks})
+    assert {b["node_id"] for b in blocks} <= {u["node_id"] for u in units}
+    assert len({u["fragment_id"] for u in units}) == len(units)
+    reservations = {u["payload"]["reservation_id"] for u in units}
+    assert len(reservations) == len(units)
+    assert reservations <= {s["payload"]["reservation_id"] for s in started}
+    for u in units:
+        assert u["payload"]["method"] in {"qaoa_block", "qaoa_schedules"}
+        assert u["payload"]["attempts"] >= 1 and u["payload"]["seconds"] >= 0
+
+    def bundle() -> dict | None:
+        r = coord.http.get(f"/jobs/{run_id}/provenance")
+        return r.json() if r.status_code == 200 else None
+
+    listed = wait_until(bundle, timeout=60, what="provenance bundle")["events"]
+    assert {e["fragment_id"] for e in listed if e["event_type"] == "unit_completed"} == {
+        u["fragment_id"] for u in units
+    }
+
+
 def test_knapsack_with_distributed_angle_search(coord: LiveCoordinator) -> None:
     values, weights, capacity = _instance(60, seed=8)
     r = coord.http.post(

@@ -39,6 +39,11 @@ def _run(coord: LiveCoordinator, params: dict) -> dict:
     return run
 
 
+def _provenance(coord: LiveCoordinator, job_id: str) -> dict | None:
+    r = coord.http.get(f"/jobs/{job_id}/provenance")
+    return r.json() if r.status_code == 200 else None
+
+
 def test_sqd_over_mesh_matches_sequential_and_exact(coord: LiveCoordinator) -> None:
     run = _run(coord, PARAMS)
     res = run["result"]
@@ -62,6 +67,22 @@ def test_sqd_over_mesh_matches_sequential_and_exact(coord: LiveCoordinator) -> N
     problem, settings = parse_sqd_params(PARAMS)
     sequential = run_sqd(problem, settings=settings, solve_batches=solve_batches_locally)
     assert res["energy"] == pytest.approx(sequential["energy"], abs=1e-10)
+    # One lifecycle for every job: the run was RESERVING before its first batch was sent.
+    statuses = [e["payload"]["status"] for e in events if e["event_type"] == "status"]
+    assert statuses == ["QUEUED", "COMPILING", "RESERVING", "EXECUTING", "COMPLETED"]
+    # Every batch took the one unit path: reservation, execution, one completion record.
+    units = [e for e in events if e["event_type"] == "unit_completed"]
+    assert len(units) >= PARAMS["n_batches"]
+    assert {u["node_id"] for u in units} == nodes
+    assert len({u["fragment_id"] for u in units}) == len(units)
+    for u in units:
+        assert u["payload"]["method"] == "sqd_batch"
+        assert u["payload"]["reservation_id"] and u["payload"]["attempts"] >= 1
+    bundle = wait_until(
+        lambda: _provenance(coord, run["run_id"]), timeout=60, what="provenance bundle"
+    )
+    listed = {e["fragment_id"] for e in bundle["events"] if e["event_type"] == "unit_completed"}
+    assert listed == {u["fragment_id"] for u in units}
 
 
 def test_sqd_survives_a_killed_node(coord: LiveCoordinator, tmp_path: Path) -> None:

@@ -52,15 +52,15 @@ def test_plan_is_deterministic_and_records_costs() -> None:
     )
     assert first == second
     for frag in first:
-        assert frag["primary_node"] not in frag["fallback_nodes"]
-        assert set(frag["cost"]) == {"nodeA", "nodeB", "nodeC"}
+        assert frag.primary_node not in frag.fallback_nodes
+        assert set(frag.cost) == {"nodeA", "nodeB", "nodeC"}
         assert {"latency", "failure", "transfer", "load", "fidelity", "total"} <= set(
-            frag["cost"][frag["primary_node"]]
+            frag.cost[frag.primary_node]
         )
-        chosen = frag["cost"][frag["primary_node"]]["total"]
-        assert all(chosen <= c["total"] for c in frag["cost"].values())
+        chosen = frag.cost[frag.primary_node]["total"]
+        assert all(chosen <= c["total"] for c in frag.cost.values())
     # Independent fragments are spread over different nodes.
-    assert first[0]["primary_node"] != first[1]["primary_node"]
+    assert first[0].primary_node != first[1].primary_node
 
 
 def test_each_cost_component_moves_the_choice() -> None:
@@ -69,13 +69,13 @@ def test_each_cost_component_moves_the_choice() -> None:
     reg.record_latency("lowfid", 0.001)
     reg.record_latency("busy", 0.001)
     plan = plan_fragments(_fragments()[:1], reg.usable_snapshot(), weights=CostWeights())
-    assert plan[0]["primary_node"] == "good"
+    assert plan[0].primary_node == "good"
     for _ in range(5):
         reg.record_outcome("good", ok=False)
     plan = plan_fragments(
         _fragments()[:1], reg.usable_snapshot(), weights=CostWeights(failure=50.0)
     )
-    assert plan[0]["primary_node"] != "good"
+    assert plan[0].primary_node != "good"
 
 
 def test_min_fidelity_puts_weak_nodes_last() -> None:
@@ -83,8 +83,8 @@ def test_min_fidelity_puts_weak_nodes_last() -> None:
     plan = plan_fragments(
         _fragments()[:1], reg.usable_snapshot(), weights=CostWeights(fidelity=0.0), min_fidelity=0.9
     )
-    assert plan[0]["primary_node"] == "strong"
-    assert plan[0]["fallback_nodes"] == ["weak"]
+    assert plan[0].primary_node == "strong"
+    assert plan[0].fallback_nodes == ("weak",)
 
 
 def test_enrollment_and_freshness_gate_the_snapshot() -> None:

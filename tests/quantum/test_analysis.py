@@ -9,7 +9,6 @@ from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Pauli, Statevector, entropy, partial_trace
 from scipy.stats import chisquare
 
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.analysis import build_quantum_result, ideal_statevector
 from quantum_mesh.quantum.circuits.execute import execute_fragment, initial_state
 from quantum_mesh.quantum.circuits.fragments import build_fragments
@@ -40,7 +39,7 @@ c = measure q;
 """
 
 
-def _execute(circuit: NormalizedCircuit, node: NodeContext) -> tuple[np.ndarray, list[float]]:
+def _execute(circuit: NormalizedCircuit, noise: float) -> tuple[np.ndarray, list[float]]:
     ops = {op.op_id: op for op in circuit.operations}
     state = initial_state(circuit.num_qubits)
     fidelities = []
@@ -52,7 +51,7 @@ def _execute(circuit: NormalizedCircuit, node: NodeContext) -> tuple[np.ndarray,
                 "state": encode_array(state),
                 "seed": 3,
             },
-            node,
+            noise_level=noise,
         )
         state = decode_array(out["state"])
         fidelities.append(out["observed_fidelity"])
@@ -61,7 +60,7 @@ def _execute(circuit: NormalizedCircuit, node: NodeContext) -> tuple[np.ndarray,
 
 def _result(text: str, *, shots: int = 4000, seed: int = 5) -> dict:  # type: ignore[type-arg]
     circuit = parse_circuit(text)
-    state, fidelities = _execute(circuit, NodeContext(peer_id="p", name="n"))
+    state, fidelities = _execute(circuit, 0.0)
     return build_quantum_result(
         circuit, state, shots=shots, seed=seed, fragment_fidelities=fidelities
     )
@@ -160,7 +159,7 @@ def test_random_circuit_fields_match_independent_qiskit_values() -> None:
 def test_noisy_execution_lowers_both_fidelities() -> None:
     qc = random_circuit(5, 6, max_operands=2, seed=3)
     circuit = parse_circuit(qasm2.dumps(qc))
-    state, fidelities = _execute(circuit, NodeContext(peer_id="p", name="n", noise_level=0.05))
+    state, fidelities = _execute(circuit, 0.05)
     result = build_quantum_result(
         circuit, state, shots=1000, seed=1, fragment_fidelities=fidelities
     )

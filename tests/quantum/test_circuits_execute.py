@@ -10,7 +10,6 @@ from qiskit import QuantumCircuit, qasm2, qasm3
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Operator, Statevector
 
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.circuits.execute import (
     apply_fragment_operator,
     execute_fragment,
@@ -21,8 +20,9 @@ from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
 from quantum_mesh.quantum.encoding import decode_array, encode_array
 
-IDEAL = NodeContext(peer_id="peer-ideal", name="ideal")
-NOISY = NodeContext(peer_id="peer-noisy", name="noisy", noise_level=0.05)
+#: Noise levels of an ideal and a noisy node.
+IDEAL = 0.0
+NOISY = 0.05
 
 
 def _params(circuit: NormalizedCircuit, fragment: Fragment, state: np.ndarray) -> dict[str, Any]:
@@ -35,11 +35,11 @@ def _params(circuit: NormalizedCircuit, fragment: Fragment, state: np.ndarray) -
     }
 
 
-def _run_all(circuit: NormalizedCircuit, node: NodeContext) -> tuple[np.ndarray, list[float]]:
+def _run_all(circuit: NormalizedCircuit, noise: float) -> tuple[np.ndarray, list[float]]:
     state = initial_state(circuit.num_qubits)
     fidelities = []
     for fragment in build_fragments(circuit, max_ops_per_fragment=4):
-        out = execute_fragment(_params(circuit, fragment, state), node)
+        out = execute_fragment(_params(circuit, fragment, state), noise_level=noise)
         assert out["applied_ops"] == list(fragment.operation_ids)
         assert out["qubits"] == list(fragment.qubits)
         state = decode_array(out["state"])
@@ -66,7 +66,7 @@ def test_fragments_one_by_one_match_statevector(seed: int, dumps: Any) -> None:
 def test_operator_is_the_fragment_unitary_in_little_endian() -> None:
     circuit = parse_circuit('OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[4];\ncx q[3], q[1];\n')
     fragment = build_fragments(circuit)[0]
-    out = execute_fragment(_params(circuit, fragment, initial_state(4)), IDEAL)
+    out = execute_fragment(_params(circuit, fragment, initial_state(4)), noise_level=IDEAL)
     assert out["qubits"] == [1, 3]
     reference = QuantumCircuit(2)
     reference.cx(1, 0)  # local 0 = qubit 1, local 1 = qubit 3
@@ -93,7 +93,7 @@ def test_parallel_fragments_compose_with_operators() -> None:
         ]
         qubit_sets = [set(f.qubits) for f in wave]
         assert all(a.isdisjoint(b) for i, a in enumerate(qubit_sets) for b in qubit_sets[i + 1 :])
-        outputs = [execute_fragment(_params(circuit, f, state), IDEAL) for f in wave]
+        outputs = [execute_fragment(_params(circuit, f, state), noise_level=IDEAL) for f in wave]
         for f, out in zip(wave, outputs, strict=True):
             state = apply_fragment_operator(
                 state, decode_array(out["operator"]), out["qubits"], circuit.num_qubits
@@ -141,7 +141,7 @@ def test_bad_params_raise_value_error(mutate: Any, message: str) -> None:
     params = _params(circuit, build_fragments(circuit)[0], initial_state(3))
     mutate(params)
     with pytest.raises(ValueError, match=message.replace("*", r"\*")):
-        execute_fragment(params, IDEAL)
+        execute_fragment(params, noise_level=IDEAL)
 
 
 def test_wide_call_without_operator_still_evolves_correctly() -> None:
@@ -151,7 +151,7 @@ def test_wide_call_without_operator_still_evolves_correctly() -> None:
         for q in range(n)
     ]
     params = {"num_qubits": n, "operations": ops, "state": encode_array(initial_state(n))}
-    out = execute_fragment(params, IDEAL)
+    out = execute_fragment(params, noise_level=IDEAL)
     assert out["operator"] is None
     reference = QuantumCircuit(n)
     for q in range(n):

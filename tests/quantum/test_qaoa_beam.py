@@ -1,10 +1,9 @@
 """Beam search over QAOA blocks, portfolio selection and distributed angle search, with an
-in-process dispatch that calls the node handlers directly (a local stand-in for transport:
-fake node ids "n0", "n1" round-robin)."""
+in-process blocking dispatch that calls the QAOA worker functions directly (a local stand-in for
+transport: fake node ids "n0", "n1" round-robin)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 from collections.abc import Callable
 from typing import Any
@@ -12,24 +11,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantum_mesh.errors import InvalidInput
-from quantum_mesh.node.context import NodeContext
+from quantum_mesh.errors import ExecutionFailed, InvalidInput
 from quantum_mesh.quantum.qaoa import beam, classical, engine, worker
 from quantum_mesh.quantum.qaoa.solver import qubo_problem
 
-Handler = Callable[[dict[str, Any], NodeContext], dict[str, Any]]
+#: A QAOA worker function: ``(params, *, peer_id, noise_level) -> result``.
+Handler = Callable[..., dict[str, Any]]
 
 
 def local_dispatch(handler: Handler, *, nodes: int = 2) -> beam.Dispatch:
-    contexts = [NodeContext(peer_id=f"n{i}", name=f"node-{i}") for i in range(nodes)]
+    peers = [f"n{i}" for i in range(nodes)]
     counter = [0]
 
-    async def dispatch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def dispatch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
         for payload in payloads:
-            node = contexts[counter[0] % nodes]
+            peer = peers[counter[0] % nodes]
             counter[0] += 1
-            out.append({**handler(copy.deepcopy(payload), node), "node_id": node.peer_id})
+            result = handler(copy.deepcopy(payload), peer_id=peer, noise_level=0.0)
+            out.append({**result, "node_id": peer})
         return out
 
     return dispatch
@@ -49,15 +49,13 @@ def _answer(result: dict[str, Any]) -> tuple[Any, ...]:
 @pytest.fixture(scope="module")
 def baseline() -> dict[str, Any]:
     values, weights, capacity = knapsack_instance(0)
-    return asyncio.run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=local_dispatch(worker.solve_block),
-            settings=beam.KnapsackSettings(),
-            seed=0,
-        )
+    return beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(),
+        seed=0,
     )
 
 
@@ -77,66 +75,123 @@ def test_sixty_items_feasible_beats_greedy_and_near_optimum(baseline: dict[str, 
     assert sorted(i for block in result["block_items"] for i in block) == list(range(60))
 
 
-def test_duplicated_stale_and_lost_results_do_not_change_answer(
-    baseline: dict[str, Any],
-) -> None:
+def _zeroed(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result's candidates with every bit cleared (a different, worse answer)."""
+    return [{**c, "bits": [0] * len(c["bits"])} for c in result["candidates"]]
+
+
+def test_duplicated_and_stale_results_do_not_change_answer(baseline: dict[str, Any]) -> None:
     values, weights, capacity = knapsack_instance(0)
     inner = local_dispatch(worker.solve_block)
-    calls = [0]
+    sent: list[str] = []
 
-    async def unreliable(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        calls[0] += 1
-        results = await inner(payloads)
+    def unreliable(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent.extend(p["job_id"] for p in payloads)
         out: list[dict[str, Any]] = []
-        for r in results:
-            stale = {
-                **r,
-                "job_version": r["job_version"] - 1,
-                "candidates": [{**c, "bits": [0] * len(c["bits"])} for c in r["candidates"]],
-            }
-            foreign = {**r, "job_id": "someone-else", "candidates": stale["candidates"]}
-            out += [stale, foreign, r, copy.deepcopy(r)]
-        if calls[0] == 2:  # lose one result: its job is re-sent with job_version + 1
-            out = [x for x in out if x["job_id"] != results[0]["job_id"]]
+        for r in inner(payloads):
+            zeroed = _zeroed(r)
+            stale = {**r, "job_version": r["job_version"] - 1, "candidates": zeroed}
+            newer = {**r, "job_version": r["job_version"] + 1, "candidates": zeroed}
+            foreign = {**r, "job_id": "someone-else", "candidates": zeroed}
+            other_entry = {**r, "beam_entry": r["beam_entry"] + 1, "candidates": zeroed}
+            # Stale copies come before the real result, a differing duplicate after it.
+            late_copy = {**copy.deepcopy(r), "candidates": zeroed}
+            out += [stale, newer, foreign, other_entry, r, late_copy, copy.deepcopy(r)]
         return out
 
     progress: list[dict[str, Any]] = []
-    result = await_run(
+    result = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=unreliable,
+        settings=beam.KnapsackSettings(),
+        seed=0,
+        on_progress=progress.append,
+    )
+    assert _answer(result) == _answer(baseline)
+    timing = result["timing"]
+    jobs = len(result["blocks"])
+    assert timing["duplicates_ignored"] == 2 * jobs
+    assert timing["stale_ignored"] == 4 * jobs
+    assert timing["jobs_resent"] == 0
+    # Each job was dispatched exactly once, one dispatch call per block.
+    assert sorted(sent) == sorted(b["job_id"] for b in result["blocks"])
+    assert len(set(sent)) == len(sent)
+    assert timing["dispatch_rounds"] == len(result["block_items"])
+    assert all(b["job_version"] == 1 for b in result["blocks"])
+    assert len(progress) == len(result["block_items"])
+
+
+def test_a_job_without_an_accepted_result_fails_the_run() -> None:
+    values, weights, capacity = knapsack_instance(0)
+    inner = local_dispatch(worker.solve_block)
+    calls = [0]
+    lost: list[str] = []
+
+    def lossy(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        calls[0] += 1
+        results = inner(payloads)
+        if calls[0] == 2:  # the second block: one result lost, another only stale
+            lost.extend(r["job_id"] for r in results[:2])
+            return [
+                {**results[1], "job_version": results[1]["job_version"] - 1},
+                *results[2:],
+            ]
+        return results
+
+    with pytest.raises(ExecutionFailed) as info:
         beam.solve_knapsack(
             values,
             weights,
             capacity,
-            dispatch=unreliable,
+            dispatch=lossy,
             settings=beam.KnapsackSettings(),
             seed=0,
-            on_progress=progress.append,
         )
+    assert info.value.details["job_ids"] == sorted(lost)
+    assert calls[0] == 2  # nothing was re-sent
+
+    with pytest.raises(ExecutionFailed):
+        beam.solve_portfolio(
+            [0.1, 0.2, 0.15, 0.05],
+            np.eye(4).tolist(),
+            2,
+            0.5,
+            dispatch=lambda payloads: [],
+            seed=0,
+        )
+
+
+def test_max_attempts_is_still_accepted_but_ignored(baseline: dict[str, Any]) -> None:
+    values, weights, capacity = knapsack_instance(0)
+    settings = beam.KnapsackSettings.from_params({"max_attempts": 1, "unknown": True})
+    assert settings.max_attempts == 1
+    with pytest.raises(InvalidInput):
+        beam.KnapsackSettings.from_params({"max_attempts": 0})
+    result = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=settings,
+        seed=0,
     )
     assert _answer(result) == _answer(baseline)
-    assert result["timing"]["jobs_resent"] == 1
-    assert result["timing"]["duplicates_ignored"] > 0 and result["timing"]["stale_ignored"] > 0
-    assert any(b["job_version"] == 2 for b in result["blocks"])
-    assert len(progress) == len(result["block_items"])
 
 
 def test_compound_jobs_give_the_same_answer(baseline: dict[str, Any]) -> None:
     values, weights, capacity = knapsack_instance(0)
-    result = await_run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=local_dispatch(worker.solve_block),
-            settings=beam.KnapsackSettings(compound_size=4),
-            seed=0,
-        )
+    result = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(compound_size=4),
+        seed=0,
     )
     assert _answer(result) == _answer(baseline)
     assert result["timing"]["dispatch_rounds"] == len(result["block_items"])
-
-
-def await_run(coro: Any) -> dict[str, Any]:
-    return asyncio.run(coro)
 
 
 def test_portfolio_ten_assets_reaches_brute_force_optimum() -> None:
@@ -146,16 +201,14 @@ def test_portfolio_ten_assets_reaches_brute_force_optimum() -> None:
     a = rng.normal(size=(n, n)) * 0.1
     sigma = a @ a.T / n + np.diag(rng.uniform(0.001, 0.01, n))
     names = [f"A{i}" for i in range(n)]
-    result = await_run(
-        beam.solve_portfolio(
-            mu.tolist(),
-            sigma.tolist(),
-            k,
-            q,
-            dispatch=local_dispatch(worker.solve_block),
-            seed=1,
-            assets=names,
-        )
+    result = beam.solve_portfolio(
+        mu.tolist(),
+        sigma.tolist(),
+        k,
+        q,
+        dispatch=local_dispatch(worker.solve_block),
+        seed=1,
+        assets=names,
     )
     optimum = classical.portfolio_brute_force(mu.tolist(), sigma.tolist(), k, q)
     assert result["selected"] == optimum.selected
@@ -171,15 +224,13 @@ def test_search_parameters_over_several_jobs() -> None:
     rng = np.random.default_rng(5)
     matrix = rng.normal(size=(8, 8))
     problem = {"qubo": {"matrix": matrix.tolist(), "offset": 1.0}}
-    result = await_run(
-        beam.search_parameters(
-            problem,
-            dispatch=local_dispatch(worker.evaluate_schedules),
-            n_schedules=64,
-            seed=2,
-            p=2,
-            jobs=4,
-        )
+    result = beam.search_parameters(
+        problem,
+        dispatch=local_dispatch(worker.evaluate_schedules),
+        n_schedules=64,
+        seed=2,
+        p=2,
+        jobs=4,
     )
     assert len(result["rounds"]) == 2
     assert {j["node_id"] for j in result["rounds"][0]["jobs"]} == {"n0", "n1"}
@@ -199,16 +250,14 @@ def test_search_parameters_over_several_jobs() -> None:
 def test_resuming_from_a_checkpoint_skips_finished_blocks(baseline: dict[str, Any]) -> None:
     values, weights, capacity = knapsack_instance(0)
     snapshots: list[dict[str, Any]] = []
-    full = asyncio.run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=local_dispatch(worker.solve_block),
-            settings=beam.KnapsackSettings(),
-            seed=0,
-            checkpoint=snapshots.append,
-        )
+    full = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(),
+        seed=0,
+        checkpoint=snapshots.append,
     )
     assert _answer(full) == _answer(baseline)
     assert [s["next_block"] for s in snapshots] == list(range(1, len(full["block_items"]) + 1))
@@ -216,35 +265,31 @@ def test_resuming_from_a_checkpoint_skips_finished_blocks(baseline: dict[str, An
     sent_blocks: list[int] = []
     inner = local_dispatch(worker.solve_block)
 
-    async def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sent_blocks.extend(p["block_index"] for p in payloads)
-        return await inner(payloads)
+        return inner(payloads)
 
-    resumed = asyncio.run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=counting,
-            settings=beam.KnapsackSettings(),
-            seed=0,
-            resume=copy.deepcopy(resume_at),
-        )
+    resumed = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=counting,
+        settings=beam.KnapsackSettings(),
+        seed=0,
+        resume=copy.deepcopy(resume_at),
     )
     assert _answer(resumed) == _answer(full)
     assert min(sent_blocks) == 2  # blocks 0 and 1 were not sent again
     # A snapshot of another run (other seed) is ignored: everything is solved afresh.
     sent_blocks.clear()
-    asyncio.run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=counting,
-            settings=beam.KnapsackSettings(),
-            seed=1,
-            resume=copy.deepcopy(resume_at),
-        )
+    beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=counting,
+        settings=beam.KnapsackSettings(),
+        seed=1,
+        resume=copy.deepcopy(resume_at),
     )
     assert min(sent_blocks) == 0
 
@@ -254,21 +299,19 @@ def test_distributed_angle_search_per_block() -> None:
     schedule_payloads: list[dict[str, Any]] = []
     inner = local_dispatch(worker.evaluate_schedules, nodes=3)
 
-    async def schedules(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def schedules(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         schedule_payloads.extend(payloads)
-        return await inner(payloads)
+        return inner(payloads)
 
     settings = beam.KnapsackSettings(optimizer="distributed")
-    result = asyncio.run(
-        beam.solve_knapsack(
-            values,
-            weights,
-            capacity,
-            dispatch=local_dispatch(worker.solve_block),
-            schedule_dispatch=schedules,
-            settings=settings,
-            seed=3,
-        )
+    result = beam.solve_knapsack(
+        values,
+        weights,
+        capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        schedule_dispatch=schedules,
+        settings=settings,
+        seed=3,
     )
     assert result["total_weight"] <= capacity
     assert result["total_value"] >= result["greedy_value"]
@@ -278,13 +321,11 @@ def test_distributed_angle_search_per_block() -> None:
     assert len(schedule_payloads) >= 2 * blocks
     assert all(b["candidates"] for b in result["blocks"])
     with pytest.raises(InvalidInput):
-        asyncio.run(
-            beam.solve_knapsack(
-                values,
-                weights,
-                capacity,
-                dispatch=local_dispatch(worker.solve_block),
-                settings=settings,
-                seed=3,
-            )
+        beam.solve_knapsack(
+            values,
+            weights,
+            capacity,
+            dispatch=local_dispatch(worker.solve_block),
+            settings=settings,
+            seed=3,
         )

@@ -1,4 +1,4 @@
-"""Node handlers qaoa_block and qaoa_schedules."""
+"""The QAOA worker functions behind the node methods qaoa_block and qaoa_schedules."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.qaoa import worker
 from quantum_mesh.quantum.qaoa.blocks import BlockJob
 
-NODE = NodeContext(peer_id="n0", name="node-0")
+#: The peer id a node stamps on its results (its noise level defaults to ideal).
+PEER = "n0"
 
 
 def _job(**changes: Any) -> dict[str, Any]:
@@ -19,23 +19,31 @@ def _job(**changes: Any) -> dict[str, Any]:
     weights = rng.integers(5, 40, 10).astype(float).tolist()
     values = rng.integers(5, 60, 10).astype(float).tolist()
     job = BlockJob(
-        job_id="j", block_index=0, item_indices=list(range(10)), values=values,
-        weights=weights, context={"remaining_capacity": 60}, qaoa={"p": 1, "shots": 256},
-        random_seed=11, top_k=5,
+        job_id="j",
+        block_index=0,
+        item_indices=list(range(10)),
+        values=values,
+        weights=weights,
+        context={"remaining_capacity": 60},
+        qaoa={"p": 1, "shots": 256},
+        random_seed=11,
+        top_k=5,
     ).to_dict()
     job.update(changes)
     return job
 
 
 def _strip_time(result: dict[str, Any]) -> dict[str, Any]:
-    return {**result, "diagnostics": {k: v for k, v in result["diagnostics"].items()
-                                      if k != "seconds"}}
+    return {
+        **result,
+        "diagnostics": {k: v for k, v in result["diagnostics"].items() if k != "seconds"},
+    }
 
 
 def test_solve_block_feasible_sorted_and_deterministic() -> None:
     job = _job()
-    first = worker.solve_block(job, NODE)
-    assert _strip_time(first) == _strip_time(worker.solve_block(job, NODE))
+    first = worker.solve_block(job, peer_id=PEER)
+    assert _strip_time(first) == _strip_time(worker.solve_block(job, peer_id=PEER))
     assert 1 <= len(first["candidates"]) <= 5
     costs = [c["cost"] for c in first["candidates"]]
     assert costs == sorted(costs)
@@ -49,36 +57,38 @@ def test_solve_block_feasible_sorted_and_deterministic() -> None:
 
 
 def test_tight_capacity_repairs_to_feasible() -> None:
-    result = worker.solve_block(_job(context={"remaining_capacity": 6}), NODE)
+    result = worker.solve_block(_job(context={"remaining_capacity": 6}), peer_id=PEER)
     for cand in result["candidates"]:
         assert cand["weight"] <= 6
 
 
 def test_compound_job_matches_single_jobs() -> None:
     jobs = [_job(job_id="a"), _job(job_id="b", random_seed=12)]
-    compound = worker.solve_block({"jobs": jobs}, NODE)
-    singles = [worker.solve_block(j, NODE) for j in jobs]
+    compound = worker.solve_block({"jobs": jobs}, peer_id=PEER)
+    singles = [worker.solve_block(j, peer_id=PEER) for j in jobs]
     assert [_strip_time(r) for r in compound["results"]] == [_strip_time(r) for r in singles]
 
 
 def test_noise_lowers_quality() -> None:
-    clean = worker.solve_block(_job(qaoa={"gammas": [1.2], "betas": [-0.6]}), NODE)
+    clean = worker.solve_block(_job(qaoa={"gammas": [1.2], "betas": [-0.6]}), peer_id=PEER)
     noisy = worker.solve_block(
         _job(qaoa={"gammas": [1.2], "betas": [-0.6]}),
-        NodeContext(peer_id="n9", name="noisy", noise_level=0.05),
+        peer_id="n9",
+        noise_level=0.05,
     )
     assert noisy["diagnostics"]["energy"] > clean["diagnostics"]["energy"]
-    assert (noisy["diagnostics"]["ground_state_probability"]
-            < clean["diagnostics"]["ground_state_probability"])
+    assert (
+        noisy["diagnostics"]["ground_state_probability"]
+        < clean["diagnostics"]["ground_state_probability"]
+    )
 
 
 def test_evaluate_schedules_zero_angles_give_uniform_mean() -> None:
     job = _job()
-    out = worker.evaluate_schedules({**job, "schedules": [[0.0, 0.0], [1.2, -0.6]]}, NODE)
+    out = worker.evaluate_schedules({**job, "schedules": [[0.0, 0.0], [1.2, -0.6]]}, peer_id=PEER)
     from quantum_mesh.quantum.qaoa.problems import knapsack_block_energies
 
-    energies, _, _ = knapsack_block_energies(job["values"], job["weights"],
-                                             context=job["context"])
+    energies, _, _ = knapsack_block_energies(job["values"], job["weights"], context=job["context"])
     assert out["energies"][0] == pytest.approx(float(energies.mean()), abs=1e-9)
     assert out["best_index"] == 1 and out["energies"][1] < out["energies"][0]
 
@@ -96,12 +106,13 @@ def test_evaluate_schedules_zero_angles_give_uniform_mean() -> None:
 )
 def test_bad_params_raise_value_error(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        worker.solve_block(params, NODE)
+        worker.solve_block(params, peer_id=PEER)
 
 
 def test_bad_schedules_raise_value_error() -> None:
     with pytest.raises(ValueError):
-        worker.evaluate_schedules({**_job(), "schedules": [[0.1, 0.2, 0.3]]}, NODE)
+        worker.evaluate_schedules({**_job(), "schedules": [[0.1, 0.2, 0.3]]}, peer_id=PEER)
     with pytest.raises(ValueError):
-        worker.evaluate_schedules({"qubo": {"matrix": [[1.0, 2.0]]}, "schedules": [[0, 0]]},
-                                  NODE)
+        worker.evaluate_schedules(
+            {"qubo": {"matrix": [[1.0, 2.0]]}, "schedules": [[0, 0]]}, peer_id=PEER
+        )

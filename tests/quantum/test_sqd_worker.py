@@ -1,4 +1,4 @@
-"""The ``sqd_batch`` node handler and the sample sources."""
+"""The ``sqd_batch`` worker function and the sample sources."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ pytest.importorskip("pyscf")
 pytest.importorskip("qiskit_addon_sqd")
 
 from quantum_mesh.errors import InvalidInput
-from quantum_mesh.node.context import NodeContext
 from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
 from quantum_mesh.quantum.sqd.reference import exact_energy
@@ -22,7 +21,8 @@ from quantum_mesh.quantum.sqd.worker import MISSING_INTEGRALS, clear_cache, solv
 
 pytestmark = pytest.mark.chem
 
-NODE = NodeContext(peer_id="12D3KooWtest", name="test-node", blas_threads=1)
+#: What a node passes: its BLAS/OpenMP thread count.
+THREADS = 1
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_full_space_batch_reproduces_fci_without_the_core_energy(
 ) -> None:
     strs = _all_strings(water.norb, water.nelec[0])
 
-    result = solve_batch(_job(water, strs), NODE)
+    result = solve_batch(_job(water, strs), threads=THREADS)
 
     assert result["energy"] + water.core_energy == pytest.approx(exact_energy(water), abs=1e-8)
     assert result["subspace_dim"] == len(strs) ** 2 == water.n_determinants
@@ -80,9 +80,9 @@ def test_integrals_are_cached_by_hash_per_process(water: ActiveSpaceProblem) -> 
     del without["integrals"]
 
     with pytest.raises(ValueError, match=MISSING_INTEGRALS):
-        solve_batch(without, NODE)
-    first = solve_batch(_job(water, strs), NODE)
-    second = solve_batch(without, NODE)
+        solve_batch(without, threads=THREADS)
+    first = solve_batch(_job(water, strs), threads=THREADS)
+    second = solve_batch(without, threads=THREADS)
 
     assert second["energy"] == first["energy"]
 
@@ -105,7 +105,7 @@ def test_bad_params_raise_value_error(
     job.update(change)
 
     with pytest.raises(ValueError, match=message):
-        solve_batch(job, NODE)
+        solve_batch(job, threads=THREADS)
 
 
 def test_uniform_samples_are_seeded(water: ActiveSpaceProblem) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
@@ -214,15 +215,14 @@ class JobManager:
                 return existing, False
         self.admit()
         job_id = str(uuid.uuid4())
+
+        async def create(session: AsyncSession) -> Job:
+            return await repo.create_job(
+                session, job_id=job_id, kind=kind, request=request, idempotency_key=idempotency_key
+            )
+
         try:
-            async with self.db.transaction() as session:
-                job = await repo.create_job(
-                    session,
-                    job_id=job_id,
-                    kind=kind,
-                    request=request,
-                    idempotency_key=idempotency_key,
-                )
+            job = await self.db.write(create)
         except IntegrityError:
             # A concurrent request with the same key won the race: return its job.
             async with self.db.transaction() as session:
@@ -260,7 +260,8 @@ class JobManager:
         progress: dict[str, Any] | None = None,
         plan_id: str | None = None,
     ) -> Job:
-        async with self.db.transaction() as session:
+
+        async def op(session: AsyncSession) -> tuple[Job, int]:
             job = await repo.get_job(session, job_id=job_id, for_update=True)
             event = await repo.transition_job(
                 session,
@@ -271,32 +272,43 @@ class JobManager:
                 progress=progress,
                 plan_id=plan_id,
             )
+            return job, event.seq
+
+        job, seq = await self.db.write(op)
         if to in TERMINAL_JOB_STATES:
             self._status.pop(job_id, None)
             self._locks.pop(job_id, None)
         else:
             self._status[job_id] = to
-        self._publish(job, seq=event.seq)
+        self._publish(job, seq=seq)
         return job
 
     async def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
         """Persist progress (same status), then publish it."""
-        async with self.db.transaction() as session:
+
+        async def op(session: AsyncSession) -> tuple[Job, int] | None:
             job = await repo.get_job(session, job_id=job_id, for_update=True)
             if JobStatus(job.status) in TERMINAL_JOB_STATES:
-                return
+                return None
             job.progress = progress
             event = await repo.append_event(
                 session, job_id=job_id, event_type="progress", payload={"progress": progress}
             )
-        self._publish(job, seq=event.seq)
+            return job, event.seq
+
+        written = await self.db.write(op)
+        if written is not None:
+            self._publish(written[0], seq=written[1])
 
     async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
         """Persist a workload driver's resumable state (an append-only event)."""
-        async with self.db.transaction() as session:
+
+        async def op(session: AsyncSession) -> None:
             await repo.append_event(
                 session, job_id=job_id, event_type="checkpoint", payload={"state": state}
             )
+
+        await self.db.write(op)
 
     async def last_checkpoint(self, job_id: str) -> dict[str, Any] | None:
         async with self.db.transaction() as session:

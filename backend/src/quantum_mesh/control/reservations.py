@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
@@ -82,7 +83,8 @@ class ReservationService:
     ) -> Reservation:
         """Move through ``path`` in one transaction (one event per step), optionally with the
         job event that this step makes true."""
-        async with self.db.transaction() as session:
+
+        async def op(session: AsyncSession) -> Reservation:
             r = await session.get(Reservation, reservation_id, with_for_update=True)
             if r is None:
                 raise NotFound(f"Reservation {reservation_id} does not exist")
@@ -108,6 +110,9 @@ class ReservationService:
                 )
             if job_event is not None:
                 await repo.append_event(session, **job_event)
+            return r
+
+        r = await self.db.write(op)
         for to in path:
             self.journal.record(
                 f"reservation.{to.value.lower()}",
@@ -150,7 +155,8 @@ class ReservationService:
             raise InvalidInput("ttl_s must be a positive number", details={"ttl_s": ttl_s})
         reservation_id = str(uuid.uuid4())
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
-        async with self.db.transaction() as session:
+
+        async def requested(session: AsyncSession) -> None:
             session.add(
                 Reservation(
                     reservation_id=reservation_id,
@@ -174,6 +180,8 @@ class ReservationService:
                     at=utcnow(),
                 )
             )
+
+        await self.db.write(requested)
         if not self.registry.is_usable(node_id):
             return await self._move(
                 reservation_id,

@@ -15,10 +15,12 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.compute import ComputePools
@@ -61,6 +63,59 @@ def _decode_reply(
 ) -> tuple[NDArray[np.complex128], NDArray[np.complex128] | None]:
     operator = reply.get("operator")
     return decode_array(reply["state"]), None if operator is None else decode_array(operator)
+
+
+def _encode_wave(
+    state: NDArray[np.complex128], outcomes: Sequence[FragmentOutcome]
+) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
+    """The wave's checkpoint (a wide solo fragment returns no operator) and each operator."""
+    checkpoint = encode_array(state) if outcomes[0].operator is None else None
+    return checkpoint, [None if o.operator is None else encode_array(o.operator) for o in outcomes]
+
+
+async def _record_wave(
+    session: AsyncSession,
+    *,
+    job_id: str,
+    outcomes: Sequence[FragmentOutcome],
+    checkpoint: dict[str, Any] | None,
+    operators: list[dict[str, Any] | None],
+    wave: int,
+) -> list[FragmentExecution]:
+    """Accept a wave: one fragment row each (its primary key refuses a second outcome)."""
+    rows = []
+    for order, o in enumerate(outcomes):
+        rows.append(
+            await repo.record_fragment(
+                session,
+                job_id=job_id,
+                fragment_id=o.fragment_id,
+                node_id=o.node_id,
+                attempts=o.attempts,
+                started_at=o.started_at,
+                finished_at=o.finished_at,
+                observed_fidelity=o.observed_fidelity,
+                output={
+                    "operator": operators[order],
+                    "checkpoint": checkpoint if order == 0 else None,
+                    "wave": wave,
+                    "order": order,
+                    "qubits": o.qubits,
+                    "history": o.history,
+                    "last_error": None,
+                },
+            )
+        )
+        await repo.append_event(
+            session,
+            job_id=job_id,
+            event_type="fragment_completed",
+            fragment_id=o.fragment_id,
+            node_id=o.node_id,
+            attempt=o.attempts,
+            payload={"observed_fidelity": o.observed_fidelity},
+        )
+    return rows
 
 
 def _fragment_result_dict(row: FragmentExecution) -> dict[str, Any]:
@@ -141,49 +196,28 @@ class CircuitRuntime:
                 )
             )
             state = await self.compute.run(self._compose, outcomes, n)
-            checkpoint = encode_array(state) if outcomes[0].operator is None else None
-            async with self.db.transaction() as session:
-                for order, o in enumerate(outcomes):
-                    row = await repo.record_fragment(
-                        session,
-                        job_id=job_id,
-                        fragment_id=o.fragment_id,
-                        node_id=o.node_id,
-                        attempts=o.attempts,
-                        started_at=o.started_at,
-                        finished_at=o.finished_at,
-                        observed_fidelity=o.observed_fidelity,
-                        output={
-                            "operator": None if o.operator is None else encode_array(o.operator),
-                            "checkpoint": checkpoint if order == 0 else None,
-                            "wave": wave_index,
-                            "order": order,
-                            "qubits": o.qubits,
-                            "history": o.history,
-                            "last_error": None,
-                        },
-                    )
-                    done_rows[o.fragment_id] = row
-                    metrics.fragment_finished(
-                        (o.finished_at - o.started_at).total_seconds(), ok=True
-                    )
-                    self.journal.record(
-                        "execution.fragment_completed",
-                        job_id=job_id,
-                        fragment_id=o.fragment_id,
-                        node_id=o.node_id,
-                        attempt=o.attempts,
-                        observed_fidelity=o.observed_fidelity,
-                    )
-                    await repo.append_event(
-                        session,
-                        job_id=job_id,
-                        event_type="fragment_completed",
-                        fragment_id=o.fragment_id,
-                        node_id=o.node_id,
-                        attempt=o.attempts,
-                        payload={"observed_fidelity": o.observed_fidelity},
-                    )
+            checkpoint, operators = await self.compute.run(_encode_wave, state, outcomes)
+            rows = await self.db.write(
+                partial(
+                    _record_wave,
+                    job_id=job_id,
+                    outcomes=outcomes,
+                    checkpoint=checkpoint,
+                    operators=operators,
+                    wave=wave_index,
+                )
+            )
+            for o, row in zip(outcomes, rows, strict=True):
+                done_rows[o.fragment_id] = row
+                metrics.fragment_finished((o.finished_at - o.started_at).total_seconds(), ok=True)
+                self.journal.record(
+                    "execution.fragment_completed",
+                    job_id=job_id,
+                    fragment_id=o.fragment_id,
+                    node_id=o.node_id,
+                    attempt=o.attempts,
+                    observed_fidelity=o.observed_fidelity,
+                )
             done.update(o.fragment_id for o in outcomes)
             wave_index += 1
         results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
@@ -39,6 +41,7 @@ from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
 from quantum_mesh.mesh.protocol import BUSY_CODES, BUSY_REASONS, NON_RETRYABLE_CODES
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER
 from quantum_mesh.observability import metrics
+from quantum_mesh.store.database import Database
 
 log = get_logger(__name__)
 
@@ -112,7 +115,7 @@ class WorkScheduler:
     def __init__(
         self,
         *,
-        db: Any,
+        db: Database,
         mesh: MeshPort,
         registry: PeerRegistry,
         reservations: ReservationService,
@@ -540,7 +543,8 @@ class WorkScheduler:
             {"node_id": node_id, "attempt": attempt, "outcome": outcome, **details}
         )
         metrics.retry(outcome)
-        async with self.db.transaction() as session:
+
+        async def op(session: AsyncSession) -> None:
             await repo.append_event(
                 session,
                 job_id=unit.job_id,
@@ -550,6 +554,8 @@ class WorkScheduler:
                 attempt=attempt,
                 payload={"outcome": outcome, **details},
             )
+
+        await self.db.write(op)
         self.journal.record(
             f"execution.{event_type}",
             job_id=unit.job_id,

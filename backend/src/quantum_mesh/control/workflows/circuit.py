@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.compute import ComputePools
@@ -150,8 +152,11 @@ class CircuitProcess:
             "fragments": [f.to_dict() for f in self.fragments],
             "registry_snapshot": [p.to_dict() for p in w.registry.usable_snapshot()],
         }
-        async with w.db.transaction() as session:
+
+        async def save(session: AsyncSession) -> None:
             await repo.save_plan(session, plan_id=plan_id, job_id=handle.job_id, plan=plan)
+
+        await w.db.write(save)
         return plan_id
 
     async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
