@@ -26,8 +26,6 @@ c = measure q;
 """
 
 
-
-
 def _run(coord: LiveCoordinator, circuit: str, **extra: object) -> dict:
     r = coord.http.post("/circuits/submit", json={"circuit": circuit, **extra})
     assert r.status_code == 202, r.text
@@ -148,6 +146,44 @@ def test_bad_circuit_is_400_naming_the_line(coord: LiveCoordinator) -> None:
     assert err["code"] == "invalid_circuit"
     assert err["details"]["line"] == 4
     assert "4" in err["message"]
+
+
+def _nested_gates(levels: int, calls: int) -> str:
+    lines = ["OPENQASM 2.0;", 'include "qelib1.inc";', "qreg q[1];"]
+    previous = "h"
+    for level in range(levels):
+        lines.append(f"gate g{level} a {{ {' '.join(f'{previous} a;' for _ in range(calls))} }}")
+        previous = f"g{level}"
+    return "\n".join([*lines, f"{previous} q[0];"]) + "\n"
+
+
+HOSTILE_CIRCUITS = {
+    # 61 bytes that used to make Qiskit build ten million qubits (17.8 s, 2.2 GB).
+    "max_circuit_qubits": 'OPENQASM 2.0; include "qelib1.inc"; qreg q[10000000]; h q[0];',
+    "max_circuit_clbits": 'OPENQASM 3.0; include "stdgates.inc"; qubit[1] q; bit[10000000] c;',
+    # 11 levels x 3 calls: 432 bytes that expand to 177,147 operations.
+    "max_gate_definition_depth": _nested_gates(11, 3),
+    # 5 kB: each `h q;` broadcasts over 20 qubits, 20,020 operations in all.
+    "max_circuit_operations": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[20];\n'
+    + "h q;\n" * 1_001,
+    # 10,000 gates alternating service types on 2 qubits: 10,000 sequential fragments.
+    "max_circuit_fragments": 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\n'
+    + "h q[0];\ncx q[0], q[1];\n" * 5_000,
+}
+
+
+@pytest.mark.parametrize("limit", sorted(HOSTILE_CIRCUITS))
+def test_hostile_circuits_are_400_naming_the_limit(coord: LiveCoordinator, limit: str) -> None:
+    r = coord.http.post("/circuits/submit", json={"circuit": HOSTILE_CIRCUITS[limit]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_circuit"
+    assert err["details"]["limit"] == limit
+    assert err["details"]["found"] > err["details"]["max"]
+    assert limit in err["message"] and str(err["details"]["max"]) in err["message"]
+    assert coord.http.get("/health").status_code == 200
+    # The coordinator still serves circuits afterwards.
+    _run(coord, BELL_QASM2, shots=10, seed=1)
 
 
 def test_bad_json_and_validation_errors_use_the_envelope(coord: LiveCoordinator) -> None:

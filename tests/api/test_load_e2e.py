@@ -52,7 +52,7 @@ def test_a_burst_of_jobs_on_one_node_all_complete(coord: LiveCoordinator) -> Non
 
     wait_until(all_terminal, timeout=600, interval=0.5, what=f"{BURST} jobs terminal")
     assert set(statuses.values()) == {"COMPLETED"}
-    metrics = coord.http.get("/metrics").text
+    metrics = httpx.get(f"{coord.base_url}/metrics", timeout=30).text
     assert "qmesh_work_queue_wait_seconds_count" in metrics
     assert "qmesh_work_queue_depth" in metrics
 

@@ -5,6 +5,7 @@ admission control."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -262,12 +263,6 @@ async def test_idempotent_replay_is_answered_while_overloaded(control: MakeContr
     assert (await _finish(manager, job.job_id)).status == JobStatus.COMPLETED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a Conflict from on_committed (job cancelled between the scheduler's commit "
-    "and the EXECUTING transition) escapes WorkScheduler._attempt and leaves the reservation "
-    "COMMITTED, holding a node slot until its TTL",
-)
 async def test_cancel_racing_the_executing_transition_leaks_no_reservation(
     control: MakeControl,
 ) -> None:
@@ -288,10 +283,13 @@ async def test_cancel_racing_the_executing_transition_leaks_no_reservation(
     await _finish(manager, job.job_id)
     await wait_for(lambda: not c.scheduler._running, what="the attempt to end")
 
-    assert (await manager.get(job.job_id)).status == JobStatus.CANCELLED
-    async with c.db.transaction() as session:
-        rows = list((await session.execute(select(Reservation))).scalars())
-    assert len(rows) == 1
-    # Either the work was sent (EXECUTED) or the slot was given back (CANCELED + release).
-    assert rows[0].status != ReservationStatus.COMMITTED
-    assert node.reserved == {}
+    try:
+        assert (await manager.get(job.job_id)).status == JobStatus.CANCELLED
+        async with c.db.transaction() as session:
+            rows = list((await session.execute(select(Reservation))).scalars())
+        assert len(rows) == 1
+        # Either the work was sent (EXECUTED) or the slot was given back (CANCELED + release).
+        assert rows[0].status != ReservationStatus.COMMITTED
+        assert node.reserved == {}
+    finally:
+        gc.collect()  # the orphaned unit future logs its error here, not in a later test

@@ -186,3 +186,68 @@ def test_comments_do_not_shift_lines(text: str) -> None:
         parse_circuit(text)
     assert info.value.details["line"] == 8
     assert "not_a_gate" in info.value.message
+
+
+def _reference_strip(text: str) -> str:
+    """The character-by-character reader the regex-based one replaced."""
+    out, i, n, in_string = list(text), 0, len(text), False
+    while i < n:
+        if in_string:
+            in_string = text[i] != '"'
+            i += 1
+        elif text[i] == '"':
+            in_string, i = True, i + 1
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                out[i], i = " ", i + 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            for j in range(i, end):
+                out[j] = out[j] if text[j] == "\n" else " "
+            i = end
+        else:
+            i += 1
+    return "".join(out)
+
+
+def _reference_split(clean: str) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    line, start, start_line, depth = 1, -1, 1, 0
+    for i, ch in enumerate(clean):
+        if start < 0 and not ch.isspace():
+            start, start_line = i, line
+        if ch == "\n":
+            line += 1
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth = max(depth - 1, 0)
+            if depth == 0 and start >= 0:
+                found.append((start_line, clean[start : i + 1]))
+                start = -1
+        elif ch == ";" and depth == 0 and start >= 0:
+            found.append((start_line, clean[start:i]))
+            start = -1
+    if start >= 0 and clean[start:].strip():
+        found.append((start_line, clean[start:]))
+    return [(line, " ".join(text.split())) for line, text in found if text.strip()]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SEED_EXAMPLE,
+        QASM2_HEADER
+        + "gate g a {\n h a; // c\n x a; }\n\n;; ;\nh q[0]; /* x;\n y */ cx q[0],\nq[1];",
+        '// "quoted" ; not a statement\nOPENQASM 3.0; include "a//b;c"; /* open',
+        "qubit[2] q;\n{ { h q[0]; } }\n}} stray; x q[1]\n",
+        "\n\n  h q[0];\r\n\tcx q[0], q[1]  ;  \n/**/measure q -> c;",
+    ],
+)
+def test_statement_reader_matches_the_character_reader(text: str) -> None:
+    from quantum_mesh.quantum.circuits import source
+
+    clean = source.strip_comments(text)
+    assert clean == _reference_strip(text)
+    assert [(st.line, st.text) for st in source.split_statements(clean)] == _reference_split(clean)

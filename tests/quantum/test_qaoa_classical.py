@@ -63,6 +63,51 @@ def test_knapsack_validation(values: list, weights: list, capacity: int) -> None
         classical.validate_knapsack(values, weights, capacity)
 
 
+@pytest.mark.parametrize(
+    ("values", "weights", "capacity", "field"),
+    [
+        ([10**30, 2], [1, 1], 3, "values"),
+        ([1, 2], [1, 10**13], 3, "weights"),
+        ([1, 2], [1, 1], 10**30, "capacity"),
+        ([1, 2], [1, 1], 2.0, "capacity"),
+        ("ab", [1, 1], 3, "values"),
+        ([1] * 10**5, [1] * 10**5, 3, "values"),
+    ],
+)
+def test_knapsack_numbers_are_bounded_and_name_the_field(
+    values: object, weights: list, capacity: object, field: str
+) -> None:
+    with pytest.raises(InvalidInput, match=field) as info:
+        classical.validate_knapsack(values, weights, capacity)  # type: ignore[arg-type]
+    assert info.value.details["field"] == field
+
+
+def test_knapsack_bounds_are_inclusive() -> None:
+    top = classical.MAX_KNAPSACK_NUMBER
+    vals, wts, cap = classical.validate_knapsack([top, 1], [top, 1], 5)
+    assert int(vals.sum()) == top + 1 and int(wts.max()) == top and cap == 5
+    assert classical.knapsack_dp([top, 1], [top, 1], 5).value == 1
+
+
+def test_portfolio_numbers_are_bounded_and_name_the_field() -> None:
+    ok = ([0.1, 0.2], [[1.0, 0.0], [0.0, 1.0]], 1, 0.5)
+    for index, bad, field in [
+        (0, [1e300, 0.1], "expected_returns"),
+        (0, [10**400, 0.1], "expected_returns"),
+        (0, ["x", 0.1], "expected_returns"),
+        (1, [[1e300, 0.0], [0.0, 1.0]], "covariance"),
+        (2, 10**30, "budget"),
+        (3, 1e300, "risk_aversion"),
+        (3, "abc", "risk_aversion"),
+        (3, float("nan"), "risk_aversion"),
+    ]:
+        args = list(ok)
+        args[index] = bad
+        with pytest.raises(InvalidInput, match=field) as info:
+            classical.validate_portfolio(*args)  # type: ignore[arg-type]
+        assert info.value.details["field"] == field
+
+
 def test_portfolio_brute_force_matches_enumeration() -> None:
     rng = np.random.default_rng(7)
     n, k, q = 7, 3, 0.8

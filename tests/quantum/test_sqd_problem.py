@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -96,11 +97,34 @@ def test_fcidump_round_trip_gives_the_same_problem_and_energy() -> None:
         ("not an fcidump", "&FCI"),
         ("&FCI NORB=40,NELEC=2,MS2=0,\n&END\n", "NORB=40"),
         ("&FCI NORB=2,NELEC=3,MS2=0,\n&END\n 1.0 1 1 0 0\n", "inconsistent"),
+        ("&FCI NORB=99999999,NELEC=2,MS2=0,\n&END\n 1.0 1 1 1 1\n", "NORB=99999999"),
+        ("&FCI NORB=-3,NELEC=2,MS2=0,\n&END\n", "NORB=-3"),
+        ("&FCI NELEC=2,MS2=0,\n&END\n", "no NORB"),
+        ("&FCI NORB=2,NELEC=99999999999999,MS2=0,\n&END\n", "NELEC=99999999999"),
+        ("&FCI NORB=2,NELEC=5,MS2=1,\n&END\n", "NELEC=5"),
+        ("&FCI NORB=2,NELEC=2,MS2=4,\n&END\n", "MS2=4"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n 1.0 3 1 0 0\n", "line 3 has an orbital index"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n 1.0 -1 1 0 0\n", "orbital index"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n 1.0 0 1 0 0\n", "orbital index"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n 1.0 1 1 2 0\n", "orbital index"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n nan 1 1 0 0\n", "non-finite"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n 1.0 1 1\n", "line 3 is not"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n x 1 1 0 0\n", "line 3 is not"),
+        ("&FCI NORB=2,NELEC=2,MS2=0,\n&END\n" + " 1.0 1 1 1 1\n" * 24, "more than 23"),
+        ("&FCI NORB=2,\n" + "\n" * 12 + "&END\n", "header must close"),
     ],
 )
 def test_invalid_fcidump_is_rejected(text: str, message: str) -> None:
+    started = time.monotonic()
     with pytest.raises(InvalidInput, match=message):
         build_from_fcidump(text)
+    assert time.monotonic() - started < 5.0
+
+
+def test_a_blank_line_ends_the_integrals_as_pyscf_reads_them() -> None:
+    text = "&FCI NORB=1,NELEC=2,MS2=0,\n&END\n 0.5 1 1 1 1\n -1.0 1 1 0 0\n 0.1 0 0 0 0\n"
+    problem = build_from_fcidump(text + "\n junk that pyscf never reads\n")
+    assert problem.norb == 1 and problem.core_energy == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +148,13 @@ def test_invalid_fcidump_is_rejected(text: str, message: str) -> None:
             "need at least 5 active orbitals",
         ),
         ({"atom": N2, "basis": "cc-pvtz"}, "at most 26 are accepted"),
+        ({"atom": N2, "basis": "/etc/passwd"}, "basis-set name"),
+        ({"atom": N2, "basis": "sto-3g@1s@2s"}, "basis-set name"),
+        ({"atom": N2, "basis": "H S\n 1.0 1.0\n"}, "basis-set name"),
+        ({"atom": "N 0 0 0; N 0 0 1e999", "basis": "sto-3g"}, "coordinate"),
+        ({"atom": "N 0 0 0; N 0 0 5000", "basis": "sto-3g"}, "coordinate"),
+        ({"atom": "; ".join(f"H 0 0 {i}" for i in range(101)), "basis": "sto-3g"}, "101 atoms"),
+        ({"atom": "H 0 0 0; H 0 0 0.74", "basis": "sto-3g", "charge": -10}, "only 2 orbitals"),
     ],
 )
 def test_invalid_molecules_raise_invalid_input_with_a_clear_message(
@@ -145,3 +176,36 @@ def test_workflow_params_parse_into_problem_and_settings() -> None:
         parse_sqd_params({"molecule": {"atom": WATER, "basis": "sto-3g"}, "batches": 2})
     with pytest.raises(InvalidInput, match="n_batches must be an integer between 1 and 64"):
         parse_sqd_params({"molecule": {"atom": WATER, "basis": "sto-3g"}, "n_batches": 0})
+
+
+@pytest.mark.parametrize(
+    ("molecule", "message"),
+    [
+        ({"charge": -(10**30)}, "molecule.charge must be an integer in"),
+        ({"spin": 10**30}, "molecule.spin must be an integer in"),
+        ({"spin": -1}, "molecule.spin"),
+        ({"active_orbitals": 10**30}, "molecule.active_orbitals must be an integer in"),
+        ({"active_electrons": 0}, "molecule.active_electrons"),
+        ({"active_electrons": True}, "molecule.active_electrons"),
+        ({"atom": 5}, "molecule.atom must be a string"),
+        ({"basis": "x" * 30_000}, "molecule.basis must be a string"),
+    ],
+)
+def test_molecule_fields_are_bounded(molecule: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message) as info:
+        parse_sqd_params({"molecule": {"atom": WATER, "basis": "sto-3g", **molecule}})
+    assert str(info.value.details["field"]).startswith("molecule.")
+
+
+@pytest.mark.parametrize(
+    "counts", [{"01": -1}, {"01": True}, {"01": 10**30}, {5: 1}, {"": 1}, ["01"], {}]
+)
+def test_user_counts_are_checked_up_front(counts: object) -> None:
+    with pytest.raises(InvalidInput, match="counts must"):
+        parse_sqd_params(
+            {
+                "molecule": {"atom": WATER, "basis": "sto-3g"},
+                "sample_source": "counts",
+                "counts": counts,
+            }
+        )

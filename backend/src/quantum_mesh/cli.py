@@ -27,7 +27,7 @@ def _setup() -> None:
     from quantum_mesh.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
 
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -70,7 +70,7 @@ def coordinator(
         "data_dir": data_dir,
     }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -103,7 +103,7 @@ def node(
     from quantum_mesh.node.service import NodeConfig, run_node
 
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
     run_node(
         NodeConfig(
             key_file=key_file,

@@ -57,6 +57,19 @@ class Settings(BaseSettings):
     #: Processes for input validation (circuit parsing, pyscf mean-field runs).
     validation_processes: int = Field(default=1, ge=1)
 
+    # --- input limits (docs/security.md) ----------------------------------------------------
+    #: A circuit may declare at most this many qubits (registers and physical qubits).
+    max_circuit_qubits: int = Field(default=20, ge=1)
+    #: ... and at most this many classical bits.
+    max_circuit_clbits: int = Field(default=64, ge=0)
+    #: Operations after gate-definition expansion and register broadcasting, measurements
+    #: included (each other statement counts one).
+    max_circuit_operations: int = Field(default=20_000, ge=1)
+    #: Gate definitions may nest this deep (a gate calling only library gates has depth 1).
+    max_gate_definition_depth: int = Field(default=8, ge=1)
+    #: Fragments (node calls) one circuit may be split into.
+    max_circuit_fragments: int = Field(default=2_000, ge=1)
+
     # --- planner cost weights --------------------------------------------------------------
     cost_weight_latency: float = 1.0
     cost_weight_failure: float = 2.0

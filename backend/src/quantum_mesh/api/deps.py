@@ -14,8 +14,13 @@ def get_coordinator(request: Request) -> Coordinator:
 
 
 CoordinatorDep = Annotated[Coordinator, Depends(get_coordinator)]
-LimitQ = Annotated[int, Query(ge=1, le=500)]
-OffsetQ = Annotated[int, Query(ge=0)]
+#: Page size bounds of every list endpoint (docs/api.md, "Parameter bounds").
+MAX_LIMIT = 500
+#: Largest ``offset`` a list accepts: far past any real table, far inside the 64-bit integers
+#: PostgreSQL, SQLite and MongoDB take, so an absurd offset is a 422 and never reaches a query.
+MAX_OFFSET = 10**9
+LimitQ = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, 1..{MAX_LIMIT}")]
+OffsetQ = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"items to skip, 0..{MAX_OFFSET}")]
 
 
 def page(items: list[Any], total: int, limit: int, offset: int) -> dict[str, Any]:

@@ -1,7 +1,14 @@
-"""Maps domain errors and framework errors to the contract's error envelope."""
+"""Maps domain errors and framework errors to the contract's error envelope.
+
+An unexpected exception is a 500 ``internal_error``: it is caught by :class:`CatchAll` just
+inside the security middleware (so the server does not log it a second time), and its plain
+traceback — no local variables, secrets masked (``logs.py``) — is rendered and written in a
+worker thread, never on the event loop.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from quantum_mesh.errors import (
     Conflict,
@@ -24,6 +32,9 @@ from quantum_mesh.errors import (
 from quantum_mesh.logs import get_logger
 
 log = get_logger(__name__)
+
+#: Longest exception message carried in the ``api.unhandled`` event's ``error`` field.
+MAX_ERROR_CHARS = 500
 
 _STATUS: list[tuple[type[QMeshError], int]] = [
     (InvalidCircuit, 400),
@@ -98,6 +109,61 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("api.unhandled", error=str(exc))
-        return error_response(500, "internal_error", "Internal server error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Only what escapes CatchAll lands here (an error in an outer middleware).
+        await log_unexpected(exc, request.scope)
+        return internal_error()
+
+    app.add_middleware(CatchAll)  # type: ignore[arg-type]
+
+
+def internal_error() -> JSONResponse:
+    return error_response(500, "internal_error", "Internal server error")
+
+
+def _log_unexpected_now(exc: BaseException, method: str, path: str) -> None:
+    message = str(exc)
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[:MAX_ERROR_CHARS] + "…"
+    log.error(
+        "api.unhandled",
+        method=method,
+        path=path,
+        error=f"{type(exc).__name__}: {message}",
+        exc_info=exc,
+    )
+
+
+async def log_unexpected(exc: BaseException, scope: Scope) -> None:
+    """Log an unexpected exception from a worker thread (rendering a traceback is slow)."""
+    method, path = str(scope.get("method", "")), str(scope.get("path", ""))
+    await asyncio.to_thread(_log_unexpected_now, exc, method, path)
+
+
+class CatchAll:
+    """Pure ASGI: an exception a route lets escape becomes the 500 envelope here, logged off
+    the loop. Starlette's outermost error middleware would re-raise it after answering, and
+    the server would then log its traceback again, on the loop."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as exc:
+            if started:  # too late for an error response: let the server close the stream
+                raise
+            await log_unexpected(exc, scope)
+            await internal_error()(scope, receive, send)

@@ -114,7 +114,8 @@ class JobHandle:
 
     @property
     def cancelled(self) -> bool:
-        return self.job_id in self._manager.cancelled
+        """True once the job was cancelled or has ended otherwise (nothing more to send)."""
+        return self._manager.has_ended(self.job_id)
 
     def check_cancelled(self) -> None:
         if self.cancelled:
@@ -186,10 +187,13 @@ class JobManager:
         """Jobs accepted and not yet finished (the admission-control queue)."""
         return len(self._tasks)
 
-    def admit(self) -> None:
-        """Refuse new work with 429 while the queue is full, with an honest Retry-After."""
+    def admit(self, idempotency_key: str | None = None) -> None:
+        """Refuse new work with 429 while the queue is full, with an honest Retry-After.
+
+        A request with an Idempotency-Key is let through here: ``submit`` answers a replay
+        from the database and checks admission only for new work."""
         bound = self.settings.max_queued_jobs
-        if self.active < bound:
+        if self.active < bound or idempotency_key:
             return
         now = time.monotonic()
         recent = sum(1 for t in self._finished_at if now - t <= _RATE_WINDOW_S)
@@ -213,7 +217,7 @@ class JobManager:
             if existing is not None:
                 self._check_same_request(existing, kind, request)
                 return existing, False
-        self.admit()
+        self.admit(None)
         job_id = str(uuid.uuid4())
 
         async def create(session: AsyncSession) -> Job:
@@ -320,13 +324,23 @@ class JobManager:
         if status is not None:
             await self.transition(job_id, status, plan_id=plan_id)
 
+    def has_ended(self, job_id: str) -> bool:
+        return job_id in self.cancelled or job_id not in self._status
+
     async def _unit_committed(self, job_id: str) -> None:
-        """A unit of this job has a committed reservation: RESERVING ends now."""
+        """A unit of this job has a committed reservation: RESERVING ends now. A unit of a
+        job that has ended (cancelled while its driver thread still runs) is not sent."""
+        if self.has_ended(job_id):
+            raise JobCancelled(f"Job {job_id} has ended; its work is not sent")
         if self._status.get(job_id) != JobStatus.RESERVING:
             return
         async with self._lock(job_id):
             if self._status.get(job_id) == JobStatus.RESERVING:
-                await self.transition(job_id, JobStatus.EXECUTING)
+                try:
+                    await self.transition(job_id, JobStatus.EXECUTING)
+                except Conflict as exc:
+                    # Cancelled (or failed) between our check and the write: send nothing.
+                    raise JobCancelled(f"Job {job_id} ended before its work was sent") from exc
 
     def _lock(self, job_id: str) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
@@ -413,6 +427,8 @@ class JobManager:
         await self.transition(job_id, JobStatus.COMPLETED, result=result, progress=progress)
 
     async def _fail(self, job_id: str, error: dict[str, Any]) -> None:
+        # Units of this job still waiting for a node are dropped; those on nodes finish.
+        self.scheduler.cancel_job(job_id)
         try:
             await self.transition(job_id, JobStatus.FAILED, error=error)
         except Conflict:

@@ -124,10 +124,15 @@ class ReservationService:
         return r
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
-        peers = [p for p in self.registry.usable_snapshot() if service_type in p.services]
+        peers = [
+            p
+            for p in self.registry.usable_snapshot()
+            if service_type in p.services and (min_fidelity is None or p.fidelity >= min_fidelity)
+        ]
         if not peers:
             raise NoCapacity(
-                f"No fresh enrolled node offers '{service_type}'",
+                f"No fresh enrolled node offers '{service_type}'"
+                + (f" with fidelity >= {min_fidelity}" if min_fidelity is not None else ""),
                 details={"service_type": service_type},
             )
         return rank_nodes(peers, min_fidelity=min_fidelity)[0].peer_id

@@ -65,6 +65,20 @@ def _decode_reply(
     return decode_array(reply["state"]), None if operator is None else decode_array(operator)
 
 
+def _replay(rows: list[FragmentExecution], n: int) -> NDArray[np.complex128]:
+    """Recovery: replay completed fragments in the order their waves were composed: apply
+    the operator each node returned, or restore the checkpoint of a wide solo fragment."""
+    state = initial_state(n)
+    for row in sorted(rows, key=lambda r: (r.output.get("wave", 0), r.output.get("order", 0))):
+        if row.output.get("checkpoint") is not None:
+            state = decode_array(row.output["checkpoint"])
+        else:
+            state = apply_fragment_operator(
+                state, decode_array(row.output["operator"]), list(row.output["qubits"]), n
+            )
+    return state
+
+
 def _encode_wave(
     state: NDArray[np.complex128], outcomes: Sequence[FragmentOutcome]
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any] | None]]:
@@ -153,27 +167,18 @@ class CircuitRuntime:
         fragments: Sequence[PlannedFragment],
         seed: int,
         min_fidelity: float | None,
+        done_rows: dict[str, FragmentExecution],
         on_wave: Callable[[int, int], Awaitable[None]] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results."""
         n = circuit.num_qubits
         ops_by_id = {op.op_id: op for op in circuit.operations}
-        async with self.db.transaction() as session:
-            done_rows = {
-                r.fragment_id: r for r in await repo.fragment_executions(session, job_id=job_id)
-            }
-        # Recovery: replay completed fragments in the order their waves were composed: apply
-        # the operator each node returned, or restore the checkpoint of a wide solo fragment.
-        state = initial_state(n)
-        for row in sorted(
-            done_rows.values(), key=lambda r: (r.output.get("wave", 0), r.output.get("order", 0))
-        ):
-            if row.output.get("checkpoint") is not None:
-                state = decode_array(row.output["checkpoint"])
-            else:
-                state = apply_fragment_operator(
-                    state, decode_array(row.output["operator"]), list(row.output["qubits"]), n
-                )
+        done_rows = dict(done_rows)
+        state = (
+            await self.compute.run(_replay, list(done_rows.values()), n)
+            if done_rows
+            else initial_state(n)
+        )
         wave_index = 1 + max((int(r.output.get("wave", 0)) for r in done_rows.values()), default=0)
         rng = random.Random(seed)
         done = set(done_rows)

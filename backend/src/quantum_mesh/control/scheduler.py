@@ -16,8 +16,8 @@ job gets one ``unit_completed`` event (circuit fragments record their own rows i
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
-import heapq
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,7 +38,14 @@ from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
-from quantum_mesh.mesh.protocol import BUSY_CODES, BUSY_REASONS, NON_RETRYABLE_CODES
+from quantum_mesh.mesh.protocol import (
+    BUSY_CODES,
+    BUSY_REASONS,
+    ENVELOPE_JOB_ID,
+    ENVELOPE_RESERVATION_ID,
+    ENVELOPE_UNIT_ID,
+    NON_RETRYABLE_CODES,
+)
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER
 from quantum_mesh.observability import metrics
 from quantum_mesh.store.database import Database
@@ -95,18 +102,22 @@ class UnitOutcome:
     history: list[dict[str, Any]]
 
 
-@dataclass(order=True)
+@dataclass
 class _Ticket:
     seq: int
-    unit: WorkUnit = field(compare=False)
-    future: asyncio.Future[UnitOutcome] = field(compare=False)
-    enqueued: float = field(compare=False)
-    deadline: float = field(compare=False)
-    started_at: datetime = field(compare=False)
-    attempts: int = field(default=0, compare=False)
-    refusals: int = field(default=0, compare=False)
-    failed_on: dict[str, int] = field(default_factory=dict, compare=False)
-    history: list[dict[str, Any]] = field(default_factory=list, compare=False)
+    unit: WorkUnit
+    future: asyncio.Future[UnitOutcome]
+    enqueued: float
+    deadline: float
+    started_at: datetime
+    attempts: int = 0
+    refusals: int = 0
+    failed_on: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _seq(ticket: _Ticket) -> int:
+    return ticket.seq
 
 
 class WorkScheduler:
@@ -220,51 +231,64 @@ class WorkScheduler:
 
     # --- queue -----------------------------------------------------------------------------
     def _push(self, ticket: _Ticket) -> None:
-        heapq.heappush(self._queue, ticket)
+        # Kept in arrival order; a requeued unit goes back to its original place.
+        bisect.insort(self._queue, ticket, key=_seq)
         metrics.set_queue_depth(len(self._queue))
         self._wake.set()
 
     def _drop(self, ticket: _Ticket) -> None:
         if ticket in self._queue:
             self._queue.remove(ticket)
-            heapq.heapify(self._queue)
             metrics.set_queue_depth(len(self._queue))
 
     async def _pump(self) -> None:
+        last_check = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=PUMP_INTERVAL_S)
             self._wake.clear()
+            now = time.monotonic()
+            # Deadlines and vanished services are checked on a timer, not on every wake-up.
+            check = now - last_check >= PUMP_INTERVAL_S
+            if check:
+                last_check = now
             try:
-                self._place_waiting()
+                self._place_waiting(check_faults=check)
             except Exception:  # the pump must survive anything a placement raises
                 log.exception("scheduler.pump_failed")
 
-    def _place_waiting(self) -> None:
+    def _place_waiting(self, *, check_faults: bool = True) -> None:
         if not self._queue:
             return
         now = time.monotonic()
-        views = [v for v in self.registry.snapshot() if v.fresh or v.connected]
-        usable = [v for v in views if v.fresh and self.registry.is_trusted(v.peer_id)]
+        known = self.registry.snapshot()
+        usable = [v for v in known if v.fresh and self.registry.is_trusted(v.peer_id)]
+        has_room = any(
+            self.free_slots(v) > 0 and self._paused_until.get(v.peer_id, 0.0) <= now for v in usable
+        )
+        if not has_room and not check_faults:
+            return
         keep: list[_Ticket] = []
-        for ticket in sorted(self._queue):  # FIFO across jobs
+        for ticket in self._queue:  # FIFO across jobs
             if ticket.future.done():
                 continue
-            node = self._choose(ticket, usable, now)
+            node = self._choose(ticket, usable, now) if has_room else None
             if node is not None:
                 self._in_flight[node] = self._in_flight.get(node, 0) + 1
-                waited = now - ticket.enqueued
-                metrics.queue_wait(waited)
+                metrics.queue_wait(now - ticket.enqueued)
                 task = asyncio.create_task(self._execute(ticket, node))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
+                has_room = any(
+                    self.free_slots(v) > 0 and self._paused_until.get(v.peer_id, 0.0) <= now
+                    for v in usable
+                )
                 continue
-            failure = self._fault_while_waiting(ticket, now)
+            failure = self._fault_while_waiting(ticket, now, known) if check_faults else None
             if failure is not None:
                 ticket.future.set_exception(failure)
                 continue
             keep.append(ticket)
-        heapq.heapify(keep)
         self._queue = keep
         metrics.set_queue_depth(len(keep))
 
@@ -280,12 +304,15 @@ class WorkScheduler:
 
     def _choose(self, ticket: _Ticket, usable: list[PeerView], now: float) -> str | None:
         unit = ticket.unit
+        able = [v for v in usable if self._offers(v, unit)]
+        # While a node this unit has not failed on is usable, wait for it rather than retry
+        # where the unit already failed (a noisy node stays noisy, a crashing handler crashes).
+        if any(v.peer_id not in ticket.failed_on for v in able):
+            able = [v for v in able if v.peer_id not in ticket.failed_on]
         candidates = [
             v
-            for v in usable
-            if self._offers(v, unit)
-            and self.free_slots(v) > 0
-            and self._paused_until.get(v.peer_id, 0.0) <= now
+            for v in able
+            if self.free_slots(v) > 0 and self._paused_until.get(v.peer_id, 0.0) <= now
         ]
         if not candidates:
             return None
@@ -299,12 +326,14 @@ class WorkScheduler:
         )
         return ranked[0].peer_id
 
-    def _fault_while_waiting(self, ticket: _Ticket, now: float) -> Exception | None:
+    def _fault_while_waiting(
+        self, ticket: _Ticket, now: float, known: list[PeerView]
+    ) -> Exception | None:
         """Why a unit that cannot be placed now will never be, or ``None`` (keep waiting)."""
         unit = ticket.unit
-        known = [v for v in self.registry.snapshot() if self._offers(v, unit)]
         waited = now - ticket.enqueued
-        if not known and waited >= self.settings.capacity_wait_s:
+        offered = any(self._offers(v, unit) for v in known)
+        if not offered and waited >= self.settings.capacity_wait_s:
             return NoCapacity(
                 f"No enrolled node offers '{unit.service_type}'"
                 + (f" for {unit.width} qubits" if unit.width else ""),
@@ -376,14 +405,18 @@ class WorkScheduler:
             )
             return None
         if self.on_committed is not None:
-            await self.on_committed(unit.job_id)
+            try:
+                await self.on_committed(unit.job_id)
+            except Exception as exc:  # the job ended meanwhile: give the slot back at once
+                await self._release(reservation.reservation_id, reason=f"not sent: {exc}")
+                return exc
         ticket.attempts += 1
         t0 = time.perf_counter()
         payload = {
             **unit.params,
-            "reservation_id": reservation.reservation_id,
-            "job_id": unit.params.get("job_id", unit.job_id),
-            "fragment_id": unit.unit_id,
+            ENVELOPE_RESERVATION_ID: reservation.reservation_id,
+            ENVELOPE_UNIT_ID: unit.unit_id,
+            ENVELOPE_JOB_ID: unit.job_id,
         }
         try:
             reply = await self.mesh.invoke(
@@ -515,6 +548,12 @@ class WorkScheduler:
                 details={"unit_id": unit.unit_id, "history": ticket.history[-20:]},
             )
         return None
+
+    async def _release(self, reservation_id: str, *, reason: str) -> None:
+        try:
+            await self.reservations.cancel(reservation_id, reason=reason)
+        except Exception as exc:
+            log.info("scheduler.release_failed", reservation_id=reservation_id, error=str(exc))
 
     def _pause(self, node_id: str, seconds: float) -> None:
         self._paused_until[node_id] = time.monotonic() + seconds

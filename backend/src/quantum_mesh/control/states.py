@@ -23,10 +23,7 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
         {JobStatus.RESERVING, JobStatus.EXECUTING, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
     JobStatus.RESERVING: frozenset({JobStatus.EXECUTING, JobStatus.FAILED, JobStatus.CANCELLED}),
-    # EXECUTING -> RESERVING happens between waves of fragments.
-    JobStatus.EXECUTING: frozenset(
-        {JobStatus.RESERVING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
-    ),
+    JobStatus.EXECUTING: frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}),
     JobStatus.COMPLETED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),

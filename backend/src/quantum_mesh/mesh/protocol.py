@@ -69,6 +69,14 @@ NON_RETRYABLE_CODES: Final = frozenset(
 #: Codes that mean "this node is full right now": retry later or elsewhere.
 BUSY_CODES: Final = frozenset({ERR_BUSY})
 
+# --- work-request envelope ---------------------------------------------------------------------
+# Keys the coordinator adds to a work method's params for the node itself; the node reads and
+# removes them before the handler runs, so handlers see only their own payload.
+ENVELOPE_RESERVATION_ID: Final = "reservation_id"
+ENVELOPE_UNIT_ID: Final = "unit_id"
+ENVELOPE_JOB_ID: Final = "coordinator_job_id"
+ENVELOPE_KEYS: Final = frozenset({ENVELOPE_RESERVATION_ID, ENVELOPE_UNIT_ID, ENVELOPE_JOB_ID})
+
 # --- methods ----------------------------------------------------------------------------------
 # Answered on the node's network loop (``node/service.py``).
 METHOD_PING: Final = "ping"

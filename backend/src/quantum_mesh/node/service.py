@@ -37,6 +37,10 @@ from quantum_mesh.mesh.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_SERVICES,  # re-exported: ``from quantum_mesh.node.service import DEFAULT_SERVICES``
     DIAL_TIMEOUT_S,
+    ENVELOPE_JOB_ID,
+    ENVELOPE_KEYS,
+    ENVELOPE_RESERVATION_ID,
+    ENVELOPE_UNIT_ID,
     ERR_BAD_REQUEST,
     ERR_BUSY,
     ERR_UNKNOWN_METHOD,
@@ -309,7 +313,9 @@ class NodeService:
             return self._inline(request.method, request.params)
         if request.method not in handlers.METHODS:
             raise RemoteError(ERR_UNKNOWN_METHOD, f"unknown method {request.method!r}")
-        reservation_id = request.params.get("reservation_id")
+        envelope = {k: v for k, v in request.params.items() if k in ENVELOPE_KEYS}
+        params = {k: v for k, v in request.params.items() if k not in ENVELOPE_KEYS}
+        reservation_id = envelope.get(ENVELOPE_RESERVATION_ID)
         if isinstance(reservation_id, str):
             self.book.consume(reservation_id=reservation_id)
         try:
@@ -319,7 +325,7 @@ class NodeService:
         self._set_in_flight(+1)
         started = time.perf_counter()
         try:
-            ok, payload = await self._pool.run(request.method, request.params, self.context)
+            ok, payload = await self._pool.run(request.method, params, self.context)
         finally:
             self._set_in_flight(-1)
             self._inbound.release()
@@ -330,8 +336,8 @@ class NodeService:
                 remote=remote,
                 ok=ok,
                 seconds=round(time.perf_counter() - started, 6),
-                job_id=request.params.get("job_id"),
-                fragment_id=request.params.get("fragment_id"),
+                job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
+                fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
                 reservation_id=reservation_id if isinstance(reservation_id, str) else None,
             )
         )
@@ -365,7 +371,8 @@ class NodeService:
                     in_flight=self._in_flight,
                     now=now,
                 )
-                # ``"commit": true`` reserves and commits in one round trip (protocol 1.1).
+                # ``"commit": true`` reserves and commits in one round trip (an additive
+                # extension: callers that omit it send ``commit`` separately).
                 if result["accepted"] and params.get("commit") is True:
                     committed = self.book.commit(
                         reservation_id=_str_param(params, "reservation_id"), now=now

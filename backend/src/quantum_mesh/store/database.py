@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -62,6 +63,7 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+_DEBUG = bool(os.environ.get("QMESH_DEBUG_GROUPS"))
 T = TypeVar("T")
 WriteOp = Callable[[AsyncSession], Awaitable[Any]]
 #: Most writes committed together (bounds one transaction's size and latency).
@@ -126,6 +128,7 @@ class Database:
         remaining = group
         while remaining:
             results: list[Any] = []
+            t0 = time.perf_counter()
             try:
                 async with self.sessions() as session, session.begin():
                     for index, (op, _future) in enumerate(remaining):
@@ -145,6 +148,8 @@ class Database:
                     if not future.done():
                         future.set_exception(error)
                 return
+            if _DEBUG:
+                print(f"group {len(remaining)} ops {time.perf_counter() - t0:.4f}s", flush=True)
             for (_, future), result in zip(remaining, results, strict=True):
                 if not future.done():
                     future.set_result(result)

@@ -52,7 +52,7 @@ async def submit_portfolio(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    coord.jobs.admit()
+    coord.jobs.admit(idempotency_key)
     params = await WORKFLOWS[PORTFOLIO_KIND].validate(
         body.model_dump(exclude_none=True), coord.compute
     )

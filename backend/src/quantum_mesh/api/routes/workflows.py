@@ -48,7 +48,7 @@ async def submit_run(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    coord.jobs.admit()
+    coord.jobs.admit(idempotency_key)
     params = await validate_workflow(body.kind, body.params, coord.compute)
     job, _ = await coord.jobs.submit(
         kind=body.kind, request={"params": params}, idempotency_key=idempotency_key
@@ -99,7 +99,7 @@ async def submit_benchmark(
     coord: CoordinatorDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    coord.jobs.admit()
+    coord.jobs.admit(idempotency_key)
     spec = await BENCHMARK.validate(body.model_dump(), coord.compute)
     job, _ = await coord.jobs.submit(
         kind=BENCHMARK_KIND, request={"params": spec}, idempotency_key=idempotency_key

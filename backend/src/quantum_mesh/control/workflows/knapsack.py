@@ -7,7 +7,7 @@ from typing import Any
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
-from quantum_mesh.control.workflows.params import require_keys, seed_of
+from quantum_mesh.control.workflows.params import check_storable, require_keys, seed_of
 from quantum_mesh.mesh.protocol import METHOD_QAOA_BLOCK, METHOD_QAOA_SCHEDULES, SERVICE_QAOA_BLOCK
 from quantum_mesh.quantum.qaoa import beam
 from quantum_mesh.quantum.qaoa.classical import validate_knapsack
@@ -18,6 +18,7 @@ class KnapsackWorkflow:
     service_type = SERVICE_QAOA_BLOCK
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
+        check_storable(params)
         require_keys(params, "values", "weights", "capacity")
         await compute.run(
             validate_knapsack, params["values"], params["weights"], params["capacity"]

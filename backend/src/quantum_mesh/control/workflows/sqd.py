@@ -7,6 +7,7 @@ from typing import Any
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
+from quantum_mesh.control.workflows.params import check_storable
 from quantum_mesh.mesh.protocol import METHOD_SQD_BATCH, SERVICE_SQD_BATCH
 
 
@@ -24,6 +25,7 @@ class SQDWorkflow:
     service_type = SERVICE_SQD_BATCH
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
+        check_storable(params)
         seed = await compute.isolated(validated_seed, params)
         return {**params, "seed": seed}
 

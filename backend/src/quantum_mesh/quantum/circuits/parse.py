@@ -4,12 +4,17 @@ The service aliases are declared to Qiskit as ordinary gate definitions injected
 version line (so Qiskit's line numbers stay the user's), and the resulting instructions are
 mapped back to alias names and service types. User-defined gates and non-standard library
 gates are expanded to standard gates; anything that cannot be, fails with the line it is on.
+
+Nothing reaches Qiskit before :func:`.limits.prescan` has bounded it from the text (register
+sizes, gate-definition nesting, expanded operation count), and the expansion here counts
+exactly and stops as soon as it passes ``max_operations``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from openqasm3.parser import QASM3ParsingError
@@ -19,12 +24,15 @@ from qiskit.exceptions import QiskitError
 from qiskit_qasm3_import import ConversionError
 
 from quantum_mesh.errors import InvalidCircuit
-from quantum_mesh.quantum.circuits import source
+from quantum_mesh.quantum.circuits import limits, source
 from quantum_mesh.quantum.circuits.gates import ALIASES, service_type_for, standard_gates
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit, Operation
 
 _IGNORED = {"barrier", "delay", "global_phase"}
-_MAX_DEFINITION_DEPTH = 16
+#: Definition levels a library gate may add below the user's own (``_expand``'s bound is the
+#: user's ``max_gate_depth`` plus this, and never under 16).
+_LIBRARY_DEFINITION_DEPTH = 8
+_MIN_DEFINITION_DEPTH = 16
 _QISKIT_POSITION_RES = (
     re.compile(r"<input>:(\d+),(\d+):\s*(.*)", re.DOTALL),  # qasm2
     re.compile(r"\AL(\d+):C(\d+):\s*(.*)", re.DOTALL),  # openqasm3 reference parser
@@ -32,27 +40,47 @@ _QISKIT_POSITION_RES = (
 )
 
 
-def parse_circuit(text: str, *, max_qubits: int = 20) -> NormalizedCircuit:
+def parse_circuit(
+    text: str,
+    *,
+    max_qubits: int = limits.DEFAULT_MAX_QUBITS,
+    max_clbits: int = limits.DEFAULT_MAX_CLBITS,
+    max_operations: int = limits.DEFAULT_MAX_OPERATIONS,
+    max_gate_depth: int = limits.DEFAULT_MAX_GATE_DEPTH,
+) -> NormalizedCircuit:
     """Parse OpenQASM 2 or 3 (with service aliases) into a normalised circuit.
+
+    The limits are checked on the text first (:mod:`.limits`), so a hostile program is
+    refused before Qiskit builds anything.
 
     Args:
         text: the program. ``OPENQASM 2.0;`` selects OpenQASM 2, anything else OpenQASM 3.
         max_qubits: refuse circuits declaring more qubits than this.
+        max_clbits: refuse circuits declaring more classical bits than this.
+        max_operations: refuse circuits with more operations than this, counted after
+            gate-definition expansion and register broadcasting, measurements included.
+        max_gate_depth: refuse gate definitions nested deeper than this.
 
     Raises:
         InvalidCircuit: syntax errors, unknown gates, classical control, resets, gates after
-            a measurement on the same qubit, too many qubits; ``details["line"]`` is set
-            whenever the line is known, and the message names it.
+            a measurement on the same qubit, a limit passed; ``details["line"]`` is set
+            whenever the line is known, and the message names it; a passed limit also sets
+            ``details["limit"]``, ``["max"]`` and ``["found"]``.
     """
     if not isinstance(text, str) or not text.strip():
         raise InvalidCircuit("circuit text is empty")
+    bounds = limits.Limits(
+        max_qubits=max_qubits,
+        max_clbits=max_clbits,
+        max_operations=max_operations,
+        max_gate_depth=max_gate_depth,
+    )
     clean = source.strip_comments(text)
     fmt, version = source.detect_format(clean)
-    statements = source.split_statements(clean)
+    statements = limits.prescan(source.iter_statements(clean), fmt, bounds)
     qc = _qiskit_parse(source.prepare_source(text, clean, fmt, version), fmt, statements)
-    _check_forbidden(statements)
-    _check_size(qc, statements, max_qubits=max_qubits)
-    operations, measurements = _normalise(qc, source.instruction_lines(statements))
+    _check_size(qc, statements, bounds)
+    operations, measurements = _normalise(qc, source.instruction_lines(statements), bounds)
     return NormalizedCircuit(
         format=fmt,
         num_qubits=qc.num_qubits,
@@ -70,6 +98,8 @@ def _qiskit_parse(prepared: str, fmt: str, statements: list[source.Statement]) -
         return qasm3.loads(prepared)
     except (QiskitError, QASM3ParsingError, ConversionError, IndexError, ValueError) as exc:
         raise _circuit_error(exc, statements) from exc
+    except RecursionError as exc:  # the OpenQASM 3 reference parser recurses per operator
+        raise InvalidCircuit("cannot parse circuit: an expression nests too deeply") from exc
 
 
 def _circuit_error(exc: Exception, statements: list[source.Statement]) -> InvalidCircuit:
@@ -108,38 +138,43 @@ def _at(line: int, reason: str) -> InvalidCircuit:
     return InvalidCircuit(f"line {line}: {reason}", details={"line": line})
 
 
-def _check_forbidden(statements: list[source.Statement]) -> None:
-    for st in statements:
-        if st.keyword in source.FORBIDDEN:
-            raise _at(st.line, source.FORBIDDEN[st.keyword])
-
-
-def _check_size(qc: QuantumCircuit, statements: list[source.Statement], *, max_qubits: int) -> None:
+def _check_size(
+    qc: QuantumCircuit, statements: list[source.Statement], bounds: limits.Limits
+) -> None:
+    """What Qiskit built, against the limits (the pre-scan has refused what the text tells)."""
     if qc.num_qubits == 0:
         raise InvalidCircuit("circuit declares no qubits")
-    if qc.num_qubits <= max_qubits:
-        return
-    total = 0
-    for size, line in source.register_sizes(statements).values():
-        total += size
-        if total > max_qubits:
-            raise InvalidCircuit(
-                f"line {line}: circuit declares {qc.num_qubits} qubits, at most {max_qubits} "
-                "are allowed",
-                details={"line": line, "num_qubits": qc.num_qubits, "max_qubits": max_qubits},
-            )
-    raise InvalidCircuit(
-        f"circuit declares {qc.num_qubits} qubits, at most {max_qubits} are allowed",
-        details={"num_qubits": qc.num_qubits, "max_qubits": max_qubits},
-    )
+    if qc.num_qubits > bounds.max_qubits:
+        line = None
+        total = 0
+        for size, declared in source.register_sizes(statements).values():
+            total += size
+            if total > bounds.max_qubits:
+                line = declared
+                break
+        raise limits.exceeded(
+            limits.MAX_QUBITS,
+            f"circuit declares {qc.num_qubits} qubits",
+            found=qc.num_qubits,
+            maximum=bounds.max_qubits,
+            line=line,
+        )
+    if qc.num_clbits > bounds.max_clbits:
+        raise limits.exceeded(
+            limits.MAX_CLBITS,
+            f"circuit declares {qc.num_clbits} classical bits",
+            found=qc.num_clbits,
+            maximum=bounds.max_clbits,
+        )
 
 
 def _normalise(
-    qc: QuantumCircuit, lines: list[int] | None
+    qc: QuantumCircuit, lines: list[int] | None, bounds: limits.Limits
 ) -> tuple[list[Operation], list[tuple[int, int]]]:
     data = [ci for ci in qc.data if ci.operation.name != "barrier"]
     if lines is not None and len(lines) != len(data):
         lines = None
+    max_depth = max(_MIN_DEFINITION_DEPTH, bounds.max_gate_depth + _LIBRARY_DEFINITION_DEPTH)
     operations: list[Operation] = []
     measurements: list[tuple[int, int]] = []
     measured: set[int] = set()
@@ -150,8 +185,10 @@ def _normalise(
             clbit = qc.find_bit(ci.clbits[0]).index
             measurements.append((qubits[0], clbit))
             measured.add(qubits[0])
+            _check_count(len(operations) + len(measurements), line, bounds)
             continue
-        for name, op_qubits, params in _expand(ci.operation, qubits, line, depth=0):
+        expansion = _expand(ci.operation, qubits, line, depth=0, max_depth=max_depth)
+        for name, op_qubits, params in expansion:
             after = measured.intersection(op_qubits)
             if after:
                 raise _located(
@@ -169,35 +206,52 @@ def _normalise(
                     line=line,
                 )
             )
+            _check_count(len(operations) + len(measurements), line, bounds)
     return operations, measurements
 
 
+def _check_count(count: int, line: int | None, bounds: limits.Limits) -> None:
+    """Stop expanding as soon as the count passes the limit (the pre-scan counted library
+    gates as one operation each; here each is counted as it really expands)."""
+    if count > bounds.max_operations:
+        raise limits.exceeded(
+            limits.MAX_OPERATIONS,
+            f"circuit expands to more than {bounds.max_operations} operations",
+            found=count,
+            maximum=bounds.max_operations,
+            line=line,
+        )
+
+
 def _expand(
-    op: Instruction, qubits: tuple[int, ...], line: int | None, *, depth: int
-) -> list[tuple[str, tuple[int, ...], tuple[float, ...]]]:
-    """Standard gates and aliases as they are; other gates through their definitions."""
+    op: Instruction, qubits: tuple[int, ...], line: int | None, *, depth: int, max_depth: int
+) -> Iterator[tuple[str, tuple[int, ...], tuple[float, ...]]]:
+    """Standard gates and aliases as they are; other gates through their definitions, one
+    operation at a time (so the caller can stop a runaway expansion at its limit)."""
     name = op.name
     if name in _IGNORED:
-        return []
+        return
     if name == "reset":
         raise _located(line, "reset is not supported")
     if isinstance(op, ControlFlowOp) or getattr(op, "condition", None) is not None:
         raise _located(line, "classical control is not supported")
     if name in ALIASES and len(qubits) == ALIASES[name][0] and not op.params:
-        return [(name, qubits, ())]
+        yield (name, qubits, ())
+        return
     template = standard_gates().get(name)
     if template is not None and op.base_class is template.base_class:
-        return [(name, qubits, _float_params(op, line))]
+        yield (name, qubits, _float_params(op, line))
+        return
     definition = op.definition
-    if definition is None or depth >= _MAX_DEFINITION_DEPTH:
+    if definition is None or depth >= max_depth:
         raise _located(line, f"unsupported operation '{name}'")
-    expanded: list[tuple[str, tuple[int, ...], tuple[float, ...]]] = []
     for inner in definition.data:
         inner_qubits = tuple(qubits[definition.find_bit(q).index] for q in inner.qubits)
         if inner.operation.name == "measure" or inner.clbits:
             raise _located(line, f"gate '{name}' contains non-unitary operations")
-        expanded.extend(_expand(inner.operation, inner_qubits, line, depth=depth + 1))
-    return expanded
+        yield from _expand(
+            inner.operation, inner_qubits, line, depth=depth + 1, max_depth=max_depth
+        )
 
 
 def _float_params(op: Instruction, line: int | None) -> tuple[float, ...]:

@@ -79,25 +79,30 @@ class KnapsackSettings:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
+        _check_types(self)
         checks = [
-            (1 <= self.block_size <= 20, "block_size must be in [1, 20]"),
-            (1 <= self.beam_width <= 32, "beam_width must be in [1, 32]"),
-            (1 <= self.p <= MAX_P, f"p must be in [1, {MAX_P}]"),
+            ("block_size", 1 <= self.block_size <= 20, "block_size must be in [1, 20]"),
+            ("beam_width", 1 <= self.beam_width <= 32, "beam_width must be in [1, 32]"),
+            ("p", 1 <= self.p <= MAX_P, f"p must be in [1, {MAX_P}]"),
             (
+                "optimizer",
                 self.optimizer in KNAPSACK_OPTIMIZERS,
                 f"optimizer must be one of {KNAPSACK_OPTIMIZERS}",
             ),
-            (2 <= self.grid_size <= 32, "grid_size must be in [2, 32]"),
-            (1 <= self.maxiter <= 2000, "maxiter must be in [1, 2000]"),
-            (1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
-            (1 <= self.top_k <= 64, "top_k must be in [1, 64]"),
-            (self.order in ORDERS, f"order must be one of {ORDERS}"),
-            (1 <= self.compound_size <= 64, "compound_size must be in [1, 64]"),
-            (1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
+            ("grid_size", 2 <= self.grid_size <= 32, "grid_size must be in [2, 32]"),
+            ("maxiter", 1 <= self.maxiter <= 2000, "maxiter must be in [1, 2000]"),
+            ("shots", 1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
+            ("top_k", 1 <= self.top_k <= 64, "top_k must be in [1, 64]"),
+            ("order", self.order in ORDERS, f"order must be one of {ORDERS}"),
+            ("compound_size", 1 <= self.compound_size <= 64, "compound_size must be in [1, 64]"),
+            ("max_attempts", 1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
         ]
-        for ok, message in checks:
+        for name, ok, message in checks:
             if not ok:
-                raise InvalidInput(f"{message}.", details={"settings": self.as_dict()})
+                raise InvalidInput(
+                    f"{message}. Instead, got {_short(getattr(self, name))}.",
+                    details={"field": name},
+                )
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -129,12 +134,45 @@ class PortfolioSettings:
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
-        if not 1 <= self.p <= MAX_P or self.optimizer not in OPTIMIZERS:
-            raise InvalidInput(f"p must be in [1, {MAX_P}] and optimizer in {OPTIMIZERS}.")
-        if self.encoding not in ("xy", "penalty"):
-            raise InvalidInput("encoding must be 'xy' or 'penalty'.")
-        if not (1 <= self.shots <= 1 << 16 and 1 <= self.top_k <= 64):
-            raise InvalidInput("shots must be in [1, 65536] and top_k in [1, 64].")
+        _check_types(self)
+        checks = [
+            ("p", 1 <= self.p <= MAX_P, f"p must be in [1, {MAX_P}]"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            ("grid_size", 2 <= self.grid_size <= 32, "grid_size must be in [2, 32]"),
+            ("maxiter", 1 <= self.maxiter <= 2000, "maxiter must be in [1, 2000]"),
+            ("shots", 1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
+            ("top_k", 1 <= self.top_k <= 64, "top_k must be in [1, 64]"),
+            ("encoding", self.encoding in ("xy", "penalty"), "encoding must be 'xy' or 'penalty'"),
+            ("max_attempts", 1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
+        ]
+        for name, ok, message in checks:
+            if not ok:
+                raise InvalidInput(f"{message}.", details={"field": name})
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _check_types(settings: Any) -> None:
+    """Each field has its default's type: an integer (not a bool, not 1.5) or a string."""
+    for f in fields(settings):
+        value, default = getattr(settings, f.name), f.default
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            kind = "an integer"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise InvalidInput(
+                f"{f.name} must be {kind}. Instead, got {_short(value)}.",
+                details={"field": f.name},
+            )
 
 
 @dataclass(frozen=True)

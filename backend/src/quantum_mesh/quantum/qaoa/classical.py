@@ -16,9 +16,14 @@ from numpy.typing import NDArray
 from quantum_mesh.errors import InvalidInput
 
 MAX_ITEMS = 300
+MAX_KNAPSACK_NUMBER = 10**12
+"""Largest knapsack value, weight or capacity: 300 items of 10**12 sum far inside int64."""
 MAX_DP_CELLS = 60_000_000
 """Items x (capacity + 1) bound of the DP table (bytes of its keep matrix)."""
 MAX_PORTFOLIO_ASSETS = 20
+MAX_PORTFOLIO_MAGNITUDE = 1e9
+"""Largest |expected return| and |covariance entry| of a portfolio instance."""
+MAX_RISK_AVERSION = 1e6
 MAX_BRUTE_FORCE_ASSETS = 20
 
 IntArray = NDArray[np.int64]
@@ -38,23 +43,34 @@ class PortfolioSolution:
     selected: list[int]
 
 
-def _int_list(name: str, data: Any, *, minimum: int) -> IntArray:
+def _int_list(name: str, data: Any, *, minimum: int, maximum: int, max_len: int) -> IntArray:
     if not isinstance(data, Sequence | np.ndarray) or isinstance(data, str | bytes):
         raise InvalidInput(f"{name} must be a list of integers.", details={"field": name})
+    if not 1 <= len(data) <= max_len:
+        raise InvalidInput(
+            f"{name} must list 1 to {max_len} items. Instead, got {len(data)}.",
+            details={"field": name, "items": len(data), "max_items": max_len},
+        )
     out = []
     for i, item in enumerate(data):
         if isinstance(item, bool) or not isinstance(item, int | np.integer):
             raise InvalidInput(
-                f"{name}[{i}] must be an integer. Instead, got {item!r}.",
+                f"{name}[{i}] must be an integer. Instead, got {_short(item)}.",
                 details={"field": name, "index": i},
             )
-        if item < minimum:
+        if not minimum <= item <= maximum:
             raise InvalidInput(
-                f"{name}[{i}] must be >= {minimum}. Instead, got {item}.",
-                details={"field": name, "index": i},
+                f"{name}[{i}] must be in [{minimum}, {maximum}]. Instead, got {_short(item)}.",
+                details={"field": name, "index": i, "minimum": minimum, "maximum": maximum},
             )
         out.append(int(item))
     return np.asarray(out, dtype=np.int64)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr`` of a client's value, cut for messages (10**30 has 31 digits)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def validate_knapsack(
@@ -63,33 +79,34 @@ def validate_knapsack(
     """Check a 0/1 knapsack instance and return it as arrays.
 
     Raises:
-        InvalidInput: lengths differ, N outside [1, 300], non-positive or non-integer values
-            or weights, negative capacity, or a DP table larger than ``MAX_DP_CELLS``.
+        InvalidInput: lengths differ, N outside [1, 300], values or weights that are not
+            integers in [1, 10**12], a capacity that is not an integer in [0, 10**12], or a
+            DP table larger than ``MAX_DP_CELLS``. ``details.field`` names the parameter.
     """
-    vals = _int_list("values", values, minimum=1)
-    wts = _int_list("weights", weights, minimum=1)
+    vals = _int_list("values", values, minimum=1, maximum=MAX_KNAPSACK_NUMBER, max_len=MAX_ITEMS)
+    wts = _int_list("weights", weights, minimum=1, maximum=MAX_KNAPSACK_NUMBER, max_len=MAX_ITEMS)
     if vals.size != wts.size:
         raise InvalidInput(
             f"values and weights must have the same length. Instead, got {vals.size} and "
             f"{wts.size}.",
-            details={"values": int(vals.size), "weights": int(wts.size)},
+            details={"field": "weights", "values": int(vals.size), "weights": int(wts.size)},
         )
-    if not 1 <= vals.size <= MAX_ITEMS:
+    if (
+        isinstance(capacity, bool)
+        or not isinstance(capacity, int | np.integer)
+        or not 0 <= capacity <= MAX_KNAPSACK_NUMBER
+    ):
         raise InvalidInput(
-            f"The number of items must be in [1, {MAX_ITEMS}]. Instead, got {vals.size}.",
-            details={"items": int(vals.size)},
-        )
-    if isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 0:
-        raise InvalidInput(
-            f"capacity must be an integer >= 0. Instead, got {capacity!r}.",
-            details={"capacity": repr(capacity)},
+            f"capacity must be an integer in [0, {MAX_KNAPSACK_NUMBER}]. "
+            f"Instead, got {_short(capacity)}.",
+            details={"field": "capacity", "capacity": _short(capacity)},
         )
     capacity = int(min(int(capacity), int(wts.sum())))
     if vals.size * (capacity + 1) > MAX_DP_CELLS:
         raise InvalidInput(
             f"items x (capacity + 1) must be <= {MAX_DP_CELLS} for the exact reference. "
             f"Instead, got {vals.size} x {capacity + 1}.",
-            details={"items": int(vals.size), "capacity": capacity},
+            details={"field": "capacity", "items": int(vals.size), "capacity": capacity},
         )
     return vals, wts, capacity
 
@@ -148,38 +165,66 @@ def validate_portfolio(
     """Check a budget-constrained mean-variance instance and return arrays.
 
     Raises:
-        InvalidInput: N outside [2, 20], non-square or asymmetric or non-finite covariance,
-            budget outside [1, N], negative risk aversion.
+        InvalidInput: N outside [2, 20], non-square or asymmetric covariance, entries that are
+            not finite numbers within ``MAX_PORTFOLIO_MAGNITUDE``, budget outside [1, N], risk
+            aversion outside [0, ``MAX_RISK_AVERSION``]. ``details.field`` names the parameter.
     """
-    try:
-        mu = np.asarray(expected_returns, dtype=np.float64)
-        sigma = np.asarray(covariance, dtype=np.float64)
-    except (TypeError, ValueError) as error:
-        raise InvalidInput(f"Portfolio data must be numeric: {error}") from error
+    mu = _float_array("expected_returns", expected_returns)
+    sigma = _float_array("covariance", covariance)
     n = mu.size
     if mu.ndim != 1 or not 2 <= n <= MAX_PORTFOLIO_ASSETS:
         raise InvalidInput(
             f"expected_returns must list 2..{MAX_PORTFOLIO_ASSETS} assets. Instead, got {n}.",
-            details={"assets": int(n)},
+            details={"field": "expected_returns", "assets": int(n)},
         )
     if sigma.shape != (n, n):
         raise InvalidInput(
             f"covariance must be {n}x{n}. Instead, got shape {list(sigma.shape)}.",
-            details={"shape": list(sigma.shape)},
+            details={"field": "covariance", "shape": list(sigma.shape)},
         )
-    if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(sigma))):
-        raise InvalidInput("expected_returns and covariance must be finite.")
     if not np.allclose(sigma, sigma.T, atol=1e-9):
-        raise InvalidInput("covariance must be symmetric.")
+        raise InvalidInput("covariance must be symmetric.", details={"field": "covariance"})
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer) or not 1 <= budget <= n:
         raise InvalidInput(
-            f"budget must be an integer in [1, {n}]. Instead, got {budget!r}.",
-            details={"budget": repr(budget)},
+            f"budget must be an integer in [1, {n}]. Instead, got {_short(budget)}.",
+            details={"field": "budget", "budget": _short(budget)},
         )
-    q = float(risk_aversion)
-    if not np.isfinite(q) or q < 0:
-        raise InvalidInput(f"risk_aversion must be >= 0. Instead, got {risk_aversion!r}.")
+    q = _finite_float(risk_aversion, MAX_RISK_AVERSION)
+    if q is None or q < 0:
+        raise InvalidInput(
+            f"risk_aversion must be a number in [0, {MAX_RISK_AVERSION:g}]. "
+            f"Instead, got {_short(risk_aversion)}.",
+            details={"field": "risk_aversion"},
+        )
     return mu, sigma, int(budget), q
+
+
+def _finite_float(value: Any, bound: float) -> float | None:
+    """``value`` as a float if it is a real number (not a bool) with ``|value| <= bound``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        return None
+    if isinstance(value, int) and abs(value) > bound:  # float(10**400) overflows
+        return None
+    number = float(value)
+    return number if np.isfinite(number) and abs(number) <= bound else None
+
+
+def _float_array(name: str, data: Any) -> FloatArray:
+    """``data`` as float64, every entry finite with ``|x| <= MAX_PORTFOLIO_MAGNITUDE``."""
+    if isinstance(data, str | bytes):
+        raise InvalidInput(f"{name} must hold numbers.", details={"field": name})
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise InvalidInput(
+            f"{name} must hold numbers: {_short(str(error), 80)}", details={"field": name}
+        ) from error
+    if not np.all(np.isfinite(array)) or np.any(np.abs(array) > MAX_PORTFOLIO_MAGNITUDE):
+        raise InvalidInput(
+            f"{name} must be finite numbers with |x| <= {MAX_PORTFOLIO_MAGNITUDE:g}.",
+            details={"field": name, "bound": MAX_PORTFOLIO_MAGNITUDE},
+        )
+    return array
 
 
 def portfolio_objective(

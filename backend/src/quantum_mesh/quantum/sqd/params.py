@@ -6,6 +6,7 @@ from typing import Any
 
 from quantum_mesh.errors import InvalidInput
 from quantum_mesh.quantum.sqd.problem import (
+    MAX_ACTIVE_ORBITALS,
     ActiveSpaceProblem,
     build_from_fcidump,
     build_from_molecule,
@@ -13,6 +14,16 @@ from quantum_mesh.quantum.sqd.problem import (
 from quantum_mesh.quantum.sqd.settings import SQDSettings
 
 MOLECULE_KEYS = ("atom", "basis", "charge", "spin", "active_orbitals", "active_electrons")
+MAX_CHARGE = 200
+MAX_SPIN = 200
+MAX_ATOM_CHARS = 20_000
+#: Inclusive ranges of the molecule's integer fields.
+MOLECULE_RANGES = {
+    "charge": (-MAX_CHARGE, MAX_CHARGE),
+    "spin": (0, MAX_SPIN),
+    "active_orbitals": (1, MAX_ACTIVE_ORBITALS),
+    "active_electrons": (1, 2 * MAX_ACTIVE_ORBITALS),
+}
 
 
 def parse_sqd_params(params: dict[str, Any]) -> tuple[ActiveSpaceProblem, SQDSettings]:
@@ -47,10 +58,22 @@ def parse_sqd_params(params: dict[str, Any]) -> tuple[ActiveSpaceProblem, SQDSet
             f"allowed: {', '.join(MOLECULE_KEYS)}.",
             details={"unknown": unknown, "missing": missing},
         )
-    for key in ("charge", "spin", "active_orbitals", "active_electrons"):
+    for key, (low, high) in MOLECULE_RANGES.items():
         value = molecule.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidInput(f"molecule.{key} must be an integer; got {value!r}.")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high
+        ):
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}…"
+            raise InvalidInput(
+                f"molecule.{key} must be an integer in [{low}, {high}]; got {shown}.",
+                details={"field": f"molecule.{key}", "minimum": low, "maximum": high},
+            )
+    for key in ("atom", "basis"):
+        if not isinstance(molecule[key], str) or len(molecule[key]) > MAX_ATOM_CHARS:
+            raise InvalidInput(
+                f"molecule.{key} must be a string of at most {MAX_ATOM_CHARS} characters.",
+                details={"field": f"molecule.{key}"},
+            )
     problem = build_from_molecule(
         atom=molecule["atom"],
         basis=molecule["basis"],

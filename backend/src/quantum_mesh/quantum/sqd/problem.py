@@ -36,7 +36,20 @@ MAX_ACTIVE_ORBITALS = 26
 MAX_BASIS_FUNCTIONS = 200
 """Largest molecule (basis functions) whose mean-field problem is solved on request."""
 
+MAX_ATOMS = 100
+"""Most atoms in a molecule's geometry (each brings at least one basis function)."""
+
+MAX_COORDINATE = 1000.0
+"""Largest |x|, |y|, |z| of an atom, in Angstrom."""
+
+MAX_FCIDUMP_HEADER_LINES = 10
+"""The header ``&FCI ... &END`` (or ``/``) must close within this many lines (as pyscf reads)."""
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+_BASIS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9()*+,\-_ ]{0,63}$")
+_HEADER_INT = {
+    key: re.compile(rf"(?<![A-Z]){key}\s*=\s*([+-]?\d+)") for key in ("NORB", "NELEC", "MS2")
+}
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,18 @@ def build_from_molecule(
 
     symbols = _parse_atoms(atom)
     if not isinstance(basis, str) or not basis.strip():
-        raise InvalidInput("The basis must be a non-empty basis-set name such as 'sto-3g'.")
+        raise InvalidInput(
+            "The basis must be a non-empty basis-set name such as 'sto-3g'.",
+            details={"field": "basis"},
+        )
+    if not _BASIS_NAME.match(basis):
+        # pyscf would read a path (any file on this machine) or inline basis text; only
+        # names of the basis sets it ships are accepted.
+        raise InvalidInput(
+            f"The basis must be a basis-set name such as 'sto-3g' or '6-31g*' (letters, digits, "
+            f"()*+,-_ and spaces, at most 64); got {_cut(basis)}.",
+            details={"field": "basis"},
+        )
     n_electrons = sum(int(elements.charge(symbol)) for symbol in symbols) - charge
     if n_electrons <= 0:
         raise InvalidInput(
@@ -198,6 +222,12 @@ def build_from_molecule(
             f"The molecule has {mol.nao} basis functions; at most {MAX_BASIS_FUNCTIONS} "
             "are accepted.",
             details={"basis_functions": mol.nao},
+        )
+    if mol.nelectron > 2 * mol.nao:
+        raise InvalidInput(
+            f"The molecule has {mol.nelectron} electrons (charge {charge}) but only {mol.nao} "
+            f"orbitals in basis {basis!r} to hold them.",
+            details={"field": "charge", "electrons": mol.nelectron, "orbitals": mol.nao},
         )
     ncas, nelecas = _choose_active_space(
         n_mo=mol.nao,
@@ -244,6 +274,7 @@ def build_from_fcidump(text: str) -> ActiveSpaceProblem:
 
     if not isinstance(text, str) or "&FCI" not in text.upper():
         raise InvalidInput("An FCIDUMP must start with a '&FCI ... &END' header.")
+    check_fcidump_text(text)
     path = ""
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".fcidump", delete=False) as handle:
@@ -277,6 +308,111 @@ def build_from_fcidump(text: str) -> ActiveSpaceProblem:
     )
 
 
+def _cut(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _fcidump_error(message: str, **details: Any) -> InvalidInput:
+    return InvalidInput(message, details={"field": "fcidump", **details})
+
+
+def check_fcidump_text(text: str) -> tuple[int, int, int]:
+    """Sanity of an FCIDUMP before pyscf allocates anything; returns (NORB, NELEC, MS2).
+
+    The header must close within 10 lines and give NORB in [1, MAX_ACTIVE_ORBITALS], NELEC
+    in [1, 2 NORB] and MS2 in [0, NELEC]; every integral line (up to the first blank one,
+    where pyscf stops) must be ``value i j k l`` with a finite value and indices in
+    [0, NORB] (all four >= 1 for a two-electron integral, i and j for a one-electron one);
+    and there may be no more lines than a full set of NORB integrals has.
+
+    Raises:
+        InvalidInput: with ``details.field = "fcidump"`` and the offending header key or line.
+    """
+    lines = text.splitlines()
+    end = next(
+        (
+            i
+            for i, line in enumerate(lines[:MAX_FCIDUMP_HEADER_LINES])
+            if "&END" in line.upper() or "/" in line
+        ),
+        None,
+    )
+    if end is None:
+        raise _fcidump_error(
+            f"The FCIDUMP header must close with '&END' (or '/') within its first "
+            f"{MAX_FCIDUMP_HEADER_LINES} lines."
+        )
+    header = " ".join(lines[: end + 1]).upper()
+    values: dict[str, int] = {}
+    for key, pattern in _HEADER_INT.items():
+        match = pattern.search(header)
+        if match is None:
+            if key == "MS2":
+                values[key] = 0
+                continue
+            raise _fcidump_error(f"The FCIDUMP header has no {key}=<integer>.", key=key)
+        digits = match.group(1)
+        if len(digits.lstrip("+-")) > 6:
+            raise _fcidump_error(
+                f"The FCIDUMP has {key}={digits[:12]}…, far beyond what is accepted.", key=key
+            )
+        values[key] = int(digits)
+    norb, nelec, ms2 = values["NORB"], values["NELEC"], values["MS2"]
+    if not 1 <= norb <= MAX_ACTIVE_ORBITALS:
+        raise _fcidump_error(
+            f"The FCIDUMP has NORB={norb}; 1 to {MAX_ACTIVE_ORBITALS} orbitals are accepted.",
+            norb=norb,
+        )
+    if not 1 <= nelec <= 2 * norb:
+        raise _fcidump_error(
+            f"The FCIDUMP has NELEC={nelec}; NORB={norb} orbitals hold 1 to {2 * norb}.",
+            nelec=nelec,
+        )
+    if not 0 <= ms2 <= nelec:
+        raise _fcidump_error(f"The FCIDUMP has MS2={ms2}; it must be in [0, NELEC].", ms2=ms2)
+    max_lines = norb**4 + norb**2 + norb + 1
+    for count, line in enumerate(lines[end + 1 :], start=1):
+        number = end + 1 + count
+        tokens = line.split()
+        if not tokens:
+            break
+        if count > max_lines:
+            raise _fcidump_error(
+                f"The FCIDUMP has more than {max_lines} integral lines, more than NORB={norb} "
+                "orbitals have.",
+                max_lines=max_lines,
+            )
+        if len(tokens) < 5:
+            raise _fcidump_error(
+                f"FCIDUMP line {number} is not 'value i j k l': {_cut(line)}.", line=number
+            )
+        try:
+            value = float(tokens[0])
+            i, j, k, m = (int(t) for t in tokens[1:5])
+        except ValueError:
+            raise _fcidump_error(
+                f"FCIDUMP line {number} is not 'value i j k l' (a number and four integer "
+                f"indices): {_cut(line)}.",
+                line=number,
+            ) from None
+        if not math.isfinite(value):
+            raise _fcidump_error(f"FCIDUMP line {number} has a non-finite value.", line=number)
+        if k:  # two-electron integral (ij|kl)
+            ok = all(1 <= x <= norb for x in (i, j, k, m))
+        elif j:  # one-electron integral h_ij
+            ok = 1 <= i <= norb and 1 <= j <= norb and m == 0
+        else:  # core energy (pyscf also reads an orbital energy line 'e i 0 0 0' as one)
+            ok = 0 <= i <= norb and m == 0
+        if not ok:
+            raise _fcidump_error(
+                f"FCIDUMP line {number} has an orbital index outside 1..NORB={norb} "
+                f"(or misplaced zeros): {_cut(line)}.",
+                line=number,
+            )
+    return norb, nelec, ms2
+
+
 def _parse_atoms(atom: str) -> list[str]:
     """Validate a Cartesian geometry and return its element symbols."""
     from pyscf.data import elements
@@ -285,6 +421,11 @@ def _parse_atoms(atom: str) -> list[str]:
         raise InvalidInput("The atom string is empty; expected e.g. 'N 0 0 0; N 0 0 1.1'.")
     symbols: list[str] = []
     entries = [entry.strip() for entry in re.split(r"[;\n]", atom) if entry.strip()]
+    if len(entries) > MAX_ATOMS:
+        raise InvalidInput(
+            f"The geometry has {len(entries)} atoms; at most {MAX_ATOMS} atoms are accepted.",
+            details={"field": "atom", "atoms": len(entries)},
+        )
     for index, entry in enumerate(entries):
         tokens = entry.replace(",", " ").split()
         if len(tokens) != 4 or not all(_NUMBER.match(token) for token in tokens[1:]):
@@ -304,6 +445,12 @@ def _parse_atoms(atom: str) -> list[str]:
             )
         symbols.append(symbol)
     coords = np.array([[float(t) for t in e.replace(",", " ").split()[1:]] for e in entries])
+    if not np.all(np.isfinite(coords)) or np.any(np.abs(coords) > MAX_COORDINATE):
+        raise InvalidInput(
+            f"Every atom coordinate must be a finite number of at most {MAX_COORDINATE:g} "
+            "Angstrom in absolute value.",
+            details={"field": "atom"},
+        )
     distances = np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1)
     np.fill_diagonal(distances, np.inf)
     if distances.min() < 0.1:

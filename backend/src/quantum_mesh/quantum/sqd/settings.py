@@ -13,6 +13,8 @@ from quantum_mesh.quantum.sqd.samples import DEFAULT_SAMPLE_SOURCE, MAX_SAMPLES,
 MAX_BATCHES = 64
 MAX_ITERATIONS = 20
 MAX_SAMPLES_PER_BATCH = 100_000
+#: Longest bitstring of user counts (2 x the largest active space, 26 orbitals, with room).
+MAX_BITSTRING = 128
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class SQDSettings:
             )
         if (self.sample_source == "counts") != (self.counts is not None):
             raise InvalidInput("counts must be given exactly when sample_source is 'counts'.")
+        if self.counts is not None:
+            _check_counts(self.counts)
         if not isinstance(self.symmetrize_spin, bool):
             raise InvalidInput(
                 f"symmetrize_spin must be true or false; got {self.symmetrize_spin!r}."
@@ -103,11 +107,34 @@ class SQDSettings:
         return cls(**data)
 
 
+def _check_counts(counts: Any) -> None:
+    """Shape of user counts: bitstring -> non-negative integer, at most MAX_SAMPLES shots."""
+    if (
+        not isinstance(counts, dict)
+        or not counts
+        or len(counts) > MAX_SAMPLES
+        or not all(
+            isinstance(k, str)
+            and 1 <= len(k) <= MAX_BITSTRING
+            and isinstance(v, int)
+            and not isinstance(v, bool)
+            and v >= 0
+            for k, v in counts.items()
+        )
+        or sum(counts.values()) > MAX_SAMPLES
+    ):
+        raise InvalidInput(
+            f"counts must map bitstrings (1..{MAX_BITSTRING} characters) to non-negative "
+            f"integer counts adding up to at most {MAX_SAMPLES}.",
+            details={"field": "counts"},
+        )
+
+
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(
-            f"{name} must be an integer between {low} and {high}; got {value!r}.",
-            details={name: value if isinstance(value, int | float | str) else repr(value)},
+            f"{name} must be an integer between {low} and {high}; got {_short(value)}.",
+            details={"field": name},
         )
 
 
@@ -119,6 +146,11 @@ def _check_number(name: str, value: Any, *, minimum: float, maximum: float = mat
         or not minimum <= value <= maximum
     ):
         raise InvalidInput(
-            f"{name} must be a number between {minimum} and {maximum}; got {value!r}.",
-            details={name: value if isinstance(value, int | float | str) else repr(value)},
+            f"{name} must be a number between {minimum} and {maximum}; got {_short(value)}.",
+            details={"field": name},
         )
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"

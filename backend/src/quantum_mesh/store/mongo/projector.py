@@ -21,7 +21,7 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from quantum_mesh.logs import get_logger
+from quantum_mesh.logs import get_logger, redact_url
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.mongo.documents import (
     DOCUMENT_MODELS,
@@ -139,7 +139,7 @@ class Projector:
 
     def _mark_up(self) -> None:
         if self._status != "up":
-            log.info("projector.up", mongo=self.mongo_url)
+            log.info("projector.up", mongo=redact_url(self.mongo_url))
         self._status = "up"
 
     def _mark_down(self, error: Exception) -> None:
