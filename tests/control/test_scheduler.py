@@ -15,6 +15,7 @@ from quantum_mesh.control.scheduler import UNREACHABLE_PAUSE_S
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
+from quantum_mesh.node.reservations import SLOTS_PER_WORKER
 from quantum_mesh.store.tables import Reservation, ReservationEvent
 from tests.control.conftest import MakeControl, event_counts, unit, wait_for
 
@@ -213,9 +214,12 @@ async def test_known_but_never_fresh_node_means_deadline_exceeded(control: MakeC
 async def test_units_start_in_submission_order_across_jobs(control: MakeControl) -> None:
     c = await control()
     node = c.add_node("n1", workers=1, latency_s=0.005)
-    # One of the node's two slots is held by a long unit: one slot is left for the rest.
-    blocker = asyncio.create_task(c.scheduler.run(unit("job-x", "block", method="hold")))
-    await wait_for(lambda: node.in_flight == 1, what="the blocker to start")
+    # All but one of the node's slots are held by long units: one slot is left for the rest.
+    blockers = [
+        asyncio.create_task(c.scheduler.run(unit("job-x", f"block{i}", method="hold")))
+        for i in range(SLOTS_PER_WORKER - 1)
+    ]
+    await wait_for(lambda: node.in_flight == SLOTS_PER_WORKER - 1, what="the blockers to start")
 
     # Job ids and unit ids deliberately do not sort in submission order.
     order = [(job, f"{job}-{i}") for job in ("job-c", "job-a", "job-b") for i in range(3)]
@@ -225,12 +229,12 @@ async def test_units_start_in_submission_order_across_jobs(control: MakeControl)
         await asyncio.sleep(0)  # each reaches the queue before the next is created
     outcomes = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
-    started = [call.params["fragment_id"] for call in c.mesh.work_calls() if call.method != "hold"]
+    started = [call.params["unit_id"] for call in c.mesh.work_calls() if call.method != "hold"]
     assert started == [unit_id for _, unit_id in order]
-    assert node.max_in_flight == 2
+    assert node.max_in_flight == SLOTS_PER_WORKER
     assert all(o.refusals == 0 for o in outcomes)
     node.gate.set()
-    await asyncio.wait_for(blocker, timeout=5)
+    await asyncio.wait_for(asyncio.gather(*blockers), timeout=5)
 
 
 async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> None:
@@ -238,9 +242,9 @@ async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> N
     node = c.add_node("n1", workers=1)
     blockers = [
         asyncio.create_task(c.scheduler.run(unit("job-x", f"block{i}", method="hold")))
-        for i in range(2)
+        for i in range(SLOTS_PER_WORKER)
     ]
-    await wait_for(lambda: node.in_flight == 2, what="both slots to be held")
+    await wait_for(lambda: node.in_flight == SLOTS_PER_WORKER, what="every slot to be held")
 
     doomed = [asyncio.create_task(c.scheduler.run(unit("job-a", f"a{i}"))) for i in range(3)]
     kept = [asyncio.create_task(c.scheduler.run(unit("job-b", f"b{i}"))) for i in range(3)]
@@ -254,8 +258,9 @@ async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> N
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=5)
     outcomes = await asyncio.wait_for(asyncio.gather(*kept, *blockers), timeout=5)
-    assert {o.unit_id for o in outcomes} == {"b0", "b1", "b2", "block0", "block1"}
-    sent = [call.params.get("fragment_id", "") for call in c.mesh.calls]
+    blocks = {f"block{i}" for i in range(SLOTS_PER_WORKER)}
+    assert {o.unit_id for o in outcomes} == {"b0", "b1", "b2"} | blocks
+    sent = [call.params.get("unit_id", "") for call in c.mesh.calls]
     assert not [f for f in sent if f.startswith("a")]
     assert c.scheduler.cancel_job("job-a") == 0
 

@@ -90,6 +90,12 @@ def test_responses() -> None:
     assert (caught.value.code, caught.value.message) == ("busy", "full")
     with pytest.raises(ProtocolError):
         codec.parse_response(codec.ok_response("b", {}), expected_id="a")
+    with pytest.raises(ProtocolError):
+        codec.parse_response(codec.error_response("b", "busy", "full"), expected_id="a")
+    # A callee that refused before reading the request answers with an empty id.
+    with pytest.raises(RemoteError) as refused:
+        codec.parse_response(codec.error_response("", "not_enrolled", "no"), expected_id="a")
+    assert refused.value.code == "not_enrolled"
     with pytest.raises(ProtocolError) as version:
         codec.parse_response({**codec.ok_response("a", {}), "v": 9}, expected_id="a")
     assert version.value.code == "unsupported_version"

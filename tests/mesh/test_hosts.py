@@ -12,6 +12,7 @@ import trio
 from quantum_mesh.mesh import codec
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
+from quantum_mesh.mesh.protocol import MAX_STREAMS_PER_PEER
 from tests.mesh import trio_peer
 
 
@@ -58,9 +59,22 @@ async def test_many_concurrent_invokes(bridge: MeshBridge, other: MeshBridge) ->
     addrs = [transport_addr(a) for a in bridge.listen_addrs]
     await other.invoke(bridge.peer_id, "ping", {}, timeout=5, addrs=addrs)
     results = await asyncio.gather(
-        *(other.invoke(bridge.peer_id, "ping", {"i": i}, timeout=10) for i in range(40))
+        *(
+            other.invoke(bridge.peer_id, "ping", {"i": i}, timeout=10)
+            for i in range(MAX_STREAMS_PER_PEER)
+        )
     )
-    assert len(results) == 40 and all(r["pong"] for r in results)
+    assert len(results) == MAX_STREAMS_PER_PEER and all(r["pong"] for r in results)
+    # Beyond the per-peer cap a call may be refused as busy, never lost or failed otherwise.
+    outcomes = await asyncio.gather(
+        *(other.invoke(bridge.peer_id, "ping", {"i": i}, timeout=10) for i in range(40)),
+        return_exceptions=True,
+    )
+    assert all(
+        (isinstance(o, dict) and o["pong"]) or (isinstance(o, RemoteError) and o.code == "busy")
+        for o in outcomes
+    ), outcomes
+    assert sum(isinstance(o, dict) for o in outcomes) >= MAX_STREAMS_PER_PEER
 
 
 async def test_remote_errors_and_unreachable_peers(bridge: MeshBridge, other: MeshBridge) -> None:

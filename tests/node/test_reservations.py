@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from quantum_mesh.node.reservations import MAX_TTL_S, ReservationBook
+from quantum_mesh.node.reservations import MAX_TTL_S, SLOTS_PER_WORKER, ReservationBook
 
 
 def book(workers: int = 1) -> ReservationBook:
@@ -23,17 +23,18 @@ def test_refusals_name_their_reason() -> None:
     b = book()
     assert reserve(b, "a", service_type="sqd_batch")["reason"] == "service_not_offered"
     assert reserve(b, "b", min_fidelity=0.99)["reason"] == "fidelity_below_minimum"
-    assert reserve(b, "c", in_flight=2)["reason"] == "saturated"
+    assert reserve(b, "c", in_flight=SLOTS_PER_WORKER)["reason"] == "saturated"
     assert b.active_count(now=100.0) == 0
 
 
-def test_capacity_is_two_per_worker_counting_in_flight_work() -> None:
+def test_capacity_is_slots_per_worker_counting_in_flight_work() -> None:
     b = book(workers=1)
-    assert reserve(b, "a")["accepted"] is True
-    assert reserve(b, "b")["accepted"] is True
+    ids = [f"r{i}" for i in range(SLOTS_PER_WORKER)]
+    for rid in ids:
+        assert reserve(b, rid)["accepted"] is True
     assert reserve(b, "c") == {"accepted": False, "reason": "saturated", "expires_at": 100.0}
-    assert reserve(b, "a")["accepted"] is True  # retry of a granted one: same answer
-    assert b.release(reservation_id="a") == {"released": True}
+    assert reserve(b, ids[0])["accepted"] is True  # retry of a granted one: same answer
+    assert b.release(reservation_id=ids[0]) == {"released": True}
     assert reserve(b, "c", in_flight=1)["accepted"] is False
     assert reserve(b, "c")["accepted"] is True
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import inspect
+from alembic import command
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.states import JobStatus
-from quantum_mesh.errors import Conflict
-from quantum_mesh.store.database import Database, run_migrations
+from quantum_mesh.errors import Conflict, QuotaExceeded
+from quantum_mesh.store.database import Database, alembic_config, run_migrations
 
 EXPECTED_TABLES = {
     "jobs",
@@ -22,6 +25,8 @@ EXPECTED_TABLES = {
     "reservation_events",
     "peer_snapshots",
     "fidelity_samples",
+    "principals",
+    "api_keys",
     "alembic_version",
 }
 
@@ -54,8 +59,53 @@ async def _exercise(url: str) -> None:
             assert [e.seq for e in events] == sorted(e.seq for e in events)
             found = await repo.get_job_by_idempotency_key(s, key="k1")
             assert found is not None and found.status == "COMPILING"
+        await _exercise_owners(db)
     finally:
         await db.dispose()
+
+
+async def _exercise_owners(db: Database) -> None:
+    """Owned jobs: idempotency keys are scoped per owner, lists filter by owner, quotas."""
+    async with db.transaction() as s:
+        for job_id, owner in (("a1", "alice"), ("b1", "bob")):
+            await repo.create_job(
+                s, job_id=job_id, kind="circuit", request={}, idempotency_key="k1", owner=owner
+            )
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as s:
+            await repo.create_job(
+                s, job_id="a2", kind="circuit", request={}, idempotency_key="k1", owner="alice"
+            )
+    async with db.transaction() as s:
+        found = await repo.get_job_by_idempotency_key(s, key="k1", owner="bob")
+        assert found is not None and found.job_id == "b1"
+        legacy = await repo.get_job_by_idempotency_key(s, key="k1")
+        assert legacy is not None and legacy.job_id == "j1" and legacy.owner is None
+        jobs, total = await repo.list_jobs(s, kinds=None, limit=10, offset=0, owner="alice")
+        assert [j.job_id for j in jobs] == ["a1"] and total == 1
+        _, everyone = await repo.list_jobs(s, kinds=None, limit=10, offset=0)
+        assert everyone == 3
+    with pytest.raises(QuotaExceeded):
+        async with db.transaction() as s:
+            await repo.create_job(
+                s,
+                job_id="a3",
+                kind="circuit",
+                request={},
+                idempotency_key=None,
+                owner="alice",
+                max_unfinished=1,
+            )
+    async with db.transaction() as s:
+        await repo.create_job(
+            s,
+            job_id="a3",
+            kind="circuit",
+            request={},
+            idempotency_key=None,
+            owner="alice",
+            max_unfinished=2,
+        )
 
 
 async def test_migrations_on_postgres(pg_url: str) -> None:
@@ -64,3 +114,65 @@ async def test_migrations_on_postgres(pg_url: str) -> None:
 
 async def test_migrations_on_sqlite(sqlite_url: str) -> None:
     await _exercise(sqlite_url)
+
+
+async def _upgrade_from_0001(url: str) -> None:
+    """A database written by the first schema keeps its rows through the principals
+    migration: old jobs and reservations have no owner; downgrade and upgrade again work."""
+    cfg = alembic_config(url)
+    await asyncio.to_thread(run_migrations, url)
+    await asyncio.to_thread(command.downgrade, cfg, "0001")
+    db = Database(url)
+    now = datetime.now(UTC)
+    try:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO jobs (job_id, kind, status, request, idempotency_key, "
+                    "created_at, updated_at) VALUES ('old', 'circuit', 'COMPLETED', '{}', "
+                    "'legacy-key', :now, :now)"
+                ),
+                {"now": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO reservations (reservation_id, service_type, status, "
+                    "expires_at, created_at, updated_at) VALUES ('r-old', 'cnot', 'EXPIRED', "
+                    ":now, :now, :now)"
+                ),
+                {"now": now},
+            )
+        await asyncio.to_thread(run_migrations, url)
+        assert await _tables(db) >= EXPECTED_TABLES
+        async with db.transaction() as s:
+            old = await repo.get_job(s, job_id="old")
+            assert old.owner is None
+            assert (await repo.get_job_by_idempotency_key(s, key="legacy-key")) is not None
+            assert await repo.get_job_by_idempotency_key(s, key="legacy-key", owner="x") is None
+            _, visible = await repo.list_jobs(s, kinds=None, limit=10, offset=0, owner="x")
+            assert visible == 0
+            owner = (
+                await s.execute(text("SELECT owner FROM reservations WHERE reservation_id='r-old'"))
+            ).scalar_one()
+            assert owner is None
+            # The same key may now be used by a principal beside the legacy row.
+            await repo.create_job(
+                s,
+                job_id="new",
+                kind="circuit",
+                request={},
+                idempotency_key="legacy-key",
+                owner="alice",
+            )
+    finally:
+        await db.dispose()
+    await asyncio.to_thread(command.downgrade, cfg, "0001")
+    await asyncio.to_thread(run_migrations, url)
+
+
+async def test_principals_migration_upgrades_a_populated_postgres(pg_url: str) -> None:
+    await _upgrade_from_0001(pg_url)
+
+
+async def test_principals_migration_upgrades_a_populated_sqlite(sqlite_url: str) -> None:
+    await _upgrade_from_0001(sqlite_url)

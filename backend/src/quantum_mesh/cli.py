@@ -27,7 +27,7 @@ def _setup() -> None:
     from quantum_mesh.logs import configure_logging
 
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
 
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -59,8 +59,9 @@ def coordinator(
     import uvicorn
 
     from quantum_mesh.api.app import create_app
+    from quantum_mesh.api.security import bind_decision
     from quantum_mesh.config import Settings
-    from quantum_mesh.logs import configure_logging
+    from quantum_mesh.logs import configure_logging, get_logger
 
     given: dict[str, Any] = {
         "host": host,
@@ -70,10 +71,18 @@ def coordinator(
         "data_dir": data_dir,
     }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
+    # Without a key every caller is admin: the API is served on loopback only (unless
+    # QMESH_ALLOW_UNAUTHENTICATED_BIND), and the operator is told so on the console.
+    bind_host, note = bind_decision(settings)
+    if note is not None:
+        typer.echo(f"qmesh coordinator: {note}", err=True)
+        get_logger("quantum_mesh.cli").warning(
+            "coordinator.bind", host=bind_host, requested_host=settings.host, message=note
+        )
     uvicorn.run(
         create_app(settings),
-        host=settings.host,
+        host=bind_host,
         port=settings.port,
         log_config=None,
         ws="websockets-sansio",
@@ -103,7 +112,7 @@ def node(
     from quantum_mesh.node.service import NodeConfig, run_node
 
     settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.api_key_list)
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
     run_node(
         NodeConfig(
             key_file=key_file,

@@ -2,11 +2,124 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Roles a principal may have (docs/security.md, "Principals, roles and quotas").
+ROLES = ("admin", "user")
+_PRINCIPAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PrincipalSpec:
+    """One principal as configured: its name, role, API keys and quota overrides (``None``:
+    the settings' default for its role; 0: no limit)."""
+
+    name: str
+    role: str
+    keys: tuple[str, ...]
+    max_active_jobs: int | None = None
+    max_active_reservations: int | None = None
+
+
+def legacy_admin_name(key: str) -> str:
+    """The principal name of a key listed in ``QMESH_API_KEYS``: stable for a given key."""
+    return f"admin-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def _quota(entry: dict[str, Any], field: str) -> int | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"QMESH_PRINCIPALS: {field} must be an integer >= 0")
+    return value
+
+
+def _principal_entries(value: str) -> list[dict[str, Any]]:
+    """``name:role:key,…`` or a JSON list of ``{"name", "role", "key"|"keys", quotas…}``."""
+    value = value.strip()
+    if not value:
+        return []
+    if value.startswith("["):
+        try:
+            entries = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"QMESH_PRINCIPALS is not valid JSON: {exc.msg}") from None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError("QMESH_PRINCIPALS as JSON must be a list of objects")
+        out = []
+        for e in entries:
+            keys = e.get("keys", [e["key"]] if "key" in e else [])
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise ValueError("QMESH_PRINCIPALS: keys must be a list of strings")
+            out.append({**e, "keys": keys})
+        return out
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(
+                "QMESH_PRINCIPALS entries are name:role:key (role admin or user), "
+                f"got one with {len(parts)} part(s)"
+            )
+        out.append({"name": parts[0].strip(), "role": parts[1].strip(), "keys": [parts[2]]})
+    return out
+
+
+def parse_principals(api_keys: list[str], principals: str) -> list[PrincipalSpec]:
+    """Every configured principal: each ``QMESH_API_KEYS`` key is an admin of its own, then
+    ``QMESH_PRINCIPALS`` (entries with one name are merged: several keys, e.g. for rotation).
+    Raises ``ValueError`` naming the problem."""
+    entries = [{"name": legacy_admin_name(k), "role": "admin", "keys": [k]} for k in api_keys]
+    entries += _principal_entries(principals)
+    merged: dict[str, dict[str, Any]] = {}
+    owner_of_key: dict[str, str] = {}
+    for e in entries:
+        name, role = e.get("name"), e.get("role")
+        if not isinstance(name, str) or not _PRINCIPAL_NAME.match(name):
+            raise ValueError(
+                f"QMESH_PRINCIPALS: bad principal name {name!r} (letters, digits, _.@-, "
+                "at most 64 characters)"
+            )
+        if role not in ROLES:
+            raise ValueError(f"QMESH_PRINCIPALS: role of {name!r} must be admin or user")
+        keys = [k.strip() for k in e["keys"]]
+        if not keys or not all(keys):
+            raise ValueError(f"QMESH_PRINCIPALS: principal {name!r} needs a non-empty key")
+        for key in keys:
+            if owner_of_key.setdefault(key, name) != name:
+                raise ValueError(
+                    f"QMESH_PRINCIPALS: one key is given to both {owner_of_key[key]!r} and {name!r}"
+                )
+        spec = merged.setdefault(name, {"role": role, "keys": [], "jobs": None, "res": None})
+        if spec["role"] != role:
+            raise ValueError(f"QMESH_PRINCIPALS: principal {name!r} is given two roles")
+        spec["keys"] += [k for k in keys if k not in spec["keys"]]
+        jobs, res = _quota(e, "max_active_jobs"), _quota(e, "max_active_reservations")
+        spec["jobs"] = jobs if jobs is not None else spec["jobs"]
+        spec["res"] = res if res is not None else spec["res"]
+    return [
+        PrincipalSpec(
+            name=name,
+            role=v["role"],
+            keys=tuple(v["keys"]),
+            max_active_jobs=v["jobs"],
+            max_active_reservations=v["res"],
+        )
+        for name, v in merged.items()
+    ]
 
 
 class Settings(BaseSettings):
@@ -23,6 +136,25 @@ class Settings(BaseSettings):
     api_keys: str = ""
     max_request_bytes: int = 2_000_000
     rate_limit_per_minute: int = 600
+
+    # --- principals, roles, quotas and authentication (docs/security.md) -------------------
+    #: Principals with roles: ``name:role:key,…`` or a JSON list (keys of QMESH_API_KEYS
+    #: are admins). No key at all = no authentication, HTTP on loopback only.
+    principals: str = ""
+    #: Exact paths answered without a key (comma-separated).
+    open_paths: str = "/health,/api/v1/health"
+    #: Unfinished jobs one ``user`` principal may have at once (0 = no limit; admins have
+    #: none unless their QMESH_PRINCIPALS entry sets max_active_jobs).
+    quota_active_jobs: int = Field(default=100, ge=0)
+    #: Direct reservations (POST /reservations) one principal may hold at once (0 = no limit).
+    quota_active_reservations: int = Field(default=2, ge=0)
+    #: Failed authentications allowed per client address per minute; past it 429 (0 = off).
+    auth_failures_per_minute: int = Field(default=10, ge=0)
+    #: Lifetime of a WebSocket token from POST /api/v1/auth/ws-token.
+    ws_token_ttl_s: float = Field(default=60.0, gt=0, le=3600)
+    #: Serve a non-loopback QMESH_HOST although no key is configured (then every client
+    #: that reaches the port is admin). Off: without keys the API binds 127.0.0.1.
+    allow_unauthenticated_bind: bool = False
 
     # --- data plane ------------------------------------------------------------------------
     database_url: str | None = None
@@ -41,7 +173,9 @@ class Settings(BaseSettings):
 
     # --- work queue and scheduling --------------------------------------------------------
     #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.
-    max_queued_jobs: int = Field(default=2000, ge=1)
+    max_queued_jobs: int = Field(default=1000, ge=1)
+    #: Writes waiting for the database beyond which submits get 429 at once.
+    max_write_backlog: int = Field(default=500, ge=1)
     #: A unit of mesh work fails after this many executions that failed with real errors.
     max_unit_attempts: int = Field(default=4, ge=1)
     #: Longest a unit waits for a node with a free slot (busy/restarting nodes mean wait).
@@ -56,6 +190,8 @@ class Settings(BaseSettings):
     driver_threads: int = Field(default=16, ge=1)
     #: Processes for input validation (circuit parsing, pyscf mean-field runs).
     validation_processes: int = Field(default=1, ge=1)
+    #: Longest one validation may run before the input is refused (422) and its worker killed.
+    validation_timeout_s: float = Field(default=60.0, gt=0)
 
     # --- input limits (docs/security.md) ----------------------------------------------------
     #: A circuit may declare at most this many qubits (registers and physical qubits).
@@ -91,6 +227,32 @@ class Settings(BaseSettings):
     @property
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    @model_validator(mode="after")
+    def _check_auth_settings(self) -> Settings:
+        self.principal_specs()  # raises ValueError naming a bad entry, at start-up
+        for path in self.open_path_set:
+            if not path.startswith("/"):
+                raise ValueError(f"QMESH_OPEN_PATHS: {path!r} is not a path (starts with /)")
+        return self
+
+    def principal_specs(self) -> list[PrincipalSpec]:
+        """Every configured principal (QMESH_API_KEYS as admins, then QMESH_PRINCIPALS)."""
+        return parse_principals(self.api_key_list, self.principals)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """True when at least one API key is configured."""
+        return bool(self.secret_keys)
+
+    @property
+    def secret_keys(self) -> list[str]:
+        """Every configured API key, of both forms (masked in the logs)."""
+        return [k for spec in self.principal_specs() for k in spec.keys]
+
+    @property
+    def open_path_set(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.open_paths.split(",") if p.strip())
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the embedded SQLite file under ``data_dir``."""

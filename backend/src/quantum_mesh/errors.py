@@ -69,6 +69,19 @@ class Overloaded(QMeshError):
         self.retry_after_s = retry_after_s
 
 
+class QuotaExceeded(Overloaded):
+    """One principal has as much unfinished work (or as many reservations) as its quota
+    allows: 429 with Retry-After, like ``Overloaded``, but about that principal only."""
+
+    code = "quota_exceeded"
+
+
+class Forbidden(QMeshError):
+    """The caller is authenticated but may not do this (another principal's job, a role)."""
+
+    code = "forbidden"
+
+
 class Unavailable(QMeshError):
     """A dependency (e.g. the document store) is down; the request may succeed later."""
 

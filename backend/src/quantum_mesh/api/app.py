@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from quantum_mesh import __version__
 from quantum_mesh.api.errors import install_error_handlers
 from quantum_mesh.api.routes import (
+    auth,
     circuits,
     discovery,
     enrollment,
@@ -20,16 +23,22 @@ from quantum_mesh.api.routes import (
     system,
     workflows,
 )
-from quantum_mesh.api.security import SecurityMiddleware
+from quantum_mesh.api.security import Directory, SecurityMiddleware, WsTokens, bind_decision
 from quantum_mesh.config import Settings, get_settings
 from quantum_mesh.control.coordinator import Coordinator
+from quantum_mesh.control.principals import sync_principals
+from quantum_mesh.logs import get_logger
 from quantum_mesh.observability.metrics import metrics_router
+
+log = get_logger(__name__)
 
 API_PREFIX = "/api/v1"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    directory = Directory.from_settings(settings)
+    tokens = WsTokens(ttl_s=settings.ws_token_ttl_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,14 +46,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.coordinator = coordinator
         await coordinator.start()
         try:
+            counts = await sync_principals(coordinator.db, directory.records())
+            _log_auth(settings, directory, counts)
             yield
         finally:
             await coordinator.stop()
 
     app = FastAPI(title="quantum-mesh", version=__version__, lifespan=lifespan)
+    app.state.ws_tokens = tokens
+    app.state.principals = directory
     install_error_handlers(app)
     for module in (
         system,
+        auth,
         circuits,
         jobs,
         plans,
@@ -59,8 +73,46 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.add_middleware(
         SecurityMiddleware,  # type: ignore[arg-type]
-        api_keys=settings.api_key_list,
+        directory=directory,
+        tokens=tokens,
+        open_paths=settings.open_path_set,
         max_body_bytes=settings.max_request_bytes,
         rate_per_minute=settings.rate_limit_per_minute,
+        auth_failures_per_minute=settings.auth_failures_per_minute,
+        loopback_only=not settings.auth_enabled and not settings.allow_unauthenticated_bind,
     )
+    _document_auth(app)
     return app
+
+
+def _log_auth(settings: Settings, directory: Directory, counts: dict[str, int]) -> None:
+    if not directory.enabled:
+        _host, note = bind_decision(settings)
+        log.warning("api.no_auth", message=note)
+        return
+    roles = [p.role for p in directory.principals()]
+    log.info(
+        "api.auth",
+        admins=roles.count("admin"),
+        users=roles.count("user"),
+        keys=counts["keys"],
+        inactive_principals=counts["inactive"],
+        open_paths=sorted(settings.open_path_set),
+    )
+
+
+def _document_auth(app: FastAPI) -> None:
+    """Declare the key in the OpenAPI document, so /docs offers "Authorize"."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+            schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from quantum_mesh.errors import (
     Conflict,
     ExecutionFailed,
+    Forbidden,
     InvalidCircuit,
     InvalidInput,
     NoCapacity,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[QMeshError], int]] = [
     (InvalidCircuit, 400),
     (InvalidInput, 422),
     (NotFound, 404),
+    (Forbidden, 403),
     (Overloaded, 429),
     (Conflict, 409),
     (NoCapacity, 503),

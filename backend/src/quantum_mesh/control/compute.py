@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from quantum_mesh.config import Settings
+from quantum_mesh.errors import InvalidInput
 from quantum_mesh.logs import get_logger
 
 log = get_logger(__name__)
@@ -56,6 +57,7 @@ class ComputePools:
             max_workers=settings.driver_threads, thread_name_prefix="qmesh-driver"
         )
         self._processes_n = settings.validation_processes
+        self._validation_timeout_s = settings.validation_timeout_s
         self._processes: ProcessPoolExecutor | None = None
 
     def start(self) -> None:
@@ -71,14 +73,31 @@ class ComputePools:
         return await self._on(self._drivers, fn, *args, **kwargs)
 
     async def isolated(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a picklable function in a validation process; a crashed worker (say, killed
-        for memory) is replaced and the call fails with the worker's error."""
+        """Run a picklable function in a validation process, bounded in time.
+
+        Raises:
+            InvalidInput: the validation ran past ``QMESH_VALIDATION_TIMEOUT_S`` (its worker
+                is killed) or its worker died (say, killed for memory); either way the input
+                is refused and the pool replaced.
+        """
         try:
-            return await self._on(self._process_pool(), fn, *args, **kwargs)
+            return await asyncio.wait_for(
+                self._on(self._process_pool(), fn, *args, **kwargs),
+                timeout=self._validation_timeout_s,
+            )
+        except TimeoutError:
+            log.warning("compute.validation_timeout", seconds=self._validation_timeout_s)
+            self._shutdown_processes(kill=True)
+            raise InvalidInput(
+                f"Input took longer than {self._validation_timeout_s:g} s to validate",
+                details={"limit": "validation_timeout_s", "max": self._validation_timeout_s},
+            ) from None
         except BrokenProcessPool:
             log.warning("compute.validation_pool_broken")
             self._shutdown_processes()
-            raise
+            raise InvalidInput(
+                "Input could not be validated: the validating process died"
+            ) from None
 
     @staticmethod
     async def _on(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -94,10 +113,15 @@ class ComputePools:
             )
         return self._processes
 
-    def _shutdown_processes(self) -> None:
+    def _shutdown_processes(self, *, kill: bool = False) -> None:
         pool, self._processes = self._processes, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values()) if kill else []
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
 
     def shutdown(self) -> None:
         self._shutdown_processes()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ from quantum_mesh.control.scheduler import WorkScheduler
 from quantum_mesh.control.states import EnrollmentStatus
 from quantum_mesh.control.workflows import BENCHMARK_KIND, CircuitWorkload, register_processors
 from quantum_mesh.logs import get_logger
+from quantum_mesh.mesh.adverts import REASON_UNKNOWN_PEER
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import MeshError
 from quantum_mesh.node.supervisor import NodeSupervisor
@@ -45,8 +47,15 @@ SNAPSHOT_INTERVAL_S = 5.0
 METRICS_INTERVAL_S = 5.0
 
 
+#: GIL hand-over interval for the coordinator process. The API loop, the Trio mesh thread,
+#: the database writer and the worker pools hand work to each other many times per job; with
+#: Python's default 5 ms each hand-over can wait that long while another thread computes.
+GIL_SWITCH_INTERVAL_S = 0.0005
+
+
 class Coordinator:
     def __init__(self, settings: Settings) -> None:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.db = Database(settings.resolved_database_url())
@@ -224,6 +233,11 @@ class Coordinator:
     # --- mesh callbacks --------------------------------------------------------------------
     def _on_advert(self, advert: Any) -> None:
         data = advert.model_dump() if hasattr(advert, "model_dump") else dict(advert)
+        if not self._advert_peer_known(str(data["peer_id"])):
+            # Anyone can mint keys and sign adverts for them: an unknown peer never reaches
+            # the registry, the snapshots or a metric label; the drop is counted unlabelled.
+            metrics.advert_dropped(REASON_UNKNOWN_PEER)
+            return
         known = self.registry.view(str(data["peer_id"]))
         entry = self.registry.observe_advert(data)
         if known is None or not known.fresh:
@@ -235,6 +249,13 @@ class Coordinator:
             )
         self._dirty_snapshots.add(entry.peer_id)
         self.scheduler.node_heard(entry.peer_id)
+
+    def _advert_peer_known(self, peer_id: str) -> bool:
+        """Any enrollment (PENDING included: enroll, approve, then start the node) makes a
+        peer known; with enrollment not required (dev mode) every peer is."""
+        if not self.settings.require_enrollment:
+            return True
+        return self.registry.enrollment_of(peer_id) is not None
 
     def _project_benchmark(self, message: dict[str, Any]) -> None:
         if message["kind"] != BENCHMARK_KIND or message["status"] != "COMPLETED":

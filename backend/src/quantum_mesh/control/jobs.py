@@ -193,7 +193,18 @@ class JobManager:
         A request with an Idempotency-Key is let through here: ``submit`` answers a replay
         from the database and checks admission only for new work."""
         bound = self.settings.max_queued_jobs
-        if self.active < bound or idempotency_key:
+        if idempotency_key:
+            return
+        if self.db.write_backlog > self.settings.max_write_backlog:
+            # The database is the bottleneck right now: say so at once rather than queue the
+            # submit behind it.
+            metrics.job_rejected()
+            raise Overloaded(
+                "The coordinator's database writer is saturated; retry shortly",
+                retry_after_s=1,
+                details={"write_backlog": self.db.write_backlog},
+            )
+        if self.active < bound:
             return
         now = time.monotonic()
         recent = sum(1 for t in self._finished_at if now - t <= _RATE_WINDOW_S)
@@ -208,12 +219,23 @@ class JobManager:
         )
 
     async def submit(
-        self, *, kind: str, request: dict[str, Any], idempotency_key: str | None
+        self,
+        *,
+        kind: str,
+        request: dict[str, Any],
+        idempotency_key: str | None,
+        owner: str | None = None,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
-        """Persist a QUEUED job and start it. Returns (job, created)."""
+        """Persist a QUEUED job owned by ``owner`` and start it. Returns (job, created).
+
+        Idempotency keys are scoped per owner; with ``max_active`` the owner may have at most
+        that many unfinished jobs (``QuotaExceeded``, checked in the write that creates it)."""
         if idempotency_key:
             async with self.db.transaction() as session:
-                existing = await repo.get_job_by_idempotency_key(session, key=idempotency_key)
+                existing = await repo.get_job_by_idempotency_key(
+                    session, key=idempotency_key, owner=owner
+                )
             if existing is not None:
                 self._check_same_request(existing, kind, request)
                 return existing, False
@@ -222,7 +244,13 @@ class JobManager:
 
         async def create(session: AsyncSession) -> Job:
             return await repo.create_job(
-                session, job_id=job_id, kind=kind, request=request, idempotency_key=idempotency_key
+                session,
+                job_id=job_id,
+                kind=kind,
+                request=request,
+                idempotency_key=idempotency_key,
+                owner=owner,
+                max_unfinished=max_active,
             )
 
         try:
@@ -230,7 +258,9 @@ class JobManager:
         except IntegrityError:
             # A concurrent request with the same key won the race: return its job.
             async with self.db.transaction() as session:
-                existing = await repo.get_job_by_idempotency_key(session, key=idempotency_key or "")
+                existing = await repo.get_job_by_idempotency_key(
+                    session, key=idempotency_key or "", owner=owner
+                )
             if existing is None:
                 raise
             self._check_same_request(existing, kind, request)

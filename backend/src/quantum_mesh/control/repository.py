@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
-from quantum_mesh.errors import Conflict, NotFound
+from quantum_mesh.errors import Conflict, NotFound, QuotaExceeded
 from quantum_mesh.store.tables import (
     ExecutionEvent,
     ExecutionPlan,
@@ -18,6 +18,9 @@ from quantum_mesh.store.tables import (
     Job,
     utcnow,
 )
+
+#: Retry-After of a refused submit (``quota_exceeded``): a principal's own jobs must finish.
+QUOTA_RETRY_AFTER_S = 5
 
 
 async def create_job(
@@ -27,13 +30,33 @@ async def create_job(
     kind: str,
     request: dict[str, Any],
     idempotency_key: str | None,
+    owner: str | None = None,
+    max_unfinished: int | None = None,
 ) -> Job:
+    """Insert a QUEUED job owned by ``owner``. With ``max_unfinished``, refuse it
+    (``QuotaExceeded``) while the owner already has that many unfinished jobs; the count is
+    exact when the insert runs in the group-commit writer, which serialises every write."""
+    if owner is not None and max_unfinished:
+        active = await count_unfinished_jobs(session, owner=owner)
+        if active >= max_unfinished:
+            raise QuotaExceeded(
+                f"{owner} has {active} unfinished jobs (quota {max_unfinished}); retry once "
+                "one has finished",
+                retry_after_s=QUOTA_RETRY_AFTER_S,
+                details={
+                    "quota": "active_jobs",
+                    "principal": owner,
+                    "active": active,
+                    "limit": max_unfinished,
+                },
+            )
     job = Job(
         job_id=job_id,
         kind=kind,
         status=JobStatus.QUEUED.value,
         request=request,
         idempotency_key=idempotency_key,
+        owner=owner,
         created_at=utcnow(),
         updated_at=utcnow(),
     )
@@ -43,9 +66,23 @@ async def create_job(
     return job
 
 
-async def get_job_by_idempotency_key(session: AsyncSession, *, key: str) -> Job | None:
-    result = await session.execute(select(Job).where(Job.idempotency_key == key))
+async def get_job_by_idempotency_key(
+    session: AsyncSession, *, key: str, owner: str | None = None
+) -> Job | None:
+    """The job ``owner`` created with ``key`` (keys are scoped per owner; ``None`` finds
+    only rows without owner, from before principals)."""
+    owned = Job.owner.is_(None) if owner is None else Job.owner == owner
+    result = await session.execute(select(Job).where(Job.idempotency_key == key, owned))
     return result.scalar_one_or_none()
+
+
+async def count_unfinished_jobs(session: AsyncSession, *, owner: str) -> int:
+    count = await session.execute(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == owner, Job.status.not_in([s.value for s in TERMINAL_JOB_STATES]))
+    )
+    return int(count.scalar_one())
 
 
 async def get_job(session: AsyncSession, *, job_id: str, for_update: bool = False) -> Job:
@@ -59,13 +96,26 @@ async def get_job(session: AsyncSession, *, job_id: str, for_update: bool = Fals
 
 
 async def list_jobs(
-    session: AsyncSession, *, kinds: Sequence[str] | None, limit: int, offset: int
+    session: AsyncSession,
+    *,
+    kinds: Sequence[str] | None,
+    limit: int,
+    offset: int,
+    owner: str | None = None,
+    statuses: Sequence[str] | None = None,
 ) -> tuple[list[Job], int]:
+    """A page of jobs, newest first; only ``owner``'s when given (``None``: everyone's)."""
     base = select(Job)
     count = select(func.count()).select_from(Job)
     if kinds:
         base = base.where(Job.kind.in_(kinds))
         count = count.where(Job.kind.in_(kinds))
+    if owner is not None:
+        base = base.where(Job.owner == owner)
+        count = count.where(Job.owner == owner)
+    if statuses:
+        base = base.where(Job.status.in_(statuses))
+        count = count.where(Job.status.in_(statuses))
     rows = await session.execute(
         base.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit).offset(offset)
     )

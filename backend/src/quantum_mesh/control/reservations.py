@@ -24,7 +24,7 @@ from quantum_mesh.control.states import (
     TERMINAL_RESERVATION_STATES,
     ReservationStatus,
 )
-from quantum_mesh.errors import Conflict, InvalidInput, NoCapacity, NotFound
+from quantum_mesh.errors import Conflict, InvalidInput, NoCapacity, NotFound, QuotaExceeded
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError, RemoteError
 from quantum_mesh.mesh.protocol import METHOD_COMMIT, METHOD_RELEASE, METHOD_RESERVE
@@ -49,9 +49,40 @@ def reservation_to_dict(r: Reservation) -> dict[str, Any]:
         "job_id": r.job_id,
         "fragment_id": r.fragment_id,
         "reason": r.reason,
+        "owner": r.owner,
         "created_at": r.created_at.isoformat(),
         "updated_at": r.updated_at.isoformat(),
     }
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=moment.tzinfo or UTC)
+
+
+async def _check_reservation_quota(session: AsyncSession, owner: str, limit: int) -> None:
+    """Refuse a direct reservation while ``owner`` holds ``limit`` unexpired active ones."""
+    rows = await session.execute(
+        select(Reservation.expires_at).where(
+            Reservation.owner == owner,
+            Reservation.status.in_([s.value for s in _ACTIVE]),
+        )
+    )
+    now = datetime.now(UTC)
+    live = sorted(_aware(e) for e in rows.scalars() if _aware(e) > now)
+    if len(live) < limit:
+        return
+    retry_after = max(1, math.ceil((live[0] - now).total_seconds()))
+    raise QuotaExceeded(
+        f"{owner} holds {len(live)} active reservations (quota {limit}); cancel one or wait "
+        "for one to expire",
+        retry_after_s=retry_after,
+        details={
+            "quota": "active_reservations",
+            "principal": owner,
+            "active": len(live),
+            "limit": limit,
+        },
+    )
 
 
 class ReservationService:
@@ -147,13 +178,19 @@ class ReservationService:
         job_id: str | None = None,
         fragment_id: str | None = None,
         started_event: dict[str, Any] | None = None,
+        owner: str | None = None,
+        max_active: int | None = None,
     ) -> Reservation:
         """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal).
 
         The node is asked to reserve and commit in one round trip (``"commit": true``); a node
         that predates that answers the reserve alone and gets a separate ``commit``. With
         ``started_event`` (and a ``job_id``) the job's ``attempt_started`` event is written in
-        the same transaction as the COMMITTED state, before any work is sent."""
+        the same transaction as the COMMITTED state, before any work is sent.
+
+        ``owner`` is the principal of a direct reservation (the scheduler's have none); with
+        ``max_active`` it may hold at most that many unexpired active ones (``QuotaExceeded``,
+        checked in the write that records the request)."""
         if node_id is None:
             node_id = self._choose_node(service_type, min_fidelity)
         if not math.isfinite(ttl_s) or ttl_s <= 0:
@@ -162,6 +199,8 @@ class ReservationService:
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
 
         async def requested(session: AsyncSession) -> None:
+            if owner is not None and max_active:
+                await _check_reservation_quota(session, owner, max_active)
             session.add(
                 Reservation(
                     reservation_id=reservation_id,
@@ -174,6 +213,7 @@ class ReservationService:
                     expires_at=expires_at,
                     created_at=utcnow(),
                     updated_at=utcnow(),
+                    owner=owner,
                 )
             )
             session.add(

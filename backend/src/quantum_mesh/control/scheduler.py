@@ -116,6 +116,22 @@ class _Ticket:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+class _Slot:
+    """One placement's hold on a node slot, given back exactly once."""
+
+    def __init__(self, scheduler: WorkScheduler, node_id: str) -> None:
+        self._scheduler = scheduler
+        self._node_id = node_id
+        self._held = True
+
+    def free(self) -> None:
+        if self._held:
+            self._held = False
+            counts = self._scheduler._in_flight
+            counts[self._node_id] = max(0, counts.get(self._node_id, 0) - 1)
+            self._scheduler._wake.set()
+
+
 def _seq(ticket: _Ticket) -> int:
     return ticket.seq
 
@@ -354,8 +370,9 @@ class WorkScheduler:
     # --- one placement -------------------------------------------------------------------
     async def _execute(self, ticket: _Ticket, node_id: str) -> None:
         unit = ticket.unit
+        slot = _Slot(self, node_id)
         try:
-            outcome = await self._attempt(ticket, node_id)
+            outcome = await self._attempt(ticket, node_id, slot)
         except asyncio.CancelledError:
             if not ticket.future.done():
                 ticket.future.cancel()
@@ -364,8 +381,7 @@ class WorkScheduler:
             log.exception("scheduler.attempt_crashed", unit_id=unit.unit_id)
             outcome = exc
         finally:
-            self._in_flight[node_id] = max(0, self._in_flight.get(node_id, 0) - 1)
-            self._wake.set()
+            slot.free()
         if ticket.future.done():
             return
         if isinstance(outcome, UnitOutcome):
@@ -375,7 +391,9 @@ class WorkScheduler:
         else:  # requeued: wait for the next placement
             self._push(ticket)
 
-    async def _attempt(self, ticket: _Ticket, node_id: str) -> UnitOutcome | Exception | None:
+    async def _attempt(
+        self, ticket: _Ticket, node_id: str, slot: _Slot
+    ) -> UnitOutcome | Exception | None:
         """One reservation + invocation. Returns the outcome, a final error, or ``None`` to
         requeue the unit."""
         unit = ticket.unit
@@ -427,6 +445,7 @@ class WorkScheduler:
                 addrs=self.registry.addrs_of(node_id),
             )
         except RemoteError as exc:
+            slot.free()
             if exc.code in BUSY_CODES:
                 await self.reservations.mark_unused(reservation.reservation_id, reason=exc.code)
                 ticket.attempts -= 1  # it never ran
@@ -459,6 +478,7 @@ class WorkScheduler:
                 )
             return self._retry_or_fail(ticket, node_id)
         except MeshError as exc:
+            slot.free()
             # Whether the node ran it is unknown; its TTL frees the slot if it is alive.
             await self.reservations.mark_unused(
                 reservation.reservation_id, reason=f"invocation failed: {exc}"
@@ -475,6 +495,8 @@ class WorkScheduler:
                 message=str(exc),
             )
             return self._retry_or_fail(ticket, node_id)
+        # The node's slot is free once it has answered; our bookkeeping must not hold it.
+        slot.free()
         seconds = time.perf_counter() - t0
         self.registry.record_latency(node_id, seconds)
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None

@@ -25,6 +25,9 @@ REASON_MALFORMED = "malformed"
 REASON_STALE = "stale"
 REASON_PEER_MISMATCH = "peer_mismatch"
 REJECTION_REASONS = (REASON_MALFORMED, REASON_OVERSIZED, REASON_STALE, REASON_PEER_MISMATCH)
+#: A valid advert from a peer the coordinator has no enrollment for: dropped by the
+#: coordinator (not the bridge), counted without a peer label.
+REASON_UNKNOWN_PEER = "unknown_peer"
 
 
 class Advert(BaseModel):

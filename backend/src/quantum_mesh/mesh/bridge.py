@@ -30,15 +30,15 @@ from quantum_mesh.mesh.adverts import REJECTION_REASONS, Advert, validate_advert
 from quantum_mesh.mesh.errors import AdvertRejected, MeshError, RemoteError
 from quantum_mesh.mesh.host import MeshHost, is_connected, run_mesh_host
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
-from quantum_mesh.mesh.invoke import invoke_peer, serve_stream
+from quantum_mesh.mesh.invoke import InboundGate, invoke_peer, serve_stream
 from quantum_mesh.mesh.protocol import (
     ADVERT_TOPIC,
     BRIDGE_GRACE_S,
     BRIDGE_STOP_TIMEOUT_S,
     DEFAULT_MAX_FRAME_BYTES,
-    ERR_NOT_ENROLLED,
     ERR_UNKNOWN_METHOD,
     INVOKE_PROTOCOL,
+    MAX_STREAMS_PER_PEER,
     METHOD_PING,
     PING_TIMEOUT_S,
 )
@@ -118,8 +118,10 @@ class MeshBridge:
         self.advert_topic: str = ADVERT_TOPIC
         self.on_advert: Callable[[Advert], None] | None = None
         self.on_peer_disconnected: Callable[[str], None] | None = None
-        # Called from the Trio thread with the remote peer ID: a plain, non-blocking lookup.
+        # Called from the Trio thread with the remote peer ID of every inbound invoke stream,
+        # before any of it is read: a plain, non-blocking lookup. None trusts every peer.
         self.stream_filter: Callable[[str], bool] | None = None
+        self.inbound = InboundGate(self._stream_allowed, max_streams_per_peer=MAX_STREAMS_PER_PEER)
         self.advert_stats: dict[str, int] = {"accepted": 0, **dict.fromkeys(REJECTION_REASONS, 0)}
         self._connected: set[str] = set()
         self._pending: set[asyncio.Future[Any]] = set()
@@ -320,15 +322,22 @@ class MeshBridge:
                 self._post(_resolve, started, mesh.listen_addrs())
                 await trio.sleep_forever()
 
+    def _stream_allowed(self, remote: str) -> bool:
+        check = self.stream_filter
+        return check is None or check(remote)
+
     async def _serve(self, stream: INetStream) -> None:
-        await serve_stream(stream, dispatch=self._dispatch, max_frame_bytes=self._max_frame_bytes)
+        # Streams from peers the coordinator does not trust are refused by the gate, before
+        # their request is read (``not_enrolled``).
+        await serve_stream(
+            stream,
+            dispatch=self._dispatch,
+            max_frame_bytes=self._max_frame_bytes,
+            gate=self.inbound,
+        )
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any]:
-        """The coordinator answers only ``ping``, so nodes can measure their link to it.
-
-        Streams from peers the coordinator does not trust are refused."""
-        if self.stream_filter is not None and not self.stream_filter(remote):
-            raise RemoteError(ERR_NOT_ENROLLED, "this peer is not enrolled and approved")
+        """The coordinator answers only ``ping``, so nodes can measure their link to it."""
         if request.method == METHOD_PING:
             return {"pong": True, "peer_id": self.peer_id, "t": time.time()}
         raise RemoteError(ERR_UNKNOWN_METHOD, f"the coordinator does not serve {request.method}")

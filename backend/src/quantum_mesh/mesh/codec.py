@@ -167,10 +167,16 @@ def parse_request(obj: dict[str, Any]) -> Request:
 
 
 def parse_response(obj: dict[str, Any], *, expected_id: str) -> dict[str, Any]:
-    """Return the ``result`` of an ok response, or raise ``RemoteError`` for an error one."""
+    """Return the ``result`` of an ok response, or raise ``RemoteError`` for an error one.
+
+    An error response with the empty id answers whatever was asked: the callee refused the
+    stream before reading the request (``not_enrolled``, ``busy``) or could not parse it.
+    """
     _check_version(obj)
-    if obj.get("id") != expected_id:
-        raise ProtocolError(f"response id {obj.get('id')!r} does not match {expected_id!r}")
+    response_id = obj.get("id")
+    refused_unread = response_id == "" and obj.get("ok") is False
+    if response_id != expected_id and not refused_unread:
+        raise ProtocolError(f"response id {response_id!r} does not match {expected_id!r}")
     if obj.get("ok") is True:
         result = obj.get("result")
         if not isinstance(result, dict):

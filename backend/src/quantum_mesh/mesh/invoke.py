@@ -2,6 +2,12 @@
 
 One request frame, one response frame, then the stream closes. A new stream per call keeps
 calls independent: a slow or failed call never blocks another, and yamux makes streams cheap.
+
+Trust before bytes: the callee learns the caller's peer ID from the authenticated (Noise)
+connection the stream runs on, and its ``InboundGate`` decides before a single byte of the
+request is read. An untrusted caller, or a trusted one already holding its quota of
+concurrent streams, gets an error frame with the empty id at once and the stream is reset;
+its request (whatever length it announces) is never read.
 """
 
 from __future__ import annotations
@@ -30,10 +36,13 @@ from quantum_mesh.mesh.errors import (
 from quantum_mesh.mesh.host import PEERSTORE_ADDR_TTL_S, dial, split_p2p_addr
 from quantum_mesh.mesh.protocol import (
     DIAL_TIMEOUT_S,
+    ERR_BUSY,
     ERR_FRAME_TOO_LARGE,
     ERR_HANDLER_ERROR,
+    ERR_NOT_ENROLLED,
     INBOUND_READ_TIMEOUT_S,
     INVOKE_PROTOCOL,
+    MAX_STREAMS_PER_PEER,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,6 +54,72 @@ Dispatch = Callable[[codec.Request, str], Awaitable[DispatchResult]]
 #: Transport failures: libp2p's own error root plus socket errors underneath it.
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (BaseLibp2pError, OSError)
 DIAL_ERRORS: tuple[type[Exception], ...] = (trio.TooSlowError, BaseLibp2pError, OSError)
+#: Bound on writing a refusal (a few dozen bytes, well inside a new stream's send window).
+REFUSAL_WRITE_TIMEOUT_S = 5.0
+#: How long a refused stream stays open (unread) after its refusal, so a caller still
+#: writing its request reads the refusal rather than a reset; it ends early when the caller
+#: closes its side. Nothing the caller sends meanwhile is kept.
+REFUSAL_LINGER_S = 1.0
+REFUSAL_POLL_S = 0.05
+#: Refused streams lingering at once on one host; beyond this they are reset at once.
+MAX_LINGERING_REFUSALS = 64
+
+
+class InboundGate:
+    """Who may open invoke streams on this host, and how many at once (Trio only).
+
+    ``trusted`` is a plain, non-blocking lookup of the remote peer ID (None trusts every
+    peer); if it raises, the peer is untrusted. A trusted peer may hold at most
+    ``max_streams_per_peer`` streams in flight; the count covers a stream from its opening
+    (before its request is read) until its reply is written.
+    """
+
+    def __init__(
+        self,
+        trusted: Callable[[str], bool] | None = None,
+        *,
+        max_streams_per_peer: int = MAX_STREAMS_PER_PEER,
+    ) -> None:
+        if max_streams_per_peer < 1:
+            raise ValueError("max_streams_per_peer must be at least 1")
+        self._trusted = trusted
+        self.max_streams_per_peer = max_streams_per_peer
+        self._open: dict[str, int] = {}
+        #: Refused streams still lingering (see ``REFUSAL_LINGER_S``).
+        self.lingering = 0
+        #: Streams refused, by error code (``not_enrolled``, ``busy``).
+        self.refused: dict[str, int] = {ERR_NOT_ENROLLED: 0, ERR_BUSY: 0}
+
+    def is_trusted(self, remote: str) -> bool:
+        if self._trusted is None:
+            return True
+        try:
+            return bool(self._trusted(remote))
+        except Exception:
+            logger.exception("trust check for %s failed; refusing", remote)
+            return False
+
+    def admit(self, remote: str) -> tuple[str, str] | None:
+        """None when the stream may be served (and is now counted); else (code, message)."""
+        if not self.is_trusted(remote):
+            self.refused[ERR_NOT_ENROLLED] += 1
+            return ERR_NOT_ENROLLED, "this peer is not enrolled and approved"
+        held = self._open.get(remote, 0)
+        if held >= self.max_streams_per_peer:
+            self.refused[ERR_BUSY] += 1
+            return ERR_BUSY, f"this peer already has {held} calls in flight here"
+        self._open[remote] = held + 1
+        return None
+
+    def release(self, remote: str) -> None:
+        held = self._open.get(remote, 0) - 1
+        if held > 0:
+            self._open[remote] = held
+        else:
+            self._open.pop(remote, None)
+
+    def in_flight(self, remote: str) -> int:
+        return self._open.get(remote, 0)
 
 
 async def _reset_quietly(stream: INetStream | None) -> None:
@@ -160,9 +235,18 @@ async def _write_reply(stream: INetStream, body: bytes, *, max_frame_bytes: int)
     await stream.write(codec.frame(body, max_bytes=max_frame_bytes))
 
 
-async def serve_stream(stream: INetStream, *, dispatch: Dispatch, max_frame_bytes: int) -> None:
-    """Answer one inbound invoke stream; never raises (a bad peer must not kill the host)."""
+async def serve_stream(
+    stream: INetStream, *, dispatch: Dispatch, max_frame_bytes: int, gate: InboundGate
+) -> None:
+    """Answer one inbound invoke stream; never raises (a bad peer must not kill the host).
+
+    The gate decides before anything is read: a refused stream gets its error frame and is
+    reset, so whatever the caller announced or sent is never read into memory."""
     remote = stream.muxed_conn.peer_id.to_base58()
+    refusal = gate.admit(remote)
+    if refusal is not None:
+        await _refuse(stream, remote, *refusal, gate=gate)
+        return
     try:
         answer = await _answer(stream, remote, dispatch=dispatch, max_frame_bytes=max_frame_bytes)
         if answer is None:
@@ -178,6 +262,61 @@ async def serve_stream(stream: INetStream, *, dispatch: Dispatch, max_frame_byte
     except TRANSPORT_ERRORS as error:
         logger.debug("invoke stream from %s failed: %r", remote, error)
         await _reset_quietly(stream)
+    finally:
+        gate.release(remote)
+
+
+async def _refuse(
+    stream: INetStream, remote: str, code: str, message: str, *, gate: InboundGate
+) -> None:
+    """Answer ``code`` with the empty id (the request is unread), half-close, then reset.
+
+    A caller's request usually arrives right after the protocol is negotiated, i.e. while
+    the refusal is being written; a reset at once could fail that write before the caller
+    reads the refusal. So the stream lingers (bounded, and never read: the caller's window
+    is not reopened, and whatever it managed to send is dropped) until the caller closes
+    its side, then it is reset."""
+    logger.debug("refusing an invoke stream from %s: %s", remote, code)
+    counted = linger = gate.lingering < MAX_LINGERING_REFUSALS
+    gate.lingering += int(counted)
+    try:
+        with trio.move_on_after(REFUSAL_WRITE_TIMEOUT_S):
+            try:
+                await stream.write(codec.encode_frame(codec.error_response("", code, message)))
+                await stream.close()
+            except TRANSPORT_ERRORS as error:
+                logger.debug("refusal to %s not delivered: %r", remote, error)
+                linger = False
+        if linger:
+            with trio.move_on_after(REFUSAL_LINGER_S):
+                while not _caller_done(stream):
+                    _drop_unread(stream)
+                    await trio.sleep(REFUSAL_POLL_S)
+    finally:
+        gate.lingering -= int(counted)
+        _drop_unread(stream)
+        with trio.move_on_after(REFUSAL_WRITE_TIMEOUT_S):
+            await _reset_quietly(stream)
+
+
+def _caller_done(stream: INetStream) -> bool:
+    """True once the caller closed or reset its side (yamux in libp2p 0.8.1)."""
+    muxed = getattr(stream, "muxed_stream", None)
+    return bool(getattr(muxed, "recv_closed", False) or getattr(muxed, "reset_received", False))
+
+
+def _drop_unread(stream: INetStream) -> None:
+    """Discard what the muxer buffered for a stream we will never read.
+
+    libp2p 0.8.1's yamux keeps a reset stream's unread buffer for 60 s, and appends to it
+    whatever else arrives meanwhile; emptied, the stream is dropped at once on reset and
+    later data for it is ignored. A no-op where the muxer is not that yamux."""
+    muxed = getattr(stream, "muxed_stream", None)
+    buffers = getattr(getattr(muxed, "conn", None), "stream_buffers", None)
+    if isinstance(buffers, dict):
+        buffer = buffers.get(getattr(muxed, "stream_id", None))
+        if isinstance(buffer, bytearray):
+            buffer.clear()
 
 
 async def _answer(

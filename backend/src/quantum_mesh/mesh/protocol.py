@@ -23,6 +23,11 @@ DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
 MAX_ADVERT_BYTES: Final = 16 * 1024
 #: Length prefix of an invoke frame: unsigned 32-bit big-endian.
 FRAME_HEADER_BYTES: Final = 4
+#: Invoke streams one trusted remote peer may have in flight on a host at once; one more is
+#: answered ``busy`` before a byte of it is read. A node allows its pool limit on top.
+MAX_STREAMS_PER_PEER: Final = 16
+#: Longest id-like string param a node accepts (``reservation_id``, ``service_type``).
+MAX_PARAM_ID_CHARS: Final = 128
 
 # --- timeouts (seconds) --------------------------------------------------------------------
 #: Dialling a peer that is not connected yet (a dead peer fails well before this).

@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     parser.add_argument("--ready-file", type=Path, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument(
+        "--allow-peer",
+        action="append",
+        default=[],
+        metavar="PEER_ID",
+        help="serve this peer too (repeatable); the --bootstrap coordinator is always served",
+    )
+    parser.add_argument(
         "--preload",
         action=argparse.BooleanOptionalAction,
         default=os.environ.get("QMESH_NODE_PRELOAD", "1") not in ("0", "false", "no"),
@@ -55,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         ready_file=args.ready_file,
         parent_pid=args.parent_pid,
         preload_handlers=args.preload,
+        allowed_peers=tuple(args.allow_peer),
     )
 
 

@@ -8,10 +8,12 @@ that request counts as in-flight work instead).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from quantum_mesh.mesh.protocol import (
+    MAX_PARAM_ID_CHARS,
     REASON_FIDELITY_BELOW_MINIMUM,
     REASON_SATURATED,
     REASON_SERVICE_NOT_OFFERED,
@@ -20,8 +22,49 @@ from quantum_mesh.mesh.protocol import (
 
 #: Longest reservation a node grants, whatever the caller asks for.
 MAX_TTL_S = 300.0
-#: Capacity per worker: reservations + in-flight requests may reach ``workers * SLOTS``.
-SLOTS_PER_WORKER = 2
+#: Capacity per worker: reservations + in-flight requests may reach ``workers * SLOTS``. Four
+#: keeps a worker busy while the coordinator is still persisting the next units' reservations
+#: (each unit waits in the worker pool's queue, never on the network).
+SLOTS_PER_WORKER = 4
+
+
+def check_id(value: object, name: str) -> str:
+    """A non-empty string of at most ``MAX_PARAM_ID_CHARS`` characters.
+
+    Raises:
+        ValueError: anything else (the node answers ``bad_request``).
+    """
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name!r} must be a non-empty string")
+    if len(value) > MAX_PARAM_ID_CHARS:
+        raise ValueError(f"{name!r} is longer than {MAX_PARAM_ID_CHARS} characters")
+    return value
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name!r} must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name!r} must be finite")
+    return number
+
+
+def check_ttl(value: object) -> float:
+    """A finite number of seconds > 0 (NaN never compares as expired, so it would hold a
+    slot for ever); values above ``MAX_TTL_S`` are capped by ``reserve``, not refused."""
+    ttl = _number(value, "ttl_s")
+    if ttl <= 0:
+        raise ValueError("'ttl_s' must be positive")
+    return ttl
+
+
+def check_fidelity(value: object) -> float:
+    """A finite number in [0, 1]."""
+    fidelity = _number(value, "min_fidelity")
+    if not 0.0 <= fidelity <= 1.0:
+        raise ValueError("'min_fidelity' must lie in [0, 1]")
+    return fidelity
 
 
 @dataclass(slots=True)
@@ -63,7 +106,16 @@ class ReservationBook:
         in_flight: int,
         now: float,
     ) -> dict[str, Any]:
-        """Accept or refuse; the reply is the wire shape of the ``reserve`` method."""
+        """Accept or refuse; the reply is the wire shape of the ``reserve`` method.
+
+        Raises:
+            ValueError: an id that is not a bounded string, a ``ttl_s`` that is not a finite
+                positive number, a ``min_fidelity`` outside [0, 1] (or not finite).
+        """
+        check_id(reservation_id, "reservation_id")
+        check_id(service_type, "service_type")
+        min_fidelity = check_fidelity(min_fidelity)
+        ttl_s = check_ttl(ttl_s)
         self.expire(now=now)
         existing = self._active.get(reservation_id)
         if existing is not None:  # a retried reserve: same answer, no double booking
@@ -77,7 +129,7 @@ class ReservationBook:
             reason = REASON_SATURATED
         if reason is not None:
             return {"accepted": False, "reason": reason, "expires_at": now}
-        ttl = min(max(ttl_s, 0.0), MAX_TTL_S)
+        ttl = min(ttl_s, MAX_TTL_S)
         self._active[reservation_id] = Reservation(
             reservation_id=reservation_id,
             service_type=service_type,
@@ -88,6 +140,7 @@ class ReservationBook:
 
     def commit(self, *, reservation_id: str, now: float) -> dict[str, Any]:
         """Confirm a reservation and restart its TTL (the work is about to be sent)."""
+        check_id(reservation_id, "reservation_id")
         self.expire(now=now)
         reservation = self._active.get(reservation_id)
         if reservation is None:
@@ -97,6 +150,7 @@ class ReservationBook:
         return {"committed": True, "reason": None, "expires_at": reservation.expires_at}
 
     def release(self, *, reservation_id: str) -> dict[str, Any]:
+        check_id(reservation_id, "reservation_id")
         return {"released": self._active.pop(reservation_id, None) is not None}
 
     def consume(self, *, reservation_id: str) -> bool:

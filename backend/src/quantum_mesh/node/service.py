@@ -21,6 +21,7 @@ from typing import Any
 import trio
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
 
 from quantum_mesh import __version__
 from quantum_mesh.mesh import codec
@@ -28,7 +29,7 @@ from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert
 from quantum_mesh.mesh.errors import RemoteError
 from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
-from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, serve_stream
+from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, InboundGate, serve_stream
 from quantum_mesh.mesh.protocol import (
     ADVERT_MIN_SPACING_S,
     ADVERT_TOPIC,
@@ -45,6 +46,7 @@ from quantum_mesh.mesh.protocol import (
     ERR_BUSY,
     ERR_UNKNOWN_METHOD,
     INVOKE_PROTOCOL,
+    MAX_STREAMS_PER_PEER,
     METHOD_COMMIT,
     METHOD_NODE_STATUS,
     METHOD_PING,
@@ -54,7 +56,7 @@ from quantum_mesh.mesh.protocol import (
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
 from quantum_mesh.node.pool import WorkerPool
-from quantum_mesh.node.reservations import ReservationBook
+from quantum_mesh.node.reservations import SLOTS_PER_WORKER, ReservationBook, check_id
 from quantum_mesh.store.peerlog import PeerLog
 
 logger = logging.getLogger(__name__)
@@ -104,6 +106,9 @@ class NodeConfig:
     #: Inbound pool-method calls beyond this are answered ``busy``; None = 4 per worker.
     max_inbound: int | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    #: Peers served besides the coordinator (the ``/p2p/<id>`` of ``bootstrap``), which is
+    #: always served. Everyone else is refused ``not_enrolled`` before its request is read.
+    allowed_peers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.blas_threads < 1:
@@ -114,6 +119,18 @@ class NodeConfig:
             raise ValueError("need 0 < qubit_min <= qubit_max")
         if self.advert_interval_s <= 0:
             raise ValueError("advert_interval_s must be positive")
+        for peer in self.allowed_peers:
+            ID.from_base58(peer)  # ValueError for anything that is not a peer ID
+
+    def served_peers(self) -> frozenset[str]:
+        """Who may invoke this node: its coordinator and the configured allowed peers.
+
+        A node without ``bootstrap`` and without ``allowed_peers`` serves nobody."""
+        peers = set(self.allowed_peers)
+        if self.bootstrap:
+            coordinator, _ = split_p2p_addr(self.bootstrap)
+            peers.add(coordinator.to_base58())
+        return frozenset(peers)
 
 
 def run_node(config: NodeConfig) -> None:
@@ -156,8 +173,16 @@ class NodeService:
             blas_threads=config.blas_threads,
             preload=config.preload_handlers,
         )
-        max_inbound = config.max_inbound or 4 * config.workers
+        # Every reserved slot may carry a call, plus one per worker for unreserved calls.
+        max_inbound = config.max_inbound or (SLOTS_PER_WORKER + 1) * config.workers
         self._inbound = trio.Semaphore(max_inbound)
+        # Trust before bytes: only the coordinator (and configured peers) may open invoke
+        # streams, each at most its pool share plus MAX_STREAMS_PER_PEER at once.
+        self.served_peers = config.served_peers()
+        self.gate = InboundGate(
+            self.served_peers.__contains__,
+            max_streams_per_peer=max_inbound + MAX_STREAMS_PER_PEER,
+        )
         self._in_flight = 0
         self._seq = 0
         self._draining = False
@@ -191,7 +216,14 @@ class NodeService:
                 if self.config.parent_pid is not None:
                     nursery.start_soon(self._watch_parent, self.config.parent_pid)
                 nursery.start_soon(self._watch_signals, signals)
-                logger.info("node %s serving on %s", self.peer_id, mesh.listen_addrs())
+                logger.info(
+                    "node %s serving on %s for %s",
+                    self.peer_id,
+                    mesh.listen_addrs(),
+                    sorted(self.served_peers),
+                )
+                if not self.served_peers:
+                    logger.warning("node %s has no coordinator: it serves nobody", self.peer_id)
                 if self.config.ready_file is not None:
                     _write_ready_file(
                         self.config.ready_file,
@@ -305,7 +337,10 @@ class NodeService:
 
     async def _serve_stream(self, stream: INetStream) -> None:
         await serve_stream(
-            stream, dispatch=self._dispatch, max_frame_bytes=self.config.max_frame_bytes
+            stream,
+            dispatch=self._dispatch,
+            max_frame_bytes=self.config.max_frame_bytes,
+            gate=self.gate,
         )
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
@@ -348,8 +383,13 @@ class NodeService:
         raise RemoteError(str(code), str(message))
 
     def _set_in_flight(self, delta: int) -> None:
+        # Advertise at once only when the node turns busy or free again; load changes in
+        # between ride on the periodic advert (the coordinator counts its own in-flight work,
+        # and an advert per call floods gossipsub under load).
+        was_busy = self._in_flight >= self.config.workers
         self._in_flight += delta
-        self._changed.set()
+        if was_busy != (self._in_flight >= self.config.workers):
+            self._changed.set()
 
     def _inline(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
@@ -386,8 +426,8 @@ class NodeService:
                 result = self.book.release(reservation_id=_str_param(params, "reservation_id"))
         except (TypeError, ValueError) as error:
             raise RemoteError(ERR_BAD_REQUEST, f"bad {method} params: {error}") from error
-        self._changed.set()
-        # Reservation transitions are rare and small: an fsync'd line inline is fine here.
+        # A reservation changes nothing an advert says (load counts work in flight), so no
+        # advert here. The fsync'd line is small and keeps the node's record exact.
         self.peer_log.append(
             f"reservation.{method}",
             reservation_id=params.get("reservation_id"),
@@ -413,7 +453,5 @@ def _float_param(params: dict[str, Any], name: str, *, default: float) -> float:
 
 
 def _str_param(params: dict[str, Any], name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name!r} must be a non-empty string")
-    return value
+    """A non-empty string of bounded length (``check_id``)."""
+    return check_id(params.get(name), name)

@@ -217,7 +217,7 @@ def forget_node(peer_id: str) -> None:
 
 
 def advert_dropped(reason: str) -> None:
-    """An advert was ignored (``bad_signature``, ``malformed``, ``not_enrolled``, …)."""
+    """An advert was ignored (``malformed``, ``stale``, ``unknown_peer``, …): never a peer label."""
     ADVERTS_DROPPED.labels(reason=reason).inc()
 
 

@@ -35,3 +35,5 @@ class JobOut(BaseModel):
     fragment_results: list[dict[str, Any]]
     quantum_result: dict[str, Any] | None
     result: dict[str, Any] | None
+    #: The principal that submitted the job (None on jobs from before principals).
+    owner: str | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,9 +47,15 @@ def run_migrations(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, *, writer: bool = False) -> AsyncEngine:
+    """The engine for ``url``; ``writer=True`` gives the group-commit writer's own single
+    connection, so it never waits behind readers for a pooled one."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            **({"pool_size": 1, "max_overflow": 0} if writer else {}),
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -60,10 +67,11 @@ def make_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
+    if writer:
+        return create_async_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=0)
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-_DEBUG = bool(os.environ.get("QMESH_DEBUG_GROUPS"))
 T = TypeVar("T")
 WriteOp = Callable[[AsyncSession], Awaitable[Any]]
 #: Most writes committed together (bounds one transaction's size and latency).
@@ -77,8 +85,103 @@ class _OpFailed(Exception):
         self.error = error
 
 
+class _GroupWriter:
+    """A thread with an event loop and a connection of its own that commits writes in groups.
+
+    Its own loop means a write never queues behind HTTP handling on the API loop; its own
+    connection means it never waits behind readers for a pooled one."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pending: list[tuple[WriteOp, Future[Any]]] = []
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._kick: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="db-group-commit", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def submit(self, op: WriteOp) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            self._pending.append((op, future))
+        self._loop.call_soon_threadsafe(self._wake)
+        return future
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._wake)
+            self._thread.join(timeout=30)
+
+    def _wake(self) -> None:
+        if self._kick is not None:
+            self._kick.set()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._run())
+        finally:
+            self._loop.close()
+
+    async def _run(self) -> None:
+        engine = make_engine(self._url, writer=True)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._kick = asyncio.Event()
+        self._ready.set()
+        try:
+            while True:
+                await self._kick.wait()
+                self._kick.clear()
+                while True:
+                    with self._lock:
+                        group = self._pending[:MAX_GROUP]
+                        self._pending = self._pending[MAX_GROUP:]
+                    if not group:
+                        break
+                    await _commit_group(sessions, group)
+                if self._stopping:
+                    return
+        finally:
+            await engine.dispose()
+
+
+async def _commit_group(
+    sessions: async_sessionmaker[AsyncSession], group: list[tuple[WriteOp, Future[Any]]]
+) -> None:
+    remaining = [(op, f) for op, f in group if f.set_running_or_notify_cancel()]
+    while remaining:
+        results: list[Any] = []
+        try:
+            async with sessions() as session, session.begin():
+                for index, (op, _future) in enumerate(remaining):
+                    try:
+                        results.append(await op(session))
+                    except Exception as error:
+                        raise _OpFailed(index, error) from error
+        except _OpFailed as failed:
+            # Everything was rolled back: fail the one write, commit the others again.
+            remaining[failed.index][1].set_exception(failed.error)
+            remaining = remaining[: failed.index] + remaining[failed.index + 1 :]
+            continue
+        except Exception as error:  # the commit itself failed: nobody's write is durable
+            for _, future in remaining:
+                future.set_exception(error)
+            return
+        for (_, future), result in zip(remaining, results, strict=True):
+            future.set_result(result)
+        return
+
+
 class Database:
-    """Owns the engine and hands out sessions.
+    """Owns the engines and hands out sessions.
 
     ``transaction`` gives the caller its own transaction. ``write`` is for the hot path:
     writes issued concurrently are committed together by one writer (group commit), so one
@@ -90,78 +193,32 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
-        self._pending: list[tuple[WriteOp, asyncio.Future[Any]]] = []
-        self._kick: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writer: _GroupWriter | None = None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         async with self.sessions() as session, session.begin():
             yield session
 
+    @property
+    def write_backlog(self) -> int:
+        """Writes waiting for the group-commit writer (a measure of write pressure)."""
+        return 0 if self._writer is None else self._writer.backlog
+
     async def write(self, op: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Run ``op(session)`` in a group-committed transaction; returns once committed.
 
-        ``op`` may run more than once (the group is retried without a write that raised), so
-        it must only touch the database through ``session``. Its exception is re-raised here
-        and rolls back nothing but its own changes."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((op, future))
-        if self._writer is None or self._writer.done():
-            self._kick = asyncio.Event()
-            self._writer = loop.create_task(self._write_loop(), name="db-group-commit")
-        assert self._kick is not None
-        self._kick.set()
-        return await asyncio.shield(future)
-
-    async def _write_loop(self) -> None:
-        assert self._kick is not None
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            while self._pending:
-                group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-                await self._commit_group(group)
-
-    async def _commit_group(self, group: list[tuple[WriteOp, asyncio.Future[Any]]]) -> None:
-        remaining = group
-        while remaining:
-            results: list[Any] = []
-            t0 = time.perf_counter()
-            try:
-                async with self.sessions() as session, session.begin():
-                    for index, (op, _future) in enumerate(remaining):
-                        try:
-                            results.append(await op(session))
-                        except Exception as error:
-                            raise _OpFailed(index, error) from error
-            except _OpFailed as failed:
-                # Everything was rolled back: fail the one write, commit the others again.
-                _, future = remaining[failed.index]
-                if not future.done():
-                    future.set_exception(failed.error)
-                remaining = remaining[: failed.index] + remaining[failed.index + 1 :]
-                continue
-            except Exception as error:  # the commit itself failed: nobody's write is durable
-                for _, future in remaining:
-                    if not future.done():
-                        future.set_exception(error)
-                return
-            if _DEBUG:
-                print(f"group {len(remaining)} ops {time.perf_counter() - t0:.4f}s", flush=True)
-            for (_, future), result in zip(remaining, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            return
+        ``op`` runs on the writer's thread and may run more than once (the group is retried
+        without a write that raised), so it must only touch the database through
+        ``session``. Its exception is re-raised here and rolls back only its own changes. A
+        caller cancelled meanwhile does not undo its write."""
+        if self._writer is None:
+            self._writer = _GroupWriter(self.url)
+        future = self._writer.submit(op)
+        return await asyncio.shield(asyncio.wrap_future(future))  # type: ignore[no-any-return]
 
     async def dispose(self) -> None:
-        if self._writer is not None:
-            for _ in range(500):  # bounded: let queued writes commit before closing
-                if not self._pending:
-                    break
-                await asyncio.sleep(0.01)
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await asyncio.to_thread(writer.stop)
         await self.engine.dispose()

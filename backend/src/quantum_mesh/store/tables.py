@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -35,11 +45,17 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    #: Unique per owner (one principal's key never finds another's job).
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The principal that submitted it; None on rows from before principals (admins only).
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
 
-    __table_args__ = (Index("ix_jobs_created_at", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_created_at", "created_at"),
+        Index("uq_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+    )
 
 
 class ExecutionPlan(Base):
@@ -106,6 +122,8 @@ class Reservation(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    #: The principal of a direct reservation (POST /reservations); None for the scheduler's.
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class ReservationEvent(Base):
@@ -138,3 +156,31 @@ class FidelitySample(Base):
     observed: Mapped[float | None] = mapped_column(Float)
     job_id: Mapped[str | None] = mapped_column(String(36))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Principal(Base):
+    """Who may call the API: loaded from the settings at every start (docs/security.md).
+    A principal no longer configured stays, inactive, so its jobs keep their owner."""
+
+    __tablename__ = "principals"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    #: Quota overrides from the settings (None: the role's default; 0: no limit).
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer)
+    max_active_reservations: Mapped[int | None] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key of a principal, by its SHA-256 digest (the key itself is never stored)."""
+
+    __tablename__ = "api_keys"
+
+    key_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(
+        String(64), ForeignKey("principals.name", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

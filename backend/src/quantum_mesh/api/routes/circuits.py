@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
-from quantum_mesh.api.deps import CoordinatorDep
+from quantum_mesh.api.deps import CoordinatorDep, PrincipalDep
 from quantum_mesh.schemas.jobs import CircuitSubmit, JobAccepted
 
 router = APIRouter(tags=["circuits"])
@@ -17,9 +17,14 @@ router = APIRouter(tags=["circuits"])
 async def submit_circuit(
     body: CircuitSubmit,
     coord: CoordinatorDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     job, _created = await coord.circuits.submit(
-        coord.jobs, request=body.model_dump(), idempotency_key=idempotency_key
+        coord.jobs,
+        request=body.model_dump(),
+        idempotency_key=idempotency_key,
+        owner=principal.name,
+        max_active=principal.max_active_jobs,
     )
     return JSONResponse(status_code=202, content={"job_id": job.job_id, "status": job.status})

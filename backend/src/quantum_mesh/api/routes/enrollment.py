@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
+from quantum_mesh.api.deps import AdminDep, CoordinatorDep, LimitQ, OffsetQ, page
 from quantum_mesh.control.enrollment import enrollment_to_dict
 
 router = APIRouter(tags=["enrollment"])
@@ -28,7 +28,8 @@ class ActionIn(BaseModel):
 
 
 @router.post("/enrollment/peers", status_code=201)
-async def enroll(body: EnrollIn, coord: CoordinatorDep) -> JSONResponse:
+async def enroll(body: EnrollIn, coord: CoordinatorDep, _admin: AdminDep) -> JSONResponse:
+    """Enroll a peer (admins only; reading enrollment records is open to every principal)."""
     e, created = await coord.enrollment.create(peer_id=body.peer_id, name=body.name)
     return JSONResponse(status_code=201 if created else 200, content=enrollment_to_dict(e))
 
@@ -47,5 +48,8 @@ async def get_enrollment(peer_id: str, coord: CoordinatorDep) -> dict[str, Any]:
 
 
 @router.post("/enrollment/peers/{peer_id}/action")
-async def enrollment_action(peer_id: str, body: ActionIn, coord: CoordinatorDep) -> dict[str, Any]:
+async def enrollment_action(
+    peer_id: str, body: ActionIn, coord: CoordinatorDep, _admin: AdminDep
+) -> dict[str, Any]:
+    """Approve, suspend or revoke a peer (admins only)."""
     return enrollment_to_dict(await coord.enrollment.act(peer_id=peer_id, action=body.action))

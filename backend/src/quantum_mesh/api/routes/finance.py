@@ -8,7 +8,16 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
+from quantum_mesh.api.deps import (
+    CoordinatorDep,
+    LimitQ,
+    OffsetQ,
+    PrincipalDep,
+    ensure_owner,
+    owner_filter,
+    page,
+)
+from quantum_mesh.api.security import Principal
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.workflows import PORTFOLIO_KIND, WORKFLOWS
 from quantum_mesh.errors import Conflict, NotFound
@@ -36,13 +45,15 @@ def _finance_job(job: Job) -> dict[str, Any]:
         "request": job.request["params"],
         "result": job.result if job.status == "COMPLETED" else None,
         "error": job.error,
+        "owner": job.owner,
     }
 
 
-async def _get(coord: Any, job_id: str) -> Job:
+async def _get(coord: Any, principal: Principal, job_id: str) -> Job:
     job = await coord.jobs.get(job_id)
     if job.kind != PORTFOLIO_KIND:
         raise NotFound(f"Portfolio job {job_id} does not exist", details={"job_id": job_id})
+    ensure_owner(principal, job.owner, job_id=job_id)
     return job  # type: ignore[no-any-return]
 
 
@@ -50,6 +61,7 @@ async def _get(coord: Any, job_id: str) -> Job:
 async def submit_portfolio(
     body: PortfolioIn,
     coord: CoordinatorDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     coord.jobs.admit(idempotency_key)
@@ -57,30 +69,42 @@ async def submit_portfolio(
         body.model_dump(exclude_none=True), coord.compute
     )
     job, _ = await coord.jobs.submit(
-        kind=PORTFOLIO_KIND, request={"params": params}, idempotency_key=idempotency_key
+        kind=PORTFOLIO_KIND,
+        request={"params": params},
+        idempotency_key=idempotency_key,
+        owner=principal.name,
+        max_active=principal.max_active_jobs,
     )
     return JSONResponse(status_code=202, content={"job_id": job.job_id, "status": job.status})
 
 
 @router.get("/finance")
 async def list_portfolios(
-    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+    coord: CoordinatorDep, principal: PrincipalDep, limit: LimitQ = 50, offset: OffsetQ = 0
 ) -> dict[str, Any]:
     async with coord.db.transaction() as session:
         jobs, total = await repo.list_jobs(
-            session, kinds=[PORTFOLIO_KIND], limit=limit, offset=offset
+            session,
+            kinds=[PORTFOLIO_KIND],
+            limit=limit,
+            offset=offset,
+            owner=owner_filter(principal),
         )
     return page([_finance_job(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/finance/{job_id}")
-async def get_portfolio(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
-    return _finance_job(await _get(coord, job_id))
+async def get_portfolio(
+    job_id: str, coord: CoordinatorDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    return _finance_job(await _get(coord, principal, job_id))
 
 
 @router.get("/finance/{job_id}/comparison")
-async def compare_portfolio(job_id: str, coord: CoordinatorDep) -> dict[str, Any]:
-    job = await _get(coord, job_id)
+async def compare_portfolio(
+    job_id: str, coord: CoordinatorDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    job = await _get(coord, principal, job_id)
     if job.status != "COMPLETED" or not job.result:
         raise Conflict(
             f"Portfolio job {job_id} is {job.status}; the comparison exists once it completes",

@@ -8,9 +8,11 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantum_mesh.api.deps import CoordinatorDep
+from quantum_mesh.api.deps import AdminDep, CoordinatorDep
 from quantum_mesh.control.reservations import reservation_to_dict
 
+#: Direct reservations hold node slots that every job needs: admins only, and each admin
+#: holds at most QMESH_QUOTA_ACTIVE_RESERVATIONS at once.
 router = APIRouter(tags=["reservations"])
 
 
@@ -23,21 +25,29 @@ class ReservationIn(BaseModel):
 
 
 @router.post("/reservations", status_code=201)
-async def create_reservation(body: ReservationIn, coord: CoordinatorDep) -> JSONResponse:
+async def create_reservation(
+    body: ReservationIn, coord: CoordinatorDep, principal: AdminDep
+) -> JSONResponse:
     r = await coord.reservations.reserve(
         service_type=body.service_type,
         node_id=body.node_id,
         min_fidelity=body.min_fidelity,
         ttl_s=body.ttl_s,
+        owner=principal.name,
+        max_active=principal.max_active_reservations,
     )
     return JSONResponse(status_code=201, content=reservation_to_dict(r))
 
 
 @router.get("/reservations/{reservation_id}")
-async def get_reservation(reservation_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+async def get_reservation(
+    reservation_id: str, coord: CoordinatorDep, _admin: AdminDep
+) -> dict[str, Any]:
     return reservation_to_dict(await coord.reservations.get(reservation_id))
 
 
 @router.post("/reservations/{reservation_id}/cancel")
-async def cancel_reservation(reservation_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+async def cancel_reservation(
+    reservation_id: str, coord: CoordinatorDep, _admin: AdminDep
+) -> dict[str, Any]:
     return reservation_to_dict(await coord.reservations.cancel(reservation_id))

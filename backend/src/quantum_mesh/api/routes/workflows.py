@@ -8,8 +8,17 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from quantum_mesh.api.deps import CoordinatorDep, LimitQ, OffsetQ, page
+from quantum_mesh.api.deps import (
+    CoordinatorDep,
+    LimitQ,
+    OffsetQ,
+    PrincipalDep,
+    ensure_owner,
+    owner_filter,
+    page,
+)
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.states import JobStatus
 from quantum_mesh.control.workflows import (
     BENCHMARK,
     BENCHMARK_KIND,
@@ -39,6 +48,7 @@ def run_to_dict(job: Job) -> dict[str, Any]:
         "error": job.error,
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
+        "owner": job.owner,
     }
 
 
@@ -46,30 +56,41 @@ def run_to_dict(job: Job) -> dict[str, Any]:
 async def submit_run(
     body: WorkflowIn,
     coord: CoordinatorDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     coord.jobs.admit(idempotency_key)
     params = await validate_workflow(body.kind, body.params, coord.compute)
     job, _ = await coord.jobs.submit(
-        kind=body.kind, request={"params": params}, idempotency_key=idempotency_key
+        kind=body.kind,
+        request={"params": params},
+        idempotency_key=idempotency_key,
+        owner=principal.name,
+        max_active=principal.max_active_jobs,
     )
     return JSONResponse(status_code=202, content={"run_id": job.job_id, "status": job.status})
 
 
 @router.get("/workflows/runs")
 async def list_runs(
-    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+    coord: CoordinatorDep, principal: PrincipalDep, limit: LimitQ = 50, offset: OffsetQ = 0
 ) -> dict[str, Any]:
     async with coord.db.transaction() as session:
         jobs, total = await repo.list_jobs(
-            session, kinds=public_kinds(), limit=limit, offset=offset
+            session,
+            kinds=public_kinds(),
+            limit=limit,
+            offset=offset,
+            owner=owner_filter(principal),
         )
     return page([run_to_dict(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/workflows/runs/{run_id}")
-async def get_run(run_id: str, coord: CoordinatorDep) -> dict[str, Any]:
-    return run_to_dict(await coord.jobs.get(run_id))
+async def get_run(run_id: str, coord: CoordinatorDep, principal: PrincipalDep) -> dict[str, Any]:
+    job = await coord.jobs.get(run_id)
+    ensure_owner(principal, job.owner, job_id=run_id)
+    return run_to_dict(job)
 
 
 class BenchmarkIn(BaseModel):
@@ -90,6 +111,20 @@ def benchmark_to_dict(job: Job) -> dict[str, Any]:
         "error": job.error,
         "created_at": job.created_at.isoformat(),
         "updated_at": job.updated_at.isoformat(),
+        "owner": job.owner,
+    }
+
+
+def benchmark_summary(job: Job) -> dict[str, Any]:
+    """A finished benchmark as the benchmark-results projection holds it."""
+    result = job.result or {}
+    return {
+        "benchmark_id": job.job_id,
+        "workload": result.get("workload") or "unknown",
+        "modes": [str(m.get("mode")) for m in result.get("modes") or []],
+        "figures": result,
+        "details": {},
+        "created_at": job.updated_at.isoformat(),
     }
 
 
@@ -97,30 +132,52 @@ def benchmark_to_dict(job: Job) -> dict[str, Any]:
 async def submit_benchmark(
     body: BenchmarkIn,
     coord: CoordinatorDep,
+    principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     coord.jobs.admit(idempotency_key)
     spec = await BENCHMARK.validate(body.model_dump(), coord.compute)
     job, _ = await coord.jobs.submit(
-        kind=BENCHMARK_KIND, request={"params": spec}, idempotency_key=idempotency_key
+        kind=BENCHMARK_KIND,
+        request={"params": spec},
+        idempotency_key=idempotency_key,
+        owner=principal.name,
+        max_active=principal.max_active_jobs,
     )
     return JSONResponse(status_code=202, content={"benchmark_id": job.job_id, "status": job.status})
 
 
 @router.get("/workflows/benchmarks")
 async def list_benchmarks(
-    coord: CoordinatorDep, limit: LimitQ = 50, offset: OffsetQ = 0
+    coord: CoordinatorDep, principal: PrincipalDep, limit: LimitQ = 50, offset: OffsetQ = 0
 ) -> dict[str, Any]:
-    """Finished benchmark comparisons, read from the benchmark-results projection."""
-    items, total = await coord.docstore.read("list_benchmarks", limit, offset)
-    return page(items, total, limit, offset)
+    """Finished benchmark comparisons: for admins, read from the benchmark-results projection;
+    for a user, its own, read from the database in the same shape (the projection does not
+    know owners)."""
+    owner = owner_filter(principal)
+    if owner is None:
+        items, total = await coord.docstore.read("list_benchmarks", limit, offset)
+        return page(items, total, limit, offset)
+    async with coord.db.transaction() as session:
+        jobs, total = await repo.list_jobs(
+            session,
+            kinds=[BENCHMARK_KIND],
+            statuses=[JobStatus.COMPLETED.value],
+            limit=limit,
+            offset=offset,
+            owner=owner,
+        )
+    return page([benchmark_summary(j) for j in jobs], total, limit, offset)
 
 
 @router.get("/workflows/benchmarks/{benchmark_id}")
-async def get_benchmark(benchmark_id: str, coord: CoordinatorDep) -> dict[str, Any]:
+async def get_benchmark(
+    benchmark_id: str, coord: CoordinatorDep, principal: PrincipalDep
+) -> dict[str, Any]:
     job = await coord.jobs.get(benchmark_id)
     if job.kind != BENCHMARK_KIND:
         raise NotFound(
             f"Benchmark {benchmark_id} does not exist", details={"benchmark_id": benchmark_id}
         )
+    ensure_owner(principal, job.owner, benchmark_id=benchmark_id)
     return benchmark_to_dict(job)

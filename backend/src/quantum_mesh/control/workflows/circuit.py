@@ -141,7 +141,13 @@ class CircuitWorkload:
         self.parsed_cache = ParsedCircuits()
 
     async def submit(
-        self, jobs: JobManager, *, request: dict[str, Any], idempotency_key: str | None
+        self,
+        jobs: JobManager,
+        *,
+        request: dict[str, Any],
+        idempotency_key: str | None,
+        owner: str | None = None,
+        max_active: int | None = None,
     ) -> Any:
         # Parse before accepting, so a bad circuit is a 400 and never a FAILED job; in a
         # worker process, so a huge or hostile circuit cannot stall the API loop; bounded by
@@ -156,7 +162,11 @@ class CircuitWorkload:
         )
         self.parsed_cache.put(circuit)
         return await jobs.submit(
-            kind=CIRCUIT_KIND, request=request, idempotency_key=idempotency_key
+            kind=CIRCUIT_KIND,
+            request=request,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            max_active=max_active,
         )
 
     async def parsed(self, text: str) -> NormalizedCircuit:
