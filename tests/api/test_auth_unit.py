@@ -102,6 +102,13 @@ def test_bad_principal_settings_are_refused_at_start(principals: str) -> None:
         _settings(principals=principals)
 
 
+def test_a_refused_setting_does_not_echo_the_keys() -> None:
+    with pytest.raises(ValidationError) as refused:
+        _settings(principals="ok:user:KEY-7f3a9d2c,alice:owner:k1")
+    assert "KEY-7f3a9d2c" not in str(refused.value)
+    assert "role of 'alice'" in str(refused.value)
+
+
 def test_open_paths_must_be_paths() -> None:
     assert _settings().open_path_set == frozenset({"/health", "/api/v1/health"})
     assert "/ready" in _settings(open_paths="/health,/ready").open_path_set
@@ -126,6 +133,8 @@ def test_ws_token_roundtrip_expiry_and_tampering() -> None:
     assert WsTokens(secret=b"t" * 32, ttl_s=60.0).verify(token, now=1001.0) is None
     assert tokens.verify("garbage", now=1001.0) is None
     assert tokens.verify("", now=1001.0) is None
+    assert tokens.verify("é.ü", now=1001.0) is None  # any text a query string may carry
+    assert tokens.verify(payload + ".é", now=1001.0) is None
     # Only characters allowed in a Sec-WebSocket-Protocol value (RFC 6455 token).
     assert all(c.isalnum() or c in "-_." for c in token)
 
@@ -170,6 +179,19 @@ def test_metrics_docs_and_openapi_need_a_key_by_default() -> None:
     assert [r.status_code for r in answers[3:]] == [200, 200, 200]
     (health,) = _get(settings, [("GET", "/api/v1/health", {})])
     assert health.status_code == 200
+
+
+def test_odd_credentials_are_a_401_never_a_500() -> None:
+    settings = _settings(api_keys=ADMIN_KEY)
+    answers = _get(
+        settings,
+        [
+            ("GET", "/metrics", {"X-API-Key": b"\xff\xfe\x00k"}),  # type: ignore[dict-item]
+            ("GET", "/metrics", {"Authorization": "Bearer "}),
+            ("GET", "/metrics", {"Authorization": "Basic abc"}),
+        ],
+    )
+    assert [r.status_code for r in answers] == [401, 401, 401]
 
 
 def test_open_paths_setting_opens_exactly_the_listed_paths() -> None:

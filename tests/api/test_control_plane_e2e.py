@@ -235,6 +235,15 @@ def test_low_fidelity_node_is_skipped_for_fallback(
         (_, noisy_id),
         (_, clean_id),
     ]:
+        # Compare like with like: the planner prices an unmeasured link as a slow one, so
+        # wait until the coordinator has measured both.
+        def measured() -> bool:
+            return all(
+                coord.http.get(f"/discovery/peers/{p}").json()["latency_ms"] is not None
+                for p in (noisy_id, clean_id)
+            )
+
+        wait_until(measured, timeout=30, what="both links measured")
         job = coord.wait_job(_submit(coord, BELL, seed=2, min_fidelity=0.9))
         assert job["status"] == "COMPLETED", json.dumps(job["error"])[:3000]
         plan = coord.http.get(f"/plans/{job['plan_id']}").json()

@@ -19,8 +19,13 @@ from httpx_ws import WebSocketDisconnect, connect_ws
 from tests.support.circuits import BELL_QASM2 as BELL
 from tests.support.live import TERMINAL, LiveCoordinator, wait_until
 
+from quantum_mesh.node.reservations import SLOTS_PER_WORKER
+
 OPS, ALICE, BOB = "ops-key-4f1a9c", "alice-key-0b7e21", "bob-key-c3d580"
-EMBEDDED_NODES = 1  # one worker: two reservation slots in all
+EMBEDDED_NODES = 1  # with one worker
+#: Every reservation slot of the only node; the admin's reservation quota is set to it, so
+#: the admin alone can replay the incident (all slots held) and no more.
+SLOTS = SLOTS_PER_WORKER
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def coord(
         env={
             "QMESH_PRINCIPALS": f"ops:admin:{OPS},alice:user:{ALICE},bob:user:{BOB}",
             "QMESH_QUOTA_ACTIVE_JOBS": "2",
-            "QMESH_QUOTA_ACTIVE_RESERVATIONS": "2",
+            "QMESH_QUOTA_ACTIVE_RESERVATIONS": str(SLOTS),
             "QMESH_RATE_LIMIT_PER_MINUTE": "100000",
             "QMESH_NODE_WORKERS": "1",
         },
@@ -176,16 +181,17 @@ def test_users_cannot_enroll_approve_or_reserve(
 def test_reservation_and_job_quotas(
     coord: LiveCoordinator, alice: httpx.Client, bob: httpx.Client
 ) -> None:
-    # The incident: direct reservations hold every slot of the only node (2 = the quota).
+    # The incident: direct reservations hold every slot of the only node (= the quota).
     held = []
-    for _ in range(2):
+    for _ in range(SLOTS):
         r = coord.http.post("/reservations", json={"service_type": "single_qubit", "ttl_s": 120})
         assert r.status_code == 201 and r.json()["status"] == "COMMITTED", r.text
         assert r.json()["owner"] == "ops"
         held.append(r.json()["reservation_id"])
     third = coord.http.post("/reservations", json={"service_type": "single_qubit", "ttl_s": 120})
     err = _envelope(third, 429, "quota_exceeded")
-    assert err["details"]["limit"] == 2 and err["details"]["quota"] == "active_reservations"
+    assert err["details"]["limit"] == SLOTS
+    assert err["details"]["quota"] == "active_reservations"
     assert 1 <= int(third.headers["Retry-After"]) <= 120
 
     # Jobs wait for a slot, they do not fail; alice's third unfinished job is refused.

@@ -184,3 +184,6 @@ def test_websocket_token_by_query_or_subprotocol(coord: LiveCoordinator) -> None
         with connect_ws(_ws_url(coord, job_id), user) as ws:
             assert ws.receive_json(timeout=30)["job_id"] == job_id
         assert user.post(f"/jobs/{job_id}/cancel").json()["status"] == "CANCELLED"
+    # The access log shows `?token=***`, never the token.
+    log = coord.log_tail(5_000_000)
+    assert "token=***" in log and token not in log

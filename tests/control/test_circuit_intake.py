@@ -45,7 +45,13 @@ class AcceptingJobs:
         pass
 
     async def submit(
-        self, *, kind: str, request: dict[str, Any], idempotency_key: str | None
+        self,
+        *,
+        kind: str,
+        request: dict[str, Any],
+        idempotency_key: str | None,
+        owner: str | None = None,
+        max_active: int | None = None,
     ) -> Any:
         self.submitted.append(request)
         return object(), True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import RemoteError
 from quantum_mesh.mesh.protocol import MAX_PARAM_ID_CHARS, MAX_STREAMS_PER_PEER
 from quantum_mesh.node.reservations import MAX_TTL_S
+from quantum_mesh.node.service import NodeConfig
 from tests.mesh import trio_peer
 from tests.node.conftest import Heard, wait_for
 
@@ -109,7 +111,7 @@ async def test_hostile_reservation_params_are_bad_requests_even_from_the_coordin
         with pytest.raises(RemoteError) as caught:
             await mesh.invoke(node.peer_id, method, {"reservation_id": "r" * 1000}, timeout=5)
         assert caught.value.code == "bad_request"
-    # Nothing was booked, so a 1-worker node still has both of its slots.
+    # Nothing was booked: the node still grants fresh reservations (TTL capped, not refused).
     for rid in ("a", "b"):
         granted = await mesh.invoke(
             node.peer_id, "reserve", {**OFFER, "reservation_id": rid, "ttl_s": 1e9}, timeout=5
@@ -121,16 +123,17 @@ async def test_hostile_reservation_params_are_bad_requests_even_from_the_coordin
 
 
 async def test_an_approved_peer_is_served_and_its_streams_are_capped(
-    coordinator: tuple[MeshBridge, Heard], start_node: Any
+    coordinator: tuple[MeshBridge, Heard], start_node: Any, tmp_path: Path
 ) -> None:
     """``--allow-peer`` approves a peer besides the coordinator; it may hold at most the
-    pool limit (4 per worker) plus ``MAX_STREAMS_PER_PEER`` streams at once."""
+    pool limit plus ``MAX_STREAMS_PER_PEER`` streams at once."""
     mesh, heard = coordinator
     key_pair = trio_peer.new_key_pair()
     friend = trio_peer.peer_id_for(key_pair)
     node = await start_node(mesh.listen_addrs[0], "--workers", "1", "--allow-peer", friend)
     await wait_for(lambda: heard.from_peer(node.peer_id), what="an advert")
-    cap = 4 + MAX_STREAMS_PER_PEER
+    cap = NodeConfig(key_file=tmp_path / "unused.key", bootstrap=None).streams_per_peer()
+    assert cap > MAX_STREAMS_PER_PEER
     ping = request("ping", {})
 
     async def attack() -> tuple[dict[str, Any], dict[str, Any]]:

@@ -125,7 +125,10 @@ def parse_principals(api_keys: list[str], principals: str) -> list[PrincipalSpec
 class Settings(BaseSettings):
     """All coordinator and node settings. See ``.env.example`` for documentation."""
 
-    model_config = SettingsConfigDict(env_prefix="QMESH_", env_file=".env", extra="ignore")
+    # hide_input_in_errors: a bad setting must not echo keys or database passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="QMESH_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # --- process / API -------------------------------------------------------------------
     host: str = "127.0.0.1"

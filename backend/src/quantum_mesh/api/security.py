@@ -152,7 +152,10 @@ class WsTokens:
     def verify(self, token: str, *, now: float | None = None) -> str | None:
         """The principal's name when ``token`` is ours and unexpired, else None."""
         payload, _, signature = token.partition(".")
-        if not payload or not signature or not hmac.compare_digest(signature, self._sign(payload)):
+        if not payload or not signature:
+            return None
+        # Bytes: compare_digest refuses non-ASCII str, and a query string may carry any.
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         try:
             body = json.loads(_unb64(payload))
@@ -164,6 +167,14 @@ class WsTokens:
         if not isinstance(expires_at, int | float) or not isinstance(name, str):
             return None
         return name if (time.time() if now is None else now) < expires_at else None
+
+
+def _text(raw: bytes) -> str:
+    """A header as text: UTF-8 when it is, else Latin-1 (never raises on odd bytes)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def is_loopback(host: str) -> bool:
@@ -287,7 +298,7 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        headers = {_text(k).lower(): _text(v) for k, v in scope.get("headers", [])}
         address = str(scope["client"][0]) if scope.get("client") else None
         if path not in self.open_paths:
             principal_or_refusal = self._authenticate(scope, headers, address)

@@ -369,6 +369,8 @@ class Coordinator:
     async def _restore_snapshots(self) -> None:
         async with self.db.transaction() as session:
             for row in (await session.execute(select(PeerSnapshot))).scalars():
+                if not self._advert_peer_known(row.peer_id):
+                    continue  # stored before unknown peers were dropped at the door
                 updated = (
                     row.updated_at if row.updated_at.tzinfo else row.updated_at.replace(tzinfo=UTC)
                 )

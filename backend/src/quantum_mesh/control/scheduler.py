@@ -97,6 +97,8 @@ class UnitOutcome:
     refusals: int
     reservation_id: str
     seconds: float
+    #: Seconds the unit waited in the queue before its accepted placement.
+    queued_s: float
     started_at: datetime
     finished_at: datetime
     history: list[dict[str, Any]]
@@ -112,6 +114,8 @@ class _Ticket:
     started_at: datetime
     attempts: int = 0
     refusals: int = 0
+    #: Seconds in the queue before the latest placement (also in the job's events).
+    queued_s: float = 0.0
     failed_on: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -291,7 +295,8 @@ class WorkScheduler:
             node = self._choose(ticket, usable, now) if has_room else None
             if node is not None:
                 self._in_flight[node] = self._in_flight.get(node, 0) + 1
-                metrics.queue_wait(now - ticket.enqueued)
+                ticket.queued_s = now - ticket.enqueued
+                metrics.queue_wait(ticket.queued_s)
                 task = asyncio.create_task(self._execute(ticket, node))
                 self._running.add(task)
                 task.add_done_callback(self._running.discard)
@@ -403,7 +408,11 @@ class WorkScheduler:
             min_fidelity=unit.min_fidelity,
             job_id=unit.job_id,
             fragment_id=unit.unit_id,
-            started_event={"unit_id": unit.unit_id, "method": unit.method},
+            started_event={
+                "unit_id": unit.unit_id,
+                "method": unit.method,
+                "queued_s": round(ticket.queued_s, 6),
+            },
         )
         if reservation.status != ReservationStatus.COMMITTED:
             reason = reservation.reason or "refused"
@@ -523,6 +532,7 @@ class WorkScheduler:
                 "attempt": ticket.attempts,
                 "outcome": "ok",
                 "seconds": round(seconds, 6),
+                "queued_s": round(ticket.queued_s, 6),
                 "reservation_id": reservation.reservation_id,
             }
         )
@@ -534,6 +544,7 @@ class WorkScheduler:
             refusals=ticket.refusals,
             reservation_id=reservation.reservation_id,
             seconds=seconds,
+            queued_s=ticket.queued_s,
             started_at=ticket.started_at,
             finished_at=datetime.now(UTC),
             history=ticket.history,
@@ -558,6 +569,7 @@ class WorkScheduler:
                 "attempts": outcome.attempts,
                 "refusals": outcome.refusals,
                 "seconds": round(outcome.seconds, 6),
+                "queued_s": round(outcome.queued_s, 6),
             },
         }
 

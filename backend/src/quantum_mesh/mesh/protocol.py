@@ -63,7 +63,8 @@ ERR_BUSY: Final = "busy"
 ERR_FRAME_TOO_LARGE: Final = "frame_too_large"
 ERR_PROTOCOL: Final = "protocol_error"
 ERR_WORKER_CRASHED: Final = "worker_crashed"
-#: The coordinator refuses streams from peers it has not enrolled and approved.
+#: A host refuses streams from peers it does not serve (the coordinator: peers not enrolled
+#: and approved; a node: anyone but its coordinator and allowed peers), before reading them.
 ERR_NOT_ENROLLED: Final = "not_enrolled"
 
 #: Codes that no retry can fix, on this node or another: the request itself is wrong, or no

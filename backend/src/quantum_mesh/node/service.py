@@ -103,7 +103,7 @@ class NodeConfig:
     preload_handlers: bool = True
     #: Exit when this process is no longer our parent (embedded nodes of a coordinator).
     parent_pid: int | None = None
-    #: Inbound pool-method calls beyond this are answered ``busy``; None = 4 per worker.
+    #: Inbound pool-method calls beyond this are answered ``busy``; see ``inbound_limit``.
     max_inbound: int | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     #: Peers served besides the coordinator (the ``/p2p/<id>`` of ``bootstrap``), which is
@@ -121,6 +121,16 @@ class NodeConfig:
             raise ValueError("advert_interval_s must be positive")
         for peer in self.allowed_peers:
             ID.from_base58(peer)  # ValueError for anything that is not a peer ID
+
+    def inbound_limit(self) -> int:
+        """Pool-method calls served at once; beyond this they are answered ``busy``."""
+        # Every reserved slot may carry a call, plus one per worker for unreserved calls.
+        return self.max_inbound or (SLOTS_PER_WORKER + 1) * self.workers
+
+    def streams_per_peer(self) -> int:
+        """Invoke streams one served peer may hold at once: its pool share plus
+        ``MAX_STREAMS_PER_PEER`` for the inline methods; one more is answered ``busy``."""
+        return self.inbound_limit() + MAX_STREAMS_PER_PEER
 
     def served_peers(self) -> frozenset[str]:
         """Who may invoke this node: its coordinator and the configured allowed peers.
@@ -173,15 +183,12 @@ class NodeService:
             blas_threads=config.blas_threads,
             preload=config.preload_handlers,
         )
-        # Every reserved slot may carry a call, plus one per worker for unreserved calls.
-        max_inbound = config.max_inbound or (SLOTS_PER_WORKER + 1) * config.workers
-        self._inbound = trio.Semaphore(max_inbound)
+        self._inbound = trio.Semaphore(config.inbound_limit())
         # Trust before bytes: only the coordinator (and configured peers) may open invoke
-        # streams, each at most its pool share plus MAX_STREAMS_PER_PEER at once.
+        # streams, each at most ``streams_per_peer()`` at once.
         self.served_peers = config.served_peers()
         self.gate = InboundGate(
-            self.served_peers.__contains__,
-            max_streams_per_peer=max_inbound + MAX_STREAMS_PER_PEER,
+            self.served_peers.__contains__, max_streams_per_peer=config.streams_per_peer()
         )
         self._in_flight = 0
         self._seq = 0
