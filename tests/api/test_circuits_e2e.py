@@ -27,12 +27,18 @@ c = measure q;
 
 
 def _run(coord: LiveCoordinator, circuit: str, **extra: object) -> dict:
+    """Submit, wait, and return the job document with its statevector (``?include=``)."""
     r = coord.http.post("/circuits/submit", json={"circuit": circuit, **extra})
     assert r.status_code == 202, r.text
     assert r.json()["status"] == "QUEUED"
     job = coord.wait_job(r.json()["job_id"])
     assert job["status"] == "COMPLETED", (job, coord.log_tail())
-    return job
+    # The contract: the default document leaves the statevector out, ?include= adds it.
+    assert "statevector" not in job["quantum_result"], job["quantum_result"].keys()
+    assert job["quantum_result"]["omitted"] == ["statevector"]
+    full = coord.http.get(f"/jobs/{job['job_id']}", params={"include": "statevector"}).json()
+    assert isinstance(full["quantum_result"]["statevector"], list)
+    return full
 
 
 def _assert_probabilities(result: dict, expected: Statevector) -> None:

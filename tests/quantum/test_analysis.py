@@ -1,6 +1,9 @@
-"""build_quantum_result against independently computed Qiskit values."""
+"""build_quantum_result against independently computed Qiskit values, and its bounds."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -9,7 +12,14 @@ from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Pauli, Statevector, entropy, partial_trace
 from scipy.stats import chisquare
 
-from quantum_mesh.quantum.analysis import build_quantum_result, ideal_statevector
+from quantum_mesh.quantum.analysis import (
+    DEFAULT_MAX_RESULT_BYTES,
+    MAX_DISTRIBUTION_ENTRIES,
+    MAX_INLINE_AMPLITUDES,
+    build_bounded_result,
+    build_quantum_result,
+    ideal_statevector,
+)
 from quantum_mesh.quantum.circuits.execute import execute_fragment, initial_state
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
@@ -186,3 +196,138 @@ def test_counts_are_seeded() -> None:
     a = _result(GHZ5_QASM3, shots=500, seed=1)["counts"]
     b = _result(GHZ5_QASM3, shots=500, seed=1)["counts"]
     assert a == b
+
+
+# --- bounded results (docs/security.md, "Bounded results") -------------------------------------
+def _uniform(n: int) -> tuple[NormalizedCircuit, np.ndarray]:
+    circuit = parse_circuit(f'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[{n}];\nh q;\n')
+    return circuit, np.full(2**n, 2 ** (-n / 2), dtype=np.complex128)
+
+
+def _random_state(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    psi = rng.normal(size=2**n) + 1j * rng.normal(size=2**n)
+    return psi / np.linalg.norm(psi)
+
+
+def test_up_to_12_qubits_a_result_is_whole() -> None:
+    assert MAX_DISTRIBUTION_ENTRIES == MAX_INLINE_AMPLITUDES == 2**12
+    circuit, _ = _uniform(12)
+    psi = _random_state(12, 1)
+    bounded = build_bounded_result(circuit, psi, shots=100_000, seed=2, fragment_fidelities=[1.0])
+    result = bounded.quantum_result
+    assert bounded.artifacts == [] and "truncated" not in result
+    assert len(result["probabilities"]) == len(result["measured_probabilities"]) == 2**12
+    assert len(result["statevector"]) == 2**12
+    assert sum(result["counts"].values()) == 100_000
+    assert result == build_quantum_result(
+        circuit, psi, shots=100_000, seed=2, fragment_fidelities=[1.0]
+    )
+
+
+def test_above_12_qubits_distributions_keep_their_most_likely_entries() -> None:
+    circuit, _ = _uniform(13)
+    psi = _random_state(13, 3)
+    probs = np.abs(psi) ** 2
+    bounded = build_bounded_result(circuit, psi, shots=200_000, seed=4, fragment_fidelities=[])
+    result = bounded.quantum_result
+    kept = np.sort(np.argsort(-probs, kind="stable")[:4096])
+    assert list(result["probabilities"]) == [format(i, "013b") for i in kept]
+    assert list(result["probabilities"].values()) == pytest.approx(probs[kept], abs=1e-15)
+    left_out = np.setdiff1d(np.arange(2**13), kept)
+    assert probs[kept].min() >= probs[left_out].max()  # nothing likelier was left out
+    assert result["truncated"]["probabilities"] == {
+        "kept": 4096,
+        "total": 2**13,
+        "kept_probability": pytest.approx(float(probs[kept].sum())),
+    }
+    # Measured on every qubit implicitly: the same distribution, keys in the same order.
+    assert result["measured_probabilities"] == pytest.approx(result["probabilities"])
+    assert result["truncated"]["measured_probabilities"]["kept"] == 4096
+    # 200,000 shots hit (nearly) every one of the 8192 outcomes: the 4096 most frequent stay.
+    counts = result["counts"]
+    info = result["truncated"]["counts"]
+    assert len(counts) == info["kept"] == 4096 < info["total"] <= 2**13
+    assert sum(counts.values()) == info["kept_shots"] < 200_000
+    assert list(counts) == sorted(counts)
+    # The complete fields are complete.
+    assert len(result["top_basis_states"]) == 8
+    assert result["top_basis_states"][0]["probability"] == pytest.approx(float(probs.max()))
+    assert set(result["entanglement_entropy"]) == {f"q{q}" for q in range(13)}
+    assert len(result["observable_expectations"]["ZZ"]) == 13 * 12 // 2
+
+
+def test_a_big_statevector_is_an_artifact_with_a_reference() -> None:
+    circuit, _ = _uniform(13)
+    psi = _random_state(13, 5)
+    bounded = build_bounded_result(circuit, psi, shots=10, seed=1, fragment_fidelities=[])
+    [artifact] = bounded.artifacts
+    assert (artifact.name, artifact.dtype, artifact.shape) == ("statevector", "complex128", (8192,))
+    assert len(artifact.data) == 16 * 8192
+    assert artifact.sha256 == hashlib.sha256(artifact.data).hexdigest()
+    np.testing.assert_array_equal(np.frombuffer(artifact.data, dtype="<c16"), psi)
+    assert bounded.quantum_result["statevector"] == {
+        "artifact": "statevector",
+        "dtype": "complex128",
+        "shape": [8192],
+        "bytes": 16 * 8192,
+        "sha256": artifact.sha256,
+    }
+
+
+def test_20_qubit_uniform_state_fits_the_default_budget() -> None:
+    """The measured case: 138 MB before."""
+    circuit, psi = _uniform(20)
+    bounded = build_bounded_result(circuit, psi, shots=1024, seed=3, fragment_fidelities=[1.0])
+    result = bounded.quantum_result
+    assert len(json.dumps(result)) <= DEFAULT_MAX_RESULT_BYTES
+    assert result["truncated"]["probabilities"]["total"] == 2**20
+    assert sum(result["counts"].values()) == 1024 and "counts" not in result["truncated"]
+    assert result["fidelity"] == pytest.approx(1.0, abs=1e-9)
+    qc = QuantumCircuit(20)
+    qc.h(range(20))
+    np.testing.assert_allclose(
+        np.frombuffer(bounded.artifacts[0].data, dtype="<c16"),
+        Statevector.from_instruction(qc).data,
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("budget", [20_000, 60_000, 250_000])
+def test_a_smaller_budget_halves_the_distributions_until_the_result_fits(budget: int) -> None:
+    circuit, _ = _uniform(13)
+    psi = _random_state(13, 7)
+    result = build_quantum_result(
+        circuit, psi, shots=50_000, seed=1, fragment_fidelities=[], max_result_bytes=budget
+    )
+    assert len(json.dumps(result)) <= budget
+    kept = result["truncated"]["probabilities"]["kept"]
+    assert len(result["probabilities"]) == kept and kept & (kept - 1) == 0  # 4096 / 2**k
+    assert len(json.dumps(result)) > budget / 4  # halved only as far as needed
+
+
+def test_over_the_budget_the_statevector_moves_out_first() -> None:
+    circuit, _ = _uniform(10)
+    psi = _random_state(10, 9)
+    whole = build_quantum_result(circuit, psi, shots=100, seed=1, fragment_fidelities=[])
+    budget = len(json.dumps(whole)) - 1
+    bounded = build_bounded_result(
+        circuit, psi, shots=100, seed=1, fragment_fidelities=[], max_result_bytes=budget
+    )
+    assert bounded.quantum_result["statevector"]["artifact"] == "statevector"
+    assert "truncated" not in bounded.quantum_result  # the distributions were not cut
+    assert len(bounded.artifacts[0].data) == 16 * 2**10
+
+
+def test_nothing_left_to_cut_ends_with_empty_distributions() -> None:
+    """A budget below the fixed part never fails the job: everything that can go, goes."""
+    circuit = parse_circuit(BELL_QASM2)
+    state, _ = _execute(circuit, 0.0)
+    tiny = build_quantum_result(
+        circuit, state, shots=100, seed=1, fragment_fidelities=[], max_result_bytes=10
+    )
+    assert tiny["counts"] == {} and tiny["probabilities"] == {}
+    assert tiny["truncated"]["counts"] == {"kept": 0, "total": 2, "kept_shots": 0}
+    assert tiny["statevector"]["artifact"] == "statevector"
+    assert tiny["fidelity"] == pytest.approx(1.0)

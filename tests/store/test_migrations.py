@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.jobs import SUMMARY_PATHS, job_to_dict, summary_result
 from quantum_mesh.control.states import JobStatus
-from quantum_mesh.errors import Conflict, QuotaExceeded
+from quantum_mesh.errors import Conflict, NotFound, QuotaExceeded
+from quantum_mesh.quantum.analysis import ResultArtifact
 from quantum_mesh.store.database import Database, alembic_config, run_migrations
 
 EXPECTED_TABLES = {
@@ -27,6 +30,7 @@ EXPECTED_TABLES = {
     "fidelity_samples",
     "principals",
     "api_keys",
+    "job_artifacts",
     "alembic_version",
 }
 
@@ -60,6 +64,7 @@ async def _exercise(url: str) -> None:
             found = await repo.get_job_by_idempotency_key(s, key="k1")
             assert found is not None and found.status == "COMPILING"
         await _exercise_owners(db)
+        await _exercise_artifacts(db)
     finally:
         await db.dispose()
 
@@ -106,6 +111,77 @@ async def _exercise_owners(db: Database) -> None:
             owner="alice",
             max_unfinished=2,
         )
+
+
+async def _exercise_artifacts(db: Database) -> None:
+    """Result artifacts (raw bytes beside the job) and the light reads lists make."""
+    psi = np.exp(1j * np.arange(8192)) / np.sqrt(8192)
+    big = ResultArtifact.of("statevector", psi)
+    small = {"quantum_result": {"num_qubits": 1, "statevector": [[0.6, 0.0], [0.0, 0.8]]}}
+    async with db.transaction() as s:
+        for job_id in ("big", "small"):
+            await repo.create_job(
+                s, job_id=job_id, kind="circuit", request={}, idempotency_key=None
+            )
+        await repo.create_job(s, job_id="run", kind="sqd", request={}, idempotency_key=None)
+    async with db.transaction() as s:
+        for job_id, result in (
+            (
+                "big",
+                {
+                    "fragment_results": [{"fragment_id": "f0"}],
+                    "quantum_result": {
+                        "num_qubits": 13,
+                        "measured_all_implicitly": False,
+                        "fidelity": 1.0,
+                        "probabilities": {"0": 1.0},
+                        "statevector": big.reference(),
+                    },
+                },
+            ),
+            ("small", small),
+            ("run", {"energy": -1.1}),
+        ):
+            job = await repo.get_job(s, job_id=job_id, for_update=True)
+            for status in (JobStatus.COMPILING, JobStatus.RESERVING, JobStatus.EXECUTING):
+                await repo.transition_job(s, job=job, to=status)
+            await repo.transition_job(s, job=job, to=JobStatus.COMPLETED, result=result)
+            if job_id == "big":
+                await repo.save_artifacts(s, job_id=job_id, artifacts=[big])
+    async with db.transaction() as s:  # a second save replaces, never duplicates
+        await repo.save_artifacts(s, job_id="big", artifacts=[big])
+    async with db.transaction() as s:
+        head = await repo.get_job_head(s, job_id="big")
+        stored = await repo.read_artifact(s, job=head, name="statevector")
+        assert stored is not None and stored.data == big.data and stored.shape == [8192]
+        assert (stored.dtype, stored.nbytes, stored.sha256) == ("complex128", 16 * 8192, big.sha256)
+        np.testing.assert_array_equal(np.frombuffer(stored.data, dtype="<c16"), psi)
+        inline = await repo.read_artifact(
+            s, job=await repo.get_job_head(s, job_id="small"), name="statevector"
+        )
+        assert inline is not None and inline.shape == [2]
+        assert np.frombuffer(inline.data, dtype="<c16").tolist() == [0.6, 0.8j]
+        assert await repo.read_artifact(s, job=head, name="other") is None
+        with pytest.raises(NotFound):
+            await repo.get_job_head(s, job_id="nope")
+        items, _ = await repo.list_jobs_light(
+            s, kinds=None, limit=10, offset=0, path_kinds=["circuit"], paths=SUMMARY_PATHS
+        )
+        shown = {
+            i.job.job_id: job_to_dict(
+                i.job,
+                view="summary",
+                result=summary_result(i.parts) if i.job.kind == "circuit" else i.result,
+            )
+            for i in items
+        }
+    assert shown["run"]["result"] == {"energy": -1.1}
+    summary = shown["big"]["quantum_result"]
+    assert summary["num_qubits"] == 13 and summary["measured_all_implicitly"] is False
+    assert "probabilities" not in summary and "probabilities" in summary["omitted"]
+    assert summary["artifacts"]["statevector"]["sha256"] == big.sha256
+    assert shown["big"]["fragment_results"] == [{"fragment_id": "f0"}]
+    assert shown["small"]["quantum_result"]["artifacts"]["statevector"]["shape"] == [2]
 
 
 async def test_migrations_on_postgres(pg_url: str) -> None:

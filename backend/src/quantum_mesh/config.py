@@ -176,7 +176,7 @@ class Settings(BaseSettings):
 
     # --- work queue and scheduling --------------------------------------------------------
     #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.
-    max_queued_jobs: int = Field(default=1000, ge=1)
+    max_queued_jobs: int = Field(default=300, ge=1)
     #: Writes waiting for the database beyond which submits get 429 at once.
     max_write_backlog: int = Field(default=500, ge=1)
     #: A unit of mesh work fails after this many executions that failed with real errors.
@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     max_gate_definition_depth: int = Field(default=8, ge=1)
     #: Fragments (node calls) one circuit may be split into.
     max_circuit_fragments: int = Field(default=2_000, ge=1)
+    #: Budget (bytes of JSON) of a circuit job's stored result, ``fragment_results`` and
+    #: ``quantum_result`` together (docs/security.md, "Bounded results"). Up to 12 qubits a
+    #: result is whole; above, distributions keep their most likely entries and the
+    #: statevector is a binary artifact (``GET /jobs/{id}/artifacts/statevector``).
+    max_result_bytes: int = Field(default=4 * 1024 * 1024, ge=65_536)
 
     # --- planner cost weights --------------------------------------------------------------
     cost_weight_latency: float = 1.0

@@ -17,8 +17,8 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -34,6 +34,9 @@ from quantum_mesh.logs import get_logger
 from quantum_mesh.observability import metrics
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.tables import Job
+
+if TYPE_CHECKING:
+    from quantum_mesh.quantum.analysis import ResultArtifact
 
 log = get_logger(__name__)
 
@@ -64,9 +67,69 @@ class JobProcess(Protocol):
 Processor = Callable[["JobHandle"], JobProcess]
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
-    result = job.result or {}
+# How a job document shows a circuit's result (docs/api.md, "Job documents"): the ``full``
+# view has every stored field but the statevector (unless included), the ``summary`` view
+# (lists) only what does not grow with the number of basis states.
+#: The ``quantum_result`` fields a summary keeps: none of them grows with 2**n.
+SUMMARY_FIELDS = (
+    "num_qubits",
+    "num_clbits",
+    "shots",
+    "seed",
+    "measured_qubits",
+    "measured_all_implicitly",
+    "fidelity",
+    "estimated_execution_fidelity",
+    "top_basis_states",
+    "truncated",
+)
+#: The paths of a circuit job's stored result a summary reads (lists read only these).
+SUMMARY_PATHS: tuple[tuple[str, ...], ...] = (
+    ("fragment_results",),
+    *(("quantum_result", name) for name in SUMMARY_FIELDS),
+    ("quantum_result", "statevector", "sha256"),
+)
+#: What a summary leaves out (fields of the contract's ``quantum_result``).
+SUMMARY_OMITS = (
+    "counts",
+    "probabilities",
+    "measured_probabilities",
+    "statevector",
+    "measurements",
+    "observable_expectations",
+    "reduced_density_matrices",
+    "bloch_vectors",
+    "entanglement_entropy",
+)
+#: What the full view leaves out unless included (the contract: ``?include=statevector``).
+FULL_OMITS = ("statevector",)
+STATEVECTOR_ITEM_BYTES = 16  # complex128
+#: ``job_to_dict``'s default: show the job's own stored result.
+STORED: Any = object()
+
+
+def job_to_dict(
+    job: Job,
+    *,
+    view: str = "full",
+    include: Collection[str] = (),
+    href: Callable[[str], str] | None = None,
+    result: dict[str, Any] | None = STORED,
+) -> dict[str, Any]:
+    """A job document (the contract's shape).
+
+    Args:
+        view: ``full`` or ``summary`` (what lists show).
+        include: heavy fields to show anyway (``statevector``: the inline list, or the
+            reference of a statevector kept as an artifact).
+        href: the URL path of one of the job's artifacts, by name (added to references).
+        result: the stored result to show in place of ``job.result`` (a list reads only
+            :data:`SUMMARY_PATHS` of it; ``job.result`` is then not loaded).
+    """
+    given = job.result if result is STORED else result
+    stored: dict[str, Any] = given if isinstance(given, dict) else {}
     is_circuit = job.kind == CIRCUIT_KIND
+    quantum = stored.get("quantum_result") if is_circuit else None
     return {
         "job_id": job.job_id,
         "kind": job.kind,
@@ -76,11 +139,88 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "plan_id": job.plan_id,
         "error": job.error,
         "progress": job.progress,
-        "fragment_results": result.get("fragment_results", []) if is_circuit else [],
-        "quantum_result": result.get("quantum_result") if is_circuit else None,
-        "result": None
-        if is_circuit
-        else (job.result if job.status == JobStatus.COMPLETED else None),
+        "fragment_results": (stored.get("fragment_results") or []) if is_circuit else [],
+        "quantum_result": None
+        if quantum is None
+        else quantum_view(quantum, view=view, include=include, href=href),
+        "result": None if is_circuit else (given if job.status == JobStatus.COMPLETED else None),
+    }
+
+
+def quantum_view(
+    stored: dict[str, Any],
+    *,
+    view: str = "full",
+    include: Collection[str] = (),
+    href: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    """A stored ``quantum_result`` as a job document shows it: without the statevector
+    unless included (the contract), the summary fields only in the ``summary`` view, and
+    ``artifacts`` (a reference per artifact, inline statevectors included) and ``omitted``
+    (the fields left out, absent when none) added."""
+    if view == "summary":
+        shown = {k: stored[k] for k in SUMMARY_FIELDS if k in stored}
+        omitted = [k for k in SUMMARY_OMITS if k not in include]
+    else:
+        shown = {k: v for k, v in stored.items() if k not in FULL_OMITS or k in include}
+        omitted = [k for k in FULL_OMITS if k in stored and k not in shown]
+    if "statevector" in include and "statevector" in stored:
+        shown["statevector"] = stored["statevector"]
+    reference = _statevector_reference(stored)
+    if reference is not None:
+        if href is not None:
+            reference["href"] = href("statevector")
+        shown["artifacts"] = {"statevector": reference}
+        if isinstance(shown.get("statevector"), dict):
+            shown["statevector"] = reference
+    if omitted:
+        shown["omitted"] = omitted
+    return shown
+
+
+def _statevector_reference(stored: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference of a result's statevector: the stored one for an artifact, made up from
+    the inline list (or, in a summary, the number of qubits) otherwise."""
+    statevector = stored.get("statevector")
+    if isinstance(statevector, dict):
+        return dict(statevector)
+    if isinstance(statevector, list):
+        amplitudes = len(statevector)
+    elif isinstance(stored.get("num_qubits"), int):
+        amplitudes = 2 ** stored["num_qubits"]
+    else:
+        return None
+    return {
+        "artifact": "statevector",
+        "dtype": "complex128",
+        "shape": [amplitudes],
+        "bytes": amplitudes * STATEVECTOR_ITEM_BYTES,
+    }
+
+
+def summary_result(parts: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """A circuit job's stored result rebuilt from the :data:`SUMMARY_PATHS` read of it
+    (``None`` where a path is absent): enough for the ``summary`` view."""
+    quantum = {
+        name: parts[("quantum_result", name)]
+        for name in SUMMARY_FIELDS
+        if parts.get(("quantum_result", name)) is not None
+    }
+    if "measured_all_implicitly" in quantum:  # SQLite's json_extract reads false as 0
+        quantum["measured_all_implicitly"] = bool(quantum["measured_all_implicitly"])
+    digest = parts.get(("quantum_result", "statevector", "sha256"))
+    n = quantum.get("num_qubits")
+    if isinstance(digest, str) and isinstance(n, int):  # the statevector is an artifact
+        quantum["statevector"] = {
+            "artifact": "statevector",
+            "dtype": "complex128",
+            "shape": [2**n],
+            "bytes": 2**n * STATEVECTOR_ITEM_BYTES,
+            "sha256": digest,
+        }
+    return {
+        "fragment_results": parts.get(("fragment_results",)) or [],
+        "quantum_result": quantum or None,
     }
 
 
@@ -111,6 +251,8 @@ class JobHandle:
         #: Distinguishes unit ids of this (re)start from those of a run before a crash.
         self.run_token = uuid.uuid4().hex[:6]
         self._units = 0
+        #: Big arrays the result refers to, written with the COMPLETED transition.
+        self.artifacts: list[ResultArtifact] = []
 
     @property
     def cancelled(self) -> bool:
@@ -127,6 +269,11 @@ class JobHandle:
 
     async def progress(self, progress: dict[str, Any]) -> None:
         await self._manager.report_progress(self.job_id, progress)
+
+    def keep_artifacts(self, artifacts: Sequence[ResultArtifact]) -> None:
+        """Arrays the result refers to (``job_artifacts``), stored in the same transaction
+        as the job's COMPLETED transition: a completed job always has them."""
+        self.artifacts = list(artifacts)
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         await self._manager.save_checkpoint(self.job_id, state)
@@ -293,7 +440,10 @@ class JobManager:
         result: dict[str, Any] | None = None,
         progress: dict[str, Any] | None = None,
         plan_id: str | None = None,
+        artifacts: Sequence[ResultArtifact] = (),
     ) -> Job:
+        """Move a job to ``to`` (committed before it is published); ``artifacts`` (the
+        arrays its result refers to) are written in the same transaction."""
 
         async def op(session: AsyncSession) -> tuple[Job, int]:
             job = await repo.get_job(session, job_id=job_id, for_update=True)
@@ -306,6 +456,8 @@ class JobManager:
                 progress=progress,
                 plan_id=plan_id,
             )
+            if artifacts:
+                await repo.save_artifacts(session, job_id=job_id, artifacts=artifacts)
             return job, event.seq
 
         job, seq = await self.db.write(op)
@@ -442,7 +594,8 @@ class JobManager:
         processor = self._processors.get(job.kind)
         if processor is None:
             raise QMeshError(f"No processor for job kind '{job.kind}'")
-        process = processor(JobHandle(self, job))
+        handle = JobHandle(self, job)
+        process = processor(handle)
         if status == JobStatus.QUEUED:
             await self.transition(job_id, JobStatus.COMPILING)
         plan_id = await process.compile()
@@ -454,7 +607,13 @@ class JobManager:
         # A job that needed no new unit (recovered with everything done, or run locally)
         # still passes through EXECUTING, so every job shows the same lifecycle.
         await self._unit_committed(job_id)
-        await self.transition(job_id, JobStatus.COMPLETED, result=result, progress=progress)
+        await self.transition(
+            job_id,
+            JobStatus.COMPLETED,
+            result=result,
+            progress=progress,
+            artifacts=handle.artifacts,
+        )
 
     async def _fail(self, job_id: str, error: dict[str, Any]) -> None:
         # Units of this job still waiting for a node are dropped; those on nodes finish.

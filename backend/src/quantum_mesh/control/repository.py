@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+import numpy as np
+from sqlalchemy import case, delete, func, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 
 from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import Conflict, NotFound, QuotaExceeded
@@ -16,8 +20,12 @@ from quantum_mesh.store.tables import (
     ExecutionPlan,
     FragmentExecution,
     Job,
+    JobArtifact,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from quantum_mesh.quantum.analysis import ResultArtifact
 
 #: Retry-After of a refused submit (``quota_exceeded``): a principal's own jobs must finish.
 QUOTA_RETRY_AFTER_S = 5
@@ -266,3 +274,134 @@ async def latest_event(
         .limit(1)
     )
     return rows.scalar_one_or_none()
+
+
+# --- result artifacts and light reads of results (docs/data-plane.md) ---------------------------
+async def save_artifacts(
+    session: AsyncSession, *, job_id: str, artifacts: Sequence[ResultArtifact]
+) -> None:
+    """Store a job's result artifacts (replacing any of the same name)."""
+    names = [a.name for a in artifacts]
+    if not names:
+        return
+    await session.execute(
+        delete(JobArtifact).where(JobArtifact.job_id == job_id, JobArtifact.name.in_(names))
+    )
+    for artifact in artifacts:
+        session.add(
+            JobArtifact(
+                job_id=job_id,
+                name=artifact.name,
+                dtype=artifact.dtype,
+                shape=list(artifact.shape),
+                nbytes=len(artifact.data),
+                sha256=artifact.sha256,
+                data=artifact.data,
+                created_at=utcnow(),
+            )
+        )
+    await session.flush()
+
+
+async def get_artifact(session: AsyncSession, *, job_id: str, name: str) -> JobArtifact | None:
+    return await session.get(JobArtifact, (job_id, name))
+
+
+#: The one artifact a result may also hold inline (small circuits keep their statevector).
+INLINE_ARTIFACT_PATHS = {"statevector": ("quantum_result", "statevector")}
+
+
+async def read_artifact(session: AsyncSession, *, job: Job, name: str) -> JobArtifact | None:
+    """A job's artifact: the stored row, or (a statevector kept inline in the result, as a
+    list of ``[re, im]``) an unsaved row made from the result; None when there is neither."""
+    row = await get_artifact(session, job_id=job.job_id, name=name)
+    path = INLINE_ARTIFACT_PATHS.get(name)
+    if row is not None or path is None or job.status != JobStatus.COMPLETED.value:
+        return row
+    inline = (await job_result_parts(session, job_id=job.job_id, paths=[path])).get(path)
+    if not isinstance(inline, list):
+        return None
+    pairs = np.asarray(inline, dtype="<f8")
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        return None
+    data = pairs.tobytes()  # interleaved (re, im) doubles: little-endian complex128
+    return JobArtifact(
+        job_id=job.job_id,
+        name=name,
+        dtype="complex128",
+        shape=[int(pairs.shape[0])],
+        nbytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        data=data,
+    )
+
+
+async def get_job_head(session: AsyncSession, *, job_id: str) -> Job:
+    """The job without its result (reading ``result`` raises): for access checks."""
+    job = (
+        await session.execute(
+            select(Job).where(Job.job_id == job_id).options(defer(Job.result, raiseload=True))
+        )
+    ).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist", details={"job_id": job_id})
+    return job
+
+
+async def job_result_parts(
+    session: AsyncSession, *, job_id: str, paths: Sequence[tuple[str, ...]]
+) -> dict[tuple[str, ...], Any]:
+    """Values at ``paths`` of a job's stored result, read in the database (``None`` where
+    absent) rather than loading the whole document."""
+    row = (
+        await session.execute(
+            select(*(Job.result[path] for path in paths)).where(Job.job_id == job_id)
+        )
+    ).one_or_none()
+    return {} if row is None else dict(zip(paths, row, strict=True))
+
+
+@dataclass(frozen=True)
+class LightJob:
+    """A listed job: the row without its result, and what was read of the result."""
+
+    job: Job
+    #: For a job of a kind read by paths: path -> value (``None`` where absent).
+    parts: dict[tuple[str, ...], Any]
+    #: For any other kind: the whole stored result.
+    result: dict[str, Any] | None
+
+
+async def list_jobs_light(
+    session: AsyncSession,
+    *,
+    kinds: Sequence[str] | None,
+    limit: int,
+    offset: int,
+    owner: str | None = None,
+    path_kinds: Sequence[str],
+    paths: Sequence[tuple[str, ...]],
+) -> tuple[list[LightJob], int]:
+    """:func:`list_jobs`, reading only ``paths`` of the result of jobs of ``path_kinds``
+    (in the database: a list never loads their heavy fields) and the whole result of others.
+    """
+    by_path = Job.kind.in_(list(path_kinds))
+    columns = [case((by_path, Job.result[path]), else_=null()) for path in paths]
+    whole = case((~by_path, Job.result), else_=null())
+    base = select(Job, whole, *columns).options(defer(Job.result, raiseload=True))
+    count = select(func.count()).select_from(Job)
+    if kinds:
+        base = base.where(Job.kind.in_(kinds))
+        count = count.where(Job.kind.in_(kinds))
+    if owner is not None:
+        base = base.where(Job.owner == owner)
+        count = count.where(Job.owner == owner)
+    rows = await session.execute(
+        base.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit).offset(offset)
+    )
+    total = (await session.execute(count)).scalar_one()
+    items = [
+        LightJob(job=row[0], result=row[1], parts=dict(zip(paths, row[2:], strict=True)))
+        for row in rows
+    ]
+    return items, int(total)

@@ -4,16 +4,28 @@ The runtime says which node ran what and at which observed fidelity; this module
 quantum state that execution implies: sampled counts, probabilities, observables, subsystem
 states, and the fidelity to an independent Qiskit simulation of the same parsed circuit.
 Pure and seeded: the same inputs give the same result, counts included.
+
+Bounded (docs/security.md, "Bounded results"): a result has a size budget. Up to 12 qubits
+(``MAX_DISTRIBUTION_ENTRIES`` = ``MAX_INLINE_AMPLITUDES`` = 2**12) nothing changes; above,
+each distribution keeps its ``MAX_DISTRIBUTION_ENTRIES`` most likely entries (``truncated``
+says what was left out) and the statevector becomes an artifact (raw little-endian
+``complex128`` bytes kept beside the result), the result holding a reference to it. Should
+the JSON still exceed ``max_result_bytes``, the statevector moves out and the distributions
+halve until it fits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from qiskit import QuantumCircuit, transpile
+from qiskit.quantum_info import Statevector
 from qiskit_aer import AerSimulator
 from qiskit_aer.library import SaveStatevector
 
@@ -22,18 +34,77 @@ from quantum_mesh.quantum.circuits.model import NormalizedCircuit
 
 PROBABILITY_FLOOR = 1e-15
 TOP_BASIS_STATES = 8
+#: Entries kept in each of ``probabilities``, ``measured_probabilities`` and ``counts`` (the
+#: most likely ones): 2**12, so a circuit of up to 12 qubits keeps every entry.
+MAX_DISTRIBUTION_ENTRIES = 4096
+#: The statevector is inline (a list of ``[re, im]``, about 190 KB of JSON at this size) up
+#: to this many amplitudes (12 qubits); above, it is an artifact.
+MAX_INLINE_AMPLITUDES = 4096
+#: Default budget of a ``quantum_result``'s JSON (``QMESH_MAX_RESULT_BYTES`` in the service).
+DEFAULT_MAX_RESULT_BYTES = 4 * 1024 * 1024
+#: numpy dtype of the statevector artifact, stored little-endian.
+STATEVECTOR_DTYPE = "complex128"
+
+
+@dataclass(frozen=True)
+class ResultArtifact:
+    """A big array kept beside a result rather than in it: raw little-endian bytes."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes = field(repr=False)
+    sha256: str
+
+    @classmethod
+    def of(cls, name: str, array: NDArray[Any]) -> ResultArtifact:
+        little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        data = little.tobytes()
+        return cls(
+            name=name,
+            dtype=array.dtype.name,
+            shape=tuple(int(d) for d in array.shape),
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    def reference(self) -> dict[str, Any]:
+        """What the result holds in the array's place."""
+        return {
+            "artifact": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "bytes": len(self.data),
+            "sha256": self.sha256,
+        }
+
+
+@dataclass(frozen=True)
+class BoundedResult:
+    """A ``quantum_result`` within its budget and the artifacts it refers to."""
+
+    quantum_result: dict[str, Any]
+    artifacts: list[ResultArtifact]
+
+
+#: Up to this many qubits the ideal state is computed directly, not through Aer.
+DIRECT_STATEVECTOR_MAX_QUBITS = 12
 
 
 def ideal_statevector(circuit: NormalizedCircuit) -> NDArray[np.complex128]:
     """The circuit's noiseless final state (before measurement), simulated in one piece by
     Qiskit Aer, independently of the fragment path the runtime took.
 
-    Aer rather than ``Statevector.from_instruction``: ~10x faster at 20 qubits. One thread,
-    because the coordinator runs this beside other numpy work on few cores.
+    Small registers use ``Statevector.from_instruction``: Aer's per-call set-up (building its
+    transpiler target) costs ~30 ms, which dominated the coordinator's CPU time per Bell job.
+    Large ones use Aer (~10x faster at 20 qubits), one thread, because the coordinator runs
+    this beside other numpy work on few cores.
     """
     qc = QuantumCircuit(circuit.num_qubits)
     for op in circuit.operations:
         append_operation(qc, name=op.name, params=op.params, qubits=op.qubits)
+    if circuit.num_qubits <= DIRECT_STATEVECTOR_MAX_QUBITS:
+        return np.asarray(Statevector.from_instruction(qc).data, dtype=np.complex128)
     qc.append(SaveStatevector(circuit.num_qubits), qc.qubits)
     simulator = AerSimulator(method="statevector", max_parallel_threads=1)
     compiled = transpile(qc, simulator, optimization_level=0)
@@ -48,8 +119,39 @@ def build_quantum_result(
     shots: int,
     seed: int,
     fragment_fidelities: list[float],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    max_entries: int = MAX_DISTRIBUTION_ENTRIES,
+    max_inline_amplitudes: int = MAX_INLINE_AMPLITUDES,
 ) -> dict[str, Any]:
-    """Every field of the contract's ``quantum_result``.
+    """Every field of the contract's ``quantum_result``, within ``max_result_bytes``.
+
+    The statevector of a result above ``max_inline_amplitudes`` is a reference here: use
+    :func:`build_bounded_result` to get its bytes as well. Arguments as there.
+    """
+    return build_bounded_result(
+        circuit,
+        final_state,
+        shots=shots,
+        seed=seed,
+        fragment_fidelities=fragment_fidelities,
+        max_result_bytes=max_result_bytes,
+        max_entries=max_entries,
+        max_inline_amplitudes=max_inline_amplitudes,
+    ).quantum_result
+
+
+def build_bounded_result(
+    circuit: NormalizedCircuit,
+    final_state: NDArray[np.complex128],
+    *,
+    shots: int,
+    seed: int,
+    fragment_fidelities: list[float],
+    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
+    max_entries: int = MAX_DISTRIBUTION_ENTRIES,
+    max_inline_amplitudes: int = MAX_INLINE_AMPLITUDES,
+) -> BoundedResult:
+    """The contract's ``quantum_result`` within a size budget, and the artifacts it refers to.
 
     Args:
         circuit: the parsed circuit (its measurements choose what ``counts`` are over; a
@@ -60,6 +162,17 @@ def build_quantum_result(
         seed: seed of the sampling generator.
         fragment_fidelities: observed fidelity of each fragment, multiplied into
             ``estimated_execution_fidelity``.
+        max_result_bytes: budget of the result's JSON (``json.dumps``), met by moving the
+            statevector out and halving the distributions; only what does not depend on
+            the number of basis states (observables, single-qubit states) is never cut.
+        max_entries: most entries kept in each distribution (its most likely ones).
+        max_inline_amplitudes: largest statevector kept inline; a larger one is the
+            ``statevector`` artifact, and ``statevector`` is its reference
+            (``{"artifact", "dtype", "shape", "bytes", "sha256"}``).
+
+    Returns:
+        The result (``truncated`` present only when a distribution lost entries: per field
+        ``kept``, ``total`` and the probability or shots kept) and its artifacts.
     """
     n = circuit.num_qubits
     psi = np.asarray(final_state, dtype=np.complex128).reshape(-1)
@@ -67,25 +180,26 @@ def build_quantum_result(
         raise ValueError(f"final_state has {psi.shape[0]} amplitudes, expected {2**n}")
     if shots < 0:
         raise ValueError(f"shots must be >= 0, got {shots}")
+    if max_result_bytes < 0 or max_entries < 0 or max_inline_amplitudes < 0:
+        raise ValueError("result bounds must be >= 0")
     probs = np.abs(psi) ** 2
     total = float(probs.sum())
     if total <= 0 or not math.isfinite(total):
         raise ValueError("final_state has zero or non-finite norm")
     probs = probs / total
     measurements, num_clbits, implicit = _measurement_map(circuit)
-    measured_keys, measured_weights = _measured_distribution(probs, measurements, num_clbits)
+    outcomes, measured_weights, used = _measured_distribution(probs, measurements, num_clbits)
+    sampled = _sample(measured_weights, shots=shots, seed=seed)
     rdms = [_reduced_density_matrix(psi, q, n) / total for q in range(n)]
     blochs = [_bloch_vector(rho) for rho in rdms]
     ideal = ideal_statevector(circuit)
-    return {
-        "num_qubits": n,
-        "num_clbits": num_clbits,
-        "shots": shots,
-        "seed": seed,
-        "counts": _sample_counts(measured_keys, measured_weights, shots=shots, seed=seed),
-        "probabilities": _basis_probabilities(probs, n),
-        "measured_probabilities": dict(zip(measured_keys, measured_weights.tolist(), strict=True)),
-        "statevector": np.column_stack([psi.real, psi.imag]).tolist(),
+    nonzero = np.flatnonzero(probs >= PROBABILITY_FLOOR)
+    hits = np.flatnonzero(sampled)
+
+    def outcome_keys(indices: NDArray[np.int64]) -> list[str]:
+        return _outcome_keys(outcomes[indices], used, num_clbits)
+
+    fixed: dict[str, Any] = {
         "measured_qubits": sorted({q for q, _ in measurements}),
         "measurements": [[q, c] for q, c in measurements],
         "measured_all_implicitly": implicit,
@@ -102,6 +216,72 @@ def build_quantum_result(
         else 1.0,
         "top_basis_states": _top_basis_states(probs, n),
     }
+    inline = psi.shape[0] <= max_inline_amplitudes
+    entries = max_entries
+    artifact: ResultArtifact | None = None
+    statevector: Any = None
+    while True:
+        if inline and statevector is None:
+            statevector = np.column_stack([psi.real, psi.imag]).tolist()
+        elif not inline and artifact is None:
+            artifact = ResultArtifact.of("statevector", psi)
+            statevector = artifact.reference()
+        truncated: dict[str, Any] = {}
+        kept_counts = _most_likely(hits, sampled[hits], entries)
+        kept_states = _most_likely(nonzero, probs[nonzero], entries)
+        kept_outcomes = _most_likely(
+            np.arange(outcomes.shape[0], dtype=np.int64), measured_weights, entries
+        )
+        if kept_counts.shape[0] < hits.shape[0]:
+            truncated["counts"] = {
+                "kept": int(kept_counts.shape[0]),
+                "total": int(hits.shape[0]),
+                "kept_shots": int(sampled[kept_counts].sum()),
+            }
+        if kept_states.shape[0] < nonzero.shape[0]:
+            truncated["probabilities"] = {
+                "kept": int(kept_states.shape[0]),
+                "total": int(nonzero.shape[0]),
+                "kept_probability": float(probs[kept_states].sum()),
+            }
+        if kept_outcomes.shape[0] < outcomes.shape[0]:
+            truncated["measured_probabilities"] = {
+                "kept": int(kept_outcomes.shape[0]),
+                "total": int(outcomes.shape[0]),
+                "kept_probability": float(measured_weights[kept_outcomes].sum()),
+            }
+        result: dict[str, Any] = {
+            "num_qubits": n,
+            "num_clbits": num_clbits,
+            "shots": shots,
+            "seed": seed,
+            "counts": dict(
+                zip(outcome_keys(kept_counts), sampled[kept_counts].tolist(), strict=True)
+            ),
+            "probabilities": dict(
+                zip(_basis_bitstrings(kept_states, n), probs[kept_states].tolist(), strict=True)
+            ),
+            "measured_probabilities": dict(
+                zip(
+                    outcome_keys(kept_outcomes),
+                    measured_weights[kept_outcomes].tolist(),
+                    strict=True,
+                )
+            ),
+            "statevector": statevector,
+            **fixed,
+        }
+        if truncated:
+            result["truncated"] = truncated
+        if len(json.dumps(result)) <= max_result_bytes:
+            break
+        if inline:
+            inline = False
+        elif entries > 0:
+            entries //= 2
+        else:
+            break  # nothing left to cut: the fixed part alone is over the budget
+    return BoundedResult(quantum_result=result, artifacts=[] if artifact is None else [artifact])
 
 
 def _measurement_map(circuit: NormalizedCircuit) -> tuple[list[tuple[int, int]], int, bool]:
@@ -128,9 +308,10 @@ def _basis_bitstrings(indices: NDArray[np.int64], n: int) -> list[str]:
 
 def _measured_distribution(
     probs: NDArray[np.float64], measurements: list[tuple[int, int]], num_clbits: int
-) -> tuple[list[str], NDArray[np.float64]]:
-    """Marginal over the classical register: keys in Qiskit order (clbit 0 rightmost), sorted,
-    and their probabilities (those below ``PROBABILITY_FLOOR`` dropped).
+) -> tuple[NDArray[np.int64], NDArray[np.float64], list[int]]:
+    """Marginal over the classical register: the outcomes (the used clbits packed, clbit
+    ``used[i]`` in bit i; ascending, which is the order of their keys), their probabilities
+    (those below ``PROBABILITY_FLOOR`` dropped) and ``used``.
 
     A clbit written twice keeps its last measurement, as in Qiskit; unwritten clbits are 0.
     """
@@ -145,25 +326,32 @@ def _measured_distribution(
     values, inverse = np.unique(outcome, return_inverse=True)
     weights = np.bincount(inverse, weights=probs, minlength=values.shape[0]).astype(np.float64)
     keep = weights >= PROBABILITY_FLOOR
-    values, weights = values[keep], weights[keep]
+    return values[keep].astype(np.int64), weights[keep], used
+
+
+def _outcome_keys(values: NDArray[np.int64], used: list[int], num_clbits: int) -> list[str]:
+    """Qiskit-order keys (clbit 0 rightmost) of packed outcomes."""
     columns = np.zeros((values.shape[0], num_clbits), dtype=np.uint8)
     for position, clbit in enumerate(used):
         columns[:, num_clbits - 1 - clbit] = (values >> position) & 1
-    return _bitstrings(columns), weights
+    return _bitstrings(columns)
 
 
-def _sample_counts(
-    keys: list[str], weights: NDArray[np.float64], *, shots: int, seed: int
-) -> dict[str, int]:
-    """``shots`` samples of the measured distribution with ``numpy.random.default_rng(seed)``."""
-    sampled = np.random.default_rng(seed).multinomial(shots, weights / weights.sum())
-    hit = np.flatnonzero(sampled)
-    return {keys[i]: int(sampled[i]) for i in hit}
+def _sample(weights: NDArray[np.float64], *, shots: int, seed: int) -> NDArray[np.int64]:
+    """``shots`` samples of the measured distribution with ``numpy.random.default_rng(seed)``:
+    how many fell on each outcome."""
+    return np.random.default_rng(seed).multinomial(shots, weights / weights.sum())
 
 
-def _basis_probabilities(probs: NDArray[np.float64], n: int) -> dict[str, float]:
-    keep = np.flatnonzero(probs >= PROBABILITY_FLOOR)
-    return dict(zip(_basis_bitstrings(keep, n), probs[keep].tolist(), strict=True))
+def _most_likely(
+    indices: NDArray[np.int64], weights: NDArray[Any], limit: int
+) -> NDArray[np.int64]:
+    """The ``limit`` entries of ``indices`` with the largest ``weights`` (ties: the earlier
+    one), in their original order; all of them when there are no more than ``limit``."""
+    if indices.shape[0] <= limit:
+        return indices
+    order = np.argsort(-weights, kind="stable")[:limit]
+    return np.sort(indices[order])
 
 
 def _top_basis_states(probs: NDArray[np.float64], n: int) -> list[dict[str, Any]]:

@@ -33,6 +33,10 @@ class JobOut(BaseModel):
     error: dict[str, Any] | None
     progress: dict[str, Any] | None = None
     fragment_results: list[dict[str, Any]]
+    #: A circuit's result in the view asked for (docs/api.md, "Job documents"): without
+    #: ``statevector`` unless ``?include=statevector``; with ``artifacts`` (references, each
+    #: with its ``href``), ``omitted`` (fields left out) and ``truncated`` (distributions cut
+    #: to their most likely entries, above 12 qubits).
     quantum_result: dict[str, Any] | None
     result: dict[str, Any] | None
     #: The principal that submitted the job (None on jobs from before principals).

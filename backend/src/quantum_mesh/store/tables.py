@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
 )
@@ -56,6 +57,24 @@ class Job(Base):
         Index("ix_jobs_created_at", "created_at"),
         Index("uq_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
     )
+
+
+class JobArtifact(Base):
+    """A big array of a job's result kept beside it (the result holds a reference): raw
+    little-endian bytes of numpy ``dtype`` and ``shape`` (docs/data-plane.md)."""
+
+    __tablename__ = "job_artifacts"
+
+    job_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("jobs.job_id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(32))
+    shape: Mapped[list[Any]] = mapped_column(JSONType)
+    nbytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ExecutionPlan(Base):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
 
 from quantum_mesh.api.deps import (
     CoordinatorDep,
@@ -21,7 +22,13 @@ from quantum_mesh.api.deps import (
 from quantum_mesh.api.security import WS_CLOSE_FORBIDDEN, Principal, select_subprotocol
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.coordinator import Coordinator
-from quantum_mesh.control.jobs import job_message, job_to_dict
+from quantum_mesh.control.jobs import (
+    CIRCUIT_KIND,
+    SUMMARY_PATHS,
+    job_message,
+    job_to_dict,
+    summary_result,
+)
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import NotFound
 from quantum_mesh.schemas.jobs import JobOut
@@ -31,6 +38,22 @@ router = APIRouter(tags=["jobs"])
 
 WS_IDLE_PING_S = 15.0
 
+ViewQ = Annotated[
+    Literal["full", "summary"],
+    Query(
+        description="full: every result field but the statevector; summary: only what does "
+        "not grow with the number of basis states (what lists show)"
+    ),
+]
+IncludeQ = Annotated[
+    list[Literal["statevector"]] | None,
+    Query(
+        description="heavy fields to add: statevector (the inline list of [re, im] up to "
+        "12 qubits, else the reference of the statevector artifact)"
+    ),
+]
+ARTIFACT_ROUTE = "job_artifact"
+
 
 async def owned_job(coord: Coordinator, principal: Principal, job_id: str) -> Job:
     """The job, when ``principal`` may see it (403 ``forbidden`` otherwise)."""
@@ -39,33 +62,113 @@ async def owned_job(coord: Coordinator, principal: Principal, job_id: str) -> Jo
     return job
 
 
-def job_out(job: Job) -> dict[str, Any]:
-    return {**job_to_dict(job), "owner": job.owner}
+def artifact_href(request: Request, job_id: str) -> Callable[[str], str]:
+    """URL paths of a job's artifacts, by name."""
+
+    def href(name: str) -> str:
+        return str(request.app.url_path_for(ARTIFACT_ROUTE, job_id=job_id, name=name))
+
+    return href
+
+
+def job_out(job: Job, **view: Any) -> dict[str, Any]:
+    """The job document (``view``: :func:`job_to_dict`'s keywords) and its owner."""
+    return {**job_to_dict(job, **view), "owner": job.owner}
 
 
 @router.get("/jobs")
 async def list_jobs(
+    request: Request,
     coord: CoordinatorDep,
     principal: PrincipalDep,
     limit: LimitQ = 50,
     offset: OffsetQ = 0,
     kind: str | None = None,
 ) -> dict[str, Any]:
-    """Newest first; a ``user`` principal lists its own jobs only."""
+    """Newest first; a ``user`` principal lists its own jobs only. Items are summaries:
+    circuit results are read only as far as the summary goes, in the database."""
     async with coord.db.transaction() as session:
-        jobs, total = await repo.list_jobs(
+        jobs, total = await repo.list_jobs_light(
             session,
             kinds=[kind] if kind else None,
             limit=limit,
             offset=offset,
             owner=owner_filter(principal),
+            path_kinds=[CIRCUIT_KIND],
+            paths=SUMMARY_PATHS,
         )
-    return page([job_out(j) for j in jobs], total, limit, offset)
+    items = [
+        job_out(
+            j.job,
+            view="summary",
+            href=artifact_href(request, j.job.job_id),
+            result=summary_result(j.parts) if j.job.kind == CIRCUIT_KIND else j.result,
+        )
+        for j in jobs
+    ]
+    return page(items, total, limit, offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut)
-async def get_job(job_id: str, coord: CoordinatorDep, principal: PrincipalDep) -> dict[str, Any]:
-    return job_out(await owned_job(coord, principal, job_id))
+async def get_job(
+    job_id: str,
+    request: Request,
+    coord: CoordinatorDep,
+    principal: PrincipalDep,
+    view: ViewQ = "full",
+    include: IncludeQ = None,
+) -> dict[str, Any]:
+    """The job document; its ``quantum_result`` in the ``view`` asked for, with the heavy
+    fields in ``include`` added (docs/api.md, "Job documents")."""
+    href = artifact_href(request, job_id)
+    if view == "summary" and not include:
+        async with coord.db.transaction() as session:
+            head = await repo.get_job_head(session, job_id=job_id)
+            ensure_owner(principal, head.owner, job_id=job_id)
+            if head.kind == CIRCUIT_KIND:
+                parts = await repo.job_result_parts(session, job_id=job_id, paths=SUMMARY_PATHS)
+                return job_out(head, view=view, href=href, result=summary_result(parts))
+    job = await owned_job(coord, principal, job_id)
+    return job_out(job, view=view, include=include or (), href=href)
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts/{name}",
+    name=ARTIFACT_ROUTE,
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "raw little-endian bytes; X-Dtype, X-Shape, X-Sha256 describe them",
+        }
+    },
+)
+async def get_job_artifact(
+    job_id: str, name: str, coord: CoordinatorDep, principal: PrincipalDep
+) -> Response:
+    """A big array of a job's result (``statevector``), as raw little-endian bytes of numpy
+    dtype ``X-Dtype`` and shape ``X-Shape``; the same access rule as the job."""
+    async with coord.db.transaction() as session:
+        job = await repo.get_job_head(session, job_id=job_id)
+        ensure_owner(principal, job.owner, job_id=job_id)
+        artifact = await repo.read_artifact(session, job=job, name=name)
+    if artifact is None:
+        raise NotFound(
+            f"Job {job_id} has no artifact '{name}' (status {job.status}); a completed "
+            "circuit job has 'statevector'",
+            details={"job_id": job_id, "artifact": name, "status": job.status},
+        )
+    return Response(
+        content=artifact.data,
+        media_type="application/octet-stream",
+        headers={
+            "X-Dtype": artifact.dtype,
+            "X-Shape": ",".join(str(d) for d in artifact.shape),
+            "X-Byte-Order": "little",
+            "X-Sha256": artifact.sha256,
+            "Content-Disposition": f'attachment; filename="{job_id}-{name}.bin"',
+        },
+    )
 
 
 @router.get("/jobs/{job_id}/events")

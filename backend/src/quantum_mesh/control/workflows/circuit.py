@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 import uuid
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.runtime import CircuitRuntime
 from quantum_mesh.control.states import JobStatus
 from quantum_mesh.errors import NoCapacity
-from quantum_mesh.quantum.analysis import build_quantum_result
+from quantum_mesh.quantum.analysis import build_bounded_result
 from quantum_mesh.quantum.circuits import limits
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
@@ -44,6 +45,19 @@ PROGRESS_EVERY_S = 0.25
 #: operations over all entries: a full cache of 20,000-operation circuits is about 30 MB).
 PARSED_CACHE_ENTRIES = 64
 PARSED_CACHE_OPERATIONS = 200_000
+
+#: Smallest budget left to a ``quantum_result`` whatever its ``fragment_results`` weigh (a
+#: 20-qubit result without distributions is about 10 KB).
+MIN_QUANTUM_RESULT_BYTES = 65_536
+#: The JSON around the two parts of a stored circuit result.
+RESULT_ENVELOPE_BYTES = 64
+
+
+def quantum_result_budget(max_result_bytes: int, fragment_results: list[dict[str, Any]]) -> int:
+    """What ``QMESH_MAX_RESULT_BYTES`` leaves to the ``quantum_result`` beside these
+    ``fragment_results`` (the stored document holds both)."""
+    used = len(json.dumps(fragment_results, default=str)) + RESULT_ENVELOPE_BYTES
+    return max(MIN_QUANTUM_RESULT_BYTES, max_result_bytes - used)
 
 
 def check_circuit(
@@ -298,8 +312,10 @@ class CircuitProcess:
             on_wave=on_wave,
         )
         fragment_results.sort(key=lambda r: self.order[r["fragment_id"]])
-        quantum_result = await w.compute.run(
-            build_quantum_result,
+        # Bounded (docs/security.md, "Bounded results"): big arrays become artifacts, stored
+        # with the COMPLETED transition.
+        bounded = await w.compute.run(
+            build_bounded_result,
             circuit,
             final_state,
             shots=int(request.get("shots", 1024)),
@@ -309,9 +325,11 @@ class CircuitProcess:
                 for r in fragment_results
                 if r["observed_fidelity"] is not None
             ],
+            max_result_bytes=quantum_result_budget(w.settings.max_result_bytes, fragment_results),
         )
+        handle.keep_artifacts(bounded.artifacts)
         total = len(self.fragments)
         return (
-            {"fragment_results": fragment_results, "quantum_result": quantum_result},
+            {"fragment_results": fragment_results, "quantum_result": bounded.quantum_result},
             {"fragments_done": total, "fragments_total": total},
         )

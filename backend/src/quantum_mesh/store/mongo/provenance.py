@@ -7,6 +7,7 @@ document.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
@@ -73,14 +74,20 @@ def collect_seeds(value: Any, *, prefix: str = "", depth: int = 0) -> dict[str, 
     return found
 
 
-def installed_versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
+    # Looking up package metadata reads files: once per process, not once per bundle.
+    versions: list[tuple[str, str]] = []
     for name in TRACKED_LIBRARIES:
         try:
-            versions[name] = metadata.version(name)
+            versions.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions)
+
+
+def installed_versions() -> dict[str, str]:
+    return dict(_installed_versions())
 
 
 def library_versions(result: dict[str, Any] | None) -> dict[str, str]:
