@@ -22,24 +22,6 @@ from prometheus_client import (
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-# Fragments take milliseconds (small circuits) to minutes (SQD batches).
-FRAGMENT_BUCKETS_S = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-)
 INVOKE_BUCKETS_S = (
     0.001,
     0.0025,
@@ -57,6 +39,8 @@ INVOKE_BUCKETS_S = (
     30.0,
     60.0,
 )
+# Fragments take milliseconds (small circuits) to minutes (SQD batches).
+FRAGMENT_BUCKETS_S = (*INVOKE_BUCKETS_S[2:], 120.0, 300.0)
 
 JOB_TRANSITIONS = Counter(
     "qmesh_job_transitions_total",

@@ -319,17 +319,11 @@ def parse_call(text: str) -> Call | None:
             break
         modifiers.append((keyword.group(1), argument))
         pos = at.end()
-    rest = text[pos:].lstrip()
-    name = _IDENT_RE.match(rest)
-    if name is None:
+    called = _name_and_operands(text[pos:].lstrip())
+    if called is None:
         return None
-    rest = rest[name.end() :].lstrip()
-    if rest.startswith("("):
-        close = _matching_paren(rest)
-        if close is None:
-            return None
-        rest = rest[close + 1 :]
-    return Call(tuple(modifiers), name.group(0), tuple(_split_top_level(rest)))
+    name, rest = called
+    return Call(tuple(modifiers), name, tuple(_split_top_level(rest)))
 
 
 def standard_include(fmt: str) -> str:
@@ -360,17 +354,10 @@ def _instruction_count(st: Statement, sizes: dict[str, int]) -> int | None:
     if re.search(r"\bmeasure\b", st.text):
         found = _MEASURE_RE.search(st.text)
         return _operand_size(found.group(1), sizes) if found else None
-    rest = _MODIFIERS_RE.sub("", st.text, count=1)
-    name = _IDENT_RE.match(rest)
-    if name is None:
+    called = _name_and_operands(_MODIFIERS_RE.sub("", st.text, count=1))
+    if called is None:
         return None
-    rest = rest[name.end() :].lstrip()
-    if rest.startswith("("):
-        close = _matching_paren(rest)
-        if close is None:
-            return None
-        rest = rest[close + 1 :]
-    operands = _split_top_level(rest)
+    operands = _split_top_level(called[1])
     counts = [_operand_size(op, sizes) for op in operands]
     if not counts or any(c is None for c in counts):
         return None
@@ -383,6 +370,20 @@ def _operand_size(operand: str, sizes: dict[str, int]) -> int | None:
         inner = operand[operand.index("[") + 1 : operand.rindex("]")] if "]" in operand else ":"
         return None if (":" in inner or "," in inner) else 1
     return sizes.get(operand)
+
+
+def _name_and_operands(text: str) -> tuple[str, str] | None:
+    """``name(params) operands`` -> (name, the operand text); None if it does not parse."""
+    name = _IDENT_RE.match(text)
+    if name is None:
+        return None
+    rest = text[name.end() :].lstrip()
+    if rest.startswith("("):
+        close = _matching_paren(rest)
+        if close is None:
+            return None
+        rest = rest[close + 1 :]
+    return name.group(0), rest
 
 
 def _matching_paren(text: str) -> int | None:
