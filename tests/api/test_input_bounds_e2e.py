@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -251,3 +252,15 @@ def test_no_key_appears_in_any_log(coord: LiveCoordinator) -> None:
     coordinator_log = logs["coordinator.log"]
     assert "api.unhandled" not in coordinator_log
     assert "Exception in ASGI application" not in coordinator_log
+
+
+def test_a_nul_character_in_stored_text_is_a_4xx_not_a_500(
+    coord: LiveCoordinator, tmp_path: Path
+) -> None:
+    from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
+
+    peer_id = peer_id_of(load_or_create_keypair(tmp_path / "nul.key"))
+    r = coord.http.post("/enrollment/peers", json={"peer_id": peer_id, "name": "lab\u0000box"})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_input"
+    assert coord.http.get(f"/enrollment/peers/{peer_id}").status_code == 404

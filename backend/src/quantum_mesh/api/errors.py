@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -103,6 +104,16 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
         return error_response(
             422, "validation_error", f"{where}: {first['msg']}", {"errors": errors}
+        )
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (PostgreSQL: a NUL character in
+        # text, a number out of range): bad input, and nothing was written.
+        return error_response(
+            422,
+            "invalid_input",
+            "A value in the request cannot be stored (for example a NUL character in text)",
         )
 
     @app.exception_handler(StarletteHTTPException)
