@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from quantum_mesh.config import Settings
-from quantum_mesh.control.compute import ComputePools
+from quantum_mesh.control.compute import CHEM_LANE, ComputePools
 from quantum_mesh.errors import InvalidInput
 
 
@@ -59,3 +59,12 @@ async def test_a_dead_validation_worker_is_a_refusal_not_a_crash(pools: ComputeP
 async def test_threads_run_plain_functions(pools: ComputePools) -> None:
     assert await pools.run(sum, [1, 2, 3]) == 6
     assert await pools.drive(max, 4, 9) == 9
+
+
+async def test_a_slow_chemistry_validation_never_queues_a_circuit(pools: ComputePools) -> None:
+    await pools.isolated(_pid_after, 0.0)  # the circuit lane's worker is up
+    slow = asyncio.create_task(pools.isolated_in(CHEM_LANE, _pid_after, 3.0))
+    await asyncio.sleep(0.5)  # the chemistry worker is busy now
+    circuit_pid = await pools.isolated(_pid_after, 0.0)
+    assert not slow.done(), "the circuit validation waited behind the chemistry one"
+    assert await slow != circuit_pid

@@ -28,6 +28,8 @@ from quantum_mesh.logs import get_logger
 log = get_logger(__name__)
 
 T = TypeVar("T")
+#: Validation lanes: circuits (fast, frequent) apart from chemistry (slow pyscf runs).
+CIRCUIT_LANE, CHEM_LANE = "circuits", "chemistry"
 _BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -58,11 +60,11 @@ class ComputePools:
         )
         self._processes_n = settings.validation_processes
         self._validation_timeout_s = settings.validation_timeout_s
-        self._processes: ProcessPoolExecutor | None = None
+        self._processes: dict[str, ProcessPoolExecutor] = {}
 
     def start(self) -> None:
-        """Start the validation workers in the background (their imports take seconds)."""
-        pool = self._process_pool()
+        """Start the circuit validation workers in the background (imports take seconds)."""
+        pool = self._process_pool(CIRCUIT_LANE)
         for _ in range(self._processes_n):
             pool.submit(_warm)
 
@@ -73,7 +75,14 @@ class ComputePools:
         return await self._on(self._drivers, fn, *args, **kwargs)
 
     async def isolated(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a picklable function in a validation process, bounded in time.
+        """:meth:`isolated_in` the circuit lane."""
+        return await self.isolated_in(CIRCUIT_LANE, fn, *args, **kwargs)
+
+    async def isolated_in(self, lane: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a picklable function in a validation process of ``lane``, bounded in time.
+
+        Each lane has processes of its own, so slow validations of one kind (a pyscf mean
+        field takes seconds) never queue a cheap one of another (a Bell circuit's parse).
 
         Raises:
             InvalidInput: the validation ran past ``QMESH_VALIDATION_TIMEOUT_S`` (its worker
@@ -82,19 +91,19 @@ class ComputePools:
         """
         try:
             return await asyncio.wait_for(
-                self._on(self._process_pool(), fn, *args, **kwargs),
+                self._on(self._process_pool(lane), fn, *args, **kwargs),
                 timeout=self._validation_timeout_s,
             )
         except TimeoutError:
             log.warning("compute.validation_timeout", seconds=self._validation_timeout_s)
-            self._shutdown_processes(kill=True)
+            self._shutdown_processes(lane, kill=True)
             raise InvalidInput(
                 f"Input took longer than {self._validation_timeout_s:g} s to validate",
                 details={"limit": "validation_timeout_s", "max": self._validation_timeout_s},
             ) from None
         except BrokenProcessPool:
-            log.warning("compute.validation_pool_broken")
-            self._shutdown_processes()
+            log.warning("compute.validation_pool_broken", lane=lane)
+            self._shutdown_processes(lane)
             raise InvalidInput(
                 "Input could not be validated: the validating process died"
             ) from None
@@ -104,17 +113,18 @@ class ComputePools:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(executor, partial(fn, *args, **kwargs))
 
-    def _process_pool(self) -> ProcessPoolExecutor:
-        if self._processes is None:
-            self._processes = ProcessPoolExecutor(
+    def _process_pool(self, lane: str) -> ProcessPoolExecutor:
+        pool = self._processes.get(lane)
+        if pool is None:
+            pool = self._processes[lane] = ProcessPoolExecutor(
                 max_workers=self._processes_n,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_isolated,
             )
-        return self._processes
+        return pool
 
-    def _shutdown_processes(self, *, kill: bool = False) -> None:
-        pool, self._processes = self._processes, None
+    def _shutdown_processes(self, lane: str, *, kill: bool = False) -> None:
+        pool = self._processes.pop(lane, None)
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values()) if kill else []
@@ -124,6 +134,7 @@ class ComputePools:
                 process.kill()
 
     def shutdown(self) -> None:
-        self._shutdown_processes()
+        for lane in list(self._processes):
+            self._shutdown_processes(lane)
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._drivers.shutdown(wait=False, cancel_futures=True)

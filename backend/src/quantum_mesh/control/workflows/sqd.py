@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantum_mesh.control.compute import ComputePools
+from quantum_mesh.control.compute import CHEM_LANE, ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
 from quantum_mesh.control.workflows.params import check_storable
@@ -26,7 +26,7 @@ class SQDWorkflow:
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
         check_storable(params)
-        seed = await compute.isolated(validated_seed, params)
+        seed = await compute.isolated_in(CHEM_LANE, validated_seed, params)
         return {**params, "seed": seed}
 
     async def run(
