@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,15 +46,8 @@ SNAPSHOT_INTERVAL_S = 5.0
 METRICS_INTERVAL_S = 5.0
 
 
-#: GIL hand-over interval for the coordinator process. The API loop, the Trio mesh thread,
-#: the database writer and the worker pools hand work to each other many times per job; with
-#: Python's default 5 ms each hand-over can wait that long while another thread computes.
-GIL_SWITCH_INTERVAL_S = 0.0005
-
-
 class Coordinator:
     def __init__(self, settings: Settings) -> None:
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
         self.db = Database(settings.resolved_database_url())

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import case, delete, func, null, select
+from sqlalchemy import ColumnElement, Result, Select, case, delete, func, null, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -113,22 +113,45 @@ async def list_jobs(
     statuses: Sequence[str] | None = None,
 ) -> tuple[list[Job], int]:
     """A page of jobs, newest first; only ``owner``'s when given (``None``: everyone's)."""
-    base = select(Job)
-    count = select(func.count()).select_from(Job)
-    if kinds:
-        base = base.where(Job.kind.in_(kinds))
-        count = count.where(Job.kind.in_(kinds))
-    if owner is not None:
-        base = base.where(Job.owner == owner)
-        count = count.where(Job.owner == owner)
-    if statuses:
-        base = base.where(Job.status.in_(statuses))
-        count = count.where(Job.status.in_(statuses))
-    rows = await session.execute(
-        base.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit).offset(offset)
+    rows, total = await _page(
+        session,
+        select(Job),
+        kinds=kinds,
+        owner=owner,
+        statuses=statuses,
+        limit=limit,
+        offset=offset,
     )
-    total = (await session.execute(count)).scalar_one()
-    return list(rows.scalars()), int(total)
+    return list(rows.scalars()), total
+
+
+async def _page(
+    session: AsyncSession,
+    base: Select[Any],
+    *,
+    kinds: Sequence[str] | None,
+    owner: str | None,
+    statuses: Sequence[str] | None,
+    limit: int,
+    offset: int,
+) -> tuple[Result[Any], int]:
+    """``base`` filtered, newest first, one page of it; and how many rows match in all."""
+    count = select(func.count()).select_from(Job)
+    filters: list[ColumnElement[bool]] = []
+    if kinds:
+        filters.append(Job.kind.in_(kinds))
+    if owner is not None:
+        filters.append(Job.owner == owner)
+    if statuses:
+        filters.append(Job.status.in_(statuses))
+    rows = await session.execute(
+        base.where(*filters)
+        .order_by(Job.created_at.desc(), Job.job_id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    total = (await session.execute(count.where(*filters))).scalar_one()
+    return rows, int(total)
 
 
 async def unfinished_jobs(session: AsyncSession) -> list[Job]:
@@ -388,20 +411,14 @@ async def list_jobs_light(
     by_path = Job.kind.in_(list(path_kinds))
     columns = [case((by_path, Job.result[path]), else_=null()) for path in paths]
     whole = case((~by_path, Job.result), else_=null())
-    base = select(Job, whole, *columns).options(defer(Job.result, raiseload=True))
-    count = select(func.count()).select_from(Job)
-    if kinds:
-        base = base.where(Job.kind.in_(kinds))
-        count = count.where(Job.kind.in_(kinds))
-    if owner is not None:
-        base = base.where(Job.owner == owner)
-        count = count.where(Job.owner == owner)
-    rows = await session.execute(
-        base.order_by(Job.created_at.desc(), Job.job_id.desc()).limit(limit).offset(offset)
+    base: Select[Any] = select(Job, whole, *columns).options(defer(Job.result, raiseload=True))
+    rows, total = await _page(
+        session, base, kinds=kinds, owner=owner, statuses=None, limit=limit, offset=offset
     )
-    total = (await session.execute(count)).scalar_one()
-    items = [
-        LightJob(job=row[0], result=row[1], parts=dict(zip(paths, row[2:], strict=True)))
-        for row in rows
-    ]
+    items = []
+    for row in rows:
+        job, whole_result, *parts = tuple(row)
+        items.append(
+            LightJob(job=job, result=whole_result, parts=dict(zip(paths, parts, strict=True)))
+        )
     return items, int(total)

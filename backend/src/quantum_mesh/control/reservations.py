@@ -301,12 +301,6 @@ class ReservationService:
                 )
             return r
 
-    async def still_valid(self, reservation_id: str) -> bool:
-        r = await self.get(reservation_id)
-        return r.status == ReservationStatus.COMMITTED and r.expires_at.replace(
-            tzinfo=r.expires_at.tzinfo or UTC
-        ) > datetime.now(UTC)
-
     async def mark_executed(
         self,
         reservation_id: str,

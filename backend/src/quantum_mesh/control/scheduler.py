@@ -185,10 +185,6 @@ class WorkScheduler:
                 ticket.future.cancel()
         self._queue.clear()
 
-    def nudge(self) -> None:
-        """Something changed (an advert, a freed slot): look at the queue again."""
-        self._wake.set()
-
     # --- public ----------------------------------------------------------------------------
     @property
     def depth(self) -> int:

@@ -69,6 +69,7 @@ INLINE_METHODS = frozenset(
 #: Longest a requested shutdown may take before the process exits regardless.
 HARD_EXIT_AFTER_S = 15.0
 _LOGGED_RESERVATION_FIELDS = ("accepted", "committed", "released", "reason")
+RESERVATION_METHODS = frozenset({METHOD_RESERVE, METHOD_COMMIT, METHOD_RELEASE})
 #: How often a connected node checks that its bootstrap connection is still up.
 BOOTSTRAP_CHECK_S = 1.0
 #: Bounded time for the final DRAINING advert on shutdown.
@@ -352,7 +353,20 @@ class NodeService:
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
         if request.method in INLINE_METHODS:
-            return self._inline(request.method, request.params)
+            result = self._inline(request.method, request.params)
+            if request.method in RESERVATION_METHODS:
+                # The fsync'd record of a reservation step, in a thread: never on the loop
+                # that serves every other stream.
+                params = request.params
+                await trio.to_thread.run_sync(
+                    lambda: self.peer_log.append(
+                        f"reservation.{request.method}",
+                        reservation_id=params.get("reservation_id"),
+                        service_type=params.get("service_type"),
+                        **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
+                    )
+                )
+            return result
         if request.method not in handlers.METHODS:
             raise RemoteError(ERR_UNKNOWN_METHOD, f"unknown method {request.method!r}")
         envelope = {k: v for k, v in request.params.items() if k in ENVELOPE_KEYS}
@@ -434,13 +448,7 @@ class NodeService:
         except (TypeError, ValueError) as error:
             raise RemoteError(ERR_BAD_REQUEST, f"bad {method} params: {error}") from error
         # A reservation changes nothing an advert says (load counts work in flight), so no
-        # advert here. The fsync'd line is small and keeps the node's record exact.
-        self.peer_log.append(
-            f"reservation.{method}",
-            reservation_id=params.get("reservation_id"),
-            service_type=params.get("service_type"),
-            **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
-        )
+        # advert here; ``_dispatch`` writes its peer-log record.
         return result
 
     def _require_mesh(self) -> MeshHost:

@@ -113,31 +113,11 @@ def ideal_statevector(circuit: NormalizedCircuit) -> NDArray[np.complex128]:
 
 
 def build_quantum_result(
-    circuit: NormalizedCircuit,
-    final_state: NDArray[np.complex128],
-    *,
-    shots: int,
-    seed: int,
-    fragment_fidelities: list[float],
-    max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
-    max_entries: int = MAX_DISTRIBUTION_ENTRIES,
-    max_inline_amplitudes: int = MAX_INLINE_AMPLITUDES,
+    circuit: NormalizedCircuit, final_state: NDArray[np.complex128], **options: Any
 ) -> dict[str, Any]:
-    """Every field of the contract's ``quantum_result``, within ``max_result_bytes``.
-
-    The statevector of a result above ``max_inline_amplitudes`` is a reference here: use
-    :func:`build_bounded_result` to get its bytes as well. Arguments as there.
-    """
-    return build_bounded_result(
-        circuit,
-        final_state,
-        shots=shots,
-        seed=seed,
-        fragment_fidelities=fragment_fidelities,
-        max_result_bytes=max_result_bytes,
-        max_entries=max_entries,
-        max_inline_amplitudes=max_inline_amplitudes,
-    ).quantum_result
+    """Every field of the contract's ``quantum_result``, within its budget: the result of
+    :func:`build_bounded_result` (same arguments) without the artifacts' bytes."""
+    return build_bounded_result(circuit, final_state, **options).quantum_result
 
 
 def build_bounded_result(
