@@ -1,13 +1,17 @@
-"""Cost of one mesh invocation, measured side by side in one run.
+"""Cost of one mesh invocation, beside Ray and plain TCP, measured side by side in one run.
 
-Compares, for the tiny ``ping`` method:
-  * over the mesh: coordinator MeshBridge -> node *subprocess* (Noise + yamux, new stream per
-    call), sequential and with 8 calls in flight;
+Compares, for a tiny call:
+  * over the mesh: coordinator MeshBridge -> node *subprocess* (Noise + yamux, one long-lived
+    protocol-2 channel), sequential and with 8 calls in flight;
+  * a Ray 2.60 actor call and a Ray task (when the ``bench`` extra is installed:
+    ``pip install -e ".[bench]"``), sequential and with 8 in flight;
   * the same call through the node's worker pool (``echo``), which real handlers pay on top;
   * the same handler called in-process (no network, no serialisation);
-  * the bridge alone: an empty asyncio -> Trio -> asyncio hop.
+  * the bridge alone: an empty asyncio -> Trio -> asyncio hop;
+and the round trip of a 2^20-amplitude complex128 statevector (16 MiB each way) through the
+node's worker pool, beside the same bytes echoed by a plain TCP server subprocess.
 
-Run: ``.venv/bin/python bench/mesh_invoke.py [--calls 300]``. Prints ratios, not verdicts.
+Run: ``.venv/bin/python bench/mesh_invoke.py [--calls 1000]``. Prints ratios, not verdicts.
 """
 
 from __future__ import annotations
@@ -24,12 +28,28 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import numpy as np
+
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.node.context import NodeContext
 from quantum_mesh.node.handlers import ping
 
 READY_WAIT_S = 60.0
 CONCURRENCY = 8
+STATE_QUBITS = 20
+BULK_ROUNDS = 5
+
+TCP_ECHO_SERVER = """
+import socket, sys
+srv = socket.create_server(("127.0.0.1", 0)); print(srv.getsockname()[1], flush=True)
+conn, _ = srv.accept()
+while True:
+    head = conn.recv(8, socket.MSG_WAITALL)
+    if len(head) < 8: break
+    n = int.from_bytes(head, "big"); buf = bytearray(n); view = memoryview(buf); got = 0
+    while got < n: got += conn.recv_into(view[got:], n - got)
+    conn.sendall(head); conn.sendall(buf)
+"""
 
 
 def summary(samples: list[float]) -> tuple[float, float]:
@@ -78,6 +98,77 @@ async def start_node(workdir: Path, bootstrap: str) -> tuple[asyncio.subprocess.
     return process, json.loads(ready.read_text())["peer_id"]
 
 
+async def ray_rows(calls: int) -> list[tuple[str, list[float] | None, float]]:
+    """Ray 2.60 actor and task calls, the same tiny call, measured now; [] without Ray."""
+    try:
+        import ray
+    except ImportError:
+        print("(Ray rows skipped: pip install -e '.[bench]')")
+        return []
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+
+        @ray.remote
+        class Pinger:
+            def ping(self) -> dict[str, bool]:
+                return {"pong": True}
+
+        @ray.remote
+        def ping_task() -> dict[str, bool]:
+            return {"pong": True}
+
+        actor = Pinger.remote()  # type: ignore[attr-defined]
+        ray.get([actor.ping.remote() for _ in range(50)])
+        ray.get([ping_task.remote() for _ in range(50)])
+
+        async def actor_call() -> None:
+            await actor.ping.remote()
+
+        async def task_call() -> None:
+            await ping_task.remote()
+
+        async def measure() -> list[tuple[str, list[float] | None, float]]:
+            actor_seq, actor_rate = await timed_sequential(calls, actor_call)
+            actor_conc = await timed_concurrent(calls, actor_call)
+            task_seq, task_rate = await timed_sequential(max(50, calls // 3), task_call)
+            task_conc = await timed_concurrent(max(50, calls // 3), task_call)
+            return [
+                ("Ray actor call (sequential)", actor_seq, actor_rate),
+                ("Ray actor call (8 in flight)", None, actor_conc),
+                ("Ray task (sequential)", task_seq, task_rate),
+                ("Ray task (8 in flight)", None, task_conc),
+            ]
+
+        return await measure()
+    finally:
+        ray.shutdown()
+
+
+async def tcp_round_trip(payload: bytes, rounds: int) -> float:
+    """Seconds per round trip of ``payload`` through a plain TCP echo server subprocess."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TCP_ECHO_SERVER, stdout=asyncio.subprocess.PIPE
+    )
+    assert server.stdout is not None
+    port = int((await server.stdout.readline()).decode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    samples: list[float] = []
+    try:
+        for _ in range(rounds + 1):
+            started = time.perf_counter()
+            writer.write(len(payload).to_bytes(8, "big") + payload)
+            await writer.drain()
+            head = await reader.readexactly(8)
+            echoed = await reader.readexactly(int.from_bytes(head, "big"))
+            samples.append(time.perf_counter() - started)
+            assert len(echoed) == len(payload)
+    finally:
+        writer.close()
+        server.kill()
+        await server.wait()
+    return statistics.median(samples[1:])
+
+
 async def run(calls: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="qmesh-bench-"))
     bridge = MeshBridge(key_file=workdir / "coordinator.key")
@@ -108,14 +199,27 @@ async def run(calls: int) -> None:
             ping({}, node)
 
         local_samples, local_rate = await timed_sequential(calls * 20, local)
+
+        rng = np.random.default_rng(7)
+        state = rng.normal(size=2**STATE_QUBITS) + 1j * rng.normal(size=2**STATE_QUBITS)
+        bulk: list[float] = []
+        for _ in range(BULK_ROUNDS + 1):
+            t0 = time.perf_counter()
+            reply = await bridge.invoke(peer, "echo", {"state": state}, timeout=120)
+            bulk.append(time.perf_counter() - t0)
+            assert np.array_equal(reply["params"]["state"], state)
+        mesh_bulk = statistics.median(bulk[1:])
     finally:
         process.terminate()
         await process.wait()
         await bridge.stop()
 
+    tcp_bulk = await tcp_round_trip(state.tobytes(), BULK_ROUNDS)
+    ray = await ray_rows(calls)
     rows = [
         ("ping over mesh (sequential)", mesh, mesh_rate),
         ("ping over mesh (8 in flight)", None, mesh_conc_rate),
+        *ray,
         ("echo via node worker pool", pool, pool_rate),
         ("bridge hop only (asyncio->Trio->asyncio)", hop, hop_rate),
         ("ping handler in-process", local_samples, local_rate),
@@ -133,11 +237,22 @@ async def run(calls: int) -> None:
     print(f"bridge hop share of mesh ping:  {hop_med / mesh_med:10.1%}")
     print(f"pool echo / mesh ping:          {summary(pool)[0] / mesh_med:10.2f}x")
     print(f"8-in-flight / sequential rate:  {mesh_conc_rate / mesh_rate:10.2f}x")
+    if ray:
+        actor_med = summary(ray[0][1] or [])[0]
+        print(f"mesh p50 / Ray actor p50:       {mesh_med / actor_med:10.2f}x  (goal <= 1)")
+        print(f"mesh / Ray actor, 8 in flight:  {mesh_conc_rate / ray[1][2]:10.2f}x  (goal >= 1)")
+    mib = state.nbytes / 2**20
+    print()
+    print(
+        f"{mib:.0f} MiB statevector round trip: mesh (via worker pool) {mesh_bulk * 1e3:.0f} ms, "
+        f"plain TCP {tcp_bulk * 1e3:.0f} ms"
+    )
+    print(f"mesh throughput / loopback TCP: {tcp_bulk / mesh_bulk:10.1%}  (goal >= 50%)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=300, help="mesh calls per measurement")
+    parser.add_argument("--calls", type=int, default=1000, help="calls per measurement")
     args = parser.parse_args()
     asyncio.run(run(max(10, min(args.calls, 5000))))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from quantum_mesh.mesh import codec
@@ -99,9 +97,3 @@ def test_responses() -> None:
     with pytest.raises(ProtocolError) as version:
         codec.parse_response({**codec.ok_response("a", {}), "v": 9}, expected_id="a")
     assert version.value.code == "unsupported_version"
-
-
-def test_pre_encoded_result_body_matches_the_plain_encoding() -> None:
-    result = {"counts": {"00": 3}, "name": "nœud"}
-    raw = codec.ok_response_body("id-1", codec.dumps(result))
-    assert json.loads(raw) == codec.ok_response("id-1", result)

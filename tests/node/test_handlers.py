@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from quantum_mesh.mesh import protocol
+from quantum_mesh.mesh import packing, protocol
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
 
 NODE = NodeContext(peer_id="12D3KooWTest", name="t")
 
 
-def test_ping_and_echo_return_encoded_json() -> None:
+def test_ping_and_echo_return_packed_results() -> None:
     ok, payload = handlers.run_method("ping", {}, NODE)
     assert ok and isinstance(payload, bytes)
-    assert json.loads(payload)["peer_id"] == NODE.peer_id
+    assert packing.unpack(payload)["peer_id"] == NODE.peer_id
     ok, payload = handlers.run_method("echo", {"a": [1, 2]}, NODE)
-    assert ok and isinstance(payload, bytes) and json.loads(payload)["params"] == {"a": [1, 2]}
+    assert ok and isinstance(payload, bytes) and packing.unpack(payload)["params"] == {"a": [1, 2]}
 
 
 def test_debug_sleep_is_capped_and_validated() -> None:
@@ -67,17 +65,17 @@ def test_adapters_pass_the_node_context_as_keywords() -> None:
     noisy = NodeContext(peer_id="12D3KooWNoisy", name="n", noise_level=0.2)
     ok, payload = handlers.run_method(protocol.METHOD_QAOA_SCHEDULES, schedules, NODE)
     assert ok and isinstance(payload, bytes)
-    ideal = json.loads(payload)
+    ideal = packing.unpack(payload)
     ok, payload = handlers.run_method(protocol.METHOD_QAOA_SCHEDULES, schedules, noisy)
     assert ok and isinstance(payload, bytes)
-    degraded = json.loads(payload)
+    degraded = packing.unpack(payload)
     assert (ideal["peer_id"], degraded["peer_id"]) == (NODE.peer_id, noisy.peer_id)
     assert degraded["energies"] != ideal["energies"]  # the node's noise really reached QAOA
 
 
 def test_execute_fragment_adapter_applies_the_node_noise() -> None:
+    from quantum_mesh.arrays import encode_array
     from quantum_mesh.quantum.circuits.execute import initial_state
-    from quantum_mesh.quantum.encoding import encode_array
 
     op = {"op_id": 0, "name": "h", "qubits": [0], "params": [], "service_type": "single_qubit"}
     params = {"num_qubits": 1, "operations": [op], "state": encode_array(initial_state(1))}
@@ -86,5 +84,5 @@ def test_execute_fragment_adapter_applies_the_node_noise() -> None:
     for node in (NODE, noisy):
         ok, payload = handlers.run_method(protocol.METHOD_EXECUTE_FRAGMENT, dict(params), node)
         assert ok and isinstance(payload, bytes)
-        fidelities.append(json.loads(payload)["observed_fidelity"])
+        fidelities.append(packing.unpack(payload)["observed_fidelity"])
     assert fidelities[0] == 1.0 and fidelities[1] < 1.0

@@ -24,7 +24,7 @@ from quantum_mesh.quantum.circuits.execute import execute_fragment, initial_stat
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
-from quantum_mesh.quantum.encoding import decode_array, encode_array
+from quantum_mesh.arrays import decode_array, encode_array
 
 BELL_QASM2 = """OPENQASM 2.0;
 include "qelib1.inc";

@@ -18,7 +18,7 @@ from quantum_mesh.quantum.circuits.execute import (
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
-from quantum_mesh.quantum.encoding import decode_array, encode_array
+from quantum_mesh.arrays import decode_array, encode_array
 
 #: Noise levels of an ideal and a noisy node.
 IDEAL = 0.0

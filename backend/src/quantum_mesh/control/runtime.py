@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
@@ -37,7 +38,6 @@ from quantum_mesh.quantum.circuits.execute import (
     initial_state,
 )
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
-from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.tables import FragmentExecution
 

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,14 +27,29 @@ from libp2p.pubsub.pb import rpc_pb2
 
 from quantum_mesh.mesh import codec
 from quantum_mesh.mesh.adverts import REJECTION_REASONS, Advert, validate_advert
-from quantum_mesh.mesh.errors import AdvertRejected, MeshError, RemoteError
+from quantum_mesh.mesh.channel import (
+    Channels,
+    ReplyCallback,
+    encode_request,
+    new_request_id,
+    parse_reply,
+    serve_channel,
+)
+from quantum_mesh.mesh.errors import (
+    AdvertRejected,
+    InvokeTimeout,
+    MeshError,
+    ProtocolError,
+    RemoteError,
+)
 from quantum_mesh.mesh.host import MeshHost, is_connected, run_mesh_host
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
-from quantum_mesh.mesh.invoke import InboundGate, invoke_peer, serve_stream
+from quantum_mesh.mesh.invoke import InboundGate, serve_stream
 from quantum_mesh.mesh.protocol import (
     ADVERT_TOPIC,
     BRIDGE_GRACE_S,
     BRIDGE_STOP_TIMEOUT_S,
+    CHANNEL_PROTOCOL,
     DEFAULT_MAX_FRAME_BYTES,
     ERR_UNKNOWN_METHOD,
     INVOKE_PROTOCOL,
@@ -130,6 +145,7 @@ class MeshBridge:
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
         self._mesh: MeshHost | None = None
+        self._channels: Channels | None = None
         self._cancel = trio.CancelScope()
 
     # --- lifecycle (asyncio side) ------------------------------------------------------------
@@ -165,7 +181,7 @@ class MeshBridge:
         for fut in list(self._pending):
             _resolve(fut, error=MeshError("mesh bridge stopped"))
         self._pending.clear()
-        self._thread = self._token = self._nursery = self._mesh = None
+        self._thread = self._token = self._nursery = self._mesh = self._channels = None
         self._connected.clear()
 
     # --- public calls (asyncio side) -------------------------------------------------------
@@ -179,21 +195,52 @@ class MeshBridge:
         timeout: float,
         addrs: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Call ``method`` on a peer over a new stream; see ``mesh.invoke.invoke_peer``."""
-        mesh = self._require_mesh()
+        """Call ``method`` on a peer over its protocol-2 channel (``mesh/channel.py``).
 
-        async def call() -> dict[str, Any]:
-            return await invoke_peer(
-                mesh.host,
-                peer_id,
-                method,
-                params,
-                limit_s=timeout,
-                addrs=addrs,
-                max_frame_bytes=self._max_frame_bytes,
+        The request is encoded here, on the caller's thread; the Trio thread only queues its
+        bytes, and the reply wakes this loop once. No Trio task is spawned per call unless
+        the channel must first be opened.
+
+        Raises:
+            PeerUnreachable: the peer cannot be dialled or the connection died mid-call.
+            InvokeTimeout: no reply within ``timeout``.
+            RemoteError: the peer answered ``ok: false``.
+            FrameTooLarge: the request is over the frame limit.
+            ProtocolError: ``params`` cannot travel, or the reply broke the protocol.
+        """
+        token = self._token
+        if self._mesh is None or token is None:
+            raise MeshError("mesh bridge is not running")
+        request_id = new_request_id()
+        try:
+            frame = encode_request(
+                request_id, method, params, max_frame_bytes=self._max_frame_bytes
             )
+        except TypeError as error:
+            raise ProtocolError(f"params of {method} cannot travel: {error}") from error
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
-        return await self._call_trio(call, limit_s=timeout + BRIDGE_GRACE_S)
+        def on_reply(obj: dict[str, Any] | None, error: MeshError | None) -> None:
+            self._post(_resolve, fut, obj, error)
+
+        try:
+            token.run_sync_soon(
+                self._submit, peer_id, addrs or [], request_id, frame, on_reply, timeout
+            )
+        except trio.RunFinishedError as error:
+            raise MeshError("mesh bridge is not running") from error
+        self._pending.add(fut)
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError as error:
+            self._forget_call(peer_id, request_id)
+            raise InvokeTimeout(f"{method} on {peer_id} timed out after {timeout} s") from error
+        except asyncio.CancelledError:
+            self._forget_call(peer_id, request_id)
+            raise
+        finally:
+            self._pending.discard(fut)
+        return parse_reply(reply, request_id)
 
     async def ping(
         self,
@@ -207,12 +254,22 @@ class MeshBridge:
         return time.perf_counter() - started
 
     async def hop(self) -> None:
-        """An empty asyncio -> Trio -> asyncio round trip: the bridge's own overhead."""
-        self._require_mesh()
-        await self._call_trio(trio.lowlevel.checkpoint, limit_s=BRIDGE_GRACE_S + 5.0)
+        """An empty asyncio -> Trio -> asyncio round trip, as ``invoke`` makes it: the
+        bridge's own overhead."""
+        token = self._token
+        if self._mesh is None or token is None:
+            raise MeshError("mesh bridge is not running")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        token.run_sync_soon(self._post, _resolve, fut)
+        await asyncio.wait_for(fut, BRIDGE_GRACE_S)
 
     def connected_peers(self) -> set[str]:
         return set(self._connected)
+
+    def open_channels(self) -> int:
+        """Protocol-2 channels open to peers (a gauge for ``/metrics``)."""
+        channels = self._channels
+        return 0 if channels is None else channels.open_count()
 
     # --- asyncio -> Trio --------------------------------------------------------------------
 
@@ -221,35 +278,12 @@ class MeshBridge:
             raise MeshError("mesh bridge is not running")
         return self._mesh
 
-    async def _call_trio(self, fn: Callable[[], Awaitable[T]], *, limit_s: float) -> T:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        scope = trio.CancelScope()
-        token = self._token
-        if token is None:
-            raise MeshError("mesh bridge is not running")
-        try:
-            token.run_sync_soon(self._spawn, fut, scope, fn)
-        except trio.RunFinishedError as error:
-            raise MeshError("mesh bridge is not running") from error
-        self._pending.add(fut)
-        try:
-            return await asyncio.wait_for(fut, limit_s)
-        except TimeoutError as error:
-            self._cancel_in_trio(scope)
-            raise MeshError(f"no answer from the mesh thread within {limit_s} s") from error
-        except asyncio.CancelledError:
-            self._cancel_in_trio(scope)
-            raise
-        finally:
-            self._pending.discard(fut)
-
-    def _cancel_in_trio(self, scope: trio.CancelScope) -> None:
+    def _forget_call(self, peer_id: str, request_id: str) -> None:
         token = self._token
         if token is None:
             return
         with contextlib.suppress(trio.RunFinishedError):
-            token.run_sync_soon(scope.cancel)
+            token.run_sync_soon(self._forget, peer_id, request_id)
 
     # --- Trio side --------------------------------------------------------------------------
 
@@ -262,36 +296,61 @@ class MeshBridge:
         except RuntimeError:
             logger.debug("asyncio loop closed; dropping a mesh event")
 
-    def _spawn(
-        self, fut: asyncio.Future[T], scope: trio.CancelScope, fn: Callable[[], Awaitable[T]]
+    def _submit(
+        self,
+        peer_id: str,
+        addrs: list[str],
+        request_id: str,
+        frame: bytes,
+        on_reply: ReplyCallback,
+        limit_s: float,
     ) -> None:
-        nursery = self._nursery
-        if nursery is None:
-            self._post(_resolve, fut, None, MeshError("mesh bridge is stopping"))
+        channels, nursery = self._channels, self._nursery
+        if channels is None or nursery is None:
+            on_reply(None, MeshError("mesh bridge is stopping"))
+            return
+        channel = channels.get(peer_id)
+        if channel is not None:
+            channel.submit(request_id, frame, on_reply)
             return
         try:
-            nursery.start_soon(self._run_call, fut, scope, fn)
+            nursery.start_soon(
+                self._connect_then_submit, channels, peer_id, addrs, request_id, frame,
+                on_reply, limit_s,
+            )  # fmt: skip
         except RuntimeError:
-            self._post(_resolve, fut, None, MeshError("mesh bridge is stopping"))
+            on_reply(None, MeshError("mesh bridge is stopping"))
 
-    async def _run_call(
-        self, fut: asyncio.Future[T], scope: trio.CancelScope, fn: Callable[[], Awaitable[T]]
+    async def _connect_then_submit(
+        self,
+        channels: Channels,
+        peer_id: str,
+        addrs: list[str],
+        request_id: str,
+        frame: bytes,
+        on_reply: ReplyCallback,
+        limit_s: float,
     ) -> None:
-        with scope:
-            try:
-                result = await fn()
-            except MeshError as error:
-                self._post(_resolve, fut, None, error)
-                return
-            except Exception as error:
-                # The boundary: an unexpected bug in one call must not take the host down
-                # with it, and the caller must always get an answer.
-                logger.exception("mesh call failed unexpectedly")
-                self._post(_resolve, fut, None, MeshError(f"internal mesh error: {error!r}"))
-                return
-            self._post(_resolve, fut, result)
-        if scope.cancelled_caught:
-            self._post(_resolve, fut, None, MeshError("mesh call cancelled"))
+        try:
+            with trio.fail_after(limit_s):
+                channel = await channels.connect(peer_id, addrs, limit_s=limit_s)
+        except trio.TooSlowError:
+            on_reply(None, InvokeTimeout(f"opening a channel to {peer_id} took over {limit_s} s"))
+            return
+        except MeshError as error:
+            on_reply(None, error)
+            return
+        except Exception as error:
+            # The boundary: a bug while opening one channel must not take the host down.
+            logger.exception("opening a channel to %s failed unexpectedly", peer_id)
+            on_reply(None, MeshError(f"internal mesh error: {error!r}"))
+            return
+        channel.submit(request_id, frame, on_reply)
+
+    def _forget(self, peer_id: str, request_id: str) -> None:
+        channel = None if self._channels is None else self._channels.get(peer_id)
+        if channel is not None:
+            channel.forget(request_id)
 
     def _thread_main(self, started: asyncio.Future[list[str]]) -> None:
         try:
@@ -302,6 +361,7 @@ class MeshBridge:
         finally:
             self._token = None
             self._nursery = None
+            self._channels = None
 
     async def _trio_main(self, started: asyncio.Future[list[str]]) -> None:
         with self._cancel:
@@ -314,9 +374,11 @@ class MeshBridge:
                 trio.open_nursery() as nursery,
             ):
                 mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve)
+                mesh.host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), self._serve_channel)
                 mesh.host.get_network().register_notifee(_ConnectionWatcher(self))
                 subscription = await mesh.pubsub.subscribe(ADVERT_TOPIC)
                 nursery.start_soon(self._ingest, subscription)
+                self._channels = Channels(mesh.host, nursery, max_frame_bytes=self._max_frame_bytes)
                 self._mesh, self._nursery = mesh, nursery
                 self._token = trio.lowlevel.current_trio_token()
                 self._post(_resolve, started, mesh.listen_addrs())
@@ -330,6 +392,14 @@ class MeshBridge:
         # Streams from peers the coordinator does not trust are refused by the gate, before
         # their request is read (``not_enrolled``).
         await serve_stream(
+            stream,
+            dispatch=self._dispatch,
+            max_frame_bytes=self._max_frame_bytes,
+            gate=self.inbound,
+        )
+
+    async def _serve_channel(self, stream: INetStream) -> None:
+        await serve_channel(
             stream,
             dispatch=self._dispatch,
             max_frame_bytes=self._max_frame_bytes,

@@ -1,6 +1,7 @@
-"""Length-prefixed JSON frames and the request/response envelopes of the invoke protocol.
+"""Length-prefixed frames and the request/response envelopes of the invoke protocols.
 
-A frame is a 4-byte big-endian body length followed by that many bytes of UTF-8 JSON. The
+A frame is a 4-byte big-endian body length followed by that many bytes of body: UTF-8 JSON
+on protocol 1, msgpack on protocol 2 (``mesh/packing.py``). The
 length is checked against the limit *before* the body is read, so a hostile or corrupt
 prefix can never make us allocate 4 GiB. A stream that ends early is a truncated frame: a
 killed peer shows up as a plain EOF, and only the length prefix tells it from a short reply.
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from libp2p.network.stream.exceptions import StreamEOF
 
+from quantum_mesh.arrays import json_default
 from quantum_mesh.mesh.errors import FrameTooLarge, ProtocolError, RemoteError
 from quantum_mesh.mesh.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -45,8 +47,11 @@ class Request:
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON, the one encoding used on every qmesh wire."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON, the encoding of protocol 1 and of adverts (arrays in their JSON
+    form, ``quantum_mesh.arrays``)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=json_default).encode(
+        "utf-8"
+    )
 
 
 def frame(body: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
@@ -97,6 +102,48 @@ async def read_frame_bytes(
     return await read_exactly(stream, length)
 
 
+#: What a ``FrameReader`` asks the stream for at a time (more when a frame needs more).
+READ_CHUNK_BYTES = 256 * 1024
+
+
+class FrameReader:
+    """Reads consecutive frames from one long-lived stream with as few reads as possible.
+
+    A reply and the frames queued behind it often arrive in one muxer message; reading the
+    4-byte prefix and the body separately would cost two reads per frame, each with its own
+    flow-control bookkeeping in the muxer."""
+
+    def __init__(self, stream: ByteStream, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._stream = stream
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()
+
+    async def _fill(self, needed: int) -> None:
+        while len(self._buffer) < needed:
+            try:
+                chunk = await self._stream.read(max(READ_CHUNK_BYTES, needed - len(self._buffer)))
+            except StreamEOF:
+                chunk = b""
+            if not chunk:
+                raise ProtocolError(f"truncated frame: {len(self._buffer)} of {needed} bytes")
+            self._buffer += chunk
+
+    async def next_frame(self) -> bytes:
+        """The next frame's body. Raises ``ProtocolError`` at EOF (``"truncated frame: 0 of
+        4 bytes"`` when the stream ended cleanly between frames) and ``FrameTooLarge``."""
+        await self._fill(FRAME_HEADER_BYTES)
+        (length,) = _HEADER.unpack_from(self._buffer)
+        if length > self._max_bytes:
+            raise FrameTooLarge(
+                f"peer announced a {length}-byte frame; the limit is {self._max_bytes}"
+            )
+        end = FRAME_HEADER_BYTES + length
+        await self._fill(end)
+        body = bytes(self._buffer[FRAME_HEADER_BYTES:end])
+        del self._buffer[:end]
+        return body
+
+
 async def read_frame(
     stream: ByteStream, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
 ) -> dict[str, Any]:
@@ -112,37 +159,34 @@ async def write_frame(
 # --- envelopes -------------------------------------------------------------------------------
 
 
-def make_request(request_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "id": request_id, "method": method, "params": params}
+def make_request(
+    request_id: str, method: str, params: dict[str, Any], *, version: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
+    return {"v": version, "id": request_id, "method": method, "params": params}
 
 
-def ok_response(request_id: str, result: dict[str, Any]) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "id": request_id, "ok": True, "result": result}
+def ok_response(
+    request_id: str, result: dict[str, Any], *, version: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
+    return {"v": version, "id": request_id, "ok": True, "result": result}
 
 
-def ok_response_body(request_id: str, result_json: bytes) -> bytes:
-    """An ``ok`` response body around an already-encoded result.
-
-    Lets a node serialise a large result in its worker process instead of on its event loop.
-    """
-    head = b'{"v":%d,"id":' % PROTOCOL_VERSION + dumps(request_id) + b',"ok":true,"result":'
-    return head + result_json + b"}"
-
-
-def error_response(request_id: str, code: str, message: str) -> dict[str, Any]:
+def error_response(
+    request_id: str, code: str, message: str, *, version: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
     return {
-        "v": PROTOCOL_VERSION,
+        "v": version,
         "id": request_id,
         "ok": False,
         "error": {"code": code, "message": message},
     }
 
 
-def _check_version(obj: dict[str, Any]) -> None:
+def _check_version(obj: dict[str, Any], expected: int) -> None:
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
+    if version != expected:
         raise ProtocolError(
-            f"protocol version {version!r} is not supported (this peer speaks {PROTOCOL_VERSION})",
+            f"protocol version {version!r} is not supported here (this stream speaks {expected})",
             code=ERR_UNSUPPORTED_VERSION,
         )
 
@@ -153,9 +197,9 @@ def request_id_of(obj: dict[str, Any]) -> str:
     return value if isinstance(value, str) else ""
 
 
-def parse_request(obj: dict[str, Any]) -> Request:
+def parse_request(obj: dict[str, Any], *, version: int = PROTOCOL_VERSION) -> Request:
     """Validate a request envelope; ``ProtocolError.code`` says what an error reply carries."""
-    _check_version(obj)
+    _check_version(obj, version)
     request_id, method, params = obj.get("id"), obj.get("method"), obj.get("params", {})
     if not isinstance(request_id, str) or not request_id:
         raise ProtocolError("request 'id' must be a non-empty string", code=ERR_BAD_REQUEST)
@@ -166,13 +210,15 @@ def parse_request(obj: dict[str, Any]) -> Request:
     return Request(id=request_id, method=method, params=params)
 
 
-def parse_response(obj: dict[str, Any], *, expected_id: str) -> dict[str, Any]:
+def parse_response(
+    obj: dict[str, Any], *, expected_id: str, version: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
     """Return the ``result`` of an ok response, or raise ``RemoteError`` for an error one.
 
     An error response with the empty id answers whatever was asked: the callee refused the
     stream before reading the request (``not_enrolled``, ``busy``) or could not parse it.
     """
-    _check_version(obj)
+    _check_version(obj, version)
     response_id = obj.get("id")
     refused_unread = response_id == "" and obj.get("ok") is False
     if response_id != expected_id and not refused_unread:
@@ -180,7 +226,7 @@ def parse_response(obj: dict[str, Any], *, expected_id: str) -> dict[str, Any]:
     if obj.get("ok") is True:
         result = obj.get("result")
         if not isinstance(result, dict):
-            raise ProtocolError("response 'result' must be a JSON object")
+            raise ProtocolError("response 'result' must be an object (a map)")
         return result
     error = obj.get("error")
     if obj.get("ok") is False and isinstance(error, dict):

@@ -25,7 +25,7 @@ from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from quantum_mesh.mesh import codec
+from quantum_mesh.mesh import codec, packing
 from quantum_mesh.mesh.errors import (
     FrameTooLarge,
     InvokeTimeout,
@@ -47,7 +47,8 @@ from quantum_mesh.mesh.protocol import (
 
 logger = logging.getLogger(__name__)
 
-#: What a server-side dispatcher returns: a result object, or its JSON already encoded.
+#: What a server-side dispatcher returns: a result object, or that object already packed
+#: (``packing.pack``, as a node's worker process does it, off the network loop).
 DispatchResult = dict[str, Any] | bytes
 Dispatch = Callable[[codec.Request, str], Awaitable[DispatchResult]]
 
@@ -146,9 +147,14 @@ def dial_addrs(peer: ID, addrs: list[str]) -> list[Multiaddr]:
 
 
 async def open_stream(
-    host: IHost, peer: ID, addrs: list[Multiaddr], *, limit_s: float
+    host: IHost,
+    peer: ID,
+    addrs: list[Multiaddr],
+    *,
+    limit_s: float,
+    protocol: str = INVOKE_PROTOCOL,
 ) -> INetStream:
-    """A new invoke stream to ``peer``, dialling first if needed.
+    """A new ``protocol`` stream to ``peer``, dialling first if needed.
 
     A peer that died and came back within the ~200 ms before its old connection is noticed
     as closed still *looks* connected; opening a stream on that corpse fails. Nothing has
@@ -157,7 +163,7 @@ async def open_stream(
     for attempt in range(2):
         await dial(host, peer, addrs, limit_s=min(limit_s, DIAL_TIMEOUT_S))
         try:
-            return await host.new_stream(peer, [TProtocol(INVOKE_PROTOCOL)])
+            return await host.new_stream(peer, [TProtocol(protocol)])
         except TRANSPORT_ERRORS:
             if attempt == 1 or not addrs:
                 raise
@@ -245,7 +251,9 @@ async def serve_stream(
     remote = stream.muxed_conn.peer_id.to_base58()
     refusal = gate.admit(remote)
     if refusal is not None:
-        await _refuse(stream, remote, *refusal, gate=gate)
+        code, message = refusal
+        reply = codec.encode_frame(codec.error_response("", code, message))
+        await refuse_stream(stream, remote, reply, code=code, gate=gate)
         return
     try:
         answer = await _answer(stream, remote, dispatch=dispatch, max_frame_bytes=max_frame_bytes)
@@ -266,10 +274,11 @@ async def serve_stream(
         gate.release(remote)
 
 
-async def _refuse(
-    stream: INetStream, remote: str, code: str, message: str, *, gate: InboundGate
+async def refuse_stream(
+    stream: INetStream, remote: str, reply: bytes, *, code: str, gate: InboundGate
 ) -> None:
-    """Answer ``code`` with the empty id (the request is unread), half-close, then reset.
+    """Write ``reply`` (an error frame with the empty id: the request is unread), half-close,
+    then reset.
 
     A caller's request usually arrives right after the protocol is negotiated, i.e. while
     the refusal is being written; a reset at once could fail that write before the caller
@@ -282,7 +291,7 @@ async def _refuse(
     try:
         with trio.move_on_after(REFUSAL_WRITE_TIMEOUT_S):
             try:
-                await stream.write(codec.encode_frame(codec.error_response("", code, message)))
+                await stream.write(reply)
                 await stream.close()
             except TRANSPORT_ERRORS as error:
                 logger.debug("refusal to %s not delivered: %r", remote, error)
@@ -342,11 +351,11 @@ async def _answer(
     except RemoteError as error:
         reply = codec.error_response(request_id, error.code, error.message)
         return request_id, codec.dumps(reply)
-    if isinstance(result, bytes):
-        return request_id, codec.ok_response_body(request_id, result)
     try:
+        if isinstance(result, bytes):
+            result = packing.unpack(result)
         return request_id, codec.dumps(codec.ok_response(request_id, result))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, ProtocolError) as error:
         message = f"result of {request.method} is not JSON-serialisable: {error}"
         reply = codec.error_response(request_id, ERR_HANDLER_ERROR, message)
         return request_id, codec.dumps(reply)

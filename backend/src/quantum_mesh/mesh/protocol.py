@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from typing import Final
 
-#: Stream protocol for one request/response exchange (one new stream per call).
+#: Stream protocol for one request/response exchange (one new stream per call, JSON bodies).
+#: Kept for simple peers (a js-libp2p ``ping``, a shell tool); the coordinator uses 2.
 INVOKE_PROTOCOL: Final = "/qmesh/invoke/1.0.0"
+#: Invoke protocol 2: one long-lived stream per peer carrying many calls with ids, replies in
+#: the order they finish, msgpack bodies with arrays as raw bytes (``mesh/channel.py``).
+CHANNEL_PROTOCOL: Final = "/qmesh/invoke/2.0.0"
 #: GossipSub topic on which nodes publish their capability adverts.
 ADVERT_TOPIC: Final = "qmesh/adverts/1.0.0"
-#: The ``v`` field of every request, response and advert this build speaks.
+#: The ``v`` field of protocol-1 requests and responses, and of adverts.
 PROTOCOL_VERSION: Final = 1
+#: The ``v`` field of protocol-2 (channel) requests and responses.
+CHANNEL_VERSION: Final = 2
 
 #: Largest invoke frame body accepted by default (the 4-byte prefix is not counted).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
@@ -36,8 +42,8 @@ DIAL_TIMEOUT_S: Final = 5.0
 DEFAULT_INVOKE_TIMEOUT_S: Final = 30.0
 #: Default budget of a ``ping`` invocation.
 PING_TIMEOUT_S: Final = 5.0
-#: Extra time the asyncio side waits beyond the Trio-side timeout before giving up on a
-#: reply, so a wedged Trio thread can never hang a caller.
+#: Bound on an empty asyncio -> Trio -> asyncio hop. Invocations are bounded by their own
+#: timeout on the asyncio side, so a wedged Trio thread can never hang a caller.
 BRIDGE_GRACE_S: Final = 2.0
 #: How long a node waits to read one request frame from a new inbound stream.
 INBOUND_READ_TIMEOUT_S: Final = 30.0

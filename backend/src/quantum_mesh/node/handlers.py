@@ -12,12 +12,12 @@ Qiskit, and a module that is missing or broken becomes a remote error
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from quantum_mesh.errors import InvalidInput
+from quantum_mesh.mesh import packing
 from quantum_mesh.mesh.protocol import (
     ERR_BAD_REQUEST,
     ERR_HANDLER_ERROR,
@@ -148,8 +148,8 @@ def run_method(
 ) -> tuple[bool, bytes | tuple[str, str]]:
     """Run one method; called in a worker process, so it must never raise.
 
-    Returns ``(True, result_json)`` - the result already JSON-encoded, so serialisation cost
-    stays in the worker - or ``(False, (code, message))``.
+    Returns ``(True, packed_result)`` - the result already packed (``mesh.packing``, arrays
+    as raw bytes), so serialisation cost stays in the worker - or ``(False, (code, message))``.
     """
     try:
         handler = resolve(method)
@@ -170,10 +170,10 @@ def run_method(
     if not isinstance(result, dict):
         return False, (ERR_HANDLER_ERROR, f"{method} returned {type(result).__name__}, not dict")
     try:
-        encoded = json.dumps(result, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except (TypeError, ValueError) as error:
-        return False, (ERR_HANDLER_ERROR, f"{method} result is not JSON-serialisable: {error}")
-    return True, encoded
+        packed = packing.pack(result)
+    except TypeError as error:
+        return False, (ERR_HANDLER_ERROR, f"{method} result cannot travel: {error}")
+    return True, packed
 
 
 def preload() -> list[str]:

@@ -8,6 +8,7 @@ SIGKILLed node never leaves orphans computing for nobody.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -31,6 +32,7 @@ BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 PARENT_CHECK_S = 0.5
 
 MethodOutcome = tuple[bool, bytes | tuple[str, str]]
+T = TypeVar("T")
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -51,6 +53,21 @@ def _init_worker(blas_threads: int, parent_pid: int, preload: bool) -> None:
 
 def _warm() -> int:
     return os.getpid()
+
+
+async def settled(fut: Future[T]) -> T:
+    """``fut``'s result, awaited without parking a thread on it: the pool's own result
+    thread wakes this Trio task directly (one hop less per call than ``to_thread``)."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: Future[T]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    fut.add_done_callback(wake)
+    await done.wait()
+    return fut.result()
 
 
 class WorkerPool:
@@ -78,7 +95,7 @@ class WorkerPool:
         executor = self._require()
         futures = [executor.submit(_warm) for _ in range(self._workers)]
         for fut in futures:
-            await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)  # type: ignore[call-arg]  # stale trio-stubs
+            await settled(fut)
 
     async def run(self, method: str, params: dict[str, Any], node: NodeContext) -> MethodOutcome:
         """Run ``handlers.run_method`` in a worker.
@@ -93,7 +110,7 @@ class WorkerPool:
             self._rebuild()
             raise RemoteError(ERR_WORKER_CRASHED, f"worker pool was broken: {error}") from error
         try:
-            return await trio.to_thread.run_sync(fut.result, abandon_on_cancel=True)  # type: ignore[call-arg]  # stale trio-stubs
+            return await settled(fut)
         except BrokenProcessPool as error:
             self._rebuild()
             raise RemoteError(ERR_WORKER_CRASHED, f"worker died during {method}") from error

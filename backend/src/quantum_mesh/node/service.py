@@ -26,6 +26,7 @@ from libp2p.peer.id import ID
 from quantum_mesh import __version__
 from quantum_mesh.mesh import codec
 from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert
+from quantum_mesh.mesh.channel import serve_channel
 from quantum_mesh.mesh.errors import RemoteError
 from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
@@ -35,6 +36,7 @@ from quantum_mesh.mesh.protocol import (
     ADVERT_TOPIC,
     BOOTSTRAP_RETRY_INITIAL_S,
     BOOTSTRAP_RETRY_MAX_S,
+    CHANNEL_PROTOCOL,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_SERVICES,  # re-exported: ``from quantum_mesh.node.service import DEFAULT_SERVICES``
     DIAL_TIMEOUT_S,
@@ -55,9 +57,9 @@ from quantum_mesh.mesh.protocol import (
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
-from quantum_mesh.node.pool import WorkerPool
+from quantum_mesh.node.pool import WorkerPool, settled
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER, ReservationBook, check_id
-from quantum_mesh.store.peerlog import PeerLog
+from quantum_mesh.store.peerlog import PeerLog, PeerLogWriter
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +202,7 @@ class NodeService:
         log_path = config.log_file or config.key_file.with_name(
             f"{config.key_file.stem}.peerlog.jsonl"
         )
-        self.peer_log = PeerLog(log_path, peer_id=self.peer_id)
+        self.peer_log = PeerLogWriter(PeerLog(log_path, peer_id=self.peer_id))
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -217,6 +219,7 @@ class NodeService:
             ):
                 self._mesh = mesh
                 mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve_stream)
+                mesh.host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), self._serve_channel)
                 nursery.start_soon(self._pool.warm)
                 nursery.start_soon(self._advert_loop)
                 if self.config.bootstrap:
@@ -243,6 +246,7 @@ class NodeService:
                 nursery.cancel_scope.cancel()
         finally:
             self._pool.shutdown()
+            self.peer_log.close()
 
     async def _drain(self) -> None:
         self._draining = True
@@ -351,15 +355,23 @@ class NodeService:
             gate=self.gate,
         )
 
+    async def _serve_channel(self, stream: INetStream) -> None:
+        await serve_channel(
+            stream,
+            dispatch=self._dispatch,
+            max_frame_bytes=self.config.max_frame_bytes,
+            gate=self.gate,
+        )
+
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
         if request.method in INLINE_METHODS:
             result = self._inline(request.method, request.params)
             if request.method in RESERVATION_METHODS:
-                # The fsync'd record of a reservation step, in a thread: never on the loop
-                # that serves every other stream.
+                # A reservation step is answered only once its record is on disk; the fsync
+                # runs on the log's writer thread, shared with every concurrent record.
                 params = request.params
-                await trio.to_thread.run_sync(
-                    lambda: self.peer_log.append(
+                await settled(
+                    self.peer_log.record(
                         f"reservation.{request.method}",
                         reservation_id=params.get("reservation_id"),
                         service_type=params.get("service_type"),
@@ -385,17 +397,17 @@ class NodeService:
         finally:
             self._set_in_flight(-1)
             self._inbound.release()
-        await trio.to_thread.run_sync(
-            lambda: self.peer_log.append(
-                "invoke.finished",
-                method=request.method,
-                remote=remote,
-                ok=ok,
-                seconds=round(time.perf_counter() - started, 6),
-                job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
-                fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
-                reservation_id=reservation_id if isinstance(reservation_id, str) else None,
-            )
+        # An audit record, not a state change the caller relies on: the reply does not wait
+        # for its fsync (the coordinator persists the result itself before acknowledging).
+        self.peer_log.record(
+            "invoke.finished",
+            method=request.method,
+            remote=remote,
+            ok=ok,
+            seconds=round(time.perf_counter() - started, 6),
+            job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
+            fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
+            reservation_id=reservation_id if isinstance(reservation_id, str) else None,
         )
         if ok:
             assert isinstance(payload, bytes)

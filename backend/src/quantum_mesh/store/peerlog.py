@@ -18,8 +18,10 @@ import asyncio
 import heapq
 import json
 import os
+import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +31,8 @@ from quantum_mesh.logs import get_logger
 log = get_logger(__name__)
 
 RESERVED_KEYS = frozenset({"ts", "peer", "event"})
+#: Most entries one group commit writes.
+MAX_BATCH_ENTRIES = 512
 _PEER_SHORT = 16
 
 
@@ -79,6 +83,79 @@ def discover_logs(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
 
 
+class PeerLogWriter:
+    """Appends entries to a ``PeerLog`` on one thread, one fsync per batch (group commit).
+
+    ``record`` never blocks its caller: under load, entries queued while a batch is being
+    fsync'd go out together in the next one, so the log costs one fsync per batch, not per
+    entry. The returned future resolves once the entry is on disk, for the callers whose
+    answer must wait for it (a node's reservation records); others ignore it. Entries keep
+    submission order. Without a log (``None``) every record is a resolved no-op.
+    """
+
+    def __init__(self, log: PeerLog | None) -> None:
+        self.log = log
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any], Future[None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def record(self, event: str, **fields: Any) -> Future[None]:
+        done: Future[None] = Future()
+        if self.log is None:
+            done.set_result(None)
+            return done
+        self._ensure_thread()
+        self._queue.put((event, fields, done))
+        return done
+
+    def close(self) -> None:
+        """Write what is queued, stop the thread and close the file."""
+        thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+            self._thread = None
+        if self.log is not None:
+            self.log.close()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="peerlog-writer", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            while len(batch) < MAX_BATCH_ENTRIES and not self._queue.empty():
+                batch.append(self._queue.get())
+            entries = [b for b in batch if b is not None]
+            self._write(entries)
+            if len(entries) < len(batch):
+                return
+
+    def _write(self, entries: list[tuple[str, dict[str, Any], Future[None]]]) -> None:
+        if not entries:
+            return
+        assert self.log is not None
+        try:
+            self.log.append_many([(event, fields) for event, fields, _ in entries])
+        except Exception as error:
+            log.exception("peerlog.append_failed", events=[e for e, _, _ in entries])
+            for _, _, done in entries:
+                done.set_exception(error)
+            return
+        for _, _, done in entries:
+            done.set_result(None)
+
+
 class PeerLog:
     """Append-only, fsync'd, size-rotated JSONL log of one peer. Safe to share across threads."""
 
@@ -108,28 +185,42 @@ class PeerLog:
             ValueError: a field name collides with ``ts``, ``peer`` or ``event``.
             OSError: the disk refused the write (the caller decides whether that is fatal).
         """
-        clash = RESERVED_KEYS.intersection(fields)
-        if clash:
-            raise ValueError(f"Field names {sorted(clash)} are reserved in peer log entries")
-        entry: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
-            "peer": self.peer_id,
-            "event": event,
-            **fields,
-        }
-        line = (
-            json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=_json_default)
-            + "\n"
-        ).encode()
+        return self.append_many([(event, fields)])[0]
+
+    def append_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Write several entries with one fsync (group commit); durable when it returns."""
+        entries: list[dict[str, Any]] = []
+        for event, fields in items:
+            clash = RESERVED_KEYS.intersection(fields)
+            if clash:
+                raise ValueError(f"Field names {sorted(clash)} are reserved in peer log entries")
+            entries.append(
+                {
+                    "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
+                    "peer": self.peer_id,
+                    "event": event,
+                    **fields,
+                }
+            )
+        lines = [
+            (
+                json.dumps(e, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+                + "\n"
+            ).encode()
+            for e in entries
+        ]
         with self._lock:
             out = self._open()
-            if self._size > 0 and self._size + len(line) > self.max_bytes:
-                out = self._rotate()
-            out.write(line)
+            for line in lines:
+                if self._size > 0 and self._size + len(line) > self.max_bytes:
+                    out.flush()
+                    os.fsync(out.fileno())
+                    out = self._rotate()
+                out.write(line)
+                self._size += len(line)
             out.flush()
             os.fsync(out.fileno())
-            self._size += len(line)
-        return entry
+        return entries
 
     async def append_async(self, event: str, **fields: Any) -> dict[str, Any]:
         """``append`` from an event loop without blocking it on the fsync."""

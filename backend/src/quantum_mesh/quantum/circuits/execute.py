@@ -17,9 +17,9 @@ from numpy.typing import NDArray
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Operator, Statevector
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.quantum.circuits.gates import append_operation, expected_arity, is_known_gate
 from quantum_mesh.quantum.circuits.model import Operation
-from quantum_mesh.quantum.encoding import decode_array, encode_array
 
 #: Largest fragment whose unitary is returned (4**10 complex entries = 16 MiB).
 OPERATOR_MAX_QUBITS = 10

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.errors import ExecutionFailed, InvalidInput
-from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem
 from quantum_mesh.quantum.sqd.reference import exact_energy
 from quantum_mesh.quantum.sqd.samples import distinct_bitstrings, make_samples

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.errors import InvalidInput
-from quantum_mesh.quantum.encoding import decode_array, encode_array
 from quantum_mesh.quantum.sqd.threads import pyscf_threads
 
 MAX_ACTIVE_ORBITALS = 26

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from quantum_mesh.quantum.encoding import decode_array, encode_array
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.quantum.sqd.problem import MAX_ACTIVE_ORBITALS, integrals_hash
 from quantum_mesh.quantum.sqd.threads import pyscf_threads
 

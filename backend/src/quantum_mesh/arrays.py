@@ -1,7 +1,9 @@
-"""JSON-safe encoding of numpy arrays for the wire (mesh frames) and the database.
+"""The JSON form of numpy arrays, shared by every layer (database rows, protocol-1 frames).
 
-Complex statevectors travel as base64 of their little-endian bytes: exact (bit-for-bit)
-and ~3x smaller than lists of [re, im] pairs.
+Complex statevectors are stored as base64 of their little-endian bytes: exact (bit-for-bit)
+and ~3x smaller than lists of [re, im] pairs. On invoke protocol 2 arrays travel as raw bytes
+instead (``mesh/packing.py``); ``decode_array`` accepts both forms, so code reading a
+payload never cares which wire it came over.
 """
 
 from __future__ import annotations
@@ -28,8 +30,14 @@ def encode_array(array: NDArray[Any]) -> dict[str, Any]:
     }
 
 
-def decode_array(payload: dict[str, Any]) -> NDArray[Any]:
-    """Inverse of :func:`encode_array`; validates dtype and size before allocating."""
+def decode_array(payload: dict[str, Any] | NDArray[Any]) -> NDArray[Any]:
+    """Inverse of :func:`encode_array`; validates dtype and size before allocating.
+
+    An array that arrived already decoded (protocol 2) is checked and returned as is."""
+    if isinstance(payload, np.ndarray):
+        if str(payload.dtype) not in _ALLOWED_DTYPES:
+            raise ValueError(f"Unsupported dtype in payload: {payload.dtype}")
+        return payload
     dtype = payload.get("dtype")
     if dtype not in _ALLOWED_DTYPES:
         raise ValueError(f"Unsupported dtype in payload: {dtype!r}")
@@ -40,3 +48,12 @@ def decode_array(payload: dict[str, Any]) -> NDArray[Any]:
     if len(raw) != expected:
         raise ValueError(f"Array payload has {len(raw)} bytes, expected {expected} for {shape}")
     return np.frombuffer(raw, dtype=np_dtype).astype(np.dtype(dtype)).reshape(shape)
+
+
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` ``default`` hook: arrays in their JSON form, numpy scalars as numbers."""
+    if isinstance(obj, np.ndarray):
+        return encode_array(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
