@@ -109,8 +109,14 @@ def bench_case(n: int, p: int, *, aer_repeats: int) -> dict[str, float]:
     # at n = 24 one Aer evaluation takes 20-60 s on 2 cores: time a single cold call there
     aer_s, aer_value = median_seconds(aer_energy, aer_repeats, warm_up=aer_repeats > 1)
     return {
-        "n": n, "p": p, "terms": len(operator), "diagonal_s": diagonal_s, "fast_s": fast_s,
-        "aer_s": aer_s, "ratio": aer_s / fast_s, "max_abs_diff": abs(aer_value - fast_value),
+        "n": n,
+        "p": p,
+        "terms": len(operator),
+        "diagonal_s": diagonal_s,
+        "fast_s": fast_s,
+        "aer_s": aer_s,
+        "ratio": aer_s / fast_s,
+        "max_abs_diff": abs(aer_value - fast_value),
     }
 
 
@@ -119,8 +125,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n = 16, 20 only")
     args = parser.parse_args()
     sizes = [16, 20] if args.quick else [16, 20, 24]
-    header = (f"{'n':>3} {'p':>2} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
-              f"{'aer s/eval':>11} {'ratio':>7} {'max |dE|':>10}")
+    header = (
+        f"{'n':>3} {'p':>2} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
+        f"{'aer s/eval':>11} {'ratio':>7} {'max |dE|':>10}"
+    )
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -128,9 +136,12 @@ def main() -> None:
         for p in (1, 2):
             row = bench_case(n, p, aer_repeats=3 if n <= 20 else 1)
             worst = max(worst, row["max_abs_diff"])
-            print(f"{n:>3} {p:>2} {row['terms']:>6} {row['diagonal_s']:>8.3f} "
-                  f"{row['fast_s']:>14.4f} {row['aer_s']:>11.4f} {row['ratio']:>6.1f}x "
-                  f"{row['max_abs_diff']:>10.2e}", flush=True)
+            print(
+                f"{n:>3} {p:>2} {row['terms']:>6} {row['diagonal_s']:>8.3f} "
+                f"{row['fast_s']:>14.4f} {row['aer_s']:>11.4f} {row['ratio']:>6.1f}x "
+                f"{row['max_abs_diff']:>10.2e}",
+                flush=True,
+            )
     print(f"largest energy difference: {worst:.2e}")
 
 

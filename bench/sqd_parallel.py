@@ -95,21 +95,43 @@ def mesh_modes(args: argparse.Namespace, *, n_orbitals: int, basis: str) -> list
 
     coord = start_coordinator(nodes=max(args.mesh_nodes))
     try:
-        cmp = run_benchmark(coord, {
-            "workload": "sqd",
-            "params": {"molecule": {"atom": N2_GEOMETRY, "basis": basis,
-                                    "active_orbitals": n_orbitals, "active_electrons": 10},
-                       "seed": args.seed},
-            "node_counts": args.mesh_nodes, "include_local": False,
-        }, timeout=3600)
+        cmp = run_benchmark(
+            coord,
+            {
+                "workload": "sqd",
+                "params": {
+                    "molecule": {
+                        "atom": N2_GEOMETRY,
+                        "basis": basis,
+                        "active_orbitals": n_orbitals,
+                        "active_electrons": 10,
+                    },
+                    "seed": args.seed,
+                },
+                "node_counts": args.mesh_nodes,
+                "include_local": False,
+            },
+            timeout=3600,
+        )
     finally:
         coord.stop()
     out = []
     for row in cmp["modes"]:
-        result = {"energy": row["energy"], "batches": [], "iterations": [],
-                  "timing": {"batch_seconds_sum": row["batch_seconds_sum"]}}
-        out.append(Mode(f"libp2p mesh, {row['nodes']} nodes x 1 worker x 1 thread",
-                        row["nodes"], 1, row["sqd_s"], result))
+        result = {
+            "energy": row["energy"],
+            "batches": [],
+            "iterations": [],
+            "timing": {"batch_seconds_sum": row["batch_seconds_sum"]},
+        }
+        out.append(
+            Mode(
+                f"libp2p mesh, {row['nodes']} nodes x 1 worker x 1 thread",
+                row["nodes"],
+                1,
+                row["sqd_s"],
+                result,
+            )
+        )
     return out
 
 
@@ -125,10 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         help="OpenMP threads of the sequential runs (default: 1 and all cores)",
     )
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--mesh-nodes", type=int, nargs="*", default=[2, 3],
-                        help="also run on a live coordinator's mesh with this many nodes")
-    parser.add_argument("--no-process-pool", action="store_true",
-                        help="skip the local process-pool stand-in")
+    parser.add_argument(
+        "--mesh-nodes",
+        type=int,
+        nargs="*",
+        default=[2, 3],
+        help="also run on a live coordinator's mesh with this many nodes",
+    )
+    parser.add_argument(
+        "--no-process-pool", action="store_true", help="skip the local process-pool stand-in"
+    )
     args = parser.parse_args(argv)
 
     basis, n_orbitals = ("6-31g", 10) if args.quick else ("cc-pvdz", 12)

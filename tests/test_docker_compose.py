@@ -28,23 +28,34 @@ def _compose_cmd() -> list[str]:
     if shutil.which("docker") is None:
         pytest.skip("the docker client is not installed")
     try:
-        plugin = subprocess.run(["docker", "compose", "version"], capture_output=True,
-                                timeout=CONFIG_TIMEOUT_S, check=False)
+        plugin = subprocess.run(
+            ["docker", "compose", "version"],
+            capture_output=True,
+            timeout=CONFIG_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("`docker compose version` hung")
     if plugin.returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.skip("the docker client has no compose plugin and docker-compose is absent "
-                "(Debian: apt-get install docker-compose-plugin or docker-compose)")
+    pytest.skip(
+        "the docker client has no compose plugin and docker-compose is absent "
+        "(Debian: apt-get install docker-compose-plugin or docker-compose)"
+    )
 
 
 def _config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("QMESH_", "COORDINATOR_"))}
     return subprocess.run(
-        [*_compose_cmd(), "-f", str(COMPOSE), "config", "-q"], cwd=ROOT,
-        env={**clean, **env}, capture_output=True, text=True, timeout=CONFIG_TIMEOUT_S, check=False,
+        [*_compose_cmd(), "-f", str(COMPOSE), "config", "-q"],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=CONFIG_TIMEOUT_S,
+        check=False,
     )
 
 
@@ -93,7 +104,8 @@ def test_services_and_health_gates(compose: dict[str, Any]) -> None:
     assert "mongosh" in services["mongo"]["healthcheck"]["test"]
     coordinator = services["coordinator"]
     assert coordinator["depends_on"] == {
-        "postgres": {"condition": "service_healthy"}, "mongo": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+        "mongo": {"condition": "service_healthy"},
     }
     assert "/api/v1/health" in " ".join(coordinator["healthcheck"]["test"])
     for name in NODES:

@@ -29,8 +29,6 @@ PARAMS = {
 }
 
 
-
-
 def _run(coord: LiveCoordinator, params: dict) -> dict:
     r = coord.http.post("/workflows/runs", json={"kind": "sqd", "params": params})
     assert r.status_code == 202, r.text

@@ -12,6 +12,7 @@ from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Pauli, Statevector, entropy, partial_trace
 from scipy.stats import chisquare
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.quantum.analysis import (
     DEFAULT_MAX_RESULT_BYTES,
     MAX_DISTRIBUTION_ENTRIES,
@@ -24,7 +25,6 @@ from quantum_mesh.quantum.circuits.execute import execute_fragment, initial_stat
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
-from quantum_mesh.arrays import decode_array, encode_array
 
 BELL_QASM2 = """OPENQASM 2.0;
 include "qelib1.inc";

@@ -10,6 +10,7 @@ from qiskit import QuantumCircuit, qasm2, qasm3
 from qiskit.circuit.random import random_circuit
 from qiskit.quantum_info import Operator, Statevector
 
+from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.quantum.circuits.execute import (
     apply_fragment_operator,
     execute_fragment,
@@ -18,7 +19,6 @@ from quantum_mesh.quantum.circuits.execute import (
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
-from quantum_mesh.arrays import decode_array, encode_array
 
 #: Noise levels of an ideal and a noisy node.
 IDEAL = 0.0

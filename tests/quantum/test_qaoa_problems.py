@@ -35,7 +35,12 @@ def test_qubo_energies_and_lp_value() -> None:
     np.testing.assert_allclose(problems.qubo_energies(q, offset=0.5), [0.5, 1.5, -2.5, 0.5])
     profile = problems.future_profile([10, 3], [5, 3])
     assert problems.lp_value(np.array([0.0, 2.5, 5.0, 6.5, 100.0]), profile).tolist() == [
-        0.0, 5.0, 10.0, 11.5, 13.0]
+        0.0,
+        5.0,
+        10.0,
+        11.5,
+        13.0,
+    ]
     with pytest.raises(InvalidInput):
         problems.qubo_energies([[1.0, 2.0]])
 
@@ -50,15 +55,26 @@ def test_decompose_orders_and_sizes() -> None:
 
 def test_block_job_and_result_round_trip() -> None:
     job = blocks.BlockJob(
-        job_id="j1", block_index=2, item_indices=[4, 7], values=[3.0, 5.0], weights=[1.0, 2.0],
-        context={"remaining_capacity": 3, "future": None}, qaoa={"p": 1}, random_seed=9,
-        job_version=2, top_k=3, beam_entry=1,
+        job_id="j1",
+        block_index=2,
+        item_indices=[4, 7],
+        values=[3.0, 5.0],
+        weights=[1.0, 2.0],
+        context={"remaining_capacity": 3, "future": None},
+        qaoa={"p": 1},
+        random_seed=9,
+        job_version=2,
+        top_k=3,
+        beam_entry=1,
     )
     assert blocks.BlockJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
     result = blocks.BlockResult(
-        job_id="j1", block_index=2, job_version=2,
+        job_id="j1",
+        block_index=2,
+        job_version=2,
         candidates=[{"bits": [1, 0], "value": 3, "weight": 1, "cost": -3.0}],
-        diagnostics={"p": 1}, beam_entry=1,
+        diagnostics={"p": 1},
+        beam_entry=1,
     )
     assert blocks.BlockResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
     with pytest.raises(InvalidInput):

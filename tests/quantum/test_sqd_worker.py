@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("pyscf")
 pytest.importorskip("qiskit_addon_sqd")
 
-from quantum_mesh.errors import InvalidInput
 from quantum_mesh.arrays import decode_array, encode_array
+from quantum_mesh.errors import InvalidInput
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
 from quantum_mesh.quantum.sqd.reference import exact_energy
 from quantum_mesh.quantum.sqd.samples import counts_samples, lucj_samples, make_samples

@@ -60,26 +60,53 @@ async def start_job(db: Database, job_id: str, *, seed: int = 7) -> None:
 
     request = {"circuit": QASM, "shots": 128, "seed": seed}
     async with db.transaction() as s:
-        await repo.create_job(s, job_id=job_id, kind="circuit", request=request,
-                              idempotency_key=None)
+        await repo.create_job(
+            s, job_id=job_id, kind="circuit", request=request, idempotency_key=None
+        )
     async with db.transaction() as s:
         job = await repo.get_job(s, job_id=job_id, for_update=True)
         await repo.transition_job(s, job=job, to=JobStatus.COMPILING)
         plan_id = f"plan-{job_id}"
-        await repo.save_plan(s, plan_id=plan_id, job_id=job_id, plan={
-            "plan_id": plan_id,
-            "fragments": [{"fragment_id": "f0", "service_type": "bell_pair", "qubits": [0, 1],
-                           "primary_node": NODE_A, "fallback_nodes": [NODE_B]}],
-        })
+        await repo.save_plan(
+            s,
+            plan_id=plan_id,
+            job_id=job_id,
+            plan={
+                "plan_id": plan_id,
+                "fragments": [
+                    {
+                        "fragment_id": "f0",
+                        "service_type": "bell_pair",
+                        "qubits": [0, 1],
+                        "primary_node": NODE_A,
+                        "fallback_nodes": [NODE_B],
+                    }
+                ],
+            },
+        )
         await repo.transition_job(s, job=job, to=JobStatus.EXECUTING, plan_id=plan_id)
     async with db.transaction() as s:
         now = datetime.now(UTC)
-        await repo.record_fragment(s, job_id=job_id, fragment_id="f0", node_id=NODE_A,
-                                   attempts=1, started_at=now, finished_at=now,
-                                   observed_fidelity=0.98, output={"wave": 0})
-        await repo.append_event(s, job_id=job_id, event_type="fragment_completed",
-                                fragment_id="f0", node_id=NODE_A, attempt=1,
-                                payload={"observed_fidelity": 0.98})
+        await repo.record_fragment(
+            s,
+            job_id=job_id,
+            fragment_id="f0",
+            node_id=NODE_A,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+            observed_fidelity=0.98,
+            output={"wave": 0},
+        )
+        await repo.append_event(
+            s,
+            job_id=job_id,
+            event_type="fragment_completed",
+            fragment_id="f0",
+            node_id=NODE_A,
+            attempt=1,
+            payload={"observed_fidelity": 0.98},
+        )
 
 
 async def finish_job(db: Database, job_id: str, *, ok: bool = True) -> dict[str, Any] | None:
@@ -91,7 +118,9 @@ async def finish_job(db: Database, job_id: str, *, ok: bool = True) -> dict[str,
             await repo.transition_job(s, job=job, to=JobStatus.COMPLETED, result=result)
         else:
             await repo.transition_job(
-                s, job=job, to=JobStatus.FAILED,
+                s,
+                job=job,
+                to=JobStatus.FAILED,
                 error={"code": "execution_failed", "message": "node vanished"},
             )
     return result

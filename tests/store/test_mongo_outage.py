@@ -18,8 +18,9 @@ async def test_outage_degrades_then_catches_up(tmp_path: Path, sqlite_url: str) 
     server = EmbeddedDocServer(storage_dir=tmp_path / "docs", watchdog=False)
     url = await server.start()
     db = await migrated_db(sqlite_url)
-    projector = Projector(db=db, mongo_url=url, database_name="qmesh",
-                          server_selection_timeout_ms=300)
+    projector = Projector(
+        db=db, mongo_url=url, database_name="qmesh", server_selection_timeout_ms=300
+    )
     runner: asyncio.Task[None] | None = None
     try:
         await start_job(db, "before")

@@ -78,8 +78,9 @@ async def test_catch_up_builds_provenance_once(
         async with db.transaction() as s:
             seqs = [e.seq for e in await repo.list_events(s, job_id="job-ok")]
         assert [e["seq"] for e in bundle["events"]] == seqs
-        assert [e["payload"].get("status") for e in bundle["events"] if e["event_type"] ==
-                "status"] == ["QUEUED", "COMPILING", "EXECUTING", "COMPLETED"]
+        assert [
+            e["payload"].get("status") for e in bundle["events"] if e["event_type"] == "status"
+        ] == ["QUEUED", "COMPILING", "EXECUTING", "COMPLETED"]
         assert bundle["last_seq"] == seqs[-1]
         failed = await projector.get_provenance("job-bad")
         assert failed is not None and failed["error"]["code"] == "execution_failed"
@@ -106,8 +107,13 @@ async def test_rebuild_equals_incremental_on_postgres(
         await projector.catch_up(batch=2)
         await finish_job(db, "b", ok=False)
         async with db.transaction() as s:  # an event after the terminal one joins the bundle
-            await repo.append_event(s, job_id="a", event_type="reservation_released",
-                                    node_id=NODE_A, payload={"reason": "job finished"})
+            await repo.append_event(
+                s,
+                job_id="a",
+                event_type="reservation_released",
+                node_id=NODE_A,
+                payload={"reason": "job finished"},
+            )
         await projector.catch_up(batch=2)
         incremental = await _dump(projector)
         assert incremental[0]["events"][-1]["event_type"] == "reservation_released"
@@ -116,8 +122,9 @@ async def test_rebuild_equals_incremental_on_postgres(
         replayed = await projector.rebuild()
         assert replayed == await event_count(db)
         assert await _dump(projector) == incremental
-        assert await projector.checkpoint() == max(e["seq"] for b in incremental
-                                                   for e in b["events"])
+        assert await projector.checkpoint() == max(
+            e["seq"] for b in incremental for e in b["events"]
+        )
     finally:
         await projector.close()
 
@@ -168,10 +175,19 @@ async def test_peers_topology_and_benchmarks(
     projector = await _projector(sqlite_db, mongo_url, mongo_db_name)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     view = {
-        "peer_id": NODE_A, "name": "node-a", "listen_addrs": ["/ip4/127.0.0.1/tcp/4002"],
-        "services": ["bell_pair", "measure"], "fidelity": 0.99, "qubit_min": 1, "qubit_max": 8,
-        "availability": "AVAILABLE", "load": 0.25, "updated_at": t0.isoformat(), "fresh": True,
-        "enrollment": "APPROVED", "latency_ms": 1.5,
+        "peer_id": NODE_A,
+        "name": "node-a",
+        "listen_addrs": ["/ip4/127.0.0.1/tcp/4002"],
+        "services": ["bell_pair", "measure"],
+        "fidelity": 0.99,
+        "qubit_min": 1,
+        "qubit_max": 8,
+        "availability": "AVAILABLE",
+        "load": 0.25,
+        "updated_at": t0.isoformat(),
+        "fresh": True,
+        "enrollment": "APPROVED",
+        "latency_ms": 1.5,
     }
     try:
         assert await projector.project_peers([view])
@@ -181,22 +197,37 @@ async def test_peers_topology_and_benchmarks(
         assert len(peers) == 1 and peers[0]["load"] == 0.5 and peers[0]["qubit_max"] == 8
 
         for latency in (1.0, 2.0):
-            assert await projector.snapshot_topology({
-                "coordinator": "12D3KooWCoord", "nodes": [{"id": NODE_A}],
-                "links": [{"source": "12D3KooWCoord", "target": NODE_A, "connected": True,
-                           "latency_ms": latency}],
-            })
+            assert await projector.snapshot_topology(
+                {
+                    "coordinator": "12D3KooWCoord",
+                    "nodes": [{"id": NODE_A}],
+                    "links": [
+                        {
+                            "source": "12D3KooWCoord",
+                            "target": NODE_A,
+                            "connected": True,
+                            "latency_ms": latency,
+                        }
+                    ],
+                }
+            )
         latest = await projector.latest_topology()
         assert latest is not None and latest["links"][0]["latency_ms"] == 2.0
 
         for i in range(3):
-            assert await projector.record_benchmark({
-                "benchmark_id": f"b{i}", "workload": "qaoa_knapsack",
-                "modes": ["distributed", "local"], "figures": {"speedup": 1.0 + i},
-                "created_at": (t0 + timedelta(minutes=i)).isoformat(), "scenario": "3 nodes",
-            })
-        assert await projector.record_benchmark({"benchmark_id": "b2", "workload": "qaoa",
-                                                 "created_at": (t0 + timedelta(minutes=2))})
+            assert await projector.record_benchmark(
+                {
+                    "benchmark_id": f"b{i}",
+                    "workload": "qaoa_knapsack",
+                    "modes": ["distributed", "local"],
+                    "figures": {"speedup": 1.0 + i},
+                    "created_at": (t0 + timedelta(minutes=i)).isoformat(),
+                    "scenario": "3 nodes",
+                }
+            )
+        assert await projector.record_benchmark(
+            {"benchmark_id": "b2", "workload": "qaoa", "created_at": (t0 + timedelta(minutes=2))}
+        )
         items, total = await projector.list_benchmarks(limit=2, offset=0)
         assert total == 3 and [b["benchmark_id"] for b in items] == ["b2", "b1"]
         assert items[1]["details"] == {"scenario": "3 nodes"}

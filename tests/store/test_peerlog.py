@@ -68,7 +68,10 @@ def test_filters_and_merge(tmp_path: Path) -> None:
 
     merged = list(PeerLog.read(paths))
     assert [e["event"] for e in merged] == [
-        "invoke.sent", "invoke.received", "invoke.done", "reservation.committed"
+        "invoke.sent",
+        "invoke.received",
+        "invoke.done",
+        "reservation.committed",
     ]
     assert [e["event"] for e in PeerLog.read(paths, job_id="j2")] == ["reservation.committed"]
     assert len(list(PeerLog.read(paths, peer="12D3KooWNode"))) == 2
