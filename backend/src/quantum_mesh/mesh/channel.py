@@ -65,6 +65,8 @@ logger = logging.getLogger(__name__)
 FINAL_WRITE_TIMEOUT_S = 5.0
 #: A single write that takes longer than this ends the channel.
 WRITE_STALL_S = 30.0
+#: What ends a channel from below: the transport failing, or a write stalling.
+_ENDING_ERRORS: tuple[type[Exception], ...] = (*TRANSPORT_ERRORS, trio.TooSlowError)
 #: Receive window of a channel stream (yamux's own ceiling).
 CHANNEL_WINDOW_BYTES = MAX_WINDOW_SIZE
 
@@ -174,7 +176,7 @@ class Channel:
                 nursery.start_soon(self._outbox.write_forever)
                 error = await self._read_replies()
                 nursery.cancel_scope.cancel()
-        except (*TRANSPORT_ERRORS, trio.TooSlowError) as failure:
+        except _ENDING_ERRORS as failure:
             error = PeerUnreachable(f"connection to {self.peer_id} failed: {failure!r}")
         finally:
             self._close(error)
@@ -221,7 +223,7 @@ async def _widen_window(stream: INetStream) -> None:
     a 16 MiB statevector crawls through ~64 credit round trips. A channel is long-lived and
     both ends are ours: announce the large window up front (go-yamux's maximum), through
     yamux's own grow path. A no-op where the muxer is not py-libp2p's yamux."""
-    muxed = getattr(stream, "muxed_stream", None)
+    muxed: Any = getattr(stream, "muxed_stream", None)
     grow = getattr(muxed, "_auto_tune_and_send_window_update", None)
     if grow is None or not hasattr(muxed, "target_recv_window"):
         return
@@ -378,7 +380,7 @@ async def serve_channel(
             # A last error frame (a broken request) still goes out, within a bound.
             outbox.finish()
             writer.cancel_scope.deadline = trio.current_time() + FINAL_WRITE_TIMEOUT_S
-    except (*TRANSPORT_ERRORS, trio.TooSlowError) as error:
+    except _ENDING_ERRORS as error:
         logger.debug("channel from %s failed: %r", remote, error)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
