@@ -217,19 +217,22 @@ class Channel:
 
 
 async def _widen_window(stream: INetStream) -> None:
-    """Open this stream's receive window to ``CHANNEL_WINDOW_BYTES`` at once.
+    """Grant the sender ``CHANNEL_WINDOW_BYTES`` of credit on this stream at once.
 
-    yamux starts every stream at 256 KiB and grows it only as reads prove it is needed, so
-    a 16 MiB statevector crawls through ~64 credit round trips. A channel is long-lived and
-    both ends are ours: announce the large window up front (go-yamux's maximum), through
-    yamux's own grow path. A no-op where the muxer is not py-libp2p's yamux."""
+    yamux starts every stream at 256 KiB, and py-libp2p's autotune answers nearly every read
+    with a credit frame while it grows the window. A channel is long-lived and both ends are
+    ours: one large grant up front lets a 16 MiB statevector flow without credit round trips,
+    and later credit goes back in batches of half the 256 KiB target (``mesh/host.py`` turns
+    autotune off). A no-op where the muxer is not py-libp2p's yamux."""
     muxed: Any = getattr(stream, "muxed_stream", None)
-    grow = getattr(muxed, "_auto_tune_and_send_window_update", None)
-    if grow is None or not hasattr(muxed, "target_recv_window"):
+    if not hasattr(muxed, "recv_window") or not hasattr(muxed, "send_window_update"):
         return
-    muxed.target_recv_window = max(muxed.target_recv_window, CHANNEL_WINDOW_BYTES)
+    grant = CHANNEL_WINDOW_BYTES - int(muxed.recv_window)
+    if grant <= 0:
+        return
+    muxed.recv_window += grant
     with trio.CancelScope(shield=True), trio.fail_after(WRITE_STALL_S):
-        await grow()
+        await muxed.send_window_update(grant)
 
 
 def _remote_error(obj: dict[str, Any]) -> MeshError:

@@ -46,11 +46,14 @@ GOSSIP_DEGREE, GOSSIP_DEGREE_LOW, GOSSIP_DEGREE_HIGH = 6, 4, 12
 #: Connection budget of one host; pruning starts above the high watermark.
 MAX_CONNECTIONS = 512
 
-# py-libp2p's yamux credits the sender after *every* read by default: one extra encrypted
-# frame per call on a long-lived channel (~12 % of a node's CPU at 1,000 calls/s). With this
-# documented knob off it batches credit as go-yamux does, once half the window is consumed.
-# Read by yamux at call time; an operator's own setting wins.
+# py-libp2p's yamux credits the sender after nearly *every* read by default (release-on-read,
+# and autotune growing the window): one extra encrypted frame per call on a long-lived
+# channel, ~12 % of a node's CPU at 1,000 calls/s. With these documented knobs off, credit
+# goes back in batches once half the window is consumed, as go-yamux does; channels get their
+# large window from one up-front grant instead (``mesh/channel.py``). Read by yamux at call
+# time; an operator's own setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+os.environ.setdefault("PY_YAMUX_ASSUME_RTT_MS", "0")
 
 
 def configure_libp2p_logging(level: int = logging.WARNING) -> None:
