@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("pyscf")
 pytest.importorskip("qiskit_addon_sqd")
 
-from quantum_mesh.arrays import decode_array, encode_array
+from quantum_mesh.arrays import decode_array, encode_array, json_default
 from quantum_mesh.errors import InvalidInput
+from quantum_mesh.mesh import packing
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
 from quantum_mesh.quantum.sqd.reference import exact_energy
 from quantum_mesh.quantum.sqd.samples import counts_samples, lucj_samples, make_samples
@@ -70,7 +71,9 @@ def test_full_space_batch_reproduces_fci_without_the_core_energy(
     assert amplitudes.shape == (len(strs), len(strs))
     assert np.linalg.norm(amplitudes) == pytest.approx(1.0)
     assert (result["iteration"], result["batch"], result["seed"]) == (0, 3, 1)
-    json.dumps(result, allow_nan=False)  # the result travels as strict JSON
+    # It travels as msgpack with raw arrays (protocol 2) or as strict JSON (protocol 1).
+    assert packing.unpack(packing.pack(result))["subspace_dim"] == result["subspace_dim"]
+    json.dumps(result, allow_nan=False, default=json_default)
 
 
 def test_integrals_are_cached_by_hash_per_process(water: ActiveSpaceProblem) -> None:

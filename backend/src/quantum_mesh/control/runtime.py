@@ -271,8 +271,6 @@ class CircuitRuntime:
         seed: int,
         min_fidelity: float | None,
     ) -> FragmentOutcome:
-        encoded_state = await self.compute.run(encode_array, state)
-
         def fidelity_ok(node_id: str, reply: Mapping[str, Any]) -> dict[str, Any] | None:
             fidelity = float(reply["observed_fidelity"])
             if min_fidelity is not None and fidelity < min_fidelity:
@@ -291,7 +289,8 @@ class CircuitRuntime:
             params={
                 "num_qubits": num_qubits,
                 "operations": operations,
-                "state": encoded_state,
+                # Travels as raw bytes on the channel (mesh/packing.py): no encoding step.
+                "state": state,
                 "seed": seed,
             },
             width=num_qubits,

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
-from quantum_mesh.mesh import codec
+from quantum_mesh.mesh import codec, packing
 from quantum_mesh.mesh.adverts import REJECTION_REASONS, Advert, validate_advert
 from quantum_mesh.mesh.channel import (
     Channels,
@@ -64,6 +65,8 @@ T = TypeVar("T")
 
 #: How long ``start`` waits for the host to listen.
 START_TIMEOUT_S = 30.0
+#: Requests carrying at least this many bytes of arrays are encoded in a thread.
+OFF_LOOP_ENCODE_BYTES = 1 << 20
 
 
 def _resolve(
@@ -212,10 +215,13 @@ class MeshBridge:
         if self._mesh is None or token is None:
             raise MeshError("mesh bridge is not running")
         request_id = new_request_id()
+        encode = partial(
+            encode_request, request_id, method, params, max_frame_bytes=self._max_frame_bytes
+        )
         try:
-            frame = encode_request(
-                request_id, method, params, max_frame_bytes=self._max_frame_bytes
-            )
+            # Copying a statevector into a frame is milliseconds: not on the caller's loop.
+            big = packing.array_bytes(params) >= OFF_LOOP_ENCODE_BYTES
+            frame = await asyncio.to_thread(encode) if big else encode()
         except TypeError as error:
             raise ProtocolError(f"params of {method} cannot travel: {error}") from error
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

@@ -109,3 +109,17 @@ def unpack(body: bytes) -> Any:
         raise
     except Exception as error:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(f"frame body is not valid msgpack: {error}") from error
+
+
+def array_bytes(obj: Any, *, depth: int = 2) -> int:
+    """Bytes of the numpy arrays in ``obj`` down to ``depth`` levels of maps and lists: a
+    cheap estimate of what packing will copy, to decide where to pack."""
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if depth <= 0:
+        return 0
+    if isinstance(obj, dict):
+        return sum(array_bytes(v, depth=depth - 1) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(array_bytes(v, depth=depth - 1) for v in obj)
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +21,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from quantum_mesh.arrays import json_default
 
 
 def alembic_dir() -> Path:
@@ -49,10 +52,14 @@ def run_migrations(url: str) -> None:
 
 def make_engine(url: str, *, writer: bool = False) -> AsyncEngine:
     """The engine for ``url``; ``writer=True`` gives the group-commit writer's own single
-    connection, so it never waits behind readers for a pooled one."""
+    connection, so it never waits behind readers for a pooled one.
+
+    JSON columns store numpy arrays in their JSON form (``quantum_mesh.arrays``): a payload
+    that arrived as raw arrays over the mesh is stored, not refused."""
     if url.startswith("sqlite"):
         engine = create_async_engine(
             url,
+            json_serializer=_dumps,
             connect_args={"timeout": 30},
             **({"pool_size": 1, "max_overflow": 0} if writer else {}),
         )
@@ -68,8 +75,16 @@ def make_engine(url: str, *, writer: bool = False) -> AsyncEngine:
 
         return engine
     if writer:
-        return create_async_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=0)
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        return create_async_engine(
+            url, json_serializer=_dumps, pool_pre_ping=True, pool_size=1, max_overflow=0
+        )
+    return create_async_engine(
+        url, json_serializer=_dumps, pool_pre_ping=True, pool_size=10, max_overflow=10
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default)
 
 
 T = TypeVar("T")

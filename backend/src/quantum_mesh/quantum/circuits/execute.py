@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Operator, Statevector
 
-from quantum_mesh.arrays import decode_array, encode_array
+from quantum_mesh.arrays import decode_array
 from quantum_mesh.quantum.circuits.gates import append_operation, expected_arity, is_known_gate
 from quantum_mesh.quantum.circuits.model import Operation
 
@@ -85,10 +85,11 @@ def execute_fragment(params: dict[str, Any], *, noise_level: float = 0.0) -> dic
     """Apply ``params["operations"]`` to ``params["state"]`` with coherent noise of strength
     ``noise_level`` (0 = ideal; the executing node's configured level).
 
-    Params: ``num_qubits``, ``operations`` (``Operation.to_dict()`` list), ``state``
-    (``encode_array`` of the complex128 statevector), ``seed`` (drives the noise).
+    Params: ``num_qubits``, ``operations`` (``Operation.to_dict()`` list), ``state`` (the
+    complex128 statevector, as an array or ``encode_array``'s form), ``seed`` (drives the
+    noise).
 
-    Returns: ``state`` (encoded), ``observed_fidelity``, ``operator`` (encoded unitary the
+    Returns: ``state`` (array), ``observed_fidelity``, ``operator`` (the unitary the
     node really applied on ``qubits``, noise included, or ``None`` beyond
     ``OPERATOR_MAX_QUBITS``), ``qubits``, ``seconds``, ``applied_ops``.
 
@@ -112,9 +113,9 @@ def execute_fragment(params: dict[str, Any], *, noise_level: float = 0.0) -> dic
         final, fidelity = ideal, 1.0
     # The operator is what the node really applied (noise included): the coordinator composes
     # parallel fragments and replays recovered jobs from it, so it must match ``state``.
-    operator = None if applied_unitary is None else encode_array(applied_unitary)
+    operator = None if applied_unitary is None else np.asarray(applied_unitary)
     return {
-        "state": encode_array(np.asarray(final, dtype=np.complex128)),
+        "state": np.asarray(final, dtype=np.complex128),
         "observed_fidelity": min(fidelity, 1.0),
         "operator": operator,
         "qubits": qubits,
@@ -164,8 +165,8 @@ def _validated(
     if not isinstance(raw_ops, list):
         raise ValueError("operations must be a list")
     operations = [_validated_op(raw, num_qubits) for raw in raw_ops]
-    if not isinstance(raw_state, dict):
-        raise ValueError("state must be an encoded array")
+    if not isinstance(raw_state, dict | np.ndarray):
+        raise ValueError("state must be an array")
     try:
         state = decode_array(raw_state)
     except KeyError as exc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quantum_mesh.arrays import decode_array, encode_array
+from quantum_mesh.arrays import decode_array
 from quantum_mesh.errors import ExecutionFailed, InvalidInput
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem
 from quantum_mesh.quantum.sqd.reference import exact_energy
@@ -176,7 +176,8 @@ class _BatchDispatcher:
         self._settings = settings
         self._solve_batches = solve_batches
         self._on_progress = on_progress
-        self._integrals = {"h1": encode_array(problem.h1), "h2": encode_array(problem.h2)}
+        # Arrays travel as raw bytes on the mesh (and as themselves to a local pool).
+        self._integrals = {"h1": problem.h1, "h2": problem.h2}
         self._produced: list[tuple[SCIResult, dict[str, Any]]] = []
         self._iteration = 0
         self._best = math.inf
@@ -255,8 +256,8 @@ class _BatchDispatcher:
             "integrals": self._integrals,
             "norb": self._problem.norb,
             "nelec": list(self._problem.nelec),
-            "ci_strs_a": encode_array(np.asarray(strs_a, dtype=np.int64)),
-            "ci_strs_b": encode_array(np.asarray(strs_b, dtype=np.int64)),
+            "ci_strs_a": np.asarray(strs_a, dtype=np.int64),
+            "ci_strs_b": np.asarray(strs_b, dtype=np.int64),
             "solver": solver,
             "seed": seed,
             "iteration": self._iteration,

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from quantum_mesh.arrays import decode_array, encode_array
+from quantum_mesh.arrays import decode_array
 from quantum_mesh.quantum.sqd.problem import MAX_ACTIVE_ORBITALS, integrals_hash
 from quantum_mesh.quantum.sqd.threads import pyscf_threads
 
@@ -75,14 +75,14 @@ def solve_batch(params: dict[str, Any], *, threads: int | None = None) -> dict[s
         "problem_hash": params.get("problem_hash"),
         "energy": energy if math.isfinite(energy) else None,
         "orbital_occupancies": {
-            "alpha": encode_array(np.asarray(occ_a, dtype=np.float64)),
-            "beta": encode_array(np.asarray(occ_b, dtype=np.float64)),
+            "alpha": np.asarray(occ_a, dtype=np.float64),
+            "beta": np.asarray(occ_b, dtype=np.float64),
         },
         "spin_squared": spin_squared,
         "subspace_dim": len(strs_a) * len(strs_b),
-        "amplitudes": encode_array(np.asarray(state.amplitudes, dtype=np.float64)),
-        "ci_strs_a": encode_array(np.asarray(state.ci_strs_a, dtype=np.int64)),
-        "ci_strs_b": encode_array(np.asarray(state.ci_strs_b, dtype=np.int64)),
+        "amplitudes": np.asarray(state.amplitudes, dtype=np.float64),
+        "ci_strs_a": np.asarray(state.ci_strs_a, dtype=np.int64),
+        "ci_strs_b": np.asarray(state.ci_strs_b, dtype=np.int64),
         "seconds": time.perf_counter() - start,
     }
 
@@ -144,8 +144,8 @@ def _ci_strings(
     params: dict[str, Any], name: str, *, norb: int, n_electrons: int
 ) -> NDArray[np.int64]:
     payload = params.get(name)
-    if not isinstance(payload, dict):
-        raise ValueError(f"{name} must be an encoded int64 array.")
+    if not isinstance(payload, dict | np.ndarray):
+        raise ValueError(f"{name} must be an int64 array.")
     strings = np.asarray(decode_array(payload))
     if strings.dtype != np.int64 or strings.ndim != 1 or strings.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D int64 array.")
