@@ -212,3 +212,20 @@ def test_a_garbage_frame_gets_an_error_frame_and_the_stream_ends() -> None:
                 assert reply["error"]["code"] == "protocol_error"
 
     run(scenario)
+
+
+def test_a_callee_lost_during_a_large_write_fails_the_call_and_spares_the_host() -> None:
+    async def scenario() -> None:
+        big = np.zeros(2**21, dtype=np.complex128)  # 32 MiB: many writes on the wire
+        async with caller() as channels:
+            async with callee() as (mesh, addr, _streams):
+                await invoke(channels, addr, "echo", {})
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mesh.host.close)
+                    with pytest.raises((PeerUnreachable, InvokeTimeout)):
+                        await invoke(channels, addr, "echo", {"big": big}, limit_s=20)
+            # The caller's host lives on: another callee is served over a fresh channel.
+            async with callee() as (_, other, _streams):
+                assert (await invoke(channels, other, "echo", {"x": 1}))["params"] == {"x": 1}
+
+    run(scenario)

@@ -28,6 +28,7 @@ from quantum_mesh.control import repository as repo
 from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.scheduler import UnitOutcome, WorkScheduler, WorkUnit
+from quantum_mesh.control.sizing import CallSizer
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import Conflict, Overloaded, QMeshError
 from quantum_mesh.logs import get_logger
@@ -298,6 +299,19 @@ class JobHandle:
         """Usable nodes offering ``service_type`` now, by peer ID."""
         registry = self._manager.scheduler.registry
         return sorted(v.peer_id for v in registry.usable_snapshot() if service_type in v.services)
+
+    def worker_slots(self, service_type: str, nodes: frozenset[str] | None = None) -> int:
+        """Worker processes of the usable nodes offering ``service_type`` (among ``nodes``)."""
+        registry = self._manager.scheduler.registry
+        return sum(
+            max(1, int(registry.advert_of(peer).get("workers", 1)))
+            for peer in self.nodes_offering(service_type)
+            if nodes is None or peer in nodes
+        )
+
+    @property
+    def sizer(self) -> CallSizer:
+        return self._manager.scheduler.sizer
 
 
 class JobManager:

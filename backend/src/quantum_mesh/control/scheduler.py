@@ -34,6 +34,7 @@ from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
 from quantum_mesh.control.reservations import ReservationService
+from quantum_mesh.control.sizing import CallSizer
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
@@ -168,6 +169,8 @@ class WorkScheduler:
         self._running: set[asyncio.Task[None]] = set()
         #: Called once per unit, after its reservation is committed and before it is sent.
         self.on_committed: UnitHook | None = None
+        #: What units have cost so far: sizes groups of small jobs (``control/sizing.py``).
+        self.sizer = CallSizer()
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -315,9 +318,11 @@ class WorkScheduler:
             unit.nodes is None or view.peer_id in unit.nodes
         )
 
+    def _workers(self, view: PeerView) -> int:
+        return max(1, int(self.registry.advert_of(view.peer_id).get("workers", 1)))
+
     def free_slots(self, view: PeerView) -> int:
-        workers = max(1, int(self.registry.advert_of(view.peer_id).get("workers", 1)))
-        return workers * SLOTS_PER_WORKER - self._in_flight.get(view.peer_id, 0)
+        return self._workers(view) * SLOTS_PER_WORKER - self._in_flight.get(view.peer_id, 0)
 
     def _choose(self, ticket: _Ticket, usable: list[PeerView], now: float) -> str | None:
         unit = ticket.unit
@@ -333,8 +338,11 @@ class WorkScheduler:
         ]
         if not candidates:
             return None
+        # A node with an idle worker first: queueing a unit behind busy workers (the extra
+        # slots hide our round trips for tiny units) must never leave another node idle.
+        idle = [v for v in candidates if self._in_flight.get(v.peer_id, 0) < self._workers(v)]
         ranked = rank_nodes(
-            candidates,
+            idle or candidates,
             weights=CostWeights.from_settings(self.settings),
             preferred=unit.preferred,
             min_fidelity=unit.min_fidelity,

@@ -108,6 +108,8 @@ class _Outbox:
         self._frames: list[bytes] = []
         self._wake = trio.Event()
         self._finished = False
+        #: The error that ended writing, if any.
+        self.failure: Exception | None = None
 
     def put(self, frame: bytes) -> None:
         self._frames.append(frame)
@@ -126,17 +128,23 @@ class _Outbox:
         with trio.CancelScope(shield=True), trio.fail_after(WRITE_STALL_S):
             await self._stream.write(data)
 
-    async def write_forever(self) -> None:
-        """Raises the stream's transport error when a write fails."""
-        while True:
-            await self._wake.wait()
-            # Trio is single-threaded: nothing runs between the wait and the swap.
-            self._wake = trio.Event()
-            frames, self._frames = self._frames, []
-            if frames:
-                await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
-            if self._finished and not self._frames:
-                return
+    async def write_forever(self, on_failure: trio.CancelScope) -> None:
+        """Write until finished. Never raises: a failed write is kept in ``failure`` and
+        cancels ``on_failure`` (an exception would leave the nursery as an exception group
+        and, uncaught, take the whole host down)."""
+        try:
+            while True:
+                await self._wake.wait()
+                # Trio is single-threaded: nothing runs between the wait and the swap.
+                self._wake = trio.Event()
+                frames, self._frames = self._frames, []
+                if frames:
+                    await self._write(frames[0] if len(frames) == 1 else b"".join(frames))
+                if self._finished and not self._frames:
+                    return
+        except _ENDING_ERRORS as error:
+            self.failure = error
+            on_failure.cancel()
 
 
 class Channel:
@@ -173,11 +181,18 @@ class Channel:
         try:
             await _widen_window(self._stream)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._outbox.write_forever)
+                nursery.start_soon(self._outbox.write_forever, nursery.cancel_scope)
                 error = await self._read_replies()
                 nursery.cancel_scope.cancel()
+            if self._outbox.failure is not None:
+                failure = self._outbox.failure
+                error = PeerUnreachable(f"connection to {self.peer_id} failed: {failure!r}")
         except _ENDING_ERRORS as failure:
             error = PeerUnreachable(f"connection to {self.peer_id} failed: {failure!r}")
+        except Exception as bug:
+            # The boundary: whatever one channel hits must not take the host down.
+            logger.exception("channel to %s failed unexpectedly", self.peer_id)
+            error = PeerUnreachable(f"channel to {self.peer_id} failed: {bug!r}")
         finally:
             self._close(error)
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
@@ -376,15 +391,20 @@ async def serve_channel(
     try:
         await _widen_window(stream)
         async with trio.open_nursery() as writer:
-            writer.start_soon(outbox.write_forever)
+            writer.start_soon(outbox.write_forever, writer.cancel_scope)
             async with trio.open_nursery() as calls:
                 await _read_calls(stream, remote, outbox, calls, dispatch, max_frame_bytes, gate)
                 calls.cancel_scope.cancel()
             # A last error frame (a broken request) still goes out, within a bound.
             outbox.finish()
             writer.cancel_scope.deadline = trio.current_time() + FINAL_WRITE_TIMEOUT_S
+        if outbox.failure is not None:
+            logger.debug("channel from %s failed: %r", remote, outbox.failure)
     except _ENDING_ERRORS as error:
         logger.debug("channel from %s failed: %r", remote, error)
+    except Exception:
+        # The boundary: a bad caller or a bug in one call must not take the host down.
+        logger.exception("channel from %s failed unexpectedly", remote)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             await _reset_quietly(stream)
@@ -452,6 +472,9 @@ async def _reply_frame(
         return _error_frame(request_id, error.code, str(error))
     except RemoteError as error:
         return _error_frame(request_id, error.code, error.message)
+    except Exception as error:
+        logger.exception("dispatching a call from %s failed", remote)
+        return _error_frame(request_id, ERR_HANDLER_ERROR, f"{type(error).__name__}: {error}")
     try:
         packed = result if isinstance(result, bytes) else packing.pack(result)
         return codec.frame(_ok_body(request_id, packed), max_bytes=max_frame_bytes)

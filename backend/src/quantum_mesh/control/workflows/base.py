@@ -18,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.scheduler import UnitOutcome, WorkUnit
+from quantum_mesh.control.sizing import compute_seconds
+from quantum_mesh.errors import ExecutionFailed
 
 T = TypeVar("T")
 Payloads = list[dict[str, Any]]
@@ -108,9 +110,98 @@ class DriverPort:
 
         return dispatch
 
+    def grouped_dispatcher(
+        self,
+        method: str,
+        service_type: str,
+        *,
+        group_key: str = "jobs",
+        results_key: str = "results",
+        max_group: int,
+    ) -> Callable[[Payloads], Payloads]:
+        """Like ``dispatcher``, for a method that also takes ``{group_key: [job, ...]}`` and
+        answers ``{results_key: [result, ...]}`` in order (``qaoa_block``).
+
+        Single jobs are packed into groups sized from what this method's units have cost so
+        far (``control/sizing.py``) and unpacked again: the driver gets one reply per payload,
+        in input order, each with where it ran. Payloads that already are groups (a caller's
+        explicit ``compound_size``) go out unchanged."""
+        if self.options.local:
+            return _local_dispatch(method)
+
+        def dispatch(payloads: Payloads) -> Payloads:
+            self.check_cancelled()
+            return self._call(
+                self._dispatch_grouped(
+                    method, service_type, payloads, group_key, results_key, max_group
+                )
+            )
+
+        return dispatch
+
+    async def _dispatch_grouped(
+        self,
+        method: str,
+        service_type: str,
+        payloads: Payloads,
+        group_key: str,
+        results_key: str,
+        max_group: int,
+    ) -> Payloads:
+        singles = [i for i, p in enumerate(payloads) if group_key not in p]
+        size = self.handle.sizer.group_size(
+            method,
+            jobs=len(singles),
+            slots=self.handle.worker_slots(service_type, self.options.nodes),
+            max_group=max_group,
+        )
+        sends: list[tuple[dict[str, Any], list[int] | None]] = [
+            (p, None) for p in payloads if group_key in p
+        ]
+        for start in range(0, len(singles), size):
+            chunk = singles[start : start + size]
+            if len(chunk) == 1:
+                sends.append((payloads[chunk[0]], chunk))
+            else:
+                sends.append(({group_key: [payloads[i] for i in chunk]}, chunk))
+        outcomes = await self._run(method, service_type, [s[0] for s in sends], None)
+        replies: list[dict[str, Any] | None] = [None] * len(payloads)
+        passthrough = iter(i for i, p in enumerate(payloads) if group_key in p)
+        for (_, members), outcome in zip(sends, outcomes, strict=True):
+            reply = outcome_reply(outcome)
+            self.handle.sizer.observe(
+                method,
+                jobs=1 if members is None else len(members),
+                wall_s=_unit_wall_s(outcome),
+                compute_s=compute_seconds(outcome.reply),
+            )
+            if members is None:
+                replies[next(passthrough)] = reply
+            elif len(members) == 1:
+                replies[members[0]] = reply
+            else:
+                where = {k: v for k, v in reply.items() if k != results_key}
+                results = reply.get(results_key)
+                answered = results if isinstance(results, list) else []
+                # Fewer results than jobs is caught below; extra ones are ignored.
+                for index, result in zip(members, answered[: len(members)], strict=False):
+                    replies[index] = {**result, **where}
+        missing = [i for i, r in enumerate(replies) if r is None]
+        if missing:  # a node answered a group with fewer results than jobs
+            raise ExecutionFailed(
+                f"{method}: no result for {len(missing)} of {len(payloads)} jobs",
+                details={"missing": missing[:20]},
+            )
+        return [r for r in replies if r is not None]
+
     async def _dispatch(
         self, method: str, service_type: str, payloads: Payloads, on_unit: UnitProgress | None
     ) -> Payloads:
+        return [outcome_reply(o) for o in await self._run(method, service_type, payloads, on_unit)]
+
+    async def _run(
+        self, method: str, service_type: str, payloads: Payloads, on_unit: UnitProgress | None
+    ) -> list[UnitOutcome]:
         units = [
             WorkUnit(
                 job_id=self.handle.job_id,
@@ -131,8 +222,13 @@ class DriverPort:
                     await self.handle.progress(progress)
 
             on_done = report
-        outcomes = await self.handle.run_units(units, on_done=on_done)
-        return [outcome_reply(o) for o in outcomes]
+        return await self.handle.run_units(units, on_done=on_done)
+
+
+def _unit_wall_s(outcome: UnitOutcome) -> float:
+    """A unit's time on the coordinator's side, queue wait excluded."""
+    elapsed = (outcome.finished_at - outcome.started_at).total_seconds()
+    return max(0.0, elapsed - outcome.queued_s)
 
 
 def _local_dispatch(method: str) -> Callable[[Payloads], Payloads]:

@@ -11,6 +11,7 @@ from quantum_mesh.control.workflows.params import check_storable, require_keys, 
 from quantum_mesh.mesh.protocol import METHOD_QAOA_BLOCK, METHOD_QAOA_SCHEDULES, SERVICE_QAOA_BLOCK
 from quantum_mesh.quantum.qaoa import beam
 from quantum_mesh.quantum.qaoa.classical import validate_knapsack
+from quantum_mesh.quantum.qaoa.worker import MAX_COMPOUND_JOBS
 
 
 class KnapsackWorkflow:
@@ -49,7 +50,9 @@ class KnapsackWorkflow:
                 params["values"],
                 params["weights"],
                 params["capacity"],
-                dispatch=port.dispatcher(METHOD_QAOA_BLOCK, SERVICE_QAOA_BLOCK),
+                dispatch=port.grouped_dispatcher(
+                    METHOD_QAOA_BLOCK, SERVICE_QAOA_BLOCK, max_group=MAX_COMPOUND_JOBS
+                ),
                 settings=settings,
                 seed=params["seed"],
                 on_progress=on_progress,

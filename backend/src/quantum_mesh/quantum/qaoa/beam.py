@@ -59,7 +59,9 @@ class KnapsackSettings:
     """Tuning of :func:`solve_knapsack` (validated on creation).
 
     ``compound_size``: beam-entry jobs of one block grouped into one dispatched payload
-    (``{"jobs": [...]}``), to amortise transport on small blocks.
+    (``{"jobs": [...]}``), to amortise transport on small blocks. 0 (the default) sends one
+    payload per job and leaves grouping to the dispatcher, which sizes groups from measured
+    per-call overhead and compute (``control/sizing.py``).
 
     ``max_attempts``: deprecated and ignored. It bounded the driver's re-send rounds, which
     are gone (the dispatcher retries); it is still accepted and range-checked so existing
@@ -75,7 +77,7 @@ class KnapsackSettings:
     shots: int = 512
     top_k: int = 8
     order: str = "density"
-    compound_size: int = 1
+    compound_size: int = 0
     max_attempts: int = 3
 
     def __post_init__(self) -> None:
@@ -94,7 +96,11 @@ class KnapsackSettings:
             ("shots", 1 <= self.shots <= 1 << 16, "shots must be in [1, 65536]"),
             ("top_k", 1 <= self.top_k <= 64, "top_k must be in [1, 64]"),
             ("order", self.order in ORDERS, f"order must be one of {ORDERS}"),
-            ("compound_size", 1 <= self.compound_size <= 64, "compound_size must be in [1, 64]"),
+            (
+                "compound_size",
+                0 <= self.compound_size <= 64,
+                "compound_size must be in [0, 64] (0: sized automatically)",
+            ),
             ("max_attempts", 1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
         ]
         for name, ok, message in checks:
@@ -440,7 +446,8 @@ def solve_knapsack(
                 dispatch=schedule_dispatch,
                 ledger=ledger,
             )
-        results = _run_jobs(jobs, dispatch=dispatch, group=settings.compound_size, ledger=ledger)
+        group = max(1, settings.compound_size)
+        results = _run_jobs(jobs, dispatch=dispatch, group=group, ledger=ledger)
         extended: dict[tuple[int, ...], _Entry] = {}
         for job in jobs:
             result = results[job.job_id]

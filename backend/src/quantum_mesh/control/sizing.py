@@ -1,0 +1,87 @@
+"""How many small jobs go into one unit of mesh work, from what calls have cost so far.
+
+Every unit pays a fixed overhead (a reservation, an invocation, its records) on top of its
+compute. Sending each QAOA block job alone made that overhead 20-30 % of a knapsack run's
+wall time; packing every job of a round into one unit per worker removes it, but leaves a
+worker idle when its group finishes early. The sizer takes the middle road from measurements,
+per method: groups just large enough that the measured per-unit overhead is at most
+``TARGET_OVERHEAD_SHARE`` of the group's measured compute, and never larger than one group
+per free worker slot (so every worker still gets work). Before anything is measured it
+starts from one group per slot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Overhead a group may add on top of its compute.
+TARGET_OVERHEAD_SHARE = 0.05
+#: Weight of the newest observation in the running averages.
+SMOOTHING = 0.3
+
+
+@dataclass
+class _Estimate:
+    overhead_s: float
+    job_compute_s: float
+    calls: int = 1
+
+
+class CallSizer:
+    """Running per-method estimates of per-unit overhead and per-job compute."""
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, _Estimate] = {}
+
+    def observe(self, method: str, *, jobs: int, wall_s: float, compute_s: float) -> None:
+        """One finished unit of ``jobs`` jobs: its wall time on the coordinator's side
+        (reservation to recorded result, queue wait excluded) and the compute its node
+        reported for them."""
+        if jobs < 1 or wall_s <= 0:
+            return
+        overhead = max(0.0, wall_s - compute_s)
+        per_job = max(0.0, compute_s) / jobs
+        known = self._by_method.get(method)
+        if known is None:
+            self._by_method[method] = _Estimate(overhead, per_job)
+            return
+        known.overhead_s += SMOOTHING * (overhead - known.overhead_s)
+        known.job_compute_s += SMOOTHING * (per_job - known.job_compute_s)
+        known.calls += 1
+
+    def estimate(self, method: str) -> dict[str, float] | None:
+        known = self._by_method.get(method)
+        if known is None:
+            return None
+        return {
+            "overhead_s": known.overhead_s,
+            "job_compute_s": known.job_compute_s,
+            "calls": known.calls,
+        }
+
+    def group_size(self, method: str, *, jobs: int, slots: int, max_group: int) -> int:
+        """Jobs per unit for a round of ``jobs`` jobs over ``slots`` free worker slots."""
+        if jobs <= 1:
+            return 1
+        widest = max(1, min(max_group, math.ceil(jobs / max(1, slots))))
+        known = self._by_method.get(method)
+        if known is None or known.job_compute_s <= 0:
+            return widest
+        wanted = math.ceil(known.overhead_s / (TARGET_OVERHEAD_SHARE * known.job_compute_s))
+        return max(1, min(widest, wanted))
+
+
+def compute_seconds(reply: Mapping[str, Any]) -> float:
+    """Seconds of compute a node reports in a reply (``seconds``, or ``diagnostics.seconds``;
+    summed over ``results`` of a grouped reply); 0 when it reports none."""
+    results = reply.get("results")
+    if isinstance(results, list):
+        return sum(compute_seconds(r) for r in results if isinstance(r, Mapping))
+    diagnostics = reply.get("diagnostics")
+    value = diagnostics.get("seconds") if isinstance(diagnostics, Mapping) else None
+    if value is None:
+        value = reply.get("seconds")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

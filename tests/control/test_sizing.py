@@ -1,0 +1,117 @@
+"""Unit sizing from measured costs, and placement that never leaves an idle worker unused."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from quantum_mesh.control.jobs import JobHandle
+from quantum_mesh.control.sizing import TARGET_OVERHEAD_SHARE, CallSizer, compute_seconds
+from quantum_mesh.control.workflows.base import RunOptions, drive
+from quantum_mesh.store.tables import Job
+from tests.control.conftest import SERVICE, MakeControl, unit, wait_for
+
+
+def test_before_any_measurement_one_group_per_worker_slot() -> None:
+    sizer = CallSizer()
+    assert sizer.group_size("qaoa_block", jobs=8, slots=2, max_group=64) == 4
+    assert sizer.group_size("qaoa_block", jobs=9, slots=2, max_group=64) == 5
+    assert sizer.group_size("qaoa_block", jobs=8, slots=16, max_group=64) == 1
+    assert sizer.group_size("qaoa_block", jobs=100, slots=1, max_group=64) == 64
+    assert sizer.group_size("qaoa_block", jobs=1, slots=0, max_group=64) == 1
+
+
+def test_groups_grow_until_overhead_is_a_small_share_of_compute() -> None:
+    sizer = CallSizer()
+    # 10 ms of overhead per unit, 20 ms of compute per job: 10 jobs keep it at 5 %.
+    sizer.observe("qaoa_block", jobs=1, wall_s=0.030, compute_s=0.020)
+    wanted = round(0.010 / (TARGET_OVERHEAD_SHARE * 0.020))
+    assert sizer.group_size("qaoa_block", jobs=64, slots=1, max_group=64) == wanted
+    # ... but never fewer groups than worker slots.
+    assert sizer.group_size("qaoa_block", jobs=8, slots=4, max_group=64) == 2
+    # Long jobs are worth a unit each.
+    sizer.observe("sqd_batch", jobs=1, wall_s=2.01, compute_s=2.0)
+    assert sizer.group_size("sqd_batch", jobs=8, slots=2, max_group=64) == 1
+
+
+def test_estimates_follow_the_measurements() -> None:
+    sizer = CallSizer()
+    for _ in range(30):
+        sizer.observe("m", jobs=4, wall_s=0.1 + 0.005, compute_s=0.1)
+    estimate = sizer.estimate("m")
+    assert estimate is not None
+    assert estimate["overhead_s"] == pytest.approx(0.005, rel=1e-6)
+    assert estimate["job_compute_s"] == pytest.approx(0.025, rel=1e-6)
+    sizer.observe("m", jobs=0, wall_s=1.0, compute_s=0.0)  # ignored
+    assert sizer.estimate("m") == estimate
+
+
+def test_compute_seconds_reads_what_nodes_report() -> None:
+    assert compute_seconds({"seconds": 0.5}) == 0.5
+    assert compute_seconds({"diagnostics": {"seconds": 0.25}}) == 0.25
+    grouped = {"results": [{"diagnostics": {"seconds": 0.25}}, {"seconds": 0.5}, "junk"]}
+    assert compute_seconds(grouped) == 0.75
+    assert compute_seconds({"seconds": True}) == 0.0
+    assert compute_seconds({}) == 0.0
+
+
+async def test_long_units_spread_over_idle_workers_first(control: MakeControl) -> None:
+    """Each node accepts several units per worker (to hide round trips), but while another
+    node has an idle worker, a unit must not queue behind a busy one."""
+    c = await control()
+    first = c.add_node("n1", workers=1, latency_s=0.3)
+    second = c.add_node("n2", workers=1, latency_s=0.3)
+    # The plan prefers n1 for both: with n1's only worker busy, n2 must still get one.
+    tasks = [
+        asyncio.create_task(c.scheduler.run(unit("job", f"u{i}", preferred=("n1", "n2"))))
+        for i in range(2)
+    ]
+    await wait_for(lambda: first.in_flight + second.in_flight == 2, what="both units to start")
+    assert (first.in_flight, second.in_flight) == (1, 1)
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+
+class GroupedRun:
+    """A job whose driver sends ``payloads`` through the grouped dispatcher."""
+
+    def __init__(self, handle: JobHandle, payloads: list[dict[str, Any]]) -> None:
+        self.handle = handle
+        self.payloads = payloads
+
+    async def compile(self) -> str | None:
+        return None
+
+    async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        def driver(port: Any) -> list[dict[str, Any]]:
+            send = port.grouped_dispatcher("qaoa_block", SERVICE, max_group=64)
+            return send(self.payloads)  # type: ignore[no-any-return]
+
+        replies = await drive(self.handle, RunOptions(), driver)
+        return {"replies": replies}, None
+
+
+async def test_grouped_dispatch_packs_jobs_per_worker_and_answers_in_input_order(
+    control: MakeControl,
+) -> None:
+    c = await control()
+    nodes = [c.add_node("n1", workers=1), c.add_node("n2", workers=1)]
+    manager = c.job_manager()
+    singles = [{"value": i} for i in range(8)]
+    grouped = {"jobs": [{"value": 100}, {"value": 101}]}  # an explicit group goes as it is
+    manager.register_processor("grouped", lambda h: GroupedRun(h, [*singles, grouped]))
+    job, _ = await manager.submit(kind="grouped", request={}, idempotency_key=None)
+    await wait_for(lambda: job.job_id not in manager._tasks, what="the job to end")
+    done: Job = await manager.get(job.job_id)
+
+    assert done.status == "COMPLETED", done.error
+    replies = done.result["replies"]
+    assert [r.get("value") for r in replies[:8]] == list(range(8))
+    assert all(r["node_id"] in {"n1", "n2"} for r in replies[:8])
+    assert [r["value"] for r in replies[8]["results"]] == [100, 101]
+    sent = [len(call.get("jobs", [None])) for n in nodes for call in n.executed]
+    # One group of 4 per worker (nothing measured yet), plus the explicit group of 2.
+    assert sorted(sent) == [2, 4, 4]
+    assert {len(n.executed) for n in nodes} <= {1, 2}
+    assert c.scheduler.sizer.estimate("qaoa_block") is not None
