@@ -57,19 +57,19 @@ def test_compute_seconds_reads_what_nodes_report() -> None:
     assert compute_seconds({}) == 0.0
 
 
-async def test_long_units_spread_over_idle_workers_first(control: MakeControl) -> None:
-    """Each node accepts several units per worker (to hide round trips), but while another
-    node has an idle worker, a unit must not queue behind a busy one."""
+async def test_units_go_to_the_least_loaded_node_first(control: MakeControl) -> None:
+    """Each node accepts several units per worker (to hide round trips), but a unit must not
+    queue behind a busy worker while another node has less to do."""
     c = await control()
     first = c.add_node("n1", workers=1, latency_s=0.3)
     second = c.add_node("n2", workers=1, latency_s=0.3)
-    # The plan prefers n1 for both: with n1's only worker busy, n2 must still get one.
+    # The plan prefers n1 for every unit: load must still win over that preference.
     tasks = [
         asyncio.create_task(c.scheduler.run(unit("job", f"u{i}", preferred=("n1", "n2"))))
-        for i in range(2)
+        for i in range(4)
     ]
-    await wait_for(lambda: first.in_flight + second.in_flight == 2, what="both units to start")
-    assert (first.in_flight, second.in_flight) == (1, 1)
+    await wait_for(lambda: first.in_flight + second.in_flight == 4, what="all units to start")
+    assert (first.in_flight, second.in_flight) == (2, 2)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
 
 

@@ -338,11 +338,17 @@ class WorkScheduler:
         ]
         if not candidates:
             return None
-        # A node with an idle worker first: queueing a unit behind busy workers (the extra
-        # slots hide our round trips for tiny units) must never leave another node idle.
-        idle = [v for v in candidates if self._in_flight.get(v.peer_id, 0) < self._workers(v)]
+
+        # The least loaded nodes first (units in flight per worker, in whole workers): a node
+        # with an idle worker before any busy one, and when all are busy, the shortest
+        # queue. The extra slots per worker hide round trips for tiny units; they must never
+        # queue a long unit behind a busy worker while another node has less to do.
+        def queue_depth(v: PeerView) -> int:
+            return self._in_flight.get(v.peer_id, 0) // self._workers(v)
+
+        lightest = min(queue_depth(v) for v in candidates)
         ranked = rank_nodes(
-            idle or candidates,
+            [v for v in candidates if queue_depth(v) == lightest],
             weights=CostWeights.from_settings(self.settings),
             preferred=unit.preferred,
             min_fidelity=unit.min_fidelity,
