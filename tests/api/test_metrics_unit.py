@@ -27,6 +27,7 @@ def test_render_lists_every_metric_after_calls() -> None:
     metrics.mesh_invoke("execute_fragment", 0.004, ok=True)
     metrics.set_node_freshness("12D3KooWTestPeer", 0.7, fresh=True)
     metrics.advert_dropped("bad_signature")
+    metrics.unit_cost("qaoa_block", overhead_s=0.012, job_compute_s=0.04)
 
     payload, content_type = metrics.render()
     text = payload.decode()
@@ -35,6 +36,7 @@ def test_render_lists_every_metric_after_calls() -> None:
         assert f"# HELP {name}" in text, name
     assert 'qmesh_jobs{kind="circuit",status="QUEUED"} 2.0' in text
     assert 'qmesh_node_fresh{peer_id="12D3KooWTestPeer"} 1.0' in text
+    assert 'qmesh_unit_overhead_seconds{method="qaoa_block"} 0.012' in text
 
 
 def test_counters_increase_by_one_per_call() -> None:

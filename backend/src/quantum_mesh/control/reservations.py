@@ -6,6 +6,7 @@ leaves an honest record and the TTL sweeper can expire what was left behind.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -226,31 +227,33 @@ class ReservationService:
                 )
             )
 
-        await self.db.write(requested)
+        # A direct reservation is checked against its owner's quota before the node is asked.
+        # The scheduler's own (no owner) record the request while the node is asked: the
+        # node's answer does not depend on it, and both are durable before anything moves on
+        # (a crash in between leaves at most an unrecorded node-side hold, which its TTL ends).
+        recording = asyncio.ensure_future(self.db.write(requested))
+        if owner is not None:
+            await recording
         if not self.registry.is_usable(node_id):
+            await recording
             return await self._move(
                 reservation_id,
                 ReservationStatus.REJECTED,
                 reason="node not usable (stale or not enrolled)",
             )
         try:
-            answer = await self.mesh.invoke(
-                node_id,
-                METHOD_RESERVE,
-                {
-                    "reservation_id": reservation_id,
-                    "service_type": service_type,
-                    "min_fidelity": min_fidelity,
-                    "ttl_s": ttl_s,
-                    "commit": True,
-                },
-                timeout=NEGOTIATION_TIMEOUT_S,
-                addrs=self.registry.addrs_of(node_id),
+            answer = await self._ask_node(
+                node_id, reservation_id, service_type, min_fidelity, ttl_s
             )
         except (MeshError, RemoteError) as exc:
+            await recording
             return await self._move(
                 reservation_id, ReservationStatus.REJECTED, reason=f"unreachable: {exc}"
             )
+        finally:
+            if not recording.done():
+                await asyncio.shield(recording)
+        recording.result()
         if not answer.get("accepted"):
             return await self._move(
                 reservation_id,
@@ -290,6 +293,28 @@ class ReservationService:
                 "payload": {**started_event, "reservation_id": reservation_id},
             }
         return await self._move_along(reservation_id, path, job_event=job_event)
+
+    async def _ask_node(
+        self,
+        node_id: str,
+        reservation_id: str,
+        service_type: str,
+        min_fidelity: float | None,
+        ttl_s: float,
+    ) -> dict[str, Any]:
+        return await self.mesh.invoke(
+            node_id,
+            METHOD_RESERVE,
+            {
+                "reservation_id": reservation_id,
+                "service_type": service_type,
+                "min_fidelity": min_fidelity,
+                "ttl_s": ttl_s,
+                "commit": True,
+            },
+            timeout=NEGOTIATION_TIMEOUT_S,
+            addrs=self.registry.addrs_of(node_id),
+        )
 
     async def get(self, reservation_id: str) -> Reservation:
         async with self.db.transaction() as session:

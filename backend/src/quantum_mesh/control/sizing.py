@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from quantum_mesh.observability import metrics
+
 #: Overhead a group may add on top of its compute.
 TARGET_OVERHEAD_SHARE = 0.05
 #: Weight of the newest observation in the running averages.
@@ -46,11 +48,12 @@ class CallSizer:
         per_job = max(0.0, compute_s) / jobs
         known = self._by_method.get(method)
         if known is None:
-            self._by_method[method] = _Estimate(overhead, per_job)
-            return
-        known.overhead_s += SMOOTHING * (overhead - known.overhead_s)
-        known.job_compute_s += SMOOTHING * (per_job - known.job_compute_s)
+            known = self._by_method[method] = _Estimate(overhead, per_job, calls=0)
+        else:
+            known.overhead_s += SMOOTHING * (overhead - known.overhead_s)
+            known.job_compute_s += SMOOTHING * (per_job - known.job_compute_s)
         known.calls += 1
+        metrics.unit_cost(method, overhead_s=known.overhead_s, job_compute_s=known.job_compute_s)
 
     def estimate(self, method: str) -> dict[str, float] | None:
         known = self._by_method.get(method)

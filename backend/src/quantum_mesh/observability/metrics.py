@@ -109,6 +109,18 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=INVOKE_BUCKETS_S,
     registry=REGISTRY,
 )
+UNIT_OVERHEAD_SECONDS = Gauge(
+    "qmesh_unit_overhead_seconds",
+    "Running estimate of a unit's coordinator-side time beyond its compute, by method.",
+    ["method"],
+    registry=REGISTRY,
+)
+UNIT_JOB_COMPUTE_SECONDS = Gauge(
+    "qmesh_unit_job_compute_seconds",
+    "Running estimate of one job's compute on a node, by method (sizes grouped units).",
+    ["method"],
+    registry=REGISTRY,
+)
 JOBS_REJECTED = Counter(
     "qmesh_jobs_rejected_total",
     "Submits refused with 429 because the job queue was full.",
@@ -122,6 +134,8 @@ ADVERTS_DROPPED = Counter(
 )
 
 METRIC_NAMES = (
+    "qmesh_unit_overhead_seconds",
+    "qmesh_unit_job_compute_seconds",
     "qmesh_job_transitions_total",
     "qmesh_jobs",
     "qmesh_fragment_duration_seconds",
@@ -169,6 +183,11 @@ def set_queue_depth(depth: int) -> None:
 
 def queue_wait(seconds: float) -> None:
     QUEUE_WAIT_SECONDS.observe(max(0.0, seconds))
+
+
+def unit_cost(method: str, *, overhead_s: float, job_compute_s: float) -> None:
+    UNIT_OVERHEAD_SECONDS.labels(method=method).set(overhead_s)
+    UNIT_JOB_COMPUTE_SECONDS.labels(method=method).set(job_compute_s)
 
 
 def job_rejected() -> None:
