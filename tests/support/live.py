@@ -70,7 +70,9 @@ class LiveCoordinator:
         self.port = port or free_port()
         self.p2p_port = p2p_port or free_port()
         self.embedded_nodes = embedded_nodes
-        self.env = {**os.environ, "QMESH_LOG_LEVEL": "INFO", **(env or {})}
+        # Without embedded nodes nothing is usable until a test starts its own: ready at once.
+        ready_nodes = {"QMESH_MIN_READY_NODES": "0"} if embedded_nodes == 0 else {}
+        self.env = {**os.environ, "QMESH_LOG_LEVEL": "INFO", **ready_nodes, **(env or {})}
         if database_url:
             self.env["QMESH_DATABASE_URL"] = database_url
         self.proc: subprocess.Popen[bytes] | None = None
@@ -78,7 +80,9 @@ class LiveCoordinator:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.base_url + "/api/v1", timeout=30.0, headers=headers)
 
-    def start(self, *, wait_nodes: int | None = None) -> LiveCoordinator:
+    def start(self, *, wait_nodes: int | None = None, ready: bool = True) -> LiveCoordinator:
+        """Start; wait for ``/ready`` (``ready=False``: only for ``/health``) and then for
+        ``wait_nodes`` usable nodes (default: the embedded ones)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / "coordinator.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(
@@ -100,6 +104,9 @@ class LiveCoordinator:
             stderr=subprocess.STDOUT,
             env=self.env,
         )
+        if not ready:
+            wait_until(self._healthy, timeout=START_TIMEOUT_S, what="coordinator /health")
+            return self
         wait_until(self._ready, timeout=START_TIMEOUT_S, what="coordinator /ready")
         want = self.embedded_nodes if wait_nodes is None else wait_nodes
         if want:
@@ -109,6 +116,14 @@ class LiveCoordinator:
                 what=f"{want} usable nodes",
             )
         return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"coordinator exited with {self.proc.returncode}: {self.log_tail()}")
+        try:
+            return self.http.get("/health").status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:

@@ -221,6 +221,9 @@ class Settings(BaseSettings):
     cost_weight_load: float = 1.0
     cost_weight_fidelity: float = 3.0
 
+    #: ``/ready`` answers 503 until at least this many nodes are usable (fresh and trusted).
+    min_ready_nodes: int = Field(default=1, ge=0)
+
     # --- node ------------------------------------------------------------------------------
     node_workers: int = Field(default=1, ge=1)
     node_noise_level: float = Field(default=0.0, ge=0.0, le=1.0)

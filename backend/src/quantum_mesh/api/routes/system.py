@@ -29,14 +29,36 @@ async def ready(coord: CoordinatorDep) -> JSONResponse:
         parts["database"] = f"down: {type(exc).__name__}"
     parts["mesh"] = "up" if coord.mesh_up else "down"
     parts["document_store"] = coord.document_store_status()
+    nodes = _node_counts(coord)
+    wanted = coord.settings.min_ready_nodes
+    parts["nodes"] = (
+        f"up: {nodes['usable']} usable"
+        if nodes["usable"] >= wanted
+        else f"down: {nodes['usable']} usable of {wanted} needed (QMESH_MIN_READY_NODES)"
+    )
     failing = [k for k, v in parts.items() if not str(v).startswith(("up", "disabled"))]
     body = {
         "status": "ready" if not failing else "degraded",
         "parts": parts,
         "failing": failing,
-        "usable_nodes": len(coord.registry.usable_snapshot()),
+        "usable_nodes": nodes["usable"],
+        "nodes": {**nodes, "min_ready": wanted},
     }
     return JSONResponse(status_code=200 if not failing else 503, content=body)
+
+
+def _node_counts(coord: Any) -> dict[str, int]:
+    """Nodes the coordinator knows, by whether work can be placed on them now."""
+    known = coord.registry.snapshot()
+    usable = {v.peer_id for v in coord.registry.usable_snapshot()}
+    fresh = sum(1 for v in known if v.fresh)
+    return {
+        "known": len(known),
+        "fresh": fresh,
+        "stale": len(known) - fresh,
+        "usable": len(usable),
+        "untrusted": sum(1 for v in known if v.fresh and v.peer_id not in usable),
+    }
 
 
 @router.get("/bootstrap/libp2p")
