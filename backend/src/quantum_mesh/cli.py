@@ -56,12 +56,9 @@ def coordinator(
 
     Options given on the command line win over QMESH_* variables and .env; those win over
     the defaults."""
-    import uvicorn
-
-    from quantum_mesh.api.app import create_app
     from quantum_mesh.api.security import bind_decision
     from quantum_mesh.config import Settings
-    from quantum_mesh.logs import configure_logging, get_logger
+    from quantum_mesh.startup import StartRefused, check_ports_free, lock_data_dir
 
     given: dict[str, Any] = {
         "host": host,
@@ -71,10 +68,26 @@ def coordinator(
         "data_dir": data_dir,
     }
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
     # Without a key every caller is admin: the API is served on loopback only (unless
     # QMESH_ALLOW_UNAUTHENTICATED_BIND), and the operator is told so on the console.
     bind_host, note = bind_decision(settings)
+    # Before anything starts (logging, the app's imports, nodes, the document server): a
+    # second start with the same data directory or ports must leave the running coordinator
+    # untouched, and say so in one line.
+    try:
+        data_dir_lock = lock_data_dir(settings.data_dir)
+        check_ports_free(bind_host, {"HTTP": settings.port})
+        check_ports_free(settings.p2p_host, {"libp2p": settings.p2p_port})
+    except StartRefused as refusal:
+        typer.echo(f"qmesh coordinator: {refusal}", err=True)
+        raise typer.Exit(2) from None
+
+    import uvicorn
+
+    from quantum_mesh.api.app import create_app
+    from quantum_mesh.logs import configure_logging, get_logger
+
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
     if note is not None:
         typer.echo(f"qmesh coordinator: {note}", err=True)
         get_logger("quantum_mesh.cli").warning(
@@ -87,6 +100,7 @@ def coordinator(
         log_config=None,
         ws="websockets-sansio",
     )
+    data_dir_lock.close()
 
 
 @app.command()

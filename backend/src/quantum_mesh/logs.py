@@ -190,6 +190,14 @@ def configure_logging(
     p2p.handlers.clear()
     p2p.propagate = True
     p2p.setLevel(max(logging.getLevelName(level), logging.WARNING))
+    # Chatter that says nothing to an operator at INFO: alembic announcing its plugins on
+    # import, qiskit's transpiler timing every pass.
+    for noisy in QUIET_AT_INFO:
+        logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
+
+
+#: Loggers kept at WARNING unless the configured level is stricter.
+QUIET_AT_INFO = ("alembic.runtime.plugins", "qiskit.passmanager", "qiskit.compiler")
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

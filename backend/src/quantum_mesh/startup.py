@@ -1,0 +1,75 @@
+"""Checks made before a coordinator starts anything, so a second start touches nothing.
+
+A coordinator owns its data directory (database, keys, peer logs, its document server's
+files) and two ports. Started twice with the same ones, the second used to bind libp2p,
+start nodes with the first one's peer IDs and stop the first one's document server before it
+failed on the HTTP port. Now it takes an exclusive lock on the data directory first, then
+checks every port it will bind, and only then starts; either failure is one line and exit
+code 2, and the running coordinator never notices.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from pathlib import Path
+from typing import IO
+
+LOCK_NAME = "coordinator.lock"
+
+
+class StartRefused(Exception):
+    """Why this start must not go on (one line for the operator)."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Take the data directory's lock for the life of this process (kept by the returned
+    open file; the OS releases it when the process ends, however it ends).
+
+    Raises:
+        StartRefused: another live process holds it.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_NAME
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise StartRefused(
+                f"data directory {data_dir} is in use by another coordinator (pid {holder}); "
+                "stop it first, or start this one with another --data-dir"
+            ) from error
+        raise
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Bind and release each named TCP port (0 = any, skipped).
+
+    Raises:
+        StartRefused: a port is taken (or cannot be bound on ``host``).
+    """
+    for what, port in ports.items():
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                reason = "is in use" if error.errno == errno.EADDRINUSE else f"failed: {error}"
+                setting = {"HTTP": "--port / QMESH_PORT", "libp2p": "--p2p-port / QMESH_P2P_PORT"}
+                hint = setting.get(what, "its setting")
+                raise StartRefused(
+                    f"{what} port {host}:{port} {reason}; choose another with {hint}"
+                ) from error
