@@ -292,13 +292,16 @@ def test_websocket_sees_every_transition_in_order(coord: LiveCoordinator) -> Non
     ] or set(status_after_first) <= set(statuses)
 
 
+CLI = (sys.executable, "-m", "quantum_mesh.cli")
+
+
 def test_cancel_and_watch_cli(coord: LiveCoordinator) -> None:
     job_id = _submit(coord, BELL, seed=1)
     coord.wait_job(job_id)
     r = coord.http.post(f"/jobs/{job_id}/cancel")
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
     out = subprocess.run(
-        [sys.executable, "-m", "quantum_mesh.cli", "watch", job_id, "--api", coord.base_url],
+        [*CLI, "watch", job_id, "--json", "--api", coord.base_url],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,7 +7,7 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -17,15 +17,16 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DEFAULT_API = "http://127.0.0.1:8000"
-
 
 @app.callback()
-def _setup() -> None:
+def _setup(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")] = False,
+) -> None:
     """Structured logs go to stderr for every command, so stdout stays for results."""
     from quantum_mesh.config import Settings
     from quantum_mesh.logs import configure_logging
 
+    _DEBUG["on"] = debug
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
 
@@ -151,11 +152,24 @@ def keygen(key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.
     typer.echo(peer_id_from_key_file(key_file))
 
 
-def _client(api: str, api_key: str | None) -> Any:
-    import httpx
+#: Set by ``--debug``: show tracebacks instead of one-line messages.
+_DEBUG = {"on": False}
+ApiOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api", envvar="QMESH_API", help="coordinator URL [QMESH_HOST:QMESH_PORT, 127.0.0.1:8000]"
+    ),
+]
+ApiKeyOption = Annotated[str | None, typer.Option("--api-key", envvar="QMESH_API_KEY")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print the whole JSON document")]
 
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    return httpx.Client(base_url=api, headers=headers, timeout=30.0)
+
+def _fail(error: Exception) -> NoReturn:
+    """One line on stderr and exit 1; the traceback only with ``--debug``."""
+    if _DEBUG["on"]:
+        raise error
+    typer.echo(f"qmesh: {error}", err=True)
+    raise typer.Exit(1)
 
 
 @app.command()
@@ -164,75 +178,110 @@ def submit(
     shots: Annotated[int, typer.Option(min=1)] = 1024,
     seed: Annotated[int | None, typer.Option()] = None,
     wait: Annotated[bool, typer.Option("--wait")] = False,
-    api: Annotated[str, typer.Option(envvar="QMESH_API")] = DEFAULT_API,
-    api_key: Annotated[str | None, typer.Option(envvar="QMESH_API_KEY")] = None,
+    api: ApiOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Submit an OpenQASM file; with --wait, follow it to the end."""
+    """Submit an OpenQASM file and print its job ID; with --wait, follow it to the end."""
+    from quantum_mesh.client import ClientError, call, default_api, session
+
+    api = api or default_api()
     body: dict[str, Any] = {"circuit": file.read_text(), "shots": shots}
     if seed is not None:
         body["seed"] = seed
-    with _client(api, api_key) as client:
-        r = client.post("/api/v1/circuits/submit", json=body)
-        if r.status_code >= 400:
-            typer.echo(json.dumps(r.json(), indent=2), err=True)
-            raise typer.Exit(1)
-        job_id = r.json()["job_id"]
-        typer.echo(job_id)
+    try:
+        with session(api, api_key) as client:
+            answer = call(client, "POST", "/api/v1/circuits/submit", json=body)
+    except ClientError as error:
+        _fail(error)
+    typer.echo(json.dumps(answer, indent=2) if as_json and not wait else answer["job_id"])
     if wait:
-        watch(job_id, api=api, api_key=api_key)
+        watch(answer["job_id"], api=api, api_key=api_key, as_json=as_json)
 
 
 @app.command()
 def watch(
     job_id: str,
-    api: Annotated[str, typer.Option(envvar="QMESH_API")] = DEFAULT_API,
-    api_key: Annotated[str | None, typer.Option(envvar="QMESH_API_KEY")] = None,
+    api: ApiOption = None,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Follow a job's transitions live (WebSocket) with a progress display."""
-    asyncio.run(_watch(job_id, api, api_key))
+    """Follow a job live (WebSocket) with a progress display, then summarise its result."""
+    from quantum_mesh.client import ClientError, call, default_api, session, summary
+
+    api = api or default_api()
+    try:
+        with session(api, api_key) as client:
+            job = call(client, "GET", f"/api/v1/jobs/{job_id}")
+            if job.get("status") not in TERMINAL:
+                asyncio.run(_follow(job_id, api, api_key))
+            job = call(client, "GET", f"/api/v1/jobs/{job_id}")
+    except ClientError as error:
+        _fail(error)
+    typer.echo(json.dumps(job, indent=2) if as_json else "\n".join(summary(job)))
+    if job.get("status") != "COMPLETED":
+        raise typer.Exit(1)
 
 
-async def _watch(job_id: str, api: str, api_key: str | None) -> None:
+#: WebSocket close codes of the job stream (docs/control-plane.md) and what they mean.
+_CLOSE_REASONS = {
+    4401: "the coordinator needs an API key: pass --api-key or set QMESH_API_KEY",
+    4403: "this API key may not watch that job",
+    4404: "no such job",
+    4429: "too many live streams open; try again shortly",
+}
+
+
+async def _follow(job_id: str, api: str, api_key: str | None) -> None:
+    """Show the job's transitions until it ends (ClientError for a refused stream)."""
     import websockets
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from quantum_mesh.client import ClientError
+
     console = Console(stderr=True)
     url = api.replace("http", "ws", 1) + f"/api/v1/jobs/{job_id}/events"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    final: dict[str, Any] = {}
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
         console=console,
+        transient=True,
     ) as progress:
-        task = progress.add_task(f"{job_id[:8]} QUEUED", total=None)
-        async with websockets.connect(url, additional_headers=headers) as ws:
-            async for raw in ws:
-                msg = json.loads(raw)
-                if "error" in msg and "status" not in msg:
-                    console.print(f"[red]{msg['error']['message']}")
-                    raise typer.Exit(1)
-                if msg.get("type") == "keepalive":
-                    continue
-                prog = msg.get("progress") or {}
-                done = prog.get("fragments_done", prog.get("done"))
-                total = prog.get("fragments_total", prog.get("total"))
-                progress.update(
-                    task,
-                    description=f"{job_id[:8]} {msg['status']}",
-                    completed=done or 0,
-                    total=total,
-                )
-                final = msg
-                if msg["status"] in TERMINAL:
-                    break
-    with _client(api, api_key) as client:
-        typer.echo(json.dumps(client.get(f"/api/v1/jobs/{job_id}").json(), indent=2))
-    if final.get("status") != "COMPLETED":
-        raise typer.Exit(1)
+        task = progress.add_task(f"{job_id[:8]} …", total=None)
+        try:
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                async for raw in ws:
+                    msg = json.loads(raw)
+                    if "error" in msg and "status" not in msg:
+                        raise ClientError(str(msg["error"].get("message")))
+                    if msg.get("type") == "keepalive" or "status" not in msg:
+                        continue
+                    prog = msg.get("progress") or {}
+                    done = prog.get("fragments_done", prog.get("done"))
+                    total = prog.get("fragments_total", prog.get("total"))
+                    progress.update(
+                        task,
+                        description=f"{job_id[:8]} {msg['status']}",
+                        completed=done or 0,
+                        total=total,
+                    )
+                    if msg["status"] in TERMINAL:
+                        return
+        except websockets.ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else None
+            if code in _CLOSE_REASONS:
+                raise ClientError(_CLOSE_REASONS[code]) from closed
+            raise ClientError(f"the job stream closed ({code})") from closed
+        except websockets.InvalidStatus as refused:
+            status = refused.response.status_code
+            reason = _CLOSE_REASONS.get(4000 + status, f"stream refused ({status})")
+            raise ClientError(reason) from refused
+        except OSError as error:
+            raise ClientError(f"cannot reach the coordinator at {api}: {error}") from error
 
 
 @app.command("log")

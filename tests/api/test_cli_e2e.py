@@ -1,0 +1,109 @@
+"""The CLI for people: one actionable line per failure (tracebacks only with --debug), the
+coordinator found from QMESH_PORT, and a short summary of each result. Real subprocesses
+against a real coordinator."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from tests.support.live import LiveCoordinator, free_port
+
+from quantum_mesh.client import explain
+
+EMBEDDED_NODES = 1
+CLI_TIMEOUT_S = 120
+BELL = """OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[2];
+creg c[2];
+h q[0];
+cx q[0],q[1];
+measure q -> c;
+"""
+
+
+def qmesh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "quantum_mesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith("qmesh: ")
+    return lines[0]
+
+
+@pytest.fixture
+def bell(tmp_path: Path) -> Path:
+    path = tmp_path / "bell.qasm"
+    path.write_text(BELL)
+    return path
+
+
+def test_an_unreachable_coordinator_is_one_line_and_debug_shows_the_traceback(
+    bell: Path,
+) -> None:
+    api = f"http://127.0.0.1:{free_port()}"
+    line = one_line(qmesh("submit", str(bell), "--api", api))
+    assert "cannot reach the coordinator" in line and api in line
+    debug = qmesh("--debug", "submit", str(bell), "--api", api)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_watch_of_an_unknown_job_says_so_once(coord: LiveCoordinator) -> None:
+    missing = str(uuid.uuid4())
+    line = one_line(qmesh("watch", missing, "--api", coord.base_url))
+    assert missing in line and "does not exist" in line
+
+
+def test_bad_input_names_what_was_refused(coord: LiveCoordinator, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.qasm"
+    broken.write_text("OPENQASM 2.0;\nqreg q[2];\nfrobnicate q[0];\n")
+    line = one_line(qmesh("submit", str(broken), "--api", coord.base_url))
+    assert line.startswith("qmesh: refused (400")
+
+
+def test_submit_and_wait_finds_the_coordinator_by_port_and_summarises(
+    coord: LiveCoordinator, bell: Path
+) -> None:
+    env = {"QMESH_API": "", "QMESH_HOST": "127.0.0.1", "QMESH_PORT": str(coord.port)}
+    result = qmesh("submit", str(bell), "--seed", "3", "--wait", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    job_id = lines[0]
+    uuid.UUID(job_id)
+    assert lines[1].startswith(f"{job_id}  circuit  COMPLETED")
+    assert "1024 shots, 2 outcomes; top: " in lines[2] and "00: " in lines[2]
+    assert "HTTP Request" not in result.stderr  # httpx stays quiet
+    whole = qmesh("watch", job_id, "--json", env=env)
+    assert whole.returncode == 0 and '"quantum_result"' in whole.stdout
+
+
+def test_error_answers_read_as_sentences() -> None:
+    assert "QMESH_API_KEY" in explain(401, {"code": "unauthorized", "message": "no key"})
+    assert explain(403, {"code": "forbidden", "message": "needs admin"}).startswith("this API key")
+    busy = explain(
+        429, {"code": "overloaded", "message": "queue full", "details": {"retry_after_s": 3}}
+    )
+    assert "retry in 3 s" in busy
+    refused = explain(
+        422,
+        {
+            "code": "validation_error",
+            "message": "bad",
+            "details": {"errors": [{"loc": ["body", "params", "seed"]}]},
+        },
+    )
+    assert refused == "refused (422 validation_error): bad [params.seed]"
