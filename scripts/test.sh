@@ -9,9 +9,11 @@ bash scripts/bootstrap.sh
 # Debian's where we can (root with apt), otherwise that one check says what to install.
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
    && ! command -v docker-compose >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing Debian's docker-compose system-wide (apt-get, as root) for the compose-file check" >&2
   (apt-get install -y -qq docker-compose >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose >/dev/null 2>&1; }) \
     || echo "note: could not install docker-compose; the compose check will be skipped" >&2
 fi
+# newman (for the Postman collection test) goes into .tools/ inside the checkout, never system-wide.
 bash scripts/install-newman.sh >/dev/null || true
 exec .venv/bin/python -m pytest "$@"
