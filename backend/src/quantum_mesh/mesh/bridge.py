@@ -272,6 +272,39 @@ class MeshBridge:
     def connected_peers(self) -> set[str]:
         return set(self._connected)
 
+    def runtime_state(self) -> dict[str, Any]:
+        """A snapshot of the host for operators: connections, channels, inbound calls and
+        the advert topic's pubsub mesh. Read from the asyncio side: every collection is
+        copied in one step under the GIL, so the figures are consistent enough to read,
+        not a transaction."""
+        mesh, channels = self._mesh, self._channels
+        if mesh is None:
+            return {"running": False}
+        topic_peers = list(mesh.pubsub.peer_topics.get(ADVERT_TOPIC, ()))
+        gossip_mesh = list(mesh.gossipsub.mesh.get(ADVERT_TOPIC, ()))
+        return {
+            "running": True,
+            "peer_id": self.peer_id,
+            "listen_addrs": list(self.listen_addrs),
+            "connected_peers": sorted(self._connected),
+            "channels": {
+                "protocol": CHANNEL_PROTOCOL,
+                "open": 0 if channels is None else channels.open_count(),
+                "pending_calls": 0 if channels is None else channels.pending_calls(),
+            },
+            "inbound": {
+                "calls_in_flight": dict(self.inbound._open),
+                "refused": dict(self.inbound.refused),
+                "max_per_peer": self.inbound.max_streams_per_peer,
+            },
+            "pubsub": {
+                "topic": ADVERT_TOPIC,
+                "subscribed_peers": sorted(str(p) for p in topic_peers),
+                "gossip_mesh_peers": sorted(str(p) for p in gossip_mesh),
+            },
+            "advert_stats": dict(self.advert_stats),
+        }
+
     def open_channels(self) -> int:
         """Protocol-2 channels open to peers (a gauge for ``/metrics``)."""
         channels = self._channels

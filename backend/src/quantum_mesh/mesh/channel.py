@@ -284,7 +284,11 @@ class Channels:
         return channel if channel is not None and channel.closed is None else None
 
     def open_count(self) -> int:
-        return sum(1 for c in self._open.values() if c.closed is None)
+        return sum(1 for c in list(self._open.values()) if c.closed is None)
+
+    def pending_calls(self) -> int:
+        """Calls sent and not yet answered, over every open channel."""
+        return sum(c.pending for c in list(self._open.values()) if c.closed is None)
 
     async def connect(self, peer_id: str, addrs: list[str], *, limit_s: float) -> Channel:
         """The peer's channel, dialling and opening it if needed; one opening per peer.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Any
 
 from fastapi import APIRouter
@@ -11,6 +12,39 @@ from sqlalchemy import text
 from quantum_mesh.api.deps import CoordinatorDep
 
 router = APIRouter(tags=["system"])
+
+
+#: What ``GET /`` points to, by name: each link's path and the method to use on it.
+SERVICE_LINKS: dict[str, dict[str, str]] = {
+    "health": {"href": "/api/v1/health", "method": "GET"},
+    "ready": {"href": "/api/v1/ready", "method": "GET"},
+    "docs": {"href": "/docs", "method": "GET"},
+    "openapi": {"href": "/openapi.json", "method": "GET"},
+    "metrics": {"href": "/metrics", "method": "GET"},
+    "bootstrap": {"href": "/api/v1/bootstrap/libp2p", "method": "GET"},
+    "runtime": {"href": "/api/v1/bootstrap/libp2p/runtime", "method": "GET"},
+    "peers": {"href": "/api/v1/discovery/peers", "method": "GET"},
+    "topology": {"href": "/api/v1/discovery/topology", "method": "GET"},
+    "services": {"href": "/api/v1/services", "method": "GET"},
+    "enrollment": {"href": "/api/v1/enrollment/peers", "method": "GET"},
+    "submit_circuit": {"href": "/api/v1/circuits/submit", "method": "POST"},
+    "jobs": {"href": "/api/v1/jobs", "method": "GET"},
+    "reservations": {"href": "/api/v1/reservations", "method": "POST"},
+    "workflow_runs": {"href": "/api/v1/workflows/runs", "method": "GET"},
+    "benchmarks": {"href": "/api/v1/workflows/benchmarks", "method": "GET"},
+    "finance": {"href": "/api/v1/finance", "method": "GET"},
+}
+
+
+@router.get("/")
+async def index(coord: CoordinatorDep) -> dict[str, Any]:
+    """Where everything is: the service's name and version, and links to its endpoints."""
+    return {
+        "service": "quantum-mesh",
+        "version": version("quantum-mesh"),
+        "peer_id": coord.mesh.peer_id,
+        "links": SERVICE_LINKS,
+    }
 
 
 @router.get("/health")
@@ -59,6 +93,13 @@ def _node_counts(coord: Any) -> dict[str, int]:
         "usable": len(usable),
         "untrusted": sum(1 for v in known if v.fresh and v.peer_id not in usable),
     }
+
+
+@router.get("/bootstrap/libp2p/runtime")
+async def runtime(coord: CoordinatorDep) -> dict[str, Any]:
+    """The coordinator's libp2p host right now: connections, channels and calls in flight,
+    inbound calls and refusals, and the advert topic's pubsub mesh."""
+    return coord.mesh.runtime_state()
 
 
 @router.get("/bootstrap/libp2p")
