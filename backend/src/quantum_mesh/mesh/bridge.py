@@ -132,7 +132,7 @@ class MeshBridge:
         self._advert_max_age_s = advert_max_age_s
         self.peer_id: str = peer_id_of(self._key_pair)
         self.listen_addrs: list[str] = []
-        self.protocols: list[str] = [INVOKE_PROTOCOL]
+        self.protocols: list[str] = [CHANNEL_PROTOCOL, INVOKE_PROTOCOL]
         self.advert_topic: str = ADVERT_TOPIC
         self.on_advert: Callable[[Advert], None] | None = None
         self.on_peer_disconnected: Callable[[str], None] | None = None

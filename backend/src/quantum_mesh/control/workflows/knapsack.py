@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
-from quantum_mesh.control.workflows.params import check_storable, require_keys, seed_of
+from quantum_mesh.control.workflows.params import (
+    check_storable,
+    reject_unknown,
+    require_keys,
+    seed_of,
+)
 from quantum_mesh.mesh.protocol import METHOD_QAOA_BLOCK, METHOD_QAOA_SCHEDULES, SERVICE_QAOA_BLOCK
 from quantum_mesh.quantum.qaoa import beam
 from quantum_mesh.quantum.qaoa.classical import validate_knapsack
 from quantum_mesh.quantum.qaoa.worker import MAX_COMPOUND_JOBS
+
+#: The instance, the seed and every ``KnapsackSettings`` field.
+KNAPSACK_PARAMS = frozenset(
+    {"values", "weights", "capacity", "seed", *(f.name for f in fields(beam.KnapsackSettings))}
+)
 
 
 class KnapsackWorkflow:
@@ -20,6 +31,7 @@ class KnapsackWorkflow:
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
         check_storable(params)
+        reject_unknown(params, KNAPSACK_PARAMS, self.kind)
         require_keys(params, "values", "weights", "capacity")
         await compute.run(
             validate_knapsack, params["values"], params["weights"], params["capacity"]

@@ -12,6 +12,7 @@ from quantum_mesh.control.workflows.params import (
     finite_number,
     int_param,
     number_param,
+    reject_unknown,
     seed_of,
 )
 from quantum_mesh.errors import InvalidInput
@@ -25,6 +26,7 @@ MAX_QUBO_MAGNITUDE = 1e12
 MAX_TOTAL_SCHEDULES = 20_000
 MAX_JOBS = 64
 MAX_REFINE_ROUNDS = 5
+SEARCH_PARAMS = frozenset({"qubo", "offset", "seed", "jobs", "n_schedules", "p", "refine_rounds"})
 
 
 class ParameterSearchWorkflow:
@@ -33,6 +35,7 @@ class ParameterSearchWorkflow:
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
         check_storable(params)
+        reject_unknown(params, SEARCH_PARAMS, self.kind)
         qubo = params.get("qubo")
         if (
             not isinstance(qubo, list)

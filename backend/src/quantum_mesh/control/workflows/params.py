@@ -27,6 +27,19 @@ def seed_of(params: dict[str, Any]) -> int:
     return seed
 
 
+def reject_unknown(params: dict[str, Any], known: set[str] | frozenset[str], kind: str) -> None:
+    """A misspelled setting must not run silently with its default (``"sed": 5`` with seed
+    0): any key outside ``known`` is refused, naming it and every valid one."""
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"params.{unknown[0]} is not a parameter of {kind}"
+            + (f" (nor are {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
+            + f". Valid: {', '.join(sorted(known))}.",
+            details={"field": unknown[0], "unknown": unknown, "valid": sorted(known)},
+        )
+
+
 def require_keys(params: dict[str, Any], *keys: str) -> None:
     for key in keys:
         if key not in params:

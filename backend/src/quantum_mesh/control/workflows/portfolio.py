@@ -7,7 +7,7 @@ from typing import Any
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import DriverPort, RunOptions, drive
-from quantum_mesh.control.workflows.params import check_storable, seed_of
+from quantum_mesh.control.workflows.params import check_storable, reject_unknown, seed_of
 from quantum_mesh.errors import InvalidInput
 from quantum_mesh.mesh.protocol import METHOD_QAOA_BLOCK, SERVICE_QAOA_BLOCK
 from quantum_mesh.quantum.qaoa import beam
@@ -15,6 +15,9 @@ from quantum_mesh.quantum.qaoa.classical import MAX_PORTFOLIO_ASSETS, validate_p
 
 PORTFOLIO_KIND = "portfolio"
 MAX_ASSET_NAME = 200
+PORTFOLIO_PARAMS = frozenset(
+    {"assets", "expected_returns", "covariance", "budget", "risk_aversion", "seed"}
+)
 
 
 class PortfolioWorkflow:
@@ -23,6 +26,7 @@ class PortfolioWorkflow:
 
     async def validate(self, params: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
         check_storable(params, "")  # the /finance body: fields at the top level
+        reject_unknown(params, PORTFOLIO_PARAMS, self.kind)
         assets = params.get("assets")
         mu = params.get("expected_returns")
         if (
