@@ -54,7 +54,8 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Bind and release each named TCP port (0 = any, skipped).
+    """Bind and release each named TCP port (0 = any, skipped), then listen, so that
+    another live listener on it is found even where SO_REUSEADDR would allow the bind.
 
     Raises:
         StartRefused: a port is taken (or cannot be bound on ``host``).
@@ -64,8 +65,12 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
             continue
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the servers themselves bind: connections of a process that just died
+            # (TIME_WAIT) must not count as "in use", only a live listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind((host, port))
+                probe.listen(1)
             except OSError as error:
                 reason = "is in use" if error.errno == errno.EADDRINUSE else f"failed: {error}"
                 setting = {"HTTP": "--port / QMESH_PORT", "libp2p": "--p2p-port / QMESH_P2P_PORT"}
