@@ -9,6 +9,7 @@ access rule as the job), lists carry summaries, and small circuits keep their re
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from collections.abc import Iterator
@@ -179,6 +180,16 @@ def test_statevector_artifact_equals_qiskit(h20: str, alice: httpx.Client) -> No
     # The reference in the stored result names the same bytes.
     qr = alice.get(f"/jobs/{h20}", params={"include": "statevector"}).json()["quantum_result"]
     assert qr["statevector"]["sha256"] == r.headers["x-sha256"]
+    # The same array as a .npy file that numpy loads as is.
+    npy = alice.get(f"/jobs/{h20}/artifacts/statevector", params={"format": "npy"})
+    assert npy.status_code == 200, npy.text
+    assert npy.headers["content-disposition"].endswith('statevector.npy"')
+    loaded = np.load(io.BytesIO(npy.content), allow_pickle=False)
+    assert loaded.dtype == np.complex128 and loaded.shape == (2**20,)
+    assert np.array_equal(loaded, got)
+    assert (
+        alice.get(f"/jobs/{h20}/artifacts/statevector", params={"format": "csv"}).status_code == 422
+    )
 
 
 def test_include_statevector_on_a_big_job_gives_the_reference(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
 
 from quantum_mesh.api.deps import (
@@ -144,10 +146,18 @@ async def get_job(
     },
 )
 async def get_job_artifact(
-    job_id: str, name: str, coord: CoordinatorDep, principal: PrincipalDep
+    job_id: str,
+    name: str,
+    coord: CoordinatorDep,
+    principal: PrincipalDep,
+    format: Annotated[
+        Literal["raw", "npy"],
+        Query(description="raw: the bytes alone (X-Dtype, X-Shape); npy: a NumPy .npy file"),
+    ] = "raw",
 ) -> Response:
     """A big array of a job's result (``statevector``), as raw little-endian bytes of numpy
-    dtype ``X-Dtype`` and shape ``X-Shape``; the same access rule as the job."""
+    dtype ``X-Dtype`` and shape ``X-Shape``, or (``?format=npy``) as a ``.npy`` file that
+    ``numpy.load`` reads as is; the same access rule as the job."""
     async with coord.db.transaction() as session:
         job = await repo.get_job_head(session, job_id=job_id)
         ensure_owner(principal, job.owner, job_id=job_id)
@@ -158,17 +168,37 @@ async def get_job_artifact(
             "circuit job has 'statevector'",
             details={"job_id": job_id, "artifact": name, "status": job.status},
         )
+    content, suffix = artifact.data, "bin"
+    if format == "npy":
+        suffix = "npy"
+        # Header plus a copy of the bytes: milliseconds for a 16 MiB state, off the loop.
+        content = await coord.compute.run(
+            npy_bytes, artifact.data, artifact.dtype, tuple(artifact.shape)
+        )
     return Response(
-        content=artifact.data,
+        content=content,
         media_type="application/octet-stream",
         headers={
             "X-Dtype": artifact.dtype,
             "X-Shape": ",".join(str(d) for d in artifact.shape),
             "X-Byte-Order": "little",
+            # Of the array's bytes, whichever wrapping was asked for.
             "X-Sha256": artifact.sha256,
-            "Content-Disposition": f'attachment; filename="{job_id}-{name}.bin"',
+            "Content-Disposition": f'attachment; filename="{job_id}-{name}.{suffix}"',
         },
     )
+
+
+def format_suffix(format: str) -> str:
+    return "npy" if format == "npy" else "bin"
+
+
+def npy_bytes(data: bytes, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """``data`` (little-endian ``dtype``) as the bytes of a ``.npy`` file."""
+    array = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
 
 
 @router.get("/jobs/{job_id}/events")
