@@ -107,3 +107,21 @@ def test_error_answers_read_as_sentences() -> None:
         },
     )
     assert refused == "refused (422 validation_error): bad [params.seed]"
+
+
+def test_node_identities_default_outside_the_working_directory(tmp_path: Path) -> None:
+    cwd = tmp_path / "checkout"
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    env.pop("XDG_DATA_HOME", None)
+    env.pop("QMESH_NODE_DATA_DIR", None)
+    cmd = [sys.executable, "-m", "quantum_mesh.cli", "keygen", "--name", "lab-1"]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+    assert first.returncode == 0, first.stderr
+    key = tmp_path / "home" / ".local" / "share" / "qmesh" / "nodes" / "lab-1" / "node.key"
+    assert key.exists() and list(cwd.iterdir()) == []
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+    assert again.stdout == first.stdout  # the same identity, read back
+    env["QMESH_NODE_DATA_DIR"] = str(tmp_path / "elsewhere")
+    moved = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
+    assert moved.returncode == 0 and (tmp_path / "elsewhere" / "node.key").exists()

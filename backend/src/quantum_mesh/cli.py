@@ -107,7 +107,14 @@ def coordinator(
 @app.command()
 def node(
     bootstrap: Annotated[str, typer.Option(help="coordinator multiaddr /ip4/…/tcp/…/p2p/<id>")],
-    key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.key"),
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file",
+            help="identity (its peer log goes beside it) "
+            "[$QMESH_NODE_DATA_DIR/node.key, ~/.local/share/qmesh/nodes/NAME/node.key]",
+        ),
+    ] = None,
     p2p_port: Annotated[int, typer.Option("--p2p-port")] = 0,
     name: Annotated[str, typer.Option()] = "node",
     workers: Annotated[int | None, typer.Option(min=1, help="[QMESH_NODE_WORKERS, 1]")] = None,
@@ -128,9 +135,11 @@ def node(
 
     settings = Settings()
     configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
+    from quantum_mesh.startup import default_node_key
+
     run_node(
         NodeConfig(
-            key_file=key_file,
+            key_file=key_file or default_node_key(name),
             bootstrap=bootstrap,
             listen_host=listen_host,
             p2p_port=p2p_port,
@@ -145,11 +154,18 @@ def node(
 
 
 @app.command()
-def keygen(key_file: Annotated[Path, typer.Option("--key-file")] = Path("./node.key")) -> None:
+def keygen(
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="[the default of `qmesh node --name NAME`]"),
+    ] = None,
+    name: Annotated[str, typer.Option(help="the node name whose default key to use")] = "node",
+) -> None:
     """Create (or read) a node identity and print its peer ID."""
     from quantum_mesh.mesh.identity import peer_id_from_key_file
+    from quantum_mesh.startup import default_node_key
 
-    typer.echo(peer_id_from_key_file(key_file))
+    typer.echo(peer_id_from_key_file(key_file or default_node_key(name)))
 
 
 #: Set by ``--debug``: show tracebacks instead of one-line messages.

@@ -78,3 +78,17 @@ def check_ports_free(host: str, ports: dict[str, int]) -> None:
                 raise StartRefused(
                     f"{what} port {host}:{port} {reason}; choose another with {hint}"
                 ) from error
+
+
+def default_node_key(name: str) -> Path:
+    """Where a standalone node keeps its key (and, beside it, its peer log) when no
+    ``--key-file`` is given: ``$QMESH_NODE_DATA_DIR``, else the user's data directory
+    (``$XDG_DATA_HOME/qmesh/nodes/<name>``, ``~/.local/share/…``): never the current
+    directory, which is often a checkout."""
+    base = os.environ.get("QMESH_NODE_DATA_DIR")
+    if base:
+        root = Path(base).expanduser()
+    else:
+        data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        root = Path(data_home).expanduser() / "qmesh" / "nodes" / name
+    return root / "node.key"
