@@ -11,20 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.support.circuits import BELL_QASM2 as BELL
 from tests.support.live import LiveCoordinator, free_port
 
 from quantum_mesh.client import explain
 
 EMBEDDED_NODES = 1
 CLI_TIMEOUT_S = 120
-BELL = """OPENQASM 2.0;
-include "qelib1.inc";
-qreg q[2];
-creg c[2];
-h q[0];
-cx q[0],q[1];
-measure q -> c;
-"""
 
 
 def qmesh(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

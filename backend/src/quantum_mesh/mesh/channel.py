@@ -333,10 +333,6 @@ class Channels:
         if self._open.get(channel.peer_id) is channel:
             del self._open[channel.peer_id]
 
-    def close_all(self) -> None:
-        for channel in self._open.values():
-            channel._close(PeerUnreachable("mesh host stopping"))
-
 
 async def call(
     channels: Channels,
@@ -348,7 +344,8 @@ async def call(
     addrs: list[str] | None = None,
     max_frame_bytes: int,
 ) -> dict[str, Any]:
-    """Call ``method`` on ``peer_id`` over its channel, from Trio; raises as ``invoke_peer``."""
+    """Call ``method`` on ``peer_id`` over its channel, from Trio; raises as
+    ``MeshBridge.invoke`` does."""
     request_id = new_request_id()
     frame = encode_request(request_id, method, params, max_frame_bytes=max_frame_bytes)
     done = trio.Event()

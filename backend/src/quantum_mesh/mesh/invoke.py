@@ -1,7 +1,8 @@
-"""Both ends of one invoke exchange over a fresh libp2p stream (Trio only).
+"""Invoke protocol 1 (the callee's side: one request, one reply, one stream per call) and
+what both protocols share: the inbound gate, dialling and opening streams (Trio only).
 
-One request frame, one response frame, then the stream closes. A new stream per call keeps
-calls independent: a slow or failed call never blocks another, and yamux makes streams cheap.
+The coordinator calls over protocol 2 (``mesh/channel.py``); protocol 1 stays served for
+simple peers (a js-libp2p ``ping``, a shell tool), which open a stream per call.
 
 Trust before bytes: the callee learns the caller's peer ID from the authenticated (Noise)
 connection the stream runs on, and its ``InboundGate`` decides before a single byte of the
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,12 +28,10 @@ from multiaddr import Multiaddr
 from quantum_mesh.mesh import codec, packing
 from quantum_mesh.mesh.errors import (
     FrameTooLarge,
-    InvokeTimeout,
-    PeerUnreachable,
     ProtocolError,
     RemoteError,
 )
-from quantum_mesh.mesh.host import PEERSTORE_ADDR_TTL_S, dial, split_p2p_addr
+from quantum_mesh.mesh.host import dial, split_p2p_addr
 from quantum_mesh.mesh.protocol import (
     DIAL_TIMEOUT_S,
     ERR_BUSY,
@@ -171,70 +169,6 @@ async def open_stream(
             with contextlib.suppress(*TRANSPORT_ERRORS):
                 await host.disconnect(peer)
     raise AssertionError("unreachable")
-
-
-async def invoke_peer(
-    host: IHost,
-    peer_id: str,
-    method: str,
-    params: dict[str, Any],
-    *,
-    limit_s: float,
-    addrs: list[str] | None = None,
-    max_frame_bytes: int,
-) -> dict[str, Any]:
-    """Call ``method`` on ``peer_id`` and return its ``result``.
-
-    Raises:
-        PeerUnreachable: the peer cannot be dialled or the connection died mid-call.
-        InvokeTimeout: no complete reply within ``limit_s``.
-        RemoteError: the peer answered ``ok: false``.
-        FrameTooLarge, ProtocolError: a frame broke docs/wire-protocol.md.
-    """
-    try:
-        peer = ID.from_base58(peer_id)
-    except ValueError as error:
-        raise PeerUnreachable(f"{peer_id!r} is not a peer ID") from error
-    request_id = uuid.uuid4().hex
-    request = codec.encode_frame(
-        codec.make_request(request_id, method, params), max_bytes=max_frame_bytes
-    )
-    try:
-        maddrs = dial_addrs(peer, addrs or [])
-    except ValueError as error:
-        raise PeerUnreachable(f"bad address for {peer_id}: {error}") from error
-    if maddrs:
-        host.get_peerstore().add_addrs(peer, maddrs, PEERSTORE_ADDR_TTL_S)
-    stream: INetStream | None = None
-    try:
-        with trio.fail_after(limit_s):
-            try:
-                stream = await open_stream(host, peer, maddrs, limit_s=limit_s)
-            except DIAL_ERRORS as error:
-                raise PeerUnreachable(f"cannot reach peer {peer_id}: {error!r}") from error
-            try:
-                await stream.write(request)
-                reply = await codec.read_frame(stream, max_bytes=max_frame_bytes)
-            except ProtocolError as error:
-                raise PeerUnreachable(
-                    f"connection to {peer_id} lost during {method}: {error}"
-                ) from error
-            except TRANSPORT_ERRORS as error:
-                raise PeerUnreachable(
-                    f"connection to {peer_id} failed during {method}: {error!r}"
-                ) from error
-    except trio.TooSlowError as error:
-        await _reset_quietly(stream)
-        raise InvokeTimeout(f"{method} on {peer_id} timed out after {limit_s} s") from error
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _reset_quietly(stream)
-        raise
-    try:
-        await stream.close()
-    except TRANSPORT_ERRORS:
-        logger.debug("closing a finished invoke stream failed", exc_info=True)
-    return codec.parse_response(reply, expected_id=request_id)
 
 
 async def _write_reply(stream: INetStream, body: bytes, *, max_frame_bytes: int) -> None:
