@@ -104,10 +104,12 @@ class LiveCoordinator:
             stderr=subprocess.STDOUT,
             env=self.env,
         )
+        probe = "/ready" if ready else "/health"
+        wait_until(
+            lambda: self._answers(probe), timeout=START_TIMEOUT_S, what=f"coordinator {probe}"
+        )
         if not ready:
-            wait_until(self._healthy, timeout=START_TIMEOUT_S, what="coordinator /health")
             return self
-        wait_until(self._ready, timeout=START_TIMEOUT_S, what="coordinator /ready")
         want = self.embedded_nodes if wait_nodes is None else wait_nodes
         if want:
             wait_until(
@@ -117,19 +119,12 @@ class LiveCoordinator:
             )
         return self
 
-    def _healthy(self) -> bool:
+    def _answers(self, path: str) -> bool:
+        """200 on ``path`` now; raises if the coordinator process has exited."""
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"coordinator exited with {self.proc.returncode}: {self.log_tail()}")
         try:
-            return self.http.get("/health").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"coordinator exited with {self.proc.returncode}: {self.log_tail()}")
-        try:
-            return self.http.get("/ready").status_code == 200
+            return self.http.get(path).status_code == 200
         except httpx.HTTPError:
             return False
 
