@@ -36,3 +36,19 @@ def test_runtime_shows_connections_channels_and_refusals(coord: LiveCoordinator)
     assert set(state["inbound"]["refused"]) >= {"not_enrolled", "busy"}
     assert state["advert_stats"]["accepted"] > 0
     assert state["pubsub"]["topic"] == "qmesh/adverts/1.0.0"
+
+
+def test_openapi_documents_the_real_error_envelope(coord: LiveCoordinator) -> None:
+    schema = httpx.get(coord.base_url + "/openapi.json", timeout=30).json()
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            for status in ("400", "401", "403", "404", "409", "413", "422", "429"):
+                body = operation["responses"][status]["content"]["application/json"]["schema"]
+                assert body == envelope, (method, path, status)
+    assert schema["components"]["schemas"]["ErrorBody"]["required"] == ["code", "message"]
+    # ... and what the service really answers has that shape.
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": {"sed": 5}})
+    assert r.status_code == 422
+    assert set(r.json()) == {"error"} and {"code", "message", "details"} <= set(r.json()["error"])

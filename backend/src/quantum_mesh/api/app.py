@@ -29,6 +29,7 @@ from quantum_mesh.control.coordinator import Coordinator
 from quantum_mesh.control.principals import sync_principals
 from quantum_mesh.logs import get_logger
 from quantum_mesh.observability.metrics import metrics_router
+from quantum_mesh.schemas.common import ErrorEnvelope
 
 log = get_logger(__name__)
 
@@ -112,7 +113,39 @@ def _document_auth(app: FastAPI) -> None:
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             }
             schema["security"] = [{"bearer": []}, {"apiKey": []}]
+            _document_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+#: The error answers any endpoint may give, all in the error envelope (docs/api.md).
+ERROR_RESPONSES: dict[str, str] = {
+    "400": "malformed input the service cannot read (an invalid circuit, a bad query value)",
+    "401": "missing or wrong API key (keys configured)",
+    "403": "the key's principal may not do this, or the resource is another principal's",
+    "404": "no such resource",
+    "409": "the resource is in a state that forbids this (e.g. cancelling a finished job)",
+    "413": "request body over QMESH_MAX_REQUEST_BYTES",
+    "422": "a parameter or field out of its bounds, or an unknown parameter; "
+    "details name the field",
+    "429": "rate limit, quota or full work queue; Retry-After says when to come back",
+}
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    """Every operation documents the error envelope for every 4xx, instead of FastAPI's own
+    422 body (which this service never sends)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(envelope.pop("$defs", {}))
+    components["ErrorEnvelope"] = envelope
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in ERROR_RESPONSES.items():
+                responses[status] = {"description": description, "content": content}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
