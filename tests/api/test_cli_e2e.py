@@ -118,3 +118,25 @@ def test_node_identities_default_outside_the_working_directory(tmp_path: Path) -
     env["QMESH_NODE_DATA_DIR"] = str(tmp_path / "elsewhere")
     moved = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
     assert moved.returncode == 0 and (tmp_path / "elsewhere" / "node.key").exists()
+
+
+def test_summaries_say_how_each_kind_of_job_went() -> None:
+    from quantum_mesh.client import summary
+
+    knapsack = {"job_id": "k", "kind": "qaoa_knapsack", "status": "COMPLETED", "result": {
+        "total_value": 31, "optimum_value": 32, "ratio_to_optimum": 31 / 32, "greedy_value": 29,
+    }}  # fmt: skip
+    assert summary(knapsack)[1] == ("knapsack value 31 of optimum 32 (ratio 0.9688); greedy 29")
+    portfolio = {"job_id": "p", "kind": "portfolio", "status": "COMPLETED", "result": {
+        "objective": 0.095, "optimum_objective": 0.095, "is_optimal": True, "gap": 0.0,
+        "selected_assets": ["b"], "optimum_ties": [["a"], ["b"]],
+    }}  # fmt: skip
+    line = summary(portfolio)[1]
+    assert "(optimal)" in line and "2 selections tie for the optimum: ['a']; ['b']" in line
+    sqd = {"job_id": "s", "kind": "sqd", "status": "COMPLETED", "result": {
+        "energy": -1.1, "reference_energy": -1.1005, "error_mha": 0.5,
+    }}  # fmt: skip
+    assert summary(sqd)[1] == "energy -1.10000000 Ha vs reference -1.10050000 Ha (0.500 mHa)"
+    failed = {"job_id": "f", "kind": "circuit", "status": "FAILED",
+              "error": {"code": "no_capacity", "message": "no node"}}  # fmt: skip
+    assert summary(failed) == ["f  circuit  FAILED", "error: no_capacity: no node"]

@@ -130,3 +130,13 @@ def test_portfolio_validation() -> None:
         classical.validate_portfolio([0.1, 0.2], [[1.0, 0.0], [0.0, 1.0]], 3, 0.5)
     with pytest.raises(InvalidInput):
         classical.validate_portfolio([0.1, 0.2], [[1.0, 0.0]], 1, 0.5)
+
+
+def test_portfolio_optimum_names_every_tied_selection() -> None:
+    # Assets 0 and 1 are the same asset under two names: two selections share the optimum.
+    mu = [0.1, 0.1, 0.05, 0.02]
+    cov = [[0.01 if i == j else 0.0 for j in range(4)] for i in range(4)]
+    sol = classical.portfolio_brute_force(mu, cov, 1, 0.5)
+    assert sol.selected == [0] and set(sol.ties) == {(0,), (1,)} and sol.ties[0] == (0,)
+    distinct = classical.portfolio_brute_force([0.3, 0.1, 0.05, 0.02], cov, 2, 0.5)
+    assert distinct.ties == ()

@@ -149,7 +149,11 @@ def _result_lines(result: dict[str, Any]) -> list[str]:
         chosen = result.get("selected_assets") or result.get("selected")
         verdict = "optimal" if result.get("is_optimal") else f"gap {result.get('gap'):.6g}"
         ties = result.get("optimum_ties")
-        tie_note = f"; {len(ties)} selections tie for the optimum" if ties else ""
+        tie_note = (
+            f"; {len(ties)} selections tie for the optimum: {'; '.join(map(str, ties))}"
+            if ties
+            else ""
+        )
         return [f"portfolio {chosen}: objective {result['objective']:.6g} ({verdict}){tie_note}"]
     if "energy" in result:
         reference = result.get("reference_energy")

@@ -597,6 +597,8 @@ def solve_portfolio(
         "objective": best_obj,
         "optimum_objective": optimum.objective,
         "optimum_selected": optimum.selected,
+        # Other selections as good as the optimum: a different answer may still be optimal.
+        "optimum_ties": [[assets[i] for i in tie] if assets else list(tie) for tie in optimum.ties],
         "gap": optimum.objective - best_obj,
         "is_optimal": bool(optimum.objective - best_obj <= 1e-9 * max(1.0, abs(best_obj))),
         "node_id": result.get("node_id"),

@@ -41,6 +41,9 @@ class KnapsackSolution:
 class PortfolioSolution:
     objective: float
     selected: list[int]
+    #: Every selection whose objective equals the optimum (to 1e-9 relative), ``selected``
+    #: first; at most ``MAX_TIES`` of them.
+    ties: tuple[tuple[int, ...], ...] = ()
 
 
 def _int_list(name: str, data: Any, *, minimum: int, maximum: int, max_len: int) -> IntArray:
@@ -249,6 +252,7 @@ def portfolio_brute_force(
     if mu.size > MAX_BRUTE_FORCE_ASSETS:
         raise InvalidInput(f"Brute force needs N <= {MAX_BRUTE_FORCE_ASSETS}.")
     best_value, best_sel = -np.inf, np.zeros(k, dtype=np.int64)
+    ties: list[tuple[int, ...]] = []
     combos = combinations(range(mu.size), k)
     while True:
         chunk = np.array([c for _, c in zip(range(50_000), combos, strict=False)], dtype=np.int64)
@@ -260,5 +264,27 @@ def portfolio_brute_force(
         objective = ret - q * risk
         top = int(np.argmax(objective))
         if objective[top] > best_value + 1e-12:
+            if not _tied(float(objective[top]), best_value):
+                ties = []
             best_value, best_sel = float(objective[top]), chunk[top]
-    return PortfolioSolution(objective=best_value, selected=[int(i) for i in best_sel])
+        near = np.flatnonzero(
+            np.abs(objective - best_value) <= _TIE_TOLERANCE * max(1.0, abs(best_value))
+        )
+        for row in near[: MAX_TIES - len(ties)]:
+            ties.append(tuple(int(i) for i in chunk[row]))
+    selected = tuple(int(i) for i in best_sel)
+    ordered = [selected, *(t for t in dict.fromkeys(ties) if t != selected)][:MAX_TIES]
+    return PortfolioSolution(
+        objective=best_value,
+        selected=list(selected),
+        ties=tuple(ordered) if len(ordered) > 1 else (),
+    )
+
+
+#: Relative difference under which two objectives are the same optimum.
+_TIE_TOLERANCE = 1e-9
+MAX_TIES = 16
+
+
+def _tied(a: float, b: float) -> bool:
+    return bool(np.isfinite(b)) and abs(a - b) <= _TIE_TOLERANCE * max(1.0, abs(a))
