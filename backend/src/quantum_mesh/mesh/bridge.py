@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +23,6 @@ from typing import Any, TypeVar
 import multiaddr
 import trio
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
-from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
@@ -34,7 +34,7 @@ from quantum_mesh.mesh.channel import (
     encode_request,
     new_request_id,
     parse_reply,
-    serve_channel,
+    serve_invoke,
 )
 from quantum_mesh.mesh.errors import (
     AdvertRejected,
@@ -45,7 +45,7 @@ from quantum_mesh.mesh.errors import (
 )
 from quantum_mesh.mesh.host import MeshHost, is_connected, run_mesh_host
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
-from quantum_mesh.mesh.invoke import InboundGate, serve_stream
+from quantum_mesh.mesh.invoke import InboundGate
 from quantum_mesh.mesh.protocol import (
     ADVERT_TOPIC,
     BRIDGE_GRACE_S,
@@ -79,6 +79,18 @@ def _resolve(
         fut.set_exception(error)
     else:
         fut.set_result(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _OutgoingCall:
+    """One encoded request on its way from the asyncio side to a peer's channel."""
+
+    peer_id: str
+    addrs: list[str]
+    request_id: str
+    frame: bytes
+    on_reply: ReplyCallback
+    limit_s: float
 
 
 class _ConnectionWatcher(INotifee):
@@ -229,10 +241,9 @@ class MeshBridge:
         def on_reply(obj: dict[str, Any] | None, error: MeshError | None) -> None:
             self._post(_resolve, fut, obj, error)
 
+        call = _OutgoingCall(peer_id, addrs or [], request_id, frame, on_reply, timeout)
         try:
-            token.run_sync_soon(
-                self._submit, peer_id, addrs or [], request_id, frame, on_reply, timeout
-            )
+            token.run_sync_soon(self._submit, call)
         except trio.RunFinishedError as error:
             raise MeshError("mesh bridge is not running") from error
         self._pending.add(fut)
@@ -305,11 +316,6 @@ class MeshBridge:
             "advert_stats": dict(self.advert_stats),
         }
 
-    def open_channels(self) -> int:
-        """Protocol-2 channels open to peers (a gauge for ``/metrics``)."""
-        channels = self._channels
-        return 0 if channels is None else channels.open_count()
-
     # --- asyncio -> Trio --------------------------------------------------------------------
 
     def _require_mesh(self) -> MeshHost:
@@ -335,56 +341,37 @@ class MeshBridge:
         except RuntimeError:
             logger.debug("asyncio loop closed; dropping a mesh event")
 
-    def _submit(
-        self,
-        peer_id: str,
-        addrs: list[str],
-        request_id: str,
-        frame: bytes,
-        on_reply: ReplyCallback,
-        limit_s: float,
-    ) -> None:
+    def _submit(self, call: _OutgoingCall) -> None:
         channels, nursery = self._channels, self._nursery
         if channels is None or nursery is None:
-            on_reply(None, MeshError("mesh bridge is stopping"))
+            call.on_reply(None, MeshError("mesh bridge is stopping"))
             return
-        channel = channels.get(peer_id)
+        channel = channels.get(call.peer_id)
         if channel is not None:
-            channel.submit(request_id, frame, on_reply)
+            channel.submit(call.request_id, call.frame, call.on_reply)
             return
         try:
-            nursery.start_soon(
-                self._connect_then_submit, channels, peer_id, addrs, request_id, frame,
-                on_reply, limit_s,
-            )  # fmt: skip
+            nursery.start_soon(self._connect_then_submit, channels, call)
         except RuntimeError:
-            on_reply(None, MeshError("mesh bridge is stopping"))
+            call.on_reply(None, MeshError("mesh bridge is stopping"))
 
-    async def _connect_then_submit(
-        self,
-        channels: Channels,
-        peer_id: str,
-        addrs: list[str],
-        request_id: str,
-        frame: bytes,
-        on_reply: ReplyCallback,
-        limit_s: float,
-    ) -> None:
+    async def _connect_then_submit(self, channels: Channels, call: _OutgoingCall) -> None:
         try:
-            with trio.fail_after(limit_s):
-                channel = await channels.connect(peer_id, addrs, limit_s=limit_s)
+            with trio.fail_after(call.limit_s):
+                channel = await channels.connect(call.peer_id, call.addrs, limit_s=call.limit_s)
         except trio.TooSlowError:
-            on_reply(None, InvokeTimeout(f"opening a channel to {peer_id} took over {limit_s} s"))
+            message = f"opening a channel to {call.peer_id} took over {call.limit_s} s"
+            call.on_reply(None, InvokeTimeout(message))
             return
         except MeshError as error:
-            on_reply(None, error)
+            call.on_reply(None, error)
             return
         except Exception as error:
             # The boundary: a bug while opening one channel must not take the host down.
-            logger.exception("opening a channel to %s failed unexpectedly", peer_id)
-            on_reply(None, MeshError(f"internal mesh error: {error!r}"))
+            logger.exception("opening a channel to %s failed unexpectedly", call.peer_id)
+            call.on_reply(None, MeshError(f"internal mesh error: {error!r}"))
             return
-        channel.submit(request_id, frame, on_reply)
+        channel.submit(call.request_id, call.frame, call.on_reply)
 
     def _forget(self, peer_id: str, request_id: str) -> None:
         channel = None if self._channels is None else self._channels.get(peer_id)
@@ -412,8 +399,14 @@ class MeshBridge:
                 ) as mesh,
                 trio.open_nursery() as nursery,
             ):
-                mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve)
-                mesh.host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), self._serve_channel)
+                # Streams from peers the coordinator does not trust are refused by the gate,
+                # before their request is read (``not_enrolled``).
+                serve_invoke(
+                    mesh.host,
+                    dispatch=self._dispatch,
+                    max_frame_bytes=self._max_frame_bytes,
+                    gate=self.inbound,
+                )
                 mesh.host.get_network().register_notifee(_ConnectionWatcher(self))
                 subscription = await mesh.pubsub.subscribe(ADVERT_TOPIC)
                 nursery.start_soon(self._ingest, subscription)
@@ -426,24 +419,6 @@ class MeshBridge:
     def _stream_allowed(self, remote: str) -> bool:
         check = self.stream_filter
         return check is None or check(remote)
-
-    async def _serve(self, stream: INetStream) -> None:
-        # Streams from peers the coordinator does not trust are refused by the gate, before
-        # their request is read (``not_enrolled``).
-        await serve_stream(
-            stream,
-            dispatch=self._dispatch,
-            max_frame_bytes=self._max_frame_bytes,
-            gate=self.inbound,
-        )
-
-    async def _serve_channel(self, stream: INetStream) -> None:
-        await serve_channel(
-            stream,
-            dispatch=self._dispatch,
-            max_frame_bytes=self._max_frame_bytes,
-            gate=self.inbound,
-        )
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any]:
         """The coordinator answers only ``ping``, so nodes can measure their link to it."""

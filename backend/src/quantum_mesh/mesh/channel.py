@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
 
@@ -50,6 +51,7 @@ from quantum_mesh.mesh.invoke import (
     dial_addrs,
     open_stream,
     refuse_stream,
+    serve_stream,
 )
 from quantum_mesh.mesh.protocol import (
     CHANNEL_PROTOCOL,
@@ -57,6 +59,7 @@ from quantum_mesh.mesh.protocol import (
     ERR_FRAME_TOO_LARGE,
     ERR_HANDLER_ERROR,
     ERR_NOT_ENROLLED,
+    INVOKE_PROTOCOL,
 )
 
 logger = logging.getLogger(__name__)
@@ -374,6 +377,21 @@ async def call(
 # --- the callee's side ---------------------------------------------------------------------
 
 
+def serve_invoke(
+    host: IHost, *, dispatch: Dispatch, max_frame_bytes: int, gate: InboundGate
+) -> None:
+    """Serve both invoke protocols on ``host`` with one dispatcher and one inbound gate."""
+
+    async def one_shot(stream: INetStream) -> None:
+        await serve_stream(stream, dispatch=dispatch, max_frame_bytes=max_frame_bytes, gate=gate)
+
+    async def channel(stream: INetStream) -> None:
+        await serve_channel(stream, dispatch=dispatch, max_frame_bytes=max_frame_bytes, gate=gate)
+
+    host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), one_shot)
+    host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), channel)
+
+
 async def serve_channel(
     stream: INetStream, *, dispatch: Dispatch, max_frame_bytes: int, gate: InboundGate
 ) -> None:
@@ -507,4 +525,5 @@ __all__ = [
     "new_request_id",
     "parse_reply",
     "serve_channel",
+    "serve_invoke",
 ]

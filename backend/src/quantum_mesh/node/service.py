@@ -19,24 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from libp2p.abc import INetStream
-from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from quantum_mesh import __version__
 from quantum_mesh.mesh import codec
 from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert
-from quantum_mesh.mesh.channel import serve_channel
+from quantum_mesh.mesh.channel import serve_invoke
 from quantum_mesh.mesh.errors import RemoteError
 from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
-from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, InboundGate, serve_stream
+from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, InboundGate
 from quantum_mesh.mesh.protocol import (
     ADVERT_MIN_SPACING_S,
     ADVERT_TOPIC,
     BOOTSTRAP_RETRY_INITIAL_S,
     BOOTSTRAP_RETRY_MAX_S,
-    CHANNEL_PROTOCOL,
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_SERVICES,  # re-exported: ``from quantum_mesh.node.service import DEFAULT_SERVICES``
     DIAL_TIMEOUT_S,
@@ -47,7 +44,6 @@ from quantum_mesh.mesh.protocol import (
     ERR_BAD_REQUEST,
     ERR_BUSY,
     ERR_UNKNOWN_METHOD,
-    INVOKE_PROTOCOL,
     MAX_STREAMS_PER_PEER,
     METHOD_COMMIT,
     METHOD_NODE_STATUS,
@@ -218,8 +214,12 @@ class NodeService:
                 trio.open_nursery() as nursery,
             ):
                 self._mesh = mesh
-                mesh.host.set_stream_handler(TProtocol(INVOKE_PROTOCOL), self._serve_stream)
-                mesh.host.set_stream_handler(TProtocol(CHANNEL_PROTOCOL), self._serve_channel)
+                serve_invoke(
+                    mesh.host,
+                    dispatch=self._dispatch,
+                    max_frame_bytes=self.config.max_frame_bytes,
+                    gate=self.gate,
+                )
                 nursery.start_soon(self._pool.warm)
                 nursery.start_soon(self._advert_loop)
                 if self.config.bootstrap:
@@ -346,22 +346,6 @@ class NodeService:
             last_sent = trio.current_time()
 
     # --- invocations -------------------------------------------------------------------------
-
-    async def _serve_stream(self, stream: INetStream) -> None:
-        await serve_stream(
-            stream,
-            dispatch=self._dispatch,
-            max_frame_bytes=self.config.max_frame_bytes,
-            gate=self.gate,
-        )
-
-    async def _serve_channel(self, stream: INetStream) -> None:
-        await serve_channel(
-            stream,
-            dispatch=self._dispatch,
-            max_frame_bytes=self.config.max_frame_bytes,
-            gate=self.gate,
-        )
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
         if request.method in INLINE_METHODS:
