@@ -269,15 +269,15 @@ async def test_cancel_racing_the_executing_transition_leaks_no_reservation(
     c = await control()
     node = c.add_node("n1")
     manager, _ = _manager(c)
-    original = manager.transition
+    original = c.reservations.negotiate
 
-    async def cancel_lands_first(job_id: str, to: JobStatus, **kwargs: Any) -> Job:
-        # The client's cancel commits between _unit_committed's status check and its write.
-        if to == JobStatus.EXECUTING:
-            await manager.cancel(job_id)
-        return await original(job_id, to, **kwargs)
+    async def cancel_lands_first(**kwargs: Any) -> Any:
+        # The client's cancel commits after the unit was placed (the job was RESERVING) and
+        # before its reservation, which carries the move to EXECUTING, is written.
+        await manager.cancel(kwargs["job_id"])
+        return await original(**kwargs)
 
-    manager.transition = cancel_lands_first  # type: ignore[method-assign]
+    c.reservations.negotiate = cancel_lands_first  # type: ignore[method-assign]
 
     job, _ = await manager.submit(kind=KIND, request={}, idempotency_key=None)
     await _finish(manager, job.job_id)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.states import JobStatus
@@ -59,15 +60,15 @@ async def start_job(db: Database, job_id: str, *, seed: int = 7) -> None:
     from datetime import UTC, datetime
 
     request = {"circuit": QASM, "shots": 128, "seed": seed}
-    async with db.transaction() as s:
-        await repo.create_job(
-            s, job_id=job_id, kind="circuit", request=request, idempotency_key=None
-        )
-    async with db.transaction() as s:
-        job = await repo.get_job(s, job_id=job_id, for_update=True)
-        await repo.transition_job(s, job=job, to=JobStatus.COMPILING)
-        plan_id = f"plan-{job_id}"
-        await repo.save_plan(
+    plan_id = f"plan-{job_id}"
+
+    def create(s: Session) -> None:
+        repo.create_job(s, job_id=job_id, kind="circuit", request=request, idempotency_key=None)
+
+    def plan(s: Session) -> None:
+        job = repo.lock_job(s, job_id=job_id)
+        repo.transition_job(s, job=job, to=JobStatus.COMPILING)
+        repo.save_plan(
             s,
             plan_id=plan_id,
             job_id=job_id,
@@ -84,10 +85,11 @@ async def start_job(db: Database, job_id: str, *, seed: int = 7) -> None:
                 ],
             },
         )
-        await repo.transition_job(s, job=job, to=JobStatus.EXECUTING, plan_id=plan_id)
-    async with db.transaction() as s:
+        repo.transition_job(s, job=job, to=JobStatus.EXECUTING, plan_id=plan_id)
+
+    def fragment(s: Session) -> None:
         now = datetime.now(UTC)
-        await repo.record_fragment(
+        repo.record_fragment(
             s,
             job_id=job_id,
             fragment_id="f0",
@@ -98,7 +100,7 @@ async def start_job(db: Database, job_id: str, *, seed: int = 7) -> None:
             observed_fidelity=0.98,
             output={"wave": 0},
         )
-        await repo.append_event(
+        repo.append_event(
             s,
             job_id=job_id,
             event_type="fragment_completed",
@@ -108,21 +110,27 @@ async def start_job(db: Database, job_id: str, *, seed: int = 7) -> None:
             payload={"observed_fidelity": 0.98},
         )
 
+    for write in (create, plan, fragment):
+        await db.write(write)
+
 
 async def finish_job(db: Database, job_id: str, *, ok: bool = True) -> dict[str, Any] | None:
     """Move a started job to COMPLETED (returns its result) or FAILED."""
     result = {"counts": {"00": 64, "11": 64}, "fidelity": 0.98} if ok else None
-    async with db.transaction() as s:
-        job = await repo.get_job(s, job_id=job_id, for_update=True)
+
+    def finish(s: Session) -> None:
+        job = repo.lock_job(s, job_id=job_id)
         if ok:
-            await repo.transition_job(s, job=job, to=JobStatus.COMPLETED, result=result)
+            repo.transition_job(s, job=job, to=JobStatus.COMPLETED, result=result)
         else:
-            await repo.transition_job(
+            repo.transition_job(
                 s,
                 job=job,
                 to=JobStatus.FAILED,
                 error={"code": "execution_failed", "message": "node vanished"},
             )
+
+    await db.write(finish)
     return result
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
 from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.jobs import SUMMARY_PATHS, job_to_dict, summary_result
@@ -46,17 +49,14 @@ async def _exercise(url: str) -> None:
     db = Database(url)
     try:
         assert await _tables(db) >= EXPECTED_TABLES
-        async with db.transaction() as s:
-            job = await repo.create_job(
-                s, job_id="j1", kind="circuit", request={"x": 1}, idempotency_key="k1"
+        await db.write(
+            partial(
+                repo.create_job, job_id="j1", kind="circuit", request={"x": 1}, idempotency_key="k1"
             )
-        async with db.transaction() as s:
-            job = await repo.get_job(s, job_id="j1", for_update=True)
-            await repo.transition_job(s, job=job, to=JobStatus.COMPILING)
+        )
+        await db.write(partial(_move, job_id="j1", statuses=[JobStatus.COMPILING]))
         with pytest.raises(Conflict):
-            async with db.transaction() as s:
-                job = await repo.get_job(s, job_id="j1")
-                await repo.transition_job(s, job=job, to=JobStatus.COMPLETED)
+            await db.write(partial(_move, job_id="j1", statuses=[JobStatus.COMPLETED]))
         async with db.transaction() as s:
             events = await repo.list_events(s, job_id="j1")
             assert [e.payload["status"] for e in events] == ["QUEUED", "COMPILING"]
@@ -69,18 +69,28 @@ async def _exercise(url: str) -> None:
         await db.dispose()
 
 
+def _move(s: Session, *, job_id: str, statuses: list[JobStatus], result: Any = None) -> None:
+    """One write: the job through ``statuses`` (the last one with ``result``)."""
+    job = repo.lock_job(s, job_id=job_id)
+    for status in statuses[:-1]:
+        repo.transition_job(s, job=job, to=status)
+    repo.transition_job(s, job=job, to=statuses[-1], result=result)
+
+
+def _create(s: Session, **job: Any) -> None:
+    repo.create_job(s, **{"request": {}, "idempotency_key": None, **job})
+
+
 async def _exercise_owners(db: Database) -> None:
     """Owned jobs: idempotency keys are scoped per owner, lists filter by owner, quotas."""
-    async with db.transaction() as s:
-        for job_id, owner in (("a1", "alice"), ("b1", "bob")):
-            await repo.create_job(
-                s, job_id=job_id, kind="circuit", request={}, idempotency_key="k1", owner=owner
-            )
+    for job_id, owner in (("a1", "alice"), ("b1", "bob")):
+        await db.write(
+            partial(_create, job_id=job_id, kind="circuit", idempotency_key="k1", owner=owner)
+        )
     with pytest.raises(IntegrityError):
-        async with db.transaction() as s:
-            await repo.create_job(
-                s, job_id="a2", kind="circuit", request={}, idempotency_key="k1", owner="alice"
-            )
+        await db.write(
+            partial(_create, job_id="a2", kind="circuit", idempotency_key="k1", owner="alice")
+        )
     async with db.transaction() as s:
         found = await repo.get_job_by_idempotency_key(s, key="k1", owner="bob")
         assert found is not None and found.job_id == "b1"
@@ -91,26 +101,10 @@ async def _exercise_owners(db: Database) -> None:
         _, everyone = await repo.list_jobs(s, kinds=None, limit=10, offset=0)
         assert everyone == 3
     with pytest.raises(QuotaExceeded):
-        async with db.transaction() as s:
-            await repo.create_job(
-                s,
-                job_id="a3",
-                kind="circuit",
-                request={},
-                idempotency_key=None,
-                owner="alice",
-                max_unfinished=1,
-            )
-    async with db.transaction() as s:
-        await repo.create_job(
-            s,
-            job_id="a3",
-            kind="circuit",
-            request={},
-            idempotency_key=None,
-            owner="alice",
-            max_unfinished=2,
+        await db.write(
+            partial(_create, job_id="a3", kind="circuit", owner="alice", max_unfinished=1)
         )
+    await db.write(partial(_create, job_id="a3", kind="circuit", owner="alice", max_unfinished=2))
 
 
 async def _exercise_artifacts(db: Database) -> None:
@@ -118,38 +112,31 @@ async def _exercise_artifacts(db: Database) -> None:
     psi = np.exp(1j * np.arange(8192)) / np.sqrt(8192)
     big = ResultArtifact.of("statevector", psi)
     small = {"quantum_result": {"num_qubits": 1, "statevector": [[0.6, 0.0], [0.0, 0.8]]}}
-    async with db.transaction() as s:
-        for job_id in ("big", "small"):
-            await repo.create_job(
-                s, job_id=job_id, kind="circuit", request={}, idempotency_key=None
-            )
-        await repo.create_job(s, job_id="run", kind="sqd", request={}, idempotency_key=None)
-    async with db.transaction() as s:
-        for job_id, result in (
-            (
-                "big",
-                {
-                    "fragment_results": [{"fragment_id": "f0"}],
-                    "quantum_result": {
-                        "num_qubits": 13,
-                        "measured_all_implicitly": False,
-                        "fidelity": 1.0,
-                        "probabilities": {"0": 1.0},
-                        "statevector": big.reference(),
-                    },
+    for job_id in ("big", "small"):
+        await db.write(partial(_create, job_id=job_id, kind="circuit"))
+    await db.write(partial(_create, job_id="run", kind="sqd"))
+    running = [JobStatus.COMPILING, JobStatus.RESERVING, JobStatus.EXECUTING, JobStatus.COMPLETED]
+    for job_id, result in (
+        (
+            "big",
+            {
+                "fragment_results": [{"fragment_id": "f0"}],
+                "quantum_result": {
+                    "num_qubits": 13,
+                    "measured_all_implicitly": False,
+                    "fidelity": 1.0,
+                    "probabilities": {"0": 1.0},
+                    "statevector": big.reference(),
                 },
-            ),
-            ("small", small),
-            ("run", {"energy": -1.1}),
-        ):
-            job = await repo.get_job(s, job_id=job_id, for_update=True)
-            for status in (JobStatus.COMPILING, JobStatus.RESERVING, JobStatus.EXECUTING):
-                await repo.transition_job(s, job=job, to=status)
-            await repo.transition_job(s, job=job, to=JobStatus.COMPLETED, result=result)
-            if job_id == "big":
-                await repo.save_artifacts(s, job_id=job_id, artifacts=[big])
-    async with db.transaction() as s:  # a second save replaces, never duplicates
-        await repo.save_artifacts(s, job_id="big", artifacts=[big])
+            },
+        ),
+        ("small", small),
+        ("run", {"energy": -1.1}),
+    ):
+        await db.write(partial(_move, job_id=job_id, statuses=running, result=result))
+    await db.write(partial(repo.save_artifacts, job_id="big", artifacts=[big]))
+    # a second save replaces, never duplicates
+    await db.write(partial(repo.save_artifacts, job_id="big", artifacts=[big]))
     async with db.transaction() as s:
         head = await repo.get_job_head(s, job_id="big")
         stored = await repo.read_artifact(s, job=head, name="statevector")
@@ -232,13 +219,8 @@ async def _upgrade_from_0001(url: str) -> None:
             ).scalar_one()
             assert owner is None
             # The same key may now be used by a principal beside the legacy row.
-            await repo.create_job(
-                s,
-                job_id="new",
-                kind="circuit",
-                request={},
-                idempotency_key="legacy-key",
-                owner="alice",
+            await s.run_sync(
+                _create, job_id="new", kind="circuit", idempotency_key="legacy-key", owner="alice"
             )
     finally:
         await db.dispose()

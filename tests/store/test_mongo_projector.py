@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
@@ -106,14 +107,16 @@ async def test_rebuild_equals_incremental_on_postgres(
         await finish_job(db, "a")
         await projector.catch_up(batch=2)
         await finish_job(db, "b", ok=False)
-        async with db.transaction() as s:  # an event after the terminal one joins the bundle
-            await repo.append_event(
-                s,
+        # an event after the terminal one joins the bundle
+        await db.write(
+            partial(
+                repo.append_event,
                 job_id="a",
                 event_type="reservation_released",
                 node_id=NODE_A,
                 payload={"reason": "job finished"},
             )
+        )
         await projector.catch_up(batch=2)
         incremental = await _dump(projector)
         assert incremental[0]["events"][-1]["event_type"] == "reservation_released"

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
@@ -33,7 +33,7 @@ from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import Conflict, Overloaded, QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.observability import metrics
-from quantum_mesh.store.database import Database
+from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import Job
 
 if TYPE_CHECKING:
@@ -254,6 +254,8 @@ class JobHandle:
         self._units = 0
         #: Big arrays the result refers to, written with the COMPLETED transition.
         self.artifacts: list[ResultArtifact] = []
+        #: Writes waiting for the job's next transition (``write_with_next_transition``).
+        self.staged: list[WriteOp] = []
 
     @property
     def cancelled(self) -> bool:
@@ -268,8 +270,15 @@ class JobHandle:
         self._units += 1
         return f"{method}/{self.run_token}/{self._units}"
 
-    async def progress(self, progress: dict[str, Any]) -> None:
-        await self._manager.report_progress(self.job_id, progress)
+    async def progress(self, progress: dict[str, Any], *, also: WriteOp | None = None) -> Any:
+        """Report progress; ``also`` (the record it reflects) is committed with it and what
+        it returns is returned."""
+        return await self._manager.report_progress(self.job_id, progress, also=also)
+
+    def write_with_next_transition(self, op: WriteOp) -> None:
+        """Commit ``op`` with the job's next state change (a plan with the move to RESERVING):
+        one write instead of two, and the record is durable exactly when the state says so."""
+        self.staged.append(op)
 
     def keep_artifacts(self, artifacts: Sequence[ResultArtifact]) -> None:
         """Arrays the result refers to (``job_artifacts``), stored in the same transaction
@@ -314,6 +323,41 @@ class JobHandle:
         return self._manager.scheduler.sizer
 
 
+class _ExecutingOnFirstUnit:
+    """RESERVING ends when the job's first unit has its reservation committed: the move to
+    EXECUTING is written in the same transaction (one write, not two, on every unit's way to
+    a node). A unit of a job that has ended (cancelled while its driver still runs) is not
+    reserved, or, when the job ends during the reservation, not sent."""
+
+    def __init__(self, manager: JobManager) -> None:
+        self._manager = manager
+
+    def write(self, job_id: str) -> WriteOp | None:
+        if self._manager.has_ended(job_id):
+            raise JobCancelled(f"Job {job_id} has ended; its work is not sent")
+        if self._manager.status_of(job_id) != JobStatus.RESERVING:
+            return None
+
+        def executing(session: Session) -> tuple[Job, int] | JobStatus:
+            job = repo.lock_job(session, job_id=job_id)
+            if job.status != JobStatus.RESERVING:
+                return JobStatus(job.status)  # another unit was first, or the job ended
+            return job, repo.transition_job(session, job=job, to=JobStatus.EXECUTING)
+
+        return executing
+
+    async def started(self, job_id: str, written: Any) -> None:
+        manager = self._manager
+        ended = manager.has_ended(job_id) or (
+            isinstance(written, JobStatus) and written in TERMINAL_JOB_STATES
+        )
+        if ended:
+            raise JobCancelled(f"Job {job_id} ended before its work was sent")
+        if isinstance(written, tuple):
+            job, seq = written
+            manager._moved(job, JobStatus.EXECUTING, seq)
+
+
 class JobManager:
     def __init__(
         self,
@@ -330,6 +374,8 @@ class JobManager:
         self.compute = compute
         self.settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Submits admitted whose job is not written and started yet.
+        self._admitting = 0
         #: Jobs cancelled while running: driver threads poll this to stop dispatching.
         self.cancelled: set[str] = set()
         self._processors: dict[str, Processor] = {}
@@ -337,7 +383,7 @@ class JobManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._finished_at: deque[float] = deque(maxlen=10_000)
         self.on_transition: list[Callable[[dict[str, Any]], None]] = []
-        scheduler.on_committed = self._unit_committed
+        scheduler.starts = _ExecutingOnFirstUnit(self)
 
     def register_processor(self, kind: str, processor: Processor) -> None:
         self._processors[kind] = processor
@@ -345,8 +391,10 @@ class JobManager:
     # --- submission ----------------------------------------------------------------------
     @property
     def active(self) -> int:
-        """Jobs accepted and not yet finished (the admission-control queue)."""
-        return len(self._tasks)
+        """Jobs accepted and not yet finished (the admission-control queue), counting those
+        admitted and still being written: a burst of submits cannot overshoot the bound
+        while their writes wait for the database."""
+        return len(self._tasks) + self._admitting
 
     def admit(self, idempotency_key: str | None = None) -> None:
         """Refuse new work with 429 while the queue is full, with an honest Retry-After.
@@ -401,10 +449,32 @@ class JobManager:
                 self._check_same_request(existing, kind, request)
                 return existing, False
         self.admit(None)
+        # From here until the job is started (or refused), it holds its place in the queue.
+        self._admitting += 1
+        try:
+            return await self._create_and_start(
+                kind=kind,
+                request=request,
+                idempotency_key=idempotency_key,
+                owner=owner,
+                max_active=max_active,
+            )
+        finally:
+            self._admitting -= 1
+
+    async def _create_and_start(
+        self,
+        *,
+        kind: str,
+        request: dict[str, Any],
+        idempotency_key: str | None,
+        owner: str | None,
+        max_active: int | None,
+    ) -> tuple[Job, bool]:
         job_id = str(uuid.uuid4())
 
-        async def create(session: AsyncSession) -> Job:
-            return await repo.create_job(
+        def create(session: Session) -> Job:
+            return repo.create_job(
                 session,
                 job_id=job_id,
                 kind=kind,
@@ -455,13 +525,16 @@ class JobManager:
         progress: dict[str, Any] | None = None,
         plan_id: str | None = None,
         artifacts: Sequence[ResultArtifact] = (),
+        also: Sequence[WriteOp] = (),
     ) -> Job:
         """Move a job to ``to`` (committed before it is published); ``artifacts`` (the
-        arrays its result refers to) are written in the same transaction."""
+        arrays its result refers to) and the writes in ``also`` are committed with it."""
 
-        async def op(session: AsyncSession) -> tuple[Job, int]:
-            job = await repo.get_job(session, job_id=job_id, for_update=True)
-            event = await repo.transition_job(
+        def op(session: Session) -> tuple[Job, int]:
+            for write in also:
+                write(session)
+            job = repo.lock_job(session, job_id=job_id)
+            seq = repo.transition_job(
                 session,
                 job=job,
                 to=to,
@@ -471,40 +544,50 @@ class JobManager:
                 plan_id=plan_id,
             )
             if artifacts:
-                await repo.save_artifacts(session, job_id=job_id, artifacts=artifacts)
-            return job, event.seq
+                repo.save_artifacts(session, job_id=job_id, artifacts=artifacts)
+            return job, seq
 
         job, seq = await self.db.write(op)
-        if to in TERMINAL_JOB_STATES:
-            self._status.pop(job_id, None)
-            self._locks.pop(job_id, None)
-        else:
-            self._status[job_id] = to
-        self._publish(job, seq=seq)
+        self._moved(job, to, seq)
         return job
 
-    async def report_progress(self, job_id: str, progress: dict[str, Any]) -> None:
-        """Persist progress (same status), then publish it."""
+    def _moved(self, job: Job, to: JobStatus, seq: int) -> None:
+        """A committed transition: remember it, then publish it."""
+        if to in TERMINAL_JOB_STATES:
+            self._status.pop(job.job_id, None)
+            self._locks.pop(job.job_id, None)
+        else:
+            self._status[job.job_id] = to
+        self._publish(job, seq=seq)
 
-        async def op(session: AsyncSession) -> tuple[Job, int] | None:
-            job = await repo.get_job(session, job_id=job_id, for_update=True)
+    async def report_progress(
+        self, job_id: str, progress: dict[str, Any], *, also: WriteOp | None = None
+    ) -> Any:
+        """Persist progress (same status), then publish it. ``also`` (a record the progress
+        reflects) is committed in the same write, even when the job has ended; returns what
+        it returned."""
+
+        def op(session: Session) -> tuple[Any, tuple[Job, int] | None]:
+            extra = None if also is None else also(session)
+            job = repo.lock_job(session, job_id=job_id)
             if JobStatus(job.status) in TERMINAL_JOB_STATES:
-                return None
+                return extra, None
             job.progress = progress
-            event = await repo.append_event(
+            seq = repo.append_event(
                 session, job_id=job_id, event_type="progress", payload={"progress": progress}
             )
-            return job, event.seq
+            return extra, (job, seq)
 
-        written = await self.db.write(op)
+        extra, written = await self.db.write(op)
         if written is not None:
             self._publish(written[0], seq=written[1])
+        return extra
 
     async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
         """Persist a workload driver's resumable state (an append-only event)."""
 
-        async def op(session: AsyncSession) -> None:
-            await repo.append_event(
+        def op(session: Session) -> None:
+            repo.append_event(
                 session, job_id=job_id, event_type="checkpoint", payload={"state": state}
             )
 
@@ -515,17 +598,16 @@ class JobManager:
             event = await repo.latest_event(session, job_id=job_id, event_type="checkpoint")
         return None if event is None else dict(event.payload["state"])
 
-    async def attach_plan(self, job_id: str, plan_id: str) -> None:
-        status = self._status.get(job_id)
-        if status is not None:
-            await self.transition(job_id, status, plan_id=plan_id)
+    def status_of(self, job_id: str) -> JobStatus | None:
+        """The job's status as this manager last committed it (None: not running here)."""
+        return self._status.get(job_id)
 
     def has_ended(self, job_id: str) -> bool:
         return job_id in self.cancelled or job_id not in self._status
 
-    async def _unit_committed(self, job_id: str) -> None:
-        """A unit of this job has a committed reservation: RESERVING ends now. A unit of a
-        job that has ended (cancelled while its driver thread still runs) is not sent."""
+    async def _pass_through_executing(self, job_id: str) -> None:
+        """The EXECUTING step of a job that sent no unit (recovered with everything done, or
+        run locally): every job shows the same lifecycle."""
         if self.has_ended(job_id):
             raise JobCancelled(f"Job {job_id} has ended; its work is not sent")
         if self._status.get(job_id) != JobStatus.RESERVING:
@@ -613,14 +695,15 @@ class JobManager:
         if status == JobStatus.QUEUED:
             await self.transition(job_id, JobStatus.COMPILING)
         plan_id = await process.compile()
-        if self._status.get(job_id) == JobStatus.COMPILING:
-            await self.transition(job_id, JobStatus.RESERVING, plan_id=plan_id)
-        elif plan_id is not None:
-            await self.attach_plan(job_id, plan_id)
+        staged, handle.staged = handle.staged, []
+        current = self._status.get(job_id)
+        if current == JobStatus.COMPILING:
+            await self.transition(job_id, JobStatus.RESERVING, plan_id=plan_id, also=staged)
+        elif current is not None and (plan_id is not None or staged):
+            # A recovered job past COMPILING: its new plan joins the state it is in.
+            await self.transition(job_id, current, plan_id=plan_id, also=staged)
         result, progress = await process.execute()
-        # A job that needed no new unit (recovered with everything done, or run locally)
-        # still passes through EXECUTING, so every job shows the same lifecycle.
-        await self._unit_committed(job_id)
+        await self._pass_through_executing(job_id)
         await self.transition(
             job_id,
             JobStatus.COMPLETED,

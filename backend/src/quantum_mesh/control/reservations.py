@@ -1,19 +1,22 @@
 """Reservations negotiated with nodes over the mesh: REQUESTED → PREPARED → COMMITTED → …
 
-Each state is committed (row + append-only event) before the next network step, so a crash
-leaves an honest record and the TTL sweeper can expire what was left behind.
+Each state is committed (row + append-only event) before the work it allows is sent, so a
+crash leaves an honest record and the TTL sweeper can expire what was left behind. A direct
+reservation's request is committed before the node is asked; the scheduler's are recorded
+with the node's answer, in one write (see ``negotiate``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
@@ -29,7 +32,7 @@ from quantum_mesh.errors import Conflict, InvalidInput, NoCapacity, NotFound, Qu
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError, RemoteError
 from quantum_mesh.mesh.protocol import METHOD_COMMIT, METHOD_RELEASE, METHOD_RESERVE
-from quantum_mesh.store.database import Database
+from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import Reservation, ReservationEvent, utcnow
 
 log = get_logger(__name__)
@@ -60,9 +63,9 @@ def _aware(moment: datetime) -> datetime:
     return moment.replace(tzinfo=moment.tzinfo or UTC)
 
 
-async def _check_reservation_quota(session: AsyncSession, owner: str, limit: int) -> None:
+def _check_reservation_quota(session: Session, owner: str, limit: int) -> None:
     """Refuse a direct reservation while ``owner`` holds ``limit`` unexpired active ones."""
-    rows = await session.execute(
+    rows = session.execute(
         select(Reservation.expires_at).where(
             Reservation.owner == owner,
             Reservation.status.in_([s.value for s in _ACTIVE]),
@@ -86,6 +89,29 @@ async def _check_reservation_quota(session: AsyncSession, owner: str, limit: int
     )
 
 
+def _advance(session: Session, r: Reservation, to: ReservationStatus, reason: str | None) -> None:
+    """One step of a reservation's life, with its append-only event."""
+    current = ReservationStatus(r.status)
+    if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
+        raise Conflict(
+            f"Reservation {r.reservation_id} cannot move from {current} to {to}",
+            details={"reservation_id": r.reservation_id, "status": current.value},
+        )
+    r.status = to.value
+    r.updated_at = utcnow()
+    if reason is not None:
+        r.reason = reason
+    session.add(
+        ReservationEvent(
+            reservation_id=r.reservation_id,
+            status=to.value,
+            node_id=r.node_id,
+            payload={"reason": reason} if reason else {},
+            at=utcnow(),
+        )
+    )
+
+
 class ReservationService:
     def __init__(
         self,
@@ -103,7 +129,8 @@ class ReservationService:
     async def _move(
         self, reservation_id: str, to: ReservationStatus, *, reason: str | None = None
     ) -> Reservation:
-        return await self._move_along(reservation_id, [to], reason=reason)
+        r, _ = await self._move_along(reservation_id, [to], reason=reason)
+        return r
 
     async def _move_along(
         self,
@@ -112,40 +139,30 @@ class ReservationService:
         *,
         reason: str | None = None,
         job_event: dict[str, Any] | None = None,
-    ) -> Reservation:
+        also: WriteOp | None = None,
+        create: Callable[[Session], Reservation] | None = None,
+    ) -> tuple[Reservation, Any]:
         """Move through ``path`` in one transaction (one event per step), optionally with the
-        job event that this step makes true."""
+        job event that this step makes true and ``also`` (another write that belongs with
+        it). With ``create`` the reservation is first recorded (REQUESTED) in the same
+        transaction. Returns the reservation and what ``also`` returned."""
 
-        async def op(session: AsyncSession) -> Reservation:
-            r = await session.get(Reservation, reservation_id, with_for_update=True)
-            if r is None:
-                raise NotFound(f"Reservation {reservation_id} does not exist")
+        def op(session: Session) -> tuple[Reservation, Any]:
+            if create is not None:
+                r = create(session)
+            else:
+                found = session.get(Reservation, reservation_id, with_for_update=True)
+                if found is None:
+                    raise NotFound(f"Reservation {reservation_id} does not exist")
+                r = found
             for to in path:
-                current = ReservationStatus(r.status)
-                if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
-                    raise Conflict(
-                        f"Reservation {reservation_id} cannot move from {current} to {to}",
-                        details={"reservation_id": reservation_id, "status": current.value},
-                    )
-                r.status = to.value
-                r.updated_at = utcnow()
-                if reason is not None:
-                    r.reason = reason
-                session.add(
-                    ReservationEvent(
-                        reservation_id=reservation_id,
-                        status=to.value,
-                        node_id=r.node_id,
-                        payload={"reason": reason} if reason else {},
-                        at=utcnow(),
-                    )
-                )
+                _advance(session, r, to, reason)
             if job_event is not None:
-                await repo.append_event(session, **job_event)
-            return r
+                repo.append_event(session, **job_event)
+            return r, None if also is None else also(session)
 
-        r = await self.db.write(op)
-        for to in path:
+        r, extra = await self.db.write(op)
+        for to in [ReservationStatus.REQUESTED] * (create is not None) + path:
             self.journal.record(
                 f"reservation.{to.value.lower()}",
                 reservation_id=reservation_id,
@@ -153,7 +170,7 @@ class ReservationService:
                 job_id=r.job_id,
                 reason=reason,
             )
-        return r
+        return r, extra
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
         peers = [
@@ -176,13 +193,37 @@ class ReservationService:
         node_id: str | None = None,
         min_fidelity: float | None = None,
         ttl_s: float = DEFAULT_TTL_S,
-        job_id: str | None = None,
-        fragment_id: str | None = None,
-        started_event: dict[str, Any] | None = None,
         owner: str | None = None,
         max_active: int | None = None,
     ) -> Reservation:
-        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal).
+        """A direct reservation (``POST /reservations``): :meth:`negotiate` for ``owner``."""
+        r, _ = await self.negotiate(
+            service_type=service_type,
+            node_id=node_id,
+            min_fidelity=min_fidelity,
+            ttl_s=ttl_s,
+            owner=owner,
+            max_active=max_active,
+        )
+        return r
+
+    async def negotiate(
+        self,
+        *,
+        service_type: str,
+        node_id: str | None = None,
+        min_fidelity: float | None = None,
+        ttl_s: float = DEFAULT_TTL_S,
+        job_id: str | None = None,
+        fragment_id: str | None = None,
+        started_event: dict[str, Any] | None = None,
+        also: WriteOp | None = None,
+        owner: str | None = None,
+        max_active: int | None = None,
+    ) -> tuple[Reservation, Any]:
+        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal),
+        and what ``also`` returned (a write committed together with COMMITTED; not run when
+        the reservation is rejected).
 
         The node is asked to reserve and commit in one round trip (``"commit": true``); a node
         that predates that answers the reserve alone and gets a separate ``commit``. With
@@ -191,7 +232,10 @@ class ReservationService:
 
         ``owner`` is the principal of a direct reservation (the scheduler's have none); with
         ``max_active`` it may hold at most that many unexpired active ones (``QuotaExceeded``,
-        checked in the write that records the request)."""
+        checked in the write that records the request, before the node is asked). The
+        scheduler's own are recorded once the node has answered, request and answer in one
+        write: nothing waits on the request record, and a crash in between leaves at most an
+        unrecorded node-side hold, which its TTL ends."""
         if node_id is None:
             node_id = self._choose_node(service_type, min_fidelity)
         if not math.isfinite(ttl_s) or ttl_s <= 0:
@@ -199,24 +243,23 @@ class ReservationService:
         reservation_id = str(uuid.uuid4())
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
 
-        async def requested(session: AsyncSession) -> None:
+        def requested(session: Session) -> Reservation:
             if owner is not None and max_active:
-                await _check_reservation_quota(session, owner, max_active)
-            session.add(
-                Reservation(
-                    reservation_id=reservation_id,
-                    service_type=service_type,
-                    node_id=node_id,
-                    job_id=job_id,
-                    fragment_id=fragment_id,
-                    min_fidelity=min_fidelity,
-                    status=ReservationStatus.REQUESTED.value,
-                    expires_at=expires_at,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
-                    owner=owner,
-                )
+                _check_reservation_quota(session, owner, max_active)
+            r = Reservation(
+                reservation_id=reservation_id,
+                service_type=service_type,
+                node_id=node_id,
+                job_id=job_id,
+                fragment_id=fragment_id,
+                min_fidelity=min_fidelity,
+                status=ReservationStatus.REQUESTED.value,
+                expires_at=expires_at,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+                owner=owner,
             )
+            session.add(r)
             session.add(
                 ReservationEvent(
                     reservation_id=reservation_id,
@@ -226,42 +269,36 @@ class ReservationService:
                     at=utcnow(),
                 )
             )
+            return r
 
-        # A direct reservation is checked against its owner's quota before the node is asked.
-        # The scheduler's own (no owner) record the request while the node is asked: the
-        # node's answer does not depend on it, and both are durable before anything moves on
-        # (a crash in between leaves at most an unrecorded node-side hold, which its TTL ends).
-        recording = asyncio.ensure_future(self.db.write(requested))
+        create: Callable[[Session], Reservation] | None = requested
         if owner is not None:
-            await recording
-        if not self.registry.is_usable(node_id):
-            await recording
-            return await self._move(
-                reservation_id,
-                ReservationStatus.REJECTED,
-                reason="node not usable (stale or not enrolled)",
+            await self.db.write(requested)
+            self.journal.record(
+                "reservation.requested", reservation_id=reservation_id, node_id=node_id
             )
+            create = None
+
+        async def move(
+            path: list[ReservationStatus], reason: str | None = None, **extra: Any
+        ) -> tuple[Reservation, Any]:
+            nonlocal create
+            made, create = create, None
+            return await self._move_along(reservation_id, path, reason=reason, create=made, **extra)
+
+        rejected = [ReservationStatus.REJECTED]
+        if not self.registry.is_usable(node_id):
+            return await move(rejected, "node not usable (stale or not enrolled)")
         try:
             answer = await self._ask_node(
                 node_id, reservation_id, service_type, min_fidelity, ttl_s
             )
         except (MeshError, RemoteError) as exc:
-            await recording
-            return await self._move(
-                reservation_id, ReservationStatus.REJECTED, reason=f"unreachable: {exc}"
-            )
-        finally:
-            if not recording.done():
-                await asyncio.shield(recording)
-        recording.result()
+            return await move(rejected, f"unreachable: {exc}")
         if not answer.get("accepted"):
-            return await self._move(
-                reservation_id,
-                ReservationStatus.REJECTED,
-                reason=str(answer.get("reason") or "refused"),
-            )
+            return await move(rejected, str(answer.get("reason") or "refused"))
         if not answer.get("committed"):
-            await self._move(reservation_id, ReservationStatus.PREPARED)
+            await move([ReservationStatus.PREPARED])
             try:
                 committed = await self.mesh.invoke(
                     node_id,
@@ -271,14 +308,10 @@ class ReservationService:
                     addrs=self.registry.addrs_of(node_id),
                 )
             except (MeshError, RemoteError) as exc:
-                return await self._move(
-                    reservation_id, ReservationStatus.REJECTED, reason=f"commit failed: {exc}"
-                )
+                return await move(rejected, f"commit failed: {exc}")
             if not committed.get("committed", False):
-                return await self._move(
-                    reservation_id,
-                    ReservationStatus.REJECTED,
-                    reason=f"commit refused: {committed.get('reason') or 'unknown'}",
+                return await move(
+                    rejected, f"commit refused: {committed.get('reason') or 'unknown'}"
                 )
             path = [ReservationStatus.COMMITTED]
         else:
@@ -292,7 +325,7 @@ class ReservationService:
                 "node_id": node_id,
                 "payload": {**started_event, "reservation_id": reservation_id},
             }
-        return await self._move_along(reservation_id, path, job_event=job_event)
+        return await move(path, job_event=job_event, also=also)
 
     async def _ask_node(
         self,
@@ -345,8 +378,7 @@ class ReservationService:
         except Conflict:
             log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
             if completed_event is not None:
-                async with self.db.transaction() as session:
-                    await repo.append_event(session, **completed_event)
+                await self.db.write(partial(repo.append_event, **completed_event))
 
     async def mark_unused(self, reservation_id: str, *, reason: str) -> None:
         """The node turned the work away (busy): the slot was never used."""

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from quantum_mesh.arrays import decode_array, encode_array
 from quantum_mesh.control import repository as repo
@@ -38,7 +38,7 @@ from quantum_mesh.quantum.circuits.execute import (
     initial_state,
 )
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
-from quantum_mesh.store.database import Database
+from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import FragmentExecution
 
 log = get_logger(__name__)
@@ -87,8 +87,8 @@ def _encode_wave(
     return checkpoint, [None if o.operator is None else encode_array(o.operator) for o in outcomes]
 
 
-async def _record_wave(
-    session: AsyncSession,
+def _record_wave(
+    session: Session,
     *,
     job_id: str,
     outcomes: Sequence[FragmentOutcome],
@@ -100,7 +100,7 @@ async def _record_wave(
     rows = []
     for order, o in enumerate(outcomes):
         rows.append(
-            await repo.record_fragment(
+            repo.record_fragment(
                 session,
                 job_id=job_id,
                 fragment_id=o.fragment_id,
@@ -120,7 +120,7 @@ async def _record_wave(
                 },
             )
         )
-        await repo.append_event(
+        repo.append_event(
             session,
             job_id=job_id,
             event_type="fragment_completed",
@@ -168,9 +168,13 @@ class CircuitRuntime:
         seed: int,
         min_fidelity: float | None,
         done_rows: dict[str, FragmentExecution],
-        on_wave: Callable[[int, int], Awaitable[None]] | None = None,
+        record: Callable[[WriteOp, int, int], Awaitable[Any]] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
-        """Execute every fragment not yet completed; returns the final state and results."""
+        """Execute every fragment not yet completed; returns the final state and results.
+
+        ``record(write, done, total)`` commits each wave's record (``write``; returns what it
+        returned), so the caller may commit progress with it; default: the write alone."""
+        commit = record or (lambda write, _done, _total: self.db.write(write))
         n = circuit.num_qubits
         ops_by_id = {op.op_id: op for op in circuit.operations}
         done_rows = dict(done_rows)
@@ -184,8 +188,6 @@ class CircuitRuntime:
         done = set(done_rows)
         while len(done) < len(fragments):
             wave = self._next_wave(fragments, done)
-            if on_wave is not None:
-                await on_wave(len(done), len(fragments))
             outcomes = await asyncio.gather(
                 *(
                     self._run_fragment(
@@ -202,7 +204,7 @@ class CircuitRuntime:
             )
             state = await self.compute.run(self._compose, outcomes, n)
             checkpoint, operators = await self.compute.run(_encode_wave, state, outcomes)
-            rows = await self.db.write(
+            rows = await commit(
                 partial(
                     _record_wave,
                     job_id=job_id,
@@ -210,7 +212,9 @@ class CircuitRuntime:
                     checkpoint=checkpoint,
                     operators=operators,
                     wave=wave_index,
-                )
+                ),
+                len(done) + len(outcomes),
+                len(fragments),
             )
             for o, row in zip(outcomes, rows, strict=True):
                 done_rows[o.fragment_id] = row

@@ -23,9 +23,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
@@ -49,7 +49,7 @@ from quantum_mesh.mesh.protocol import (
 )
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER
 from quantum_mesh.observability import metrics
-from quantum_mesh.store.database import Database
+from quantum_mesh.store.database import Database, WriteOp
 
 log = get_logger(__name__)
 
@@ -64,7 +64,20 @@ PUMP_INTERVAL_S = 0.1
 #: Optional check of a reply: a dict (``outcome`` plus details) says why it is not acceptable
 #: and the unit is tried elsewhere.
 Acceptance = Callable[[str, Mapping[str, Any]], dict[str, Any] | None]
-UnitHook = Callable[[str], Awaitable[None]]
+
+
+class UnitStarts(Protocol):
+    """What the job manager does when one of its job's units gets a committed reservation."""
+
+    def write(self, job_id: str) -> WriteOp | None:
+        """A write to commit together with the reservation (the job's move to EXECUTING),
+        or None. Raises when the job has ended: nothing is reserved for it."""
+        ...
+
+    async def started(self, job_id: str, written: Any) -> None:
+        """After the commit, with what the write returned. Raises when the job ended
+        meanwhile: the work is not sent."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -167,8 +180,8 @@ class WorkScheduler:
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
-        #: Called once per unit, after its reservation is committed and before it is sent.
-        self.on_committed: UnitHook | None = None
+        #: Told of each unit whose reservation is committed, before it is sent.
+        self.starts: UnitStarts | None = None
         #: What units have cost so far: sizes groups of small jobs (``control/sizing.py``).
         self.sizer = CallSizer()
 
@@ -412,7 +425,11 @@ class WorkScheduler:
         """One reservation + invocation. Returns the outcome, a final error, or ``None`` to
         requeue the unit."""
         unit = ticket.unit
-        reservation = await self.reservations.reserve(
+        try:
+            also = None if self.starts is None else self.starts.write(unit.job_id)
+        except Exception as exc:  # the job has ended: reserve nothing
+            return exc
+        reservation, written = await self.reservations.negotiate(
             service_type=unit.service_type,
             node_id=node_id,
             min_fidelity=unit.min_fidelity,
@@ -423,6 +440,7 @@ class WorkScheduler:
                 "method": unit.method,
                 "queued_s": round(ticket.queued_s, 6),
             },
+            also=also,
         )
         if reservation.status != ReservationStatus.COMMITTED:
             reason = reservation.reason or "refused"
@@ -441,9 +459,9 @@ class WorkScheduler:
                 reservation_id=reservation.reservation_id,
             )
             return None
-        if self.on_committed is not None:
+        if self.starts is not None:
             try:
-                await self.on_committed(unit.job_id)
+                await self.starts.started(unit.job_id, written)
             except Exception as exc:  # the job ended meanwhile: give the slot back at once
                 await self._release(reservation.reservation_id, reason=f"not sent: {exc}")
                 return exc
@@ -627,8 +645,8 @@ class WorkScheduler:
         )
         metrics.retry(outcome)
 
-        async def op(session: AsyncSession) -> None:
-            await repo.append_event(
+        def op(session: Session) -> None:
+            repo.append_event(
                 session,
                 job_id=unit.job_id,
                 event_type=event_type,

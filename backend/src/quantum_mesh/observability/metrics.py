@@ -126,6 +126,24 @@ JOBS_REJECTED = Counter(
     "Submits refused with 429 because the job queue was full.",
     registry=REGISTRY,
 )
+DB_WRITE_SECONDS = Histogram(
+    "qmesh_db_write_seconds",
+    "Time from a state change handed to the group-commit writer to its commit.",
+    buckets=INVOKE_BUCKETS_S,
+    registry=REGISTRY,
+)
+DB_COMMIT_GROUP_SIZE = Histogram(
+    "qmesh_db_commit_group_size",
+    "Writes committed together in one transaction by the group-commit writer.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+    registry=REGISTRY,
+)
+DB_COMMIT_GROUP_SECONDS = Histogram(
+    "qmesh_db_commit_group_seconds",
+    "Time the group-commit writer spent on one transaction (its writes and the commit).",
+    buckets=INVOKE_BUCKETS_S,
+    registry=REGISTRY,
+)
 ADVERTS_DROPPED = Counter(
     "qmesh_adverts_dropped_total",
     "Adverts received and ignored, by reason.",
@@ -188,6 +206,15 @@ def queue_wait(seconds: float) -> None:
 def unit_cost(method: str, *, overhead_s: float, job_compute_s: float) -> None:
     UNIT_OVERHEAD_SECONDS.labels(method=method).set(overhead_s)
     UNIT_JOB_COMPUTE_SECONDS.labels(method=method).set(job_compute_s)
+
+
+def db_write(seconds: float) -> None:
+    DB_WRITE_SECONDS.observe(max(0.0, seconds))
+
+
+def db_write_group(size: int, seconds: float) -> None:
+    DB_COMMIT_GROUP_SIZE.observe(size)
+    DB_COMMIT_GROUP_SECONDS.observe(max(0.0, seconds))
 
 
 def job_rejected() -> None:

@@ -8,9 +8,8 @@ import json
 import time
 import uuid
 from collections import OrderedDict
+from functools import partial
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
@@ -31,7 +30,7 @@ from quantum_mesh.quantum.circuits import limits
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
-from quantum_mesh.store.database import Database
+from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import FragmentExecution
 
 __all__ = ["CIRCUIT_KIND", "CircuitWorkload", "check_circuit"]
@@ -280,10 +279,9 @@ class CircuitProcess:
             "registry_snapshot": [p.to_dict() for p in w.registry.usable_snapshot()],
         }
 
-        async def save(session: AsyncSession) -> None:
-            await repo.save_plan(session, plan_id=plan_id, job_id=handle.job_id, plan=plan)
-
-        await w.db.write(save)
+        handle.write_with_next_transition(
+            partial(repo.save_plan, plan_id=plan_id, job_id=handle.job_id, plan=plan)
+        )
         return plan_id
 
     async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -293,13 +291,16 @@ class CircuitProcess:
 
         last_report = 0.0
 
-        async def on_wave(completed: int, total: int) -> None:
-            # At most a few progress writes a second, whatever the number of waves.
+        async def record(wave: WriteOp, completed: int, total: int) -> Any:
+            # A wave's record carries the progress it makes: at most a few progress writes a
+            # second whatever the number of waves, none for the last (COMPLETED says it).
             nonlocal last_report
             now = time.monotonic()
-            if completed and now - last_report >= PROGRESS_EVERY_S:
+            if completed < total and now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
-                await handle.progress({"fragments_done": completed, "fragments_total": total})
+                progress = {"fragments_done": completed, "fragments_total": total}
+                return await handle.progress(progress, also=wave)
+            return await w.db.write(wave)
 
         seed = int(request.get("seed") or 0)
         final_state, fragment_results = await w.runtime.execute(
@@ -309,7 +310,7 @@ class CircuitProcess:
             seed=seed,
             min_fidelity=request.get("min_fidelity"),
             done_rows=self.done_rows,
-            on_wave=on_wave,
+            record=record,
         )
         fragment_results.sort(key=lambda r: self.order[r["fragment_id"]])
         # Bounded (docs/security.md, "Bounded results"): big arrays become artifacts, stored
