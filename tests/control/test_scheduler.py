@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.scheduler import UNREACHABLE_PAUSE_S
+from quantum_mesh.control.sizing import DEFAULT_DEPTH, PipelineDepth
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
-from quantum_mesh.node.reservations import SLOTS_PER_WORKER
 from quantum_mesh.store.tables import Reservation, ReservationEvent
 from tests.control.conftest import MakeControl, event_counts, unit, wait_for
 
@@ -31,9 +31,10 @@ async def test_busy_node_means_wait_never_failure(control: MakeControl) -> None:
     assert all(o.node_id == "n1" for o in outcomes)
     assert all(o.attempts == 1 and o.refusals == 0 for o in outcomes)
     assert len(node.executed) == 30
-    # Never more work on the node than its book allows, but the slots were used.
+    # Never more work on the node than its book allows, but the pipeline was used: as many
+    # units as the scheduler's depth for the method allowed before anything was measured.
     assert node.max_occupancy <= node.capacity
-    assert node.max_in_flight == node.capacity
+    assert node.max_in_flight == DEFAULT_DEPTH
     # The scheduler's own slot count kept it from asking a full node.
     assert c.mesh.saturated_refusals == 0
     assert len(c.mesh.calls_of("reserve")) == 30
@@ -214,12 +215,13 @@ async def test_known_but_never_fresh_node_means_deadline_exceeded(control: MakeC
 async def test_units_start_in_submission_order_across_jobs(control: MakeControl) -> None:
     c = await control()
     node = c.add_node("n1", workers=1, latency_s=0.005)
+    c.scheduler.pipeline = PipelineDepth(least=DEFAULT_DEPTH, most=DEFAULT_DEPTH)  # fixed
     # All but one of the node's slots are held by long units: one slot is left for the rest.
     blockers = [
         asyncio.create_task(c.scheduler.run(unit("job-x", f"block{i}", method="hold")))
-        for i in range(SLOTS_PER_WORKER - 1)
+        for i in range(DEFAULT_DEPTH - 1)
     ]
-    await wait_for(lambda: node.in_flight == SLOTS_PER_WORKER - 1, what="the blockers to start")
+    await wait_for(lambda: node.in_flight == DEFAULT_DEPTH - 1, what="the blockers to start")
 
     # Job ids and unit ids deliberately do not sort in submission order.
     order = [(job, f"{job}-{i}") for job in ("job-c", "job-a", "job-b") for i in range(3)]
@@ -231,7 +233,7 @@ async def test_units_start_in_submission_order_across_jobs(control: MakeControl)
 
     started = [call.params["unit_id"] for call in c.mesh.work_calls() if call.method != "hold"]
     assert started == [unit_id for _, unit_id in order]
-    assert node.max_in_flight == SLOTS_PER_WORKER
+    assert node.max_in_flight == DEFAULT_DEPTH
     assert all(o.refusals == 0 for o in outcomes)
     node.gate.set()
     await asyncio.wait_for(asyncio.gather(*blockers), timeout=5)
@@ -240,11 +242,12 @@ async def test_units_start_in_submission_order_across_jobs(control: MakeControl)
 async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> None:
     c = await control()
     node = c.add_node("n1", workers=1)
+    c.scheduler.pipeline = PipelineDepth(least=DEFAULT_DEPTH, most=DEFAULT_DEPTH)  # fixed
     blockers = [
         asyncio.create_task(c.scheduler.run(unit("job-x", f"block{i}", method="hold")))
-        for i in range(SLOTS_PER_WORKER)
+        for i in range(DEFAULT_DEPTH)
     ]
-    await wait_for(lambda: node.in_flight == SLOTS_PER_WORKER, what="every slot to be held")
+    await wait_for(lambda: node.in_flight == DEFAULT_DEPTH, what="every slot to be held")
 
     doomed = [asyncio.create_task(c.scheduler.run(unit("job-a", f"a{i}"))) for i in range(3)]
     kept = [asyncio.create_task(c.scheduler.run(unit("job-b", f"b{i}"))) for i in range(3)]
@@ -258,7 +261,7 @@ async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> N
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=5)
     outcomes = await asyncio.wait_for(asyncio.gather(*kept, *blockers), timeout=5)
-    blocks = {f"block{i}" for i in range(SLOTS_PER_WORKER)}
+    blocks = {f"block{i}" for i in range(DEFAULT_DEPTH)}
     assert {o.unit_id for o in outcomes} == {"b0", "b1", "b2"} | blocks
     sent = [call.params.get("unit_id", "") for call in c.mesh.calls]
     assert not [f for f in sent if f.startswith("a")]

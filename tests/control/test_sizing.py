@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from quantum_mesh.control.jobs import JobHandle
-from quantum_mesh.control.sizing import TARGET_OVERHEAD_SHARE, CallSizer, compute_seconds
+from quantum_mesh.control.sizing import (
+    DEFAULT_DEPTH,
+    MIN_DEPTH,
+    TARGET_OVERHEAD_SHARE,
+    CallSizer,
+    PipelineDepth,
+    compute_seconds,
+)
 from quantum_mesh.control.workflows.base import RunOptions, drive
 from quantum_mesh.store.tables import Job
 from tests.control.conftest import SERVICE, MakeControl, unit, wait_for
@@ -46,6 +53,23 @@ def test_estimates_follow_the_measurements() -> None:
     assert estimate["job_compute_s"] == pytest.approx(0.025, rel=1e-6)
     sizer.observe("m", jobs=0, wall_s=1.0, compute_s=0.0)  # ignored
     assert sizer.estimate("m") == estimate
+
+
+def test_pipeline_depth_hides_the_coordinators_part_of_short_units_only() -> None:
+    short = PipelineDepth(most=16)
+    assert short.per_worker() == DEFAULT_DEPTH  # nothing measured yet
+    # 100 ms of reservation work per unit against a 10 ms round trip: 1 + 10 units queued.
+    for _ in range(20):
+        short.observe(coordinator_s=0.1, round_trip_s=0.01)
+    assert short.per_worker() == 11
+    # Seconds-long units: one running, one ready is enough.
+    long = PipelineDepth(most=16)
+    long.observe(coordinator_s=0.1, round_trip_s=5.0)
+    assert long.per_worker() == MIN_DEPTH
+    # Never beyond what a node accepts.
+    tiny = PipelineDepth(most=16)
+    tiny.observe(coordinator_s=1.0, round_trip_s=0.001)
+    assert tiny.per_worker() == 16
 
 
 def test_compute_seconds_reads_what_nodes_report() -> None:

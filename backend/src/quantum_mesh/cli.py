@@ -99,6 +99,7 @@ def coordinator(
         host=bind_host,
         port=settings.port,
         log_config=None,
+        access_log=settings.access_log,
         ws="websockets-sansio",
     )
     data_dir_lock.close()

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     log_level: str = "INFO"
     log_json: bool = False
+    #: One INFO line per HTTP request (uvicorn's access log).
+    access_log: bool = True
     api_keys: str = ""
     max_request_bytes: int = 2_000_000
     rate_limit_per_minute: int = 600

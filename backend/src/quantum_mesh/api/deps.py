@@ -12,7 +12,9 @@ from quantum_mesh.control.coordinator import Coordinator
 from quantum_mesh.errors import Forbidden
 
 
-def get_coordinator(request: Request) -> Coordinator:
+# Dependencies are ``async def`` although they never wait: FastAPI runs a plain ``def``
+# dependency in a worker thread, a thread hop on every request.
+async def get_coordinator(request: Request) -> Coordinator:
     return request.app.state.coordinator  # type: ignore[no-any-return]
 
 
@@ -26,7 +28,7 @@ def principal_of(connection: HTTPConnection) -> Principal | None:
     return principal if isinstance(principal, Principal) else None
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     principal = principal_of(request)
     if principal is None:  # a route that needs a principal was listed in QMESH_OPEN_PATHS
         raise HTTPException(
@@ -40,7 +42,7 @@ def get_principal(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.is_admin:
         raise Forbidden(
             f"{principal.name} may not do this: it needs the admin role",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -177,6 +178,7 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
+@functools.lru_cache(maxsize=1024)  # every request asks, for a handful of client addresses
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True

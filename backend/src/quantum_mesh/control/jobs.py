@@ -498,7 +498,7 @@ class JobManager:
             return existing, False
         self._status[job_id] = JobStatus.QUEUED
         self._publish(job, seq=None)
-        self._spawn(job.job_id)
+        self._spawn(job.job_id, job)
         return job, True
 
     @staticmethod
@@ -649,10 +649,11 @@ class JobManager:
         return job
 
     # --- the lifecycle template ------------------------------------------------------------
-    def _spawn(self, job_id: str) -> None:
+    def _spawn(self, job_id: str, job: Job | None = None) -> None:
+        """Run the job's lifecycle; ``job``: the row as just written (spares reading it)."""
         if job_id in self._tasks:
             return
-        task = asyncio.create_task(self._guarded(job_id), name=f"job-{job_id}")
+        task = asyncio.create_task(self._guarded(job_id, job), name=f"job-{job_id}")
         self._tasks[job_id] = task
         task.add_done_callback(lambda _t: self._finished(job_id))
 
@@ -661,9 +662,9 @@ class JobManager:
         self._finished_at.append(time.monotonic())
         self.cancelled.discard(job_id)
 
-    async def _guarded(self, job_id: str) -> None:
+    async def _guarded(self, job_id: str, job: Job | None) -> None:
         try:
-            await self._lifecycle(job_id)
+            await self._lifecycle(job_id, job)
         except asyncio.CancelledError:
             raise
         except JobCancelled:
@@ -678,11 +679,12 @@ class JobManager:
                 job_id, {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
             )
 
-    async def _lifecycle(self, job_id: str) -> None:
+    async def _lifecycle(self, job_id: str, job: Job | None = None) -> None:
         """QUEUED → COMPILING → RESERVING → (first committed unit) EXECUTING → COMPLETED.
 
         A recovered job re-enters here in whatever state it was persisted in."""
-        job = await self.get(job_id)
+        if job is None:
+            job = await self.get(job_id)
         status = JobStatus(job.status)
         if status in TERMINAL_JOB_STATES:
             return

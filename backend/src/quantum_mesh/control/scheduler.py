@@ -34,7 +34,7 @@ from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
 from quantum_mesh.control.reservations import ReservationService
-from quantum_mesh.control.sizing import CallSizer
+from quantum_mesh.control.sizing import CallSizer, PipelineDepth
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
@@ -184,6 +184,8 @@ class WorkScheduler:
         self.starts: UnitStarts | None = None
         #: What units have cost so far: sizes groups of small jobs (``control/sizing.py``).
         self.sizer = CallSizer()
+        #: Units per worker to keep placed (at most what a node accepts).
+        self.pipeline = PipelineDepth(most=SLOTS_PER_WORKER)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -335,7 +337,9 @@ class WorkScheduler:
         return max(1, int(self.registry.advert_of(view.peer_id).get("workers", 1)))
 
     def free_slots(self, view: PeerView) -> int:
-        return self._workers(view) * SLOTS_PER_WORKER - self._in_flight.get(view.peer_id, 0)
+        """Units that may still be placed on the node (``pipeline``: per worker)."""
+        depth = self.pipeline.per_worker()
+        return self._workers(view) * depth - self._in_flight.get(view.peer_id, 0)
 
     def _choose(self, ticket: _Ticket, usable: list[PeerView], now: float) -> str | None:
         unit = ticket.unit
@@ -425,6 +429,7 @@ class WorkScheduler:
         """One reservation + invocation. Returns the outcome, a final error, or ``None`` to
         requeue the unit."""
         unit = ticket.unit
+        placed = time.perf_counter()
         try:
             also = None if self.starts is None else self.starts.write(unit.job_id)
         except Exception as exc:  # the job has ended: reserve nothing
@@ -535,6 +540,7 @@ class WorkScheduler:
         # The node's slot is free once it has answered; our bookkeeping must not hold it.
         slot.free()
         seconds = time.perf_counter() - t0
+        self.pipeline.observe(coordinator_s=t0 - placed, round_trip_s=seconds)
         self.registry.record_latency(node_id, seconds)
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None
         if rejected is not None:

@@ -88,3 +88,45 @@ def compute_seconds(reply: Mapping[str, Any]) -> float:
     if value is None:
         value = reply.get("seconds")
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+#: Units placed per worker before any was measured (and the fewest: one running, one ready).
+DEFAULT_DEPTH = 4
+MIN_DEPTH = 2
+
+
+class PipelineDepth:
+    """How many units to keep placed per node worker.
+
+    A unit holds its node slot from placement to the node's answer, and part of that is the
+    coordinator's own work (negotiating the reservation, committing it). With one unit per
+    worker the worker idles meanwhile; with ``1 + ceil(coordinator time / node round trip)``
+    units it does not. The node round trip includes waiting in the node's queue, so a queue
+    that already keeps the worker busy asks for no deeper pipeline. Millisecond units (circuit
+    fragments) get deep pipelines, long units (SQD batches) shallow ones, so long units are
+    not queued on one node while another could start them. One depth for every method: a
+    per-method depth would let a method with a deep pipeline keep a node too full, forever,
+    for one with a shallow one.
+    """
+
+    def __init__(self, *, most: int, least: int = MIN_DEPTH) -> None:
+        self.most = most
+        self.least = min(least, most)
+        self._measured: tuple[float, float] | None = None
+
+    def observe(self, *, coordinator_s: float, round_trip_s: float) -> None:
+        if self._measured is None:
+            self._measured = (coordinator_s, round_trip_s)
+            return
+        own, trip = self._measured
+        self._measured = (
+            own + SMOOTHING * (coordinator_s - own),
+            trip + SMOOTHING * (round_trip_s - trip),
+        )
+
+    def per_worker(self) -> int:
+        if self._measured is None:
+            return max(self.least, min(self.most, DEFAULT_DEPTH))
+        own, trip = self._measured
+        wanted = 1 + math.ceil(own / max(trip, 1e-4))
+        return max(self.least, min(self.most, wanted))

@@ -22,10 +22,11 @@ from quantum_mesh.mesh.protocol import (
 
 #: Longest reservation a node grants, whatever the caller asks for.
 MAX_TTL_S = 300.0
-#: Capacity per worker: reservations + in-flight requests may reach ``workers * SLOTS``. Four
-#: keeps a worker busy while the coordinator is still persisting the next units' reservations
-#: (each unit waits in the worker pool's queue, never on the network).
-SLOTS_PER_WORKER = 4
+#: Capacity per worker: reservations + in-flight requests may reach ``workers * SLOTS``. The
+#: coordinator uses as many as keep a worker busy while it is still persisting the next units'
+#: reservations (``control/sizing.py``, ``PipelineDepth``): up to 16 for millisecond units,
+#: 2 for long ones. Units wait in the worker pool's queue, never on the network.
+SLOTS_PER_WORKER = 16
 
 
 def check_id(value: object, name: str) -> str:

@@ -53,13 +53,26 @@ def run_migrations(url: str) -> None:
     command.upgrade(alembic_config(url), "head")
 
 
+#: Connections of the embedded SQLite's readers (the writer has its own).
+SQLITE_READERS = 16
+
+
 def make_engine(url: str) -> AsyncEngine:
     """The readers' engine for ``url`` (writes go through :class:`_GroupWriter`).
 
     JSON columns store numpy arrays in their JSON form (``quantum_mesh.arrays``): a payload
     that arrived as raw arrays over the mesh is stored, not refused."""
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, json_serializer=_dumps, connect_args={"timeout": 30})
+        # A fixed pool: aiosqlite runs a thread per connection, so overflow connections
+        # (opened and closed again under load) would start a thread and set the pragmas on
+        # every burst of reads; beyond the pool, a read waits for a connection instead.
+        engine = create_async_engine(
+            url,
+            json_serializer=_dumps,
+            connect_args={"timeout": 30},
+            pool_size=SQLITE_READERS,
+            max_overflow=0,
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
