@@ -100,9 +100,17 @@ def coordinator(
         port=settings.port,
         log_config=None,
         access_log=settings.access_log,
+        # Longer than clients keep idle connections (httpx, requests: 5 s), so the client
+        # always closes first: with uvicorn's own 5 s both sides raced, and a request sent
+        # on a connection the server was closing failed (ReadError) under load.
+        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
         ws="websockets-sansio",
     )
     data_dir_lock.close()
+
+
+#: Seconds the coordinator keeps an idle HTTP connection open.
+HTTP_KEEP_ALIVE_S = 30
 
 
 @app.command()
