@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import logging.handlers
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -114,3 +116,27 @@ def test_huge_tracebacks_are_capped() -> None:
     out = logs.cap_exception(None, "error", dict(event))
     assert len(str(out["exception"])) < logs.MAX_EXCEPTION_CHARS + 100
     assert "characters cut" in str(out["exception"])
+
+
+def test_background_logging_renders_masks_and_writes_everything_off_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffer = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buffer)
+    logs.configure_logging("INFO", json=True, secrets=[KEY], background=True)
+    try:
+        (handler,) = logging.getLogger().handlers
+        assert isinstance(handler, logging.handlers.QueueHandler)
+        for i in range(200):
+            logs.get_logger("t").info("request", n=i, header=f"Bearer {KEY}")
+        logging.getLogger("uvicorn.access").info('%s - "%s" %d', "127.0.0.1", "GET /x", 200)
+        logs.stop_background_logging()  # what exit does: write out everything queued
+        lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+        assert [line["n"] for line in lines[:200]] == list(range(200))
+        assert KEY not in buffer.getvalue()
+        assert lines[-1]["event"] == '127.0.0.1 - "GET /x" 200'
+    finally:
+        logs.stop_background_logging()
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logs.set_secrets([])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 from datetime import UTC, datetime
@@ -88,14 +89,21 @@ def coordinator(
     from quantum_mesh.api.app import create_app
     from quantum_mesh.logs import configure_logging, get_logger
 
-    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
+    configure_logging(
+        settings.log_level,
+        json=settings.log_json,
+        secrets=settings.secret_keys,
+        background=True,
+    )
     if note is not None:
         typer.echo(f"qmesh coordinator: {note}", err=True)
         get_logger("quantum_mesh.cli").warning(
             "coordinator.bind", host=bind_host, requested_host=settings.host, message=note
         )
+    api = create_app(settings)
+    settle_garbage_collector()
     uvicorn.run(
-        create_app(settings),
+        api,
         host=bind_host,
         port=settings.port,
         log_config=None,
@@ -111,6 +119,22 @@ def coordinator(
 
 #: Seconds the coordinator keeps an idle HTTP connection open.
 HTTP_KEEP_ALIVE_S = 30
+#: Allocations between two young-generation collections (CPython's default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off what lives as long as the process.
+
+    The imports (Qiskit, SQLAlchemy, FastAPI, libp2p) leave millions of objects that every
+    full collection would scan again: measured under load, collections took a tenth of the
+    API loop's time. Frozen, they are skipped (reference counting still frees them), and
+    young collections run less often.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 @app.command()
