@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from quantum_mesh import __version__
 from quantum_mesh.api.errors import install_error_handlers
@@ -53,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await coordinator.stop()
 
-    app = FastAPI(title="quantum-mesh", version=__version__, lifespan=lifespan)
+    # Swagger UI and ReDoc from the installed fastapi-offline package, not a CDN: /docs works
+    # on a machine without internet access.
+    app = FastAPIOffline(title="quantum-mesh", version=__version__, lifespan=lifespan)
     app.state.ws_tokens = tokens
     app.state.principals = directory
     install_error_handlers(app)
@@ -131,12 +134,14 @@ ERROR_RESPONSES: dict[str, str] = {
     "422": "a parameter or field out of its bounds, or an unknown parameter; "
     "details name the field",
     "429": "rate limit, quota or full work queue; Retry-After says when to come back",
+    "503": "a part the answer needs is unavailable now (no usable node for a reservation or a "
+    "plan: no_capacity; the document store: document_store_unavailable); retry later",
 }
 
 
 def _document_errors(schema: dict[str, Any]) -> None:
-    """Every operation documents the error envelope for every 4xx, instead of FastAPI's own
-    422 body (which this service never sends)."""
+    """Every operation documents the error envelope for every 4xx and for 503, instead of
+    FastAPI's own 422 body (which this service never sends)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
     components.update(envelope.pop("$defs", {}))
@@ -146,6 +151,8 @@ def _document_errors(schema: dict[str, Any]) -> None:
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
             for status, description in ERROR_RESPONSES.items():
+                if status == "503" and status in responses:
+                    continue  # a route's own 503 answer (/ready names the failing parts)
                 responses[status] = {"description": description, "content": content}
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)

@@ -27,7 +27,11 @@ class ActionIn(BaseModel):
     action: Literal["approve", "suspend", "revoke"]
 
 
-@router.post("/enrollment/peers", status_code=201)
+@router.post(
+    "/enrollment/peers",
+    status_code=201,
+    responses={200: {"description": "the peer was already enrolled: its record, unchanged"}},
+)
 async def enroll(body: EnrollIn, coord: CoordinatorDep, _admin: AdminDep) -> JSONResponse:
     """Enroll a peer (admins only; reading enrollment records is open to every principal)."""
     e, created = await coord.enrollment.create(peer_id=body.peer_id, name=body.name)

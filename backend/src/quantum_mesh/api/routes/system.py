@@ -52,7 +52,10 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get(
+    "/ready",
+    responses={503: {"description": "not ready or degraded: the failing parts are named"}},
+)
 async def ready(coord: CoordinatorDep) -> JSONResponse:
     parts: dict[str, Any] = {}
     try:
