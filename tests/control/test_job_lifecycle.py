@@ -247,6 +247,27 @@ async def test_admission_control_refuses_past_max_queued_jobs(control: MakeContr
     assert (await _finish(manager, third.job_id)).status == JobStatus.COMPLETED
 
 
+async def test_a_burst_of_submits_never_overshoots_the_queue_bound(control: MakeControl) -> None:
+    c = await control(max_queued_jobs=3)
+    c.add_node("n1")
+    gate = asyncio.Event()
+    manager, _ = _manager(c, gate=gate)
+
+    # All at once: every submit passes its admission check before any job is written.
+    answers = await asyncio.gather(
+        *(manager.submit(kind=KIND, request={"n": i}, idempotency_key=None) for i in range(10)),
+        return_exceptions=True,
+    )
+
+    accepted = [a for a in answers if isinstance(a, tuple)]
+    refused = [a for a in answers if isinstance(a, Overloaded)]
+    assert (len(accepted), len(refused)) == (3, 7)
+    assert manager.active == 3
+    gate.set()
+    for job, _ in accepted:
+        assert (await _finish(manager, job.job_id)).status == JobStatus.COMPLETED
+
+
 async def test_idempotent_replay_is_answered_while_overloaded(control: MakeControl) -> None:
     c = await control(max_queued_jobs=1)
     c.add_node("n1")

@@ -449,28 +449,6 @@ class JobManager:
                 self._check_same_request(existing, kind, request)
                 return existing, False
         self.admit(None)
-        # From here until the job is started (or refused), it holds its place in the queue.
-        self._admitting += 1
-        try:
-            return await self._create_and_start(
-                kind=kind,
-                request=request,
-                idempotency_key=idempotency_key,
-                owner=owner,
-                max_active=max_active,
-            )
-        finally:
-            self._admitting -= 1
-
-    async def _create_and_start(
-        self,
-        *,
-        kind: str,
-        request: dict[str, Any],
-        idempotency_key: str | None,
-        owner: str | None,
-        max_active: int | None,
-    ) -> tuple[Job, bool]:
         job_id = str(uuid.uuid4())
 
         def create(session: Session) -> Job:
@@ -484,6 +462,9 @@ class JobManager:
                 max_unfinished=max_active,
             )
 
+        # Admitted, the job holds its place in the queue while it is written: a burst of
+        # submits cannot overshoot the bound while their writes wait for the database.
+        self._admitting += 1
         try:
             job = await self.db.write(create)
         except IntegrityError:
@@ -496,6 +477,8 @@ class JobManager:
                 raise
             self._check_same_request(existing, kind, request)
             return existing, False
+        finally:
+            self._admitting -= 1
         self._status[job_id] = JobStatus.QUEUED
         self._publish(job, seq=None)
         self._spawn(job.job_id, job)
