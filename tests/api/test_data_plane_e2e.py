@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.support.circuits import BELL_QASM2 as BELL
 from tests.support.live import LiveCoordinator, wait_until
@@ -83,6 +84,20 @@ def test_embedded_default_peer_log_and_provenance(tmp_path: Path) -> None:
         )
         topo = coord.http.get("/discovery/topology").json()
         assert len(topo["nodes"]) == 3 and topo["links"]
+
+        # The nodes measure their links to each other (libp2p ping) and advertise them.
+        def node_links() -> list[dict[str, Any]]:
+            topo = coord.http.get("/discovery/network/topology").json()
+            return [link for link in topo["links"] if link["kind"] == "node"]
+
+        wait_until(lambda: len(node_links()) == 2, timeout=60, what="node-to-node links")
+        links = node_links()
+        nodes = {n["id"] for n in topo["nodes"] if n["role"] == "service_node"}
+        assert {(link["source"], link["target"]) for link in links} == {
+            (a, b) for a in nodes for b in nodes if a != b
+        }
+        assert all(0 < link["latency_ms"] < 1000 for link in links)
+        assert all(link["measured_by"] == link["source"] for link in links)
         out = subprocess.run(
             [
                 sys.executable,

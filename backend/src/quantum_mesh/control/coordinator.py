@@ -188,7 +188,9 @@ class Coordinator:
         return self.docstore.status()
 
     def topology(self) -> dict[str, Any]:
-        """The mesh as the coordinator sees it now: nodes and links with measured latency."""
+        """The mesh as the coordinator sees it now: nodes, its own links to them (latency of
+        its calls) and the links between nodes (round trips the nodes measured among
+        themselves and advertise, ``node/links.py``)."""
         views = self.registry.snapshot()
         me = self.mesh.peer_id
         nodes = [{"id": me, "role": "coordinator", "fresh": True}] + [
@@ -206,11 +208,27 @@ class Coordinator:
             {
                 "source": me,
                 "target": v.peer_id,
+                "kind": "coordinator",
                 "connected": v.connected,
                 "latency_ms": None if v.latency_s is None else round(v.latency_s * 1000, 3),
             }
             for v in views
         ]
+        known = {v.peer_id for v in views}
+        for v in views:
+            measured = self.registry.advert_of(v.peer_id).get("links") or {}
+            links.extend(
+                {
+                    "source": v.peer_id,
+                    "target": peer,
+                    "kind": "node",
+                    "connected": True,
+                    "latency_ms": float(rtt_ms),
+                    "measured_by": v.peer_id,
+                }
+                for peer, rtt_ms in sorted(measured.items())
+                if peer in known and peer != v.peer_id
+            )
         return {"coordinator": me, "nodes": nodes, "links": links}
 
     async def wait_for_nodes(self, count: int, *, timeout: float) -> bool:

@@ -49,6 +49,9 @@ class Advert(BaseModel):
     version: str = Field(max_length=64)
     sent_at: float
     seq: int = Field(ge=0)
+    #: Round trips (ms) this node measured to other nodes (``node/links.py``); empty from a
+    #: node that measures none (and from nodes older than the field).
+    links: dict[str, float] = Field(default_factory=dict, max_length=16)
 
 
 def encode_advert(advert: Advert) -> bytes:

@@ -23,13 +23,14 @@ from libp2p.peer.id import ID
 
 from quantum_mesh import __version__
 from quantum_mesh.mesh import codec
-from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert
+from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert, validate_advert
 from quantum_mesh.mesh.channel import serve_invoke
-from quantum_mesh.mesh.errors import RemoteError
+from quantum_mesh.mesh.errors import AdvertRejected, RemoteError
 from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
 from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, InboundGate
 from quantum_mesh.mesh.protocol import (
+    ADVERT_MAX_AGE_S,
     ADVERT_MIN_SPACING_S,
     ADVERT_TOPIC,
     BOOTSTRAP_RETRY_INITIAL_S,
@@ -53,6 +54,7 @@ from quantum_mesh.mesh.protocol import (
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
+from quantum_mesh.node.links import LinkProber
 from quantum_mesh.node.pool import WorkerPool, settled
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER, ReservationBook, check_id
 from quantum_mesh.store.peerlog import PeerLog, PeerLogWriter
@@ -199,6 +201,7 @@ class NodeService:
             f"{config.key_file.stem}.peerlog.jsonl"
         )
         self.peer_log = PeerLogWriter(PeerLog(log_path, peer_id=self.peer_id))
+        self.links = LinkProber(self.peer_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -222,6 +225,10 @@ class NodeService:
                 )
                 nursery.start_soon(self._pool.warm)
                 nursery.start_soon(self._advert_loop)
+                # Other nodes' adverts tell where they listen; their links are probed.
+                adverts = await mesh.pubsub.subscribe(ADVERT_TOPIC)
+                nursery.start_soon(self._hear_nodes, adverts)
+                nursery.start_soon(self.links.run, mesh.host)
                 if self.config.bootstrap:
                     nursery.start_soon(self._bootstrap_loop, self.config.bootstrap)
                 if self.config.parent_pid is not None:
@@ -247,6 +254,18 @@ class NodeService:
         finally:
             self._pool.shutdown()
             self.peer_log.close()
+
+    async def _hear_nodes(self, subscription: Any) -> None:
+        """Drain the advert subscription (its queue holds 32 messages) into ``links``."""
+        async for message in subscription:
+            from_peer = ID(message.from_id).to_base58()
+            try:
+                advert = validate_advert(
+                    message.data, from_peer=from_peer, now=time.time(), max_age_s=ADVERT_MAX_AGE_S
+                )
+            except AdvertRejected:
+                continue
+            self.links.heard(advert.peer_id, advert.listen_addrs)
 
     async def _drain(self) -> None:
         self._draining = True
@@ -322,6 +341,7 @@ class NodeService:
             version=__version__,
             sent_at=time.time(),
             seq=self._seq,
+            links=self.links.links(),
         )
 
     async def _publish_advert(self) -> None:

@@ -36,10 +36,12 @@ async def get_peer(peer_id: str, coord: CoordinatorDep) -> dict[str, Any]:
 
 
 @router.get("/discovery/topology")
+@router.get("/discovery/network/topology")  # the reference architecture's name for it
 async def topology(coord: CoordinatorDep) -> dict[str, Any]:
-    """The latest topology projection (refreshed every few seconds from the registry and the
-    coordinator's pings). While the document store is down, the live registry view is
-    returned instead and ``source`` says so."""
+    """The latest topology projection (refreshed every few seconds from the registry: the
+    coordinator's links with the latency of its calls, and the links between nodes with the
+    round trips the nodes measure among themselves). While the document store is down, the
+    live registry view is returned instead and ``source`` says so."""
     try:
         snapshot = await coord.docstore.read("latest_topology")
     except Unavailable:

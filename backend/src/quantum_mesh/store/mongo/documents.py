@@ -51,8 +51,12 @@ class PeerCapability(Document):
 class TopologyLink(BaseModel):
     source: str
     target: str
+    #: ``coordinator`` (the latency of its calls) or ``node`` (a round trip nodes measured).
+    kind: str = "coordinator"
     connected: bool | None = None
     latency_ms: float | None = None
+    #: The node that measured a ``node`` link.
+    measured_by: str | None = None
 
 
 class TopologySnapshot(Document):
