@@ -16,4 +16,9 @@ if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1
 fi
 # newman (for the Postman collection test) goes into .tools/ inside the checkout, never system-wide.
 bash scripts/install-newman.sh >/dev/null || true
+# The js-libp2p peer of the wire-compatibility test: its pinned npm packages, inside the checkout.
+if [ ! -d tests/jspeer/node_modules/libp2p ]; then
+  (cd tests/jspeer && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+    || echo "note: npm ci in tests/jspeer failed; the js-libp2p peer test will say what to install" >&2
+fi
 exec .venv/bin/python -m pytest "$@"
