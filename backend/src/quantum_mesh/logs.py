@@ -219,6 +219,7 @@ def configure_logging(
         records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
         _listener = logging.handlers.QueueListener(records, handler)
         _listener.start()
+        atexit.unregister(stop_background_logging)  # once, however often this is called
         atexit.register(stop_background_logging)
         root.handlers[:] = [_Handoff(records)]
     else:

@@ -109,17 +109,17 @@ def count_unfinished_jobs(session: Session, *, owner: str) -> int:
 
 
 async def get_job(session: AsyncSession, *, job_id: str) -> Job:
-    job = (await session.execute(select(Job).where(Job.job_id == job_id))).scalar_one_or_none()
-    if job is None:
-        raise NotFound(f"Job {job_id} does not exist", details={"job_id": job_id})
-    return job
+    found = (await session.execute(select(Job).where(Job.job_id == job_id))).scalar_one_or_none()
+    return _found(found, job_id)
 
 
 def lock_job(session: Session, *, job_id: str) -> Job:
     """The job, locked for this write (Postgres row lock; SQLite's writer is alone anyway)."""
-    job = session.execute(
-        select(Job).where(Job.job_id == job_id).with_for_update()
-    ).scalar_one_or_none()
+    stmt = select(Job).where(Job.job_id == job_id).with_for_update()
+    return _found(session.execute(stmt).scalar_one_or_none(), job_id)
+
+
+def _found(job: Job | None, job_id: str) -> Job:
     if job is None:
         raise NotFound(f"Job {job_id} does not exist", details={"job_id": job_id})
     return job
@@ -385,14 +385,8 @@ async def read_artifact(session: AsyncSession, *, job: Job, name: str) -> JobArt
 
 async def get_job_head(session: AsyncSession, *, job_id: str) -> Job:
     """The job without its result (reading ``result`` raises): for access checks."""
-    job = (
-        await session.execute(
-            select(Job).where(Job.job_id == job_id).options(defer(Job.result, raiseload=True))
-        )
-    ).scalar_one_or_none()
-    if job is None:
-        raise NotFound(f"Job {job_id} does not exist", details={"job_id": job_id})
-    return job
+    stmt = select(Job).where(Job.job_id == job_id).options(defer(Job.result, raiseload=True))
+    return _found((await session.execute(stmt)).scalar_one_or_none(), job_id)
 
 
 async def job_result_parts(

@@ -162,7 +162,8 @@ class ReservationService:
             return r, None if also is None else also(session)
 
         r, extra = await self.db.write(op)
-        for to in [ReservationStatus.REQUESTED] * (create is not None) + path:
+        recorded = [ReservationStatus.REQUESTED, *path] if create is not None else path
+        for to in recorded:
             self.journal.record(
                 f"reservation.{to.value.lower()}",
                 reservation_id=reservation_id,
