@@ -213,3 +213,51 @@ def test_cancelling_a_running_workflow_stops_its_mesh_work(coord: LiveCoordinato
     run = coord.http.get(f"/workflows/runs/{run_id}").json()
     assert run["status"] == "CANCELLED" and run["error"]["code"] == "cancelled"
     assert coord.http.post(f"/jobs/{run_id}/cancel").status_code == 409
+
+
+def test_a_batch_of_20_instances_returns_20_feasible_answers_with_references(
+    coord: LiveCoordinator,
+) -> None:
+    instances = [_instance(14 + (i % 5), seed=100 + i) for i in range(20)]
+    body = [{"values": v, "weights": w, "capacity": c} for v, w, c in instances]
+    r = coord.http.post(
+        "/workflows/runs",
+        json={"kind": "qaoa_knapsack_batch", "params": {"instances": body, "seed": 5}},
+    )
+    assert r.status_code == 202, r.text
+    run = coord.wait_job(r.json()["run_id"], timeout=600, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", (run, coord.log_tail())
+    res = run["result"]
+    assert [e["index"] for e in res["instances"]] == list(range(20))  # input order
+    for (values, weights, capacity), entry in zip(instances, res["instances"], strict=True):
+        assert entry["feasible"] is True
+        assert sum(weights[i] for i in entry["selected"]) == entry["total_weight"] <= capacity
+        assert sum(values[i] for i in entry["selected"]) == entry["total_value"]
+        assert entry["optimum_value"] == knapsack_dp(values, weights, capacity).value
+        assert entry["greedy_value"] == knapsack_greedy(values, weights, capacity).value
+        assert entry["total_value"] <= entry["optimum_value"]
+    summary = res["summary"]
+    assert summary["instances"] == summary["feasible"] == 20
+    assert summary["optimum_value"] == sum(e["optimum_value"] for e in res["instances"])
+    assert run["progress"]["done"] == run["progress"]["total"] == 20
+    # The block jobs of many instances were spread over the mesh, each with its provenance.
+    events = coord.http.get(f"/jobs/{run['run_id']}/events").json()["items"]
+    nodes = {e["node_id"] for e in events if e["event_type"] == "unit_completed"}
+    assert len(nodes) >= 2, nodes
+
+
+def test_a_bad_instance_in_a_batch_is_named(coord: LiveCoordinator) -> None:
+    good = {"values": [3, 4], "weights": [1, 2], "capacity": 2}
+    for instances, field, words in [
+        ([], "instances", "list of 1 to"),
+        ([good, {"values": [1], "weights": [1]}], "instances[1]", "missing: capacity"),
+        ([good, {**good, "colour": 1}], "instances[1]", "unknown: colour"),
+        ([good, good, {**good, "capacity": -1}], "instances[2]", "instances[2]"),
+    ]:
+        r = coord.http.post(
+            "/workflows/runs",
+            json={"kind": "qaoa_knapsack_batch", "params": {"instances": instances}},
+        )
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["details"]["field"] == field and words in error["message"], error

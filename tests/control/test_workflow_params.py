@@ -35,6 +35,7 @@ def compute() -> Iterator[ComputePools]:
     [
         ("qaoa_knapsack", KNAPSACK, "sed"),
         ("qaoa_knapsack", KNAPSACK, "beamwidth"),
+        ("qaoa_knapsack_batch", {"instances": [KNAPSACK, KNAPSACK]}, "paralel_instances"),
         ("portfolio", PORTFOLIO, "risk_aversoin"),
         ("qaoa_parameter_search", SEARCH, "refine"),
     ],

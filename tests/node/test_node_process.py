@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from typing import Any
 
+import numpy as np
 import pytest
 
+from quantum_mesh.mesh import hostlocal
 from quantum_mesh.mesh.bridge import MeshBridge
 from quantum_mesh.mesh.errors import MeshError, RemoteError
 from tests.node.conftest import WAIT_S, Heard, wait_for
@@ -79,3 +82,60 @@ async def test_killing_a_node_mid_invoke_fails_fast(
     await wait_for(lambda: node.peer_id in heard.disconnected, what="disconnect callback")
     with pytest.raises(MeshError):
         await mesh.invoke(node.peer_id, "ping", {}, timeout=3, addrs=node.listen_addrs)
+
+
+async def test_big_arrays_to_a_node_on_this_host_go_through_shared_memory(
+    coordinator: tuple[MeshBridge, Heard], start_node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first reply tells the bridge the node shares its host; from then on a 16 MiB
+    statevector goes both ways as a shared-memory file, arrives intact, and no file stays."""
+    if hostlocal.host_key() is None:
+        pytest.skip("no /dev/shm here")
+    mesh, _ = coordinator
+    node = await start_node(mesh.listen_addrs[0], "--workers", "1")
+    await wait_for(lambda: node.peer_id in mesh.connected_peers(), what="the node's dial")
+    spilled: list[int] = []
+    read: list[str] = []
+    real_write, real_read = hostlocal.Spill.write, hostlocal.read_spilled
+
+    def counting_write(self: hostlocal.Spill, data: memoryview) -> str:
+        spilled.append(data.nbytes)
+        return real_write(self, data)
+
+    def counting_read(name: str, *args: Any) -> Any:
+        read.append(name)
+        return real_read(name, *args)
+
+    monkeypatch.setattr(hostlocal.Spill, "write", counting_write)
+    monkeypatch.setattr(hostlocal, "read_spilled", counting_read)
+    directory = hostlocal.spill_dir()
+    assert directory is not None
+    before = set(os.listdir(directory))
+    state = np.random.default_rng(3).normal(size=2**20) + 1j * np.random.default_rng(4).normal(
+        size=2**20
+    )
+    first = await mesh.invoke(node.peer_id, "echo", {"state": state}, timeout=WAIT_S)
+    assert np.array_equal(first["params"]["state"], state)
+    assert spilled == []  # not yet known to share the host: the stream carried it
+    assert len(read) == 1  # but the node already answered through shared memory
+    second = await mesh.invoke(node.peer_id, "echo", {"state": state}, timeout=WAIT_S)
+    assert np.array_equal(second["params"]["state"], state)
+    assert spilled == [state.nbytes] and len(read) == 2
+    small = await mesh.invoke(node.peer_id, "echo", {"v": np.arange(8.0)}, timeout=WAIT_S)
+    assert np.array_equal(small["params"]["v"], np.arange(8.0)) and len(spilled) == 1
+    assert set(os.listdir(directory)) == before
+
+
+async def test_shared_memory_can_be_turned_off(tmp_path: Any, start_node: Any) -> None:
+    mesh = MeshBridge(key_file=tmp_path / "off.key", shared_memory=False)
+    await mesh.start()
+    try:
+        node = await start_node(mesh.listen_addrs[0], "--workers", "1", name="off")
+        await wait_for(lambda: node.peer_id in mesh.connected_peers(), what="the node's dial")
+        state = np.arange(2**18, dtype=np.complex128)
+        for _ in range(2):
+            reply = await mesh.invoke(node.peer_id, "echo", {"state": state}, timeout=WAIT_S)
+            assert np.array_equal(reply["params"]["state"], state)
+        assert mesh._same_host == set()
+    finally:
+        await mesh.stop()

@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     peer_forget_after_s: float = 3600.0
     invoke_timeout_s: float = 30.0
     max_frame_bytes: int = 64 * 1024 * 1024
+    #: Big arrays to and from nodes on this host go through shared memory (/dev/shm), not
+    #: the encrypted stream (``mesh/hostlocal.py``); nodes elsewhere always use the stream.
+    mesh_shared_memory: bool = True
+    #: Arrays smaller than this stay on the stream even on this host.
+    mesh_shared_memory_min_bytes: int = Field(default=1024 * 1024, ge=0)
 
     # --- work queue and scheduling --------------------------------------------------------
     #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.

@@ -62,6 +62,8 @@ class Coordinator:
             listen_port=settings.p2p_port,
             max_frame_bytes=settings.max_frame_bytes,
             advert_max_age_s=settings.advert_stale_after_s,
+            shared_memory=settings.mesh_shared_memory,
+            shared_memory_min_bytes=settings.mesh_shared_memory_min_bytes,
         )
         self.journal = Journal(
             self.data_dir / "logs" / "coordinator.jsonl", peer_id=self.mesh.peer_id

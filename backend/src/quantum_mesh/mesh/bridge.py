@@ -26,7 +26,7 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
-from quantum_mesh.mesh import codec, packing
+from quantum_mesh.mesh import codec, hostlocal, packing
 from quantum_mesh.mesh.adverts import REJECTION_REASONS, Advert, validate_advert
 from quantum_mesh.mesh.channel import (
     Channels,
@@ -136,8 +136,15 @@ class MeshBridge:
         listen_port: int = 0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         advert_max_age_s: float = 5.0,
+        shared_memory: bool = True,
+        shared_memory_min_bytes: int = hostlocal.DEFAULT_MIN_SPILL_BYTES,
     ) -> None:
         self._key_pair = load_or_create_keypair(key_file)
+        # Our host key, offered on every request; None: big arrays always use the stream.
+        self._host_key = hostlocal.host_key() if shared_memory else None
+        self._spill_min_bytes = shared_memory_min_bytes
+        #: Peers whose replies showed they share our spill directory (``mesh/hostlocal.py``).
+        self._same_host: set[str] = set()
         self._listen_host = listen_host
         self._listen_port = listen_port
         self._max_frame_bytes = max_frame_bytes
@@ -223,12 +230,24 @@ class MeshBridge:
             FrameTooLarge: the request is over the frame limit.
             ProtocolError: ``params`` cannot travel, or the reply broke the protocol.
         """
-        token = self._token
-        if self._mesh is None or token is None:
+        if self._mesh is None or self._token is None:
             raise MeshError("mesh bridge is not running")
         request_id = new_request_id()
+        spill = (
+            hostlocal.spill_for(
+                self._host_key, limit=self._max_frame_bytes, min_bytes=self._spill_min_bytes
+            )
+            if peer_id in self._same_host
+            else None
+        )
         encode = partial(
-            encode_request, request_id, method, params, max_frame_bytes=self._max_frame_bytes
+            encode_request,
+            request_id,
+            method,
+            params,
+            max_frame_bytes=self._max_frame_bytes,
+            local=self._host_key,
+            spill=spill,
         )
         try:
             # Copying a statevector into a frame is milliseconds: not on the caller's loop.
@@ -236,6 +255,28 @@ class MeshBridge:
             frame = await asyncio.to_thread(encode) if big else encode()
         except TypeError as error:
             raise ProtocolError(f"params of {method} cannot travel: {error}") from error
+        try:
+            reply = await self._call(peer_id, method, request_id, frame, timeout, addrs)
+        finally:
+            if spill is not None:  # whatever the callee did not take, the call is over
+                spill.discard()
+        if self._host_key is not None and reply.get("local") == self._host_key:
+            self._same_host.add(peer_id)
+        return parse_reply(reply, request_id)
+
+    async def _call(
+        self,
+        peer_id: str,
+        method: str,
+        request_id: str,
+        frame: bytes,
+        timeout: float,
+        addrs: list[str] | None,
+    ) -> dict[str, Any]:
+        """Send one encoded request and wait for its reply envelope."""
+        token = self._token
+        if token is None:
+            raise MeshError("mesh bridge is not running")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
         def on_reply(obj: dict[str, Any] | None, error: MeshError | None) -> None:
@@ -257,7 +298,7 @@ class MeshBridge:
             raise
         finally:
             self._pending.discard(fut)
-        return parse_reply(reply, request_id)
+        return reply
 
     async def ping(
         self,

@@ -33,7 +33,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.stream_muxer.yamux.yamux import MAX_WINDOW_SIZE
 
-from quantum_mesh.mesh import codec, packing
+from quantum_mesh.mesh import codec, hostlocal, packing
 from quantum_mesh.mesh.errors import (
     FrameTooLarge,
     InvokeTimeout,
@@ -43,6 +43,7 @@ from quantum_mesh.mesh.errors import (
     RemoteError,
 )
 from quantum_mesh.mesh.host import PEERSTORE_ADDR_TTL_S
+from quantum_mesh.mesh.hostlocal import Spill
 from quantum_mesh.mesh.invoke import (
     DIAL_ERRORS,
     TRANSPORT_ERRORS,
@@ -86,16 +87,31 @@ def new_request_id() -> str:
 
 
 def encode_request(
-    request_id: str, method: str, params: dict[str, Any], *, max_frame_bytes: int
+    request_id: str,
+    method: str,
+    params: dict[str, Any],
+    *,
+    max_frame_bytes: int,
+    local: str | None = None,
+    spill: Spill | None = None,
 ) -> bytes:
     """One framed protocol-2 request. Callers encode off the Trio thread where they can.
+
+    ``local`` offers the callee shared memory for big arrays in its reply (our host key);
+    ``spill`` sends big arrays of ``params`` that way (a callee known to share our host).
+    The caller discards ``spill`` once the call has ended.
 
     Raises:
         FrameTooLarge: the encoded request exceeds ``max_frame_bytes``.
         TypeError: something in ``params`` cannot travel.
     """
-    request = codec.make_request(request_id, method, params, version=CHANNEL_VERSION)
-    return codec.frame(packing.pack(request), max_bytes=max_frame_bytes)
+    request = codec.make_request(request_id, method, params, version=CHANNEL_VERSION, local=local)
+    try:
+        return codec.frame(packing.pack(request, spill=spill), max_bytes=max_frame_bytes)
+    except FrameTooLarge:
+        if spill is not None:
+            spill.discard()
+        raise
 
 
 def parse_reply(obj: dict[str, Any], request_id: str) -> dict[str, Any]:
@@ -207,7 +223,9 @@ class Channel:
         while True:
             try:
                 body = await reader.next_frame()
-                obj = packing.unpack(body)
+                # Spilled arrays arrive only because our requests offered shared memory;
+                # they are read below, per reply, so one bad file fails one call only.
+                obj = packing.unpack(body, spilled="defer" if hostlocal.host_key() else "refuse")
             except FrameTooLarge as error:
                 return PeerUnreachable(f"{self.peer_id} broke the protocol: {error}")
             except ProtocolError as error:
@@ -222,6 +240,12 @@ class Channel:
                 # it gets that answer.
                 return _remote_error(obj)
             on_reply = self._pending.pop(request_id, None) if isinstance(request_id, str) else None
+            try:
+                obj = hostlocal.materialize(obj)  # even unawaited: the files must go
+            except ProtocolError as error:
+                if on_reply is not None:
+                    on_reply(None, error)
+                continue
             if on_reply is not None:
                 on_reply(obj, None)
 
@@ -442,7 +466,8 @@ async def _read_calls(
     while True:
         try:
             body = await reader.next_frame()
-            obj = packing.unpack(body)
+            # Left in shared memory for the worker process that will use them.
+            obj = packing.unpack(body, spilled="defer" if hostlocal.host_key() else "refuse")
         except FrameTooLarge as error:
             # The oversized body is never read, so the stream cannot be resynchronised.
             outbox.put(_error_frame("", ERR_FRAME_TOO_LARGE, str(error)))
@@ -505,10 +530,15 @@ async def _reply_frame(
 
 
 def _ok_body(request_id: str, packed_result: bytes) -> bytes:
-    """An ok reply around a result packed elsewhere (a node packs in its worker process)."""
-    head = packing.pack({"v": CHANNEL_VERSION, "id": request_id, "ok": True})
-    # msgpack maps are self-delimiting: a fixmap of 4 entries is the 3 above plus "result".
-    return b"\x84" + head[1:] + packing.pack("result") + packed_result
+    """An ok reply around a result packed elsewhere (a node packs in its worker process).
+    It carries our host key, so that a caller on this host may spill its next requests."""
+    envelope: dict[str, Any] = {"v": CHANNEL_VERSION, "id": request_id, "ok": True}
+    key = hostlocal.host_key()
+    if key is not None:
+        envelope["local"] = key
+    head = packing.pack(envelope)
+    # msgpack maps are self-delimiting: one more entry than the envelope's is "result".
+    return bytes([0x80 | (len(envelope) + 1)]) + head[1:] + packing.pack("result") + packed_result
 
 
 def _error_frame(request_id: str, code: str, message: str) -> bytes:

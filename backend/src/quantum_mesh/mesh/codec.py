@@ -44,6 +44,9 @@ class Request:
     id: str
     method: str
     params: dict[str, Any]
+    #: The caller's host key (``mesh/hostlocal.py``) when it offers shared memory for big
+    #: arrays in the reply; ``None`` otherwise.
+    local: str | None = None
 
 
 def dumps(obj: Any) -> bytes:
@@ -160,9 +163,17 @@ async def write_frame(
 
 
 def make_request(
-    request_id: str, method: str, params: dict[str, Any], *, version: int = PROTOCOL_VERSION
+    request_id: str,
+    method: str,
+    params: dict[str, Any],
+    *,
+    version: int = PROTOCOL_VERSION,
+    local: str | None = None,
 ) -> dict[str, Any]:
-    return {"v": version, "id": request_id, "method": method, "params": params}
+    request = {"v": version, "id": request_id, "method": method, "params": params}
+    if local is not None:
+        request["local"] = local
+    return request
 
 
 def ok_response(
@@ -207,7 +218,10 @@ def parse_request(obj: dict[str, Any], *, version: int = PROTOCOL_VERSION) -> Re
         raise ProtocolError("request 'method' must be a non-empty string", code=ERR_BAD_REQUEST)
     if not isinstance(params, dict):
         raise ProtocolError("request 'params' must be a JSON object", code=ERR_BAD_REQUEST)
-    return Request(id=request_id, method=method, params=params)
+    local = obj.get("local")
+    return Request(
+        id=request_id, method=method, params=params, local=local if isinstance(local, str) else None
+    )
 
 
 def parse_response(

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from quantum_mesh.errors import InvalidInput
-from quantum_mesh.mesh import packing
+from quantum_mesh.mesh import hostlocal, packing
+from quantum_mesh.mesh.errors import FrameTooLarge, ProtocolError
 from quantum_mesh.mesh.protocol import (
     ERR_BAD_REQUEST,
     ERR_HANDLER_ERROR,
@@ -144,13 +145,24 @@ def implementation(method: str) -> Implementation:
 
 
 def run_method(
-    method: str, params: dict[str, Any], node: NodeContext
+    method: str,
+    params: dict[str, Any],
+    node: NodeContext,
+    reply_spill_limit: int | None = None,
 ) -> tuple[bool, bytes | tuple[str, str]]:
     """Run one method; called in a worker process, so it must never raise.
+
+    Arrays the caller left in shared memory are read here, in the worker, and with
+    ``reply_spill_limit`` (a caller on this host) big result arrays go back that way, up to
+    that many bytes (``mesh/hostlocal.py``).
 
     Returns ``(True, packed_result)`` - the result already packed (``mesh.packing``, arrays
     as raw bytes), so serialisation cost stays in the worker - or ``(False, (code, message))``.
     """
+    try:
+        params = hostlocal.materialize(params)
+    except ProtocolError as error:
+        return False, (ERR_BAD_REQUEST, str(error))
     try:
         handler = resolve(method)
     except KeyError:
@@ -169,9 +181,14 @@ def run_method(
         return False, (ERR_HANDLER_ERROR, f"{type(error).__name__}: {error}")
     if not isinstance(result, dict):
         return False, (ERR_HANDLER_ERROR, f"{method} returned {type(result).__name__}, not dict")
+    spill = (
+        None
+        if reply_spill_limit is None
+        else hostlocal.spill_for(hostlocal.host_key(), limit=reply_spill_limit)
+    )
     try:
-        packed = packing.pack(result)
-    except TypeError as error:
+        packed = packing.pack(result, spill=spill)
+    except (TypeError, FrameTooLarge) as error:
         return False, (ERR_HANDLER_ERROR, f"{method} result cannot travel: {error}")
     return True, packed
 

@@ -97,15 +97,24 @@ class WorkerPool:
         for fut in futures:
             await settled(fut)
 
-    async def run(self, method: str, params: dict[str, Any], node: NodeContext) -> MethodOutcome:
-        """Run ``handlers.run_method`` in a worker.
+    async def run(
+        self,
+        method: str,
+        params: dict[str, Any],
+        node: NodeContext,
+        *,
+        reply_spill_limit: int | None = None,
+    ) -> MethodOutcome:
+        """Run ``handlers.run_method`` in a worker (see there for ``reply_spill_limit``).
 
         Raises:
             RemoteError: ``worker_crashed`` when the worker died mid-call (pool rebuilt).
         """
         executor = self._require()
         try:
-            fut: Future[MethodOutcome] = executor.submit(handlers.run_method, method, params, node)
+            fut: Future[MethodOutcome] = executor.submit(
+                handlers.run_method, method, params, node, reply_spill_limit
+            )
         except BrokenProcessPool as error:
             self._rebuild()
             raise RemoteError(ERR_WORKER_CRASHED, f"worker pool was broken: {error}") from error

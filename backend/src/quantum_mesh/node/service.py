@@ -22,7 +22,7 @@ import trio
 from libp2p.peer.id import ID
 
 from quantum_mesh import __version__
-from quantum_mesh.mesh import codec
+from quantum_mesh.mesh import codec, hostlocal
 from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert, validate_advert
 from quantum_mesh.mesh.channel import serve_invoke
 from quantum_mesh.mesh.errors import AdvertRejected, RemoteError
@@ -61,6 +61,8 @@ from quantum_mesh.store.peerlog import PeerLog, PeerLogWriter
 
 logger = logging.getLogger(__name__)
 
+#: How often uncollected shared-memory reply arrays are looked for.
+SPILL_SWEEP_INTERVAL_S = 60.0
 #: Methods answered on the Trio loop itself: cheap bookkeeping that must stay responsive
 #: even when every worker is busy (``ping`` then measures the link, not the queue).
 INLINE_METHODS = frozenset(
@@ -225,6 +227,7 @@ class NodeService:
                 )
                 nursery.start_soon(self._pool.warm)
                 nursery.start_soon(self._advert_loop)
+                nursery.start_soon(self._sweep_uncollected_replies)
                 # Other nodes' adverts tell where they listen; their links are probed.
                 adverts = await mesh.pubsub.subscribe(ADVERT_TOPIC)
                 nursery.start_soon(self._hear_nodes, adverts)
@@ -351,6 +354,15 @@ class NodeService:
         except TRANSPORT_ERRORS as error:
             logger.warning("advert publish failed: %r", error)
 
+    async def _sweep_uncollected_replies(self) -> None:
+        """Remove reply arrays left in shared memory for callers that never read them (a
+        timed-out or crashed coordinator); a cheap directory scan."""
+        while True:
+            swept = hostlocal.sweep()
+            if swept:
+                logger.info("removed %d uncollected reply arrays from shared memory", swept)
+            await trio.sleep(SPILL_SWEEP_INTERVAL_S)
+
     async def _advert_loop(self) -> None:
         """Advertise every ``advert_interval_s`` and soon after a change, never too often."""
         last_sent = -math.inf
@@ -397,7 +409,12 @@ class NodeService:
         self._set_in_flight(+1)
         started = time.perf_counter()
         try:
-            ok, payload = await self._pool.run(request.method, params, self.context)
+            ok, payload = await self._pool.run(
+                request.method,
+                params,
+                self.context,
+                reply_spill_limit=self._reply_spill_limit(request),
+            )
         finally:
             self._set_in_flight(-1)
             self._inbound.release()
@@ -418,6 +435,14 @@ class NodeService:
             return payload
         code, message = payload
         raise RemoteError(str(code), str(message))
+
+    def _reply_spill_limit(self, request: codec.Request) -> int | None:
+        """Bytes of arrays the reply may leave in shared memory: only for a caller that
+        offered it and shares our host (``mesh/hostlocal.py``)."""
+        ours = hostlocal.host_key()
+        if ours is None or request.local != ours:
+            return None
+        return self.config.max_frame_bytes
 
     def _set_in_flight(self, delta: int) -> None:
         # Advertise at once only when the node turns busy or free again; load changes in

@@ -15,6 +15,7 @@ from quantum_mesh.control.workflows.base import Workflow, WorkflowProcess
 from quantum_mesh.control.workflows.benchmark import BENCHMARK_KIND, BenchmarkWorkflow
 from quantum_mesh.control.workflows.circuit import CIRCUIT_KIND, CircuitWorkload
 from quantum_mesh.control.workflows.knapsack import KnapsackWorkflow
+from quantum_mesh.control.workflows.knapsack_batch import KnapsackBatchWorkflow
 from quantum_mesh.control.workflows.parameter_search import ParameterSearchWorkflow
 from quantum_mesh.control.workflows.portfolio import PORTFOLIO_KIND, PortfolioWorkflow
 from quantum_mesh.control.workflows.sqd import SQDWorkflow
@@ -34,7 +35,13 @@ __all__ = [
 
 _RUNS: dict[str, Workflow] = {
     w.kind: w
-    for w in (KnapsackWorkflow(), ParameterSearchWorkflow(), PortfolioWorkflow(), SQDWorkflow())
+    for w in (
+        KnapsackWorkflow(),
+        KnapsackBatchWorkflow(),
+        ParameterSearchWorkflow(),
+        PortfolioWorkflow(),
+        SQDWorkflow(),
+    )
 }
 #: Every workflow kind, including the portfolio (submitted through ``/finance``).
 WORKFLOWS: dict[str, Workflow] = dict(_RUNS)
