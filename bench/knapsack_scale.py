@@ -7,6 +7,12 @@ to 1, 2 and 3 nodes. Prints, side by side: ratio to the DP optimum, ratio to gre
 time, speedup against 1 node, and the share of wall time spent in the mesh vs in QAOA.
 
     .venv/bin/python bench/knapsack_scale.py [--sizes 60 120 200] [--seed 1]
+
+``--correlated`` uses strongly correlated instances instead (value = weight + 10, capacity
+30 % of the total weight: every value/weight ratio alike, the hard case for one block
+order) and ``--branches K`` searches K block orders side by side (docs/qaoa.md §4):
+
+    .venv/bin/python bench/knapsack_scale.py --correlated --sizes 60 120 --branches 1 4
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ import json
 import numpy as np
 
 from _live import run_benchmark, start_coordinator
+
+
+def correlated_instance(n: int, seed: int) -> tuple[list[int], list[int], int]:
+    weights = np.random.default_rng(seed).integers(10, 101, size=n)
+    return (weights + 10).tolist(), weights.tolist(), int(weights.sum() * 0.3)
 
 
 def instance(n: int, seed: int) -> tuple[list[int], list[int], int]:
@@ -31,16 +42,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[60, 120, 200])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the comparisons to this file")
+    parser.add_argument("--correlated", action="store_true", help="strongly correlated items")
+    parser.add_argument(
+        "--branches", type=int, nargs="+", default=[1], help="block orders per run, each compared"
+    )
     args = parser.parse_args()
     coord = start_coordinator(nodes=3)
     comparisons = []
     try:
         print(
             f"{'items':>5} {'mode':>7} {'ratio/opt':>9} {'vs greedy':>9} {'wall s':>7} "
-            f"{'speedup':>7} {'mesh %':>6} {'qaoa s':>7} {'nodes':>5}"
+            f"{'speedup':>7} {'mesh %':>6} {'qaoa s':>7} {'nodes':>5} {'branches':>8}"
         )
-        for n in args.sizes:
-            values, weights, capacity = instance(n, args.seed)
+        make = correlated_instance if args.correlated else instance
+        for n, branches in [(n, b) for n in args.sizes for b in args.branches]:
+            values, weights, capacity = make(n, args.seed)
             cmp = run_benchmark(
                 coord,
                 {
@@ -50,6 +66,7 @@ def main() -> None:
                         "weights": weights,
                         "capacity": capacity,
                         "seed": args.seed,
+                        "branches": branches,
                     },
                     "node_counts": [1, 2, 3],
                     "include_local": True,
@@ -64,7 +81,7 @@ def main() -> None:
                     f"{n:>5} {m['mode']:>7} {m['ratio_to_optimum']:>9.4f} "
                     f"{m['ratio_to_greedy']:>9.4f} "
                     f"{m['wall_s']:>7.2f} {one_node / m['wall_s']:>6.2f}x {mesh_share:>5.1f}% "
-                    f"{m['qaoa_s']:>7.2f} {len(m['nodes_used']):>5}"
+                    f"{m['qaoa_s']:>7.2f} {len(m['nodes_used']):>5} {branches:>8}"
                 )
             print(f"      same answer in every mode: {cmp['max_value_difference'] == 0}")
     finally:

@@ -261,3 +261,31 @@ def test_a_bad_instance_in_a_batch_is_named(coord: LiveCoordinator) -> None:
         assert r.status_code == 422, r.text
         error = r.json()["error"]
         assert error["details"]["field"] == field and words in error["message"], error
+
+
+def _correlated(n: int, seed: int) -> tuple[list[int], list[int], int]:
+    weights = np.random.default_rng(seed).integers(10, 101, size=n)
+    return (weights + 10).tolist(), weights.tolist(), int(weights.sum() * 0.3)
+
+
+@pytest.mark.parametrize(("n", "seed", "branches"), [(60, 4, 4), (120, 1, 2)])
+def test_branches_reach_the_optimum_on_strongly_correlated_instances(
+    coord: LiveCoordinator, n: int, seed: int, branches: int
+) -> None:
+    values, weights, capacity = _correlated(n, seed)
+    params = {
+        "values": values, "weights": weights, "capacity": capacity,
+        "seed": seed, "branches": branches,
+    }  # fmt: skip
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": params})
+    assert r.status_code == 202, r.text
+    run = coord.wait_job(r.json()["run_id"], timeout=600, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", (run, coord.log_tail())
+    res = run["result"]
+    optimum = knapsack_dp(values, weights, capacity).value
+    greedy = knapsack_greedy(values, weights, capacity).value
+    assert res["optimum_value"] == optimum and greedy < optimum
+    assert res["total_value"] >= 0.99 * optimum and res["total_value"] > greedy
+    assert sum(weights[i] for i in res["selected"]) == res["total_weight"] <= capacity
+    assert len(res["branches"]) == branches and not res["used_greedy_fallback"]
+    assert len({b["node_id"] for b in res["blocks"]}) >= 2

@@ -329,3 +329,69 @@ def test_distributed_angle_search_per_block() -> None:
             settings=settings,
             seed=3,
         )
+
+
+def correlated_instance(seed: int, n: int) -> tuple[list[int], list[int], int]:
+    """Strongly correlated: value = weight + 10, capacity 30 % of the total weight. Every
+    value/weight ratio is alike, so the density order says little."""
+    weights = np.random.default_rng(seed).integers(10, 101, size=n)
+    return (weights + 10).tolist(), weights.tolist(), int(weights.sum() * 0.3)
+
+
+def test_branches_over_block_orders_reach_the_optimum_on_correlated_items() -> None:
+    values, weights, capacity = correlated_instance(2, 60)
+    one = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(), seed=2,
+    )  # fmt: skip
+    four = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(branches=4), seed=2,
+    )  # fmt: skip
+    assert one["ratio_to_optimum"] < 0.99  # the density order alone falls short here
+    assert four["ratio_to_optimum"] >= 0.99 and four["total_value"] > four["greedy_value"]
+    assert sum(weights[i] for i in four["selected"]) == four["total_weight"] <= capacity
+    assert [b["order"] for b in four["branches"]] == ["density", "weight", "value", "index"]
+    assert four["branches"][0]["total_value"] == one["qaoa_value"]  # branch 0 is the 1-order run
+    best = four["branches"][four["best_branch"]]
+    assert (
+        best["total_value"] == four["qaoa_value"] == max(b["total_value"] for b in four["branches"])
+    )
+    assert len(four["blocks"]) == sum(b["blocks"] for b in four["branches"])
+
+
+def test_resuming_branches_skips_the_finished_ones() -> None:
+    values, weights, capacity = correlated_instance(5, 24)
+    settings = beam.KnapsackSettings(branches=3, block_size=8)
+    snapshots: list[dict[str, Any]] = []
+    full = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=settings, seed=5, checkpoint=snapshots.append,
+    )  # fmt: skip
+    assert [len(s["branches_done"]) for s in snapshots] == [1, 2, 3]
+    sent: list[str] = []
+    inner = local_dispatch(worker.solve_block)
+
+    def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent.extend(p["job_id"] for p in payloads)
+        return inner(payloads)
+
+    resumed = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=counting, settings=settings, seed=5, resume=copy.deepcopy(snapshots[1]),
+    )  # fmt: skip
+    assert _answer(resumed) == _answer(full)
+    assert resumed["branches"] == full["branches"]
+    finished = {f"-o{i}-" for i in map(int, snapshots[1]["branches_done"])}
+    assert sent and not any(tag in job for job in sent for tag in finished)
+
+
+def test_branch_orders_are_distinct_and_start_with_the_configured_one() -> None:
+    orders = beam.branch_orders(beam.KnapsackSettings(order="weight", branches=6), seed=1)
+    assert [o for o, _ in orders] == ["weight", "value", "density", "index", "shuffle", "shuffle"]
+    assert orders[4][1] != orders[5][1]
+    with pytest.raises(InvalidInput, match="branches"):
+        beam.KnapsackSettings(branches=9)

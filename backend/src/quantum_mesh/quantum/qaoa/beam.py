@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -79,6 +82,7 @@ class KnapsackSettings:
     order: str = "density"
     compound_size: int = 0
     max_attempts: int = 3
+    branches: int = 1
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -102,6 +106,7 @@ class KnapsackSettings:
                 "compound_size must be in [0, 64] (0: sized automatically)",
             ),
             ("max_attempts", 1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
+            ("branches", 1 <= self.branches <= 8, "branches must be in [1, 8]"),
         ]
         for name, ok, message in checks:
             if not ok:
@@ -365,11 +370,19 @@ def solve_knapsack(
     and the extensions are ranked by value so far plus the LP value of the later items in
     the capacity left, keeping the best ``beam_width`` distinct selections.
 
+    With ``settings.branches`` > 1 the same beam search runs once per block order
+    (:func:`branch_orders`: the configured order, then by weight, by value, by density, and
+    seeded shuffles), the branches at once, so that their block jobs spread over the nodes;
+    the best branch's answer is returned and ``branches`` lists each one. Strongly correlated
+    instances (every value/weight ratio alike) are where one order alone misses the optimum.
+    A checkpoint then holds finished branches (resumed ones are not searched again).
+
     Returns:
         ``selected``, ``total_value``, ``total_weight``, ``capacity``, ``optimum_value``,
         ``optimum_selected``, ``greedy_value``, ``ratio_to_optimum``, ``ratio_to_greedy``,
         ``used_greedy_fallback``, ``blocks`` (one per block job executed), ``timing``,
-        ``settings``, ``seed``.
+        ``settings``, ``seed``; with branches also ``branches`` (``branch``, ``order``,
+        ``total_value``, ``blocks``) and ``best_branch``.
 
     Raises:
         InvalidInput: bad instance or settings. ExecutionFailed: a block job without an
@@ -381,13 +394,208 @@ def solve_knapsack(
     optimum = knapsack_dp(values, weights, capacity)
     greedy = knapsack_greedy(values, weights, capacity)
     classical_s = time.perf_counter() - t0
+    if settings.optimizer == "distributed" and schedule_dispatch is None:
+        raise InvalidInput("optimizer 'distributed' needs a schedule dispatch (qaoa_schedules).")
+    tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.as_dict())
+    search = partial(
+        _search_blocks,
+        vals,
+        wts,
+        cap,
+        settings=settings,
+        seed=seed,
+        dispatch=dispatch,
+        schedule_dispatch=schedule_dispatch,
+        optimum_value=optimum.value,
+    )
+    orders = branch_orders(settings, seed)
+    if len(orders) == 1:
+        order, shuffle_seed = orders[0]
+        found = search(
+            order=order,
+            shuffle_seed=shuffle_seed,
+            tag=tag,
+            on_progress=on_progress,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
+        branches: list[_Found] = [found]
+    else:
+        branches = _search_branches(search, orders, tag, on_progress, checkpoint, resume)
+    best_index = max(range(len(branches)), key=lambda i: (branches[i].best.value, -i))
+    found = branches[best_index]
+    best = found.best
+    selected: list[int] = list(best.selected)
+    total_v, total_w = best.value, best.weight
+    fallback = total_v < greedy.value
+    if fallback:
+        selected, total_v, total_w = greedy.selected, greedy.value, greedy.weight
+    # Branches ran side by side: the slowest one's dispatch time is the run's critical path.
+    ledger = max((b.ledger for b in branches), key=lambda led: led.dispatch_s)
+    result = {
+        "selected": selected,
+        "total_value": total_v,
+        "total_weight": total_w,
+        "capacity": int(capacity),
+        "optimum_value": optimum.value,
+        "optimum_selected": optimum.selected,
+        "greedy_value": greedy.value,
+        "qaoa_value": best.value,
+        "ratio_to_optimum": total_v / optimum.value if optimum.value else 1.0,
+        "ratio_to_greedy": total_v / greedy.value if greedy.value else 1.0,
+        "used_greedy_fallback": fallback,
+        "blocks": [entry for b in branches for entry in b.block_log],
+        "block_items": found.blocks,
+        "timing": _timing(started, ledger, sum(b.qaoa_s for b in branches), classical_s),
+        "settings": settings.as_dict(),
+        "seed": seed,
+    }
+    if len(branches) > 1:
+        result["best_branch"] = best_index
+        result["branches"] = [
+            {
+                "branch": i,
+                "order": b.order,
+                "total_value": b.best.value,
+                "ratio_to_optimum": b.best.value / optimum.value if optimum.value else 1.0,
+                "blocks": len(b.block_log),
+            }
+            for i, b in enumerate(branches)
+        ]
+    return result
+
+
+#: Orders of the extra branches, after the configured one (shuffles follow these).
+BRANCH_ORDERS = ("weight", "value", "density", "index")
+MAX_BRANCHES = 8
+
+
+def branch_orders(settings: KnapsackSettings, seed: int) -> list[tuple[str, int]]:
+    """``(order, shuffle_seed)`` of each branch: the configured order first, then the
+    other fixed orders, then seeded shuffles, ``settings.branches`` in all."""
+    orders = [settings.order, *(o for o in BRANCH_ORDERS if o != settings.order)]
+    picked = [(o, 0) for o in orders if o != "shuffle"][: settings.branches]
+    shuffle = 0
+    while len(picked) < settings.branches:
+        shuffle += 1
+        picked.append(("shuffle", _seed_for(seed, 1 << 21, shuffle)))
+    if settings.order == "shuffle":
+        picked[0] = ("shuffle", _seed_for(seed, 1 << 21, 0))
+    return picked
+
+
+@dataclass
+class _Found:
+    """One branch's search: its best entry, what its blocks did, and its order."""
+
+    best: _Entry
+    block_log: list[dict[str, Any]]
+    qaoa_s: float
+    ledger: _Ledger
+    blocks: list[list[int]]
+    order: str
+
+
+def _search_branches(
+    search: Callable[..., _Found],
+    orders: list[tuple[str, int]],
+    tag: str,
+    on_progress: Progress | None,
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+    resume: Mapping[str, Any] | None,
+) -> list[_Found]:
+    """Every branch at once (driver threads: each waits on the mesh most of the time)."""
+    done: dict[int, _Found] = {}
+    if resume is not None and resume.get("tag") == tag:
+        for key, saved in dict(resume.get("branches_done", {})).items():
+            done[int(key)] = _Found(
+                best=_Entry(**{**saved["best"], "selected": tuple(saved["best"]["selected"])}),
+                block_log=list(saved["block_log"]),
+                qaoa_s=float(saved["qaoa_s"]),
+                ledger=_Ledger(),
+                blocks=[list(b) for b in saved["blocks"]],
+                order=str(saved["order"]),
+            )
+    lock = threading.Lock()
+    blocks_done = [0] * len(orders)
+    blocks_total = [0] * len(orders)
+
+    def progress(index: int, p: dict[str, Any]) -> None:
+        if on_progress is None:
+            return
+        with lock:
+            blocks_done[index] = p["block_index"] + 1
+            blocks_total[index] = p["blocks_total"]
+            total = max(sum(blocks_total), 1) if all(blocks_total) else 0
+            merged = {**p, "block_index": sum(blocks_done) - 1, "blocks_total": total}
+        if total:
+            on_progress(merged)
+
+    def run(index: int) -> None:
+        order, shuffle_seed = orders[index]
+        found = search(
+            order=order,
+            shuffle_seed=shuffle_seed,
+            tag=f"{tag}-o{index}",
+            on_progress=partial(progress, index),
+            checkpoint=None,
+            resume=None,
+        )
+        with lock:
+            done[index] = found
+            snapshot = {"tag": tag, "branches_done": {str(i): _saved(f) for i, f in done.items()}}
+        if checkpoint is not None:
+            checkpoint(snapshot)
+
+    todo = [i for i in range(len(orders)) if i not in done]
+    with ThreadPoolExecutor(max(1, len(todo)), thread_name_prefix="qmesh-branch") as pool:
+        errors = [f.exception() for f in [pool.submit(run, i) for i in todo]]
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        raise failed
+    return [done[i] for i in range(len(orders))]
+
+
+def _saved(found: _Found) -> dict[str, Any]:
+    return {
+        "best": {
+            "selected": list(found.best.selected),
+            "value": found.best.value,
+            "weight": found.best.weight,
+            "score": found.best.score,
+        },
+        "block_log": [{k: v for k, v in e.items() if k != "candidates"} for e in found.block_log],
+        "qaoa_s": found.qaoa_s,
+        "blocks": found.blocks,
+        "order": found.order,
+    }
+
+
+def _search_blocks(
+    vals: Any,
+    wts: Any,
+    cap: int,
+    *,
+    settings: KnapsackSettings,
+    seed: int,
+    dispatch: Dispatch,
+    schedule_dispatch: Dispatch | None,
+    optimum_value: int,
+    order: str,
+    shuffle_seed: int,
+    tag: str,
+    on_progress: Progress | None,
+    checkpoint: Callable[[dict[str, Any]], None] | None,
+    resume: Mapping[str, Any] | None,
+) -> _Found:
+    """The beam search over one block order."""
     blocks = decompose(
         vals.tolist(),
         wts.tolist(),
         block_size=settings.block_size,
-        order=settings.order,  # type: ignore[arg-type]  # validated by KnapsackSettings
+        order=order,  # type: ignore[arg-type]  # validated by KnapsackSettings
+        shuffle_seed=shuffle_seed,
     )
-    tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.as_dict())
     qaoa = {
         "p": settings.p,
         "optimizer": settings.optimizer,
@@ -395,8 +603,6 @@ def solve_knapsack(
         "maxiter": settings.maxiter,
         "shots": settings.shots,
     }
-    if settings.optimizer == "distributed" and schedule_dispatch is None:
-        raise InvalidInput("optimizer 'distributed' needs a schedule dispatch (qaoa_schedules).")
     ledger = _Ledger()
     beam = [_Entry(selected=(), value=0, weight=0, score=0.0)]
     block_log: list[dict[str, Any]] = []
@@ -499,33 +705,11 @@ def solve_knapsack(
                     "blocks_total": len(blocks),
                     "best_value": max(x.value for x in beam),
                     "beam_values": [x.value for x in beam],
-                    "optimum_value": optimum.value,
+                    "optimum_value": optimum_value,
                 }
             )
     best = max(beam, key=lambda x: (x.value, -x.weight, tuple(-i for i in x.selected)))
-    selected: list[int] = list(best.selected)
-    total_v, total_w = best.value, best.weight
-    fallback = total_v < greedy.value
-    if fallback:
-        selected, total_v, total_w = greedy.selected, greedy.value, greedy.weight
-    return {
-        "selected": selected,
-        "total_value": total_v,
-        "total_weight": total_w,
-        "capacity": int(capacity),
-        "optimum_value": optimum.value,
-        "optimum_selected": optimum.selected,
-        "greedy_value": greedy.value,
-        "qaoa_value": best.value,
-        "ratio_to_optimum": total_v / optimum.value if optimum.value else 1.0,
-        "ratio_to_greedy": total_v / greedy.value if greedy.value else 1.0,
-        "used_greedy_fallback": fallback,
-        "blocks": block_log,
-        "block_items": blocks,
-        "timing": _timing(started, ledger, qaoa_s, classical_s),
-        "settings": settings.as_dict(),
-        "seed": seed,
-    }
+    return _Found(best, block_log, qaoa_s, ledger, blocks, order)
 
 
 def solve_portfolio(

@@ -16,8 +16,8 @@ import numpy as np
 from quantum_mesh.errors import InvalidInput
 from quantum_mesh.quantum.qaoa.classical import density_order
 
-Order = Literal["density", "index"]
-ORDERS = ("density", "index")
+Order = Literal["density", "index", "weight", "value", "shuffle"]
+ORDERS = ("density", "index", "weight", "value", "shuffle")
 
 
 @dataclass(frozen=True)
@@ -138,13 +138,21 @@ class BlockResult:
 
 
 def decompose(
-    values: Sequence[int], weights: Sequence[int], *, block_size: int = 14, order: Order = "density"
+    values: Sequence[int],
+    weights: Sequence[int],
+    *,
+    block_size: int = 14,
+    order: Order = "density",
+    shuffle_seed: int = 0,
 ) -> list[list[int]]:
     """Split item indices into consecutive blocks of at most ``block_size`` items.
 
     ``order="density"`` sorts items by decreasing value/weight first (the blocks then go from
     "surely in" to "surely out", and the hard decisions gather around the LP break item);
-    ``"index"`` keeps the input order. Block sizes differ by at most one.
+    ``"index"`` keeps the input order; ``"weight"`` and ``"value"`` sort by decreasing weight
+    or value (on strongly correlated instances, where every density is alike, heavy items
+    first is what leaves room to fill the capacity exactly); ``"shuffle"`` is a permutation
+    drawn from ``shuffle_seed``. Block sizes differ by at most one.
     """
     if not 1 <= block_size <= 24:
         raise InvalidInput(f"block_size must be in [1, 24]. Instead, got {block_size}.")
@@ -154,6 +162,15 @@ def decompose(
         raise InvalidInput("values and weights must be non-empty and of the same length.")
     vals = np.asarray(values, dtype=np.int64)
     wts = np.asarray(weights, dtype=np.int64)
-    idx = density_order(vals, wts) if order == "density" else np.arange(vals.size)
+    if order == "density":
+        idx = density_order(vals, wts)
+    elif order == "weight":
+        idx = np.argsort(-wts, kind="stable")
+    elif order == "value":
+        idx = np.argsort(-vals, kind="stable")
+    elif order == "shuffle":
+        idx = np.random.default_rng(shuffle_seed).permutation(vals.size)
+    else:
+        idx = np.arange(vals.size)
     parts = -(-vals.size // block_size)
     return [chunk.tolist() for chunk in np.array_split(idx, parts)]
