@@ -412,3 +412,52 @@ def test_coordinator_sigkill_resumes_a_knapsack_run_from_its_last_block(
         assert result["total_value"] >= result["greedy_value"]
     finally:
         live.stop()
+
+
+def test_coordinator_sigkill_resumes_an_sqd_run_with_the_uninterrupted_energy(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Killed after its first iteration's checkpoint, the run replays that iteration from
+    the checkpoint after the restart (nothing sent again for it) and ends with exactly the
+    energy of the same run left alone."""
+    params = {
+        "molecule": {
+            "atom": "N 0 0 0; N 0 0 1.1", "basis": "6-31g",
+            "active_orbitals": 10, "active_electrons": 10,
+        },
+        "n_batches": 2, "samples_per_batch": 100, "max_iterations": 4, "n_samples": 5000,
+        "energy_tol": 1e-14, "occupancies_tol": 1e-14, "seed": 9,
+    }  # fmt: skip
+    live = LiveCoordinator(tmp_path / "crash-sqd", database_url=pg_url, embedded_nodes=2)
+    live.start()
+    try:
+        run_id = live.http.post("/workflows/runs", json={"kind": "sqd", "params": params}).json()[
+            "run_id"
+        ]
+
+        def checkpoints() -> list[int]:
+            events = live.http.get(f"/jobs/{run_id}/events").json()["items"]
+            return [
+                len(e["payload"]["state"]["iterations"])
+                for e in events
+                if e["event_type"] == "checkpoint"
+            ]
+
+        wait_until(lambda: checkpoints(), timeout=300, interval=0.05, what="first iteration")
+        at_kill = live.http.get(f"/workflows/runs/{run_id}").json()["status"]
+        live.kill()
+        assert at_kill not in {"COMPLETED", "FAILED", "CANCELLED"}  # killed mid-run
+        live.restart()
+        run = live.wait_job(run_id, timeout=600, path="/workflows/runs/")
+        assert run["status"] == "COMPLETED", run["error"]
+        resumed = run["result"]
+        assert resumed["resumed_iterations"] >= 1
+        assert len(resumed["iterations"]) == 4
+        # The same run, never interrupted.
+        again = live.http.post("/workflows/runs", json={"kind": "sqd", "params": params})
+        alone = live.wait_job(again.json()["run_id"], timeout=600, path="/workflows/runs/")
+        assert alone["status"] == "COMPLETED", alone["error"]
+        assert alone["result"]["resumed_iterations"] == 0
+        assert resumed["energy"] == pytest.approx(alone["result"]["energy"], abs=1e-10)
+    finally:
+        live.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -196,3 +197,44 @@ def test_counts_samples_run_and_counts_without_valid_bitstrings_are_rejected(
     wrong = SQDSettings(sample_source="counts", counts={"1" * (2 * n): 5})
     with pytest.raises(InvalidInput, match="No bitstring in counts has 5 alpha electrons"):
         run_sqd(small_problem, settings=wrong, solve_batches=solve_batches_locally)
+
+
+def test_a_resumed_run_replays_finished_iterations_and_ends_with_the_same_energy(
+    problem: ActiveSpaceProblem,
+) -> None:
+    """A checkpoint after each iteration; resuming from the first one sends only the later
+    iterations to the solver and ends exactly where the uninterrupted run ended."""
+    settings = SQDSettings(
+        n_batches=2, samples_per_batch=60, max_iterations=3, n_samples=3000, seed=21,
+        energy_tol=1e-14, occupancies_tol=1e-14,
+    )  # fmt: skip
+    snapshots: list[dict[str, Any]] = []
+    full = run_sqd(
+        problem, settings=settings, solve_batches=solve_batches_locally,
+        checkpoint=snapshots.append, compute_reference=False,
+    )  # fmt: skip
+    assert len(full["iterations"]) == 3 and len(snapshots) == 3
+    assert [len(s["iterations"]) for s in snapshots] == [1, 2, 3]
+    stored = json.loads(json.dumps(snapshots[0]))  # what the database keeps
+    sent: list[int] = []
+
+    def counting(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent.extend(job["iteration"] for job in jobs)
+        return solve_batches_locally(jobs)
+
+    resumed = run_sqd(
+        problem, settings=settings, solve_batches=counting, resume=stored,
+        compute_reference=False,
+    )  # fmt: skip
+    assert sorted(set(sent)) == [1, 2]  # iteration 0 came from the checkpoint
+    assert resumed["resumed_iterations"] == 1
+    assert resumed["energy"] == pytest.approx(full["energy"], abs=1e-10)
+    assert [i["energy"] for i in resumed["iterations"]] == pytest.approx(
+        [i["energy"] for i in full["iterations"]], abs=1e-10
+    )
+    assert resumed["best_batch"] == full["best_batch"]
+    # A snapshot of another run (another seed) is ignored: everything is solved again.
+    sent.clear()
+    other = dataclasses.replace(settings, seed=22)
+    run_sqd(problem, settings=other, solve_batches=counting, resume=stored, compute_reference=False)
+    assert 0 in sent

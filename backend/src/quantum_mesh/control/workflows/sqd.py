@@ -36,6 +36,8 @@ class SQDWorkflow:
         from quantum_mesh.quantum.sqd.params import parse_sqd_params
 
         latest: dict[str, Any] = {"done": 0, "unit": "iterations"}
+        # After a coordinator restart the run replays its finished iterations from here.
+        resume = await handle.last_checkpoint() if options.durable else None
 
         def on_batch(done: int, total: int) -> dict[str, Any]:
             return {**latest, "iteration_batches_done": done, "iteration_batches": total}
@@ -60,6 +62,13 @@ class SQDWorkflow:
                 if options.local
                 else port.dispatcher(METHOD_SQD_BATCH, SERVICE_SQD_BATCH, on_unit=on_batch)
             )
-            return run_sqd(problem, settings=settings, solve_batches=solve, on_progress=on_progress)
+            return run_sqd(
+                problem,
+                settings=settings,
+                solve_batches=solve,
+                on_progress=on_progress,
+                checkpoint=port.checkpoint if options.durable else None,
+                resume=resume,
+            )
 
         return await drive(handle, options, driver)

@@ -10,13 +10,24 @@ parallel and blocks until all return, adding ``node_id`` to each result), and re
 addon's ``SCIResult`` objects from the answers. A batch whose energy is non-finite, or
 whose result carries an ``error``, is discarded (the addon accepts fewer results than
 batches); if every batch of an iteration is discarded the run fails.
+
+**Checkpoints and resuming.** The addon's loop has no way to start at iteration *k*, but it
+is deterministic: the same samples, seed and batch answers give the same subspaces. So after
+each iteration ``checkpoint`` receives every batch answer so far, reduced to what the loop
+reads from it (energy, occupancies, and the carry-over CI strings, chosen by the addon's own
+``StandardPolicy.select_carryover`` from the full state while it is at hand); a resumed run
+replays the loop with those answers for the finished iterations, sending nothing to the
+nodes, and dispatches from the first unfinished one. Same seed, same answer as a run that was
+never interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,6 +58,8 @@ def run_sqd(
     solve_batches: SolveBatches,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     compute_reference: bool = True,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    resume: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run SQD on ``problem``; every batch diagonalisation goes through ``solve_batches``.
 
@@ -61,6 +74,11 @@ def run_sqd(
             "energy", "best_energy", "batches_done"}``; an exception raised there aborts
             the run (a cancellation hook).
         compute_reference: Compute the exact energy when affordable (``reference.py``).
+        checkpoint: Receives, after each iteration, a JSON-safe snapshot of every batch
+            answer so far (see the module docstring); returns once it is stored.
+        resume: The last snapshot of an interrupted run: its iterations are replayed
+            without dispatching and the run goes on from the next one. A snapshot of
+            another problem, seed or settings is ignored.
 
     Returns:
         ``energy`` (total, core energy included), ``core_energy``, ``reference_energy``,
@@ -91,7 +109,12 @@ def run_sqd(
     from qiskit_addon_sqd.fermion import diagonalize_fermionic_hamiltonian
 
     dispatcher = _BatchDispatcher(
-        problem=problem, settings=settings, solve_batches=solve_batches, on_progress=on_progress
+        problem=problem,
+        settings=settings,
+        solve_batches=solve_batches,
+        on_progress=on_progress,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     best = diagonalize_fermionic_hamiltonian(
         np.asarray(problem.h1),
@@ -130,6 +153,7 @@ def run_sqd(
         },
         "best_batch": {k: best_record[k] for k in ("iteration", "batch", "node_id")},
         "iterations": dispatcher.iterations,
+        "resumed_iterations": dispatcher.replayed,
         "batches": dispatcher.batches,
         "n_batches": settings.n_batches,
         "norb": problem.norb,
@@ -171,11 +195,25 @@ class _BatchDispatcher:
         settings: SQDSettings,
         solve_batches: SolveBatches,
         on_progress: Callable[[dict[str, Any]], None] | None,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        resume: Mapping[str, Any] | None = None,
     ) -> None:
+        from qiskit_addon_sqd.fermion import StandardPolicy
+
         self._problem = problem
         self._settings = settings
         self._solve_batches = solve_batches
         self._on_progress = on_progress
+        self._checkpoint = checkpoint
+        # The policy the addon's loop uses, asked for carry-over strings while the state is here.
+        self._policy = StandardPolicy(carryover_threshold=settings.carryover_threshold)
+        self._tag = _run_tag(problem, settings)
+        self._saved: list[list[dict[str, Any]]] = []
+        self._replay: list[list[dict[str, Any]]] = []
+        if resume is not None and resume.get("tag") == self._tag:
+            self._replay = [list(answers) for answers in resume.get("iterations", [])]
+        #: Iterations taken from a checkpoint instead of the nodes.
+        self.replayed = 0
         # Arrays travel as raw bytes on the mesh (and as themselves to a local pool).
         self._integrals = {"h1": problem.h1, "h2": problem.h2}
         self._produced: list[tuple[SCIResult, dict[str, Any]]] = []
@@ -195,19 +233,26 @@ class _BatchDispatcher:
         jobs = [
             self._job(index, strs_a, strs_b) for index, (strs_a, strs_b) in enumerate(ci_strings)
         ]
-        answers = self._solve_batches(jobs)
+        replaying = self._iteration < len(self._replay)
+        answers = self._replay[self._iteration] if replaying else self._solve_batches(jobs)
         if len(answers) != len(jobs):
             raise ExecutionFailed(
                 f"solve_batches returned {len(answers)} results for {len(jobs)} batches.",
                 details={"iteration": self._iteration},
             )
         kept: list[SCIResult] = []
+        saved: list[dict[str, Any]] = []
         for job, answer in zip(jobs, answers, strict=True):
-            record, result = self._read(job, answer, norb=norb, nelec=nelec)
+            record, result = self._read(job, answer, norb=norb, nelec=nelec, replayed=replaying)
             self.batches.append(record)
+            if result is not None and not replaying:
+                answer = self._replayable(answer, result)
+                result = _sci_result_replayed(answer, energy=result.energy)
+            saved.append(_saved_answer(answer, record))
             if result is not None:
                 self._produced.append((result, record))
                 kept.append(result)
+        self._saved.append(saved)
         if not kept:
             raise ExecutionFailed(
                 f"All {len(jobs)} batches of iteration {self._iteration} failed or returned a "
@@ -216,8 +261,20 @@ class _BatchDispatcher:
             )
         return kept
 
+    def _replayable(self, answer: dict[str, Any], result: SCIResult) -> dict[str, Any]:
+        """The answer with the carry-over the addon would choose from its full state."""
+        strs_a, strs_b = self._policy.select_carryover(
+            result, symmetrize_spin=self._settings.symmetrize_spin
+        )
+        return {**answer, "carryover": [np.asarray(strs_a), np.asarray(strs_b)]}
+
     def end_iteration(self, results: list[SCIResult]) -> None:
         """The addon's callback: close the iteration's bookkeeping and report progress."""
+        replayed = self._iteration < len(self._replay)
+        if replayed:
+            self.replayed += 1
+        elif self._checkpoint is not None:
+            self._checkpoint({"tag": self._tag, "iterations": [list(i) for i in self._saved]})
         energy = min(float(r.energy) for r in results) + self._problem.core_energy
         self._best = min(self._best, energy)
         self.iterations.append(
@@ -265,7 +322,13 @@ class _BatchDispatcher:
         }
 
     def _read(
-        self, job: dict[str, Any], answer: dict[str, Any], *, norb: int, nelec: tuple[int, int]
+        self,
+        job: dict[str, Any],
+        answer: dict[str, Any],
+        *,
+        norb: int,
+        nelec: tuple[int, int],
+        replayed: bool = False,
     ) -> tuple[dict[str, Any], SCIResult | None]:
         record: dict[str, Any] = {
             "iteration": job["iteration"],
@@ -285,13 +348,74 @@ class _BatchDispatcher:
             record["error"] = f"non-finite batch energy {energy!r}"
             return record, None
         try:
-            result = _sci_result(answer, energy=float(energy), norb=norb, nelec=nelec)
+            result = (
+                _sci_result_replayed(answer, energy=float(energy))
+                if replayed
+                else _sci_result(answer, energy=float(energy), norb=norb, nelec=nelec)
+            )
         except (KeyError, TypeError, ValueError) as error:
             record["error"] = f"malformed batch result: {error}"
             return record, None
         record["energy"] = float(energy) + self._problem.core_energy
         record["discarded"] = False
         return record, result
+
+
+def _run_tag(problem: ActiveSpaceProblem, settings: SQDSettings) -> str:
+    """Names the run a checkpoint belongs to: the integrals and every setting (seed too)."""
+    text = json.dumps([problem.content_hash, settings.to_dict()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: What a checkpoint keeps of a batch answer: everything but the CI vector.
+_SAVED_KEYS = (
+    "node_id",
+    "energy",
+    "subspace_dim",
+    "seconds",
+    "spin_squared",
+    "orbital_occupancies",
+    "carryover",
+    "error",
+)
+
+
+def _saved_answer(answer: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """JSON-safe: arrays as lists (occupancies are floats, carry-over strings integers)."""
+    saved: dict[str, Any] = {}
+    for key in _SAVED_KEYS:
+        if key not in answer:
+            continue
+        value = answer[key]
+        if key == "orbital_occupancies" and isinstance(value, dict):
+            value = {k: _floats(v).tolist() for k, v in value.items()}
+        elif key == "carryover":
+            value = [np.asarray(v, dtype=np.int64).tolist() for v in value]
+        saved[key] = value
+    if record.get("error") is not None:
+        saved["error"] = record["error"]
+    return saved
+
+
+def _floats(value: Any) -> np.ndarray:
+    """Occupancies from a node (an array, or its JSON form) or from a checkpoint (a list)."""
+    if isinstance(value, list):
+        return np.asarray(value, dtype=np.float64)
+    return np.asarray(decode_array(value), dtype=np.float64)
+
+
+def _sci_result_replayed(answer: dict[str, Any], *, energy: float) -> SCIResult:
+    """A batch's result as the loop needs it again: no CI vector, its carry-over given."""
+    from qiskit_addon_sqd.fermion import SCIResult
+
+    occupancies = answer["orbital_occupancies"]
+    strs_a, strs_b = answer["carryover"]
+    return SCIResult(
+        energy=energy,
+        sci_state=None,
+        orbital_occupancies=(_floats(occupancies["alpha"]), _floats(occupancies["beta"])),
+        carryover=(np.asarray(strs_a, dtype=np.int64), np.asarray(strs_b, dtype=np.int64)),
+    )
 
 
 def _sci_result(
