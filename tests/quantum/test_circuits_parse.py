@@ -148,10 +148,8 @@ def test_model_round_trips_through_json() -> None:
         (QASM2_HEADER + "h q[0];\ncx q[0] q[1];\n", 6, ""),
         (QASM3_HEADER + "h q[0];\ncx q[0] q[1];\n", 6, "syntax"),
         (QASM3_HEADER + "h q[0];\ncx q[0], q[7];\n", 6, "out of range"),
-        (QASM2_HEADER + "measure q[0] -> c[0];\nx q[0];\n", 6, "after it was measured"),
-        (QASM3_HEADER + "h q[0];\nreset q[0];\n", 6, "reset"),
-        (QASM2_HEADER + "h q[0];\nif(c==1) x q[1];\n", 6, "if"),
-        (QASM3_HEADER + "x q[0];\nc[0] = measure q[0];\nif (c[0]) { x q[1]; }\n", 7, "if"),
+        (QASM3_HEADER + "h q[0];\nwhile (c[0]) { x q[1]; }\n", 6, "'while'"),
+        (QASM3_HEADER + "h q[0];\nfor int i in [0:1] { x q[i]; }\n", 6, "'for'"),
         ("OPENQASM 3.0;\nqubit[3] q;\n\nqubit[30] r;\n", 4, "at most 20"),
     ],
 )
@@ -251,3 +249,33 @@ def test_statement_reader_matches_the_character_reader(text: str) -> None:
     clean = source.strip_comments(text)
     assert clean == _reference_strip(text)
     assert [(st.line, st.text) for st in source.split_statements(clean)] == _reference_split(clean)
+
+
+@pytest.mark.parametrize(
+    ("text", "features"),
+    [
+        (QASM2_HEADER + "measure q[0] -> c[0];\nx q[0];\n", ("mid_circuit_measurement",)),
+        (QASM3_HEADER + "h q[0];\nreset q[0];\n", ("reset",)),
+        (QASM2_HEADER + "h q[0];\nif(c==1) x q[1];\n", ("classical_if",)),
+        (
+            QASM3_HEADER
+            + "x q[0];\nc[0] = measure q[0];\nif (c[0]) { x q[1]; } else { h q[1]; }\n",
+            ("classical_if",),
+        ),
+    ],
+)
+def test_dynamic_circuits_are_kept_whole_for_a_feedforward_node(
+    text: str, features: tuple[str, ...]
+) -> None:
+    circuit = parse_circuit(text)
+    assert circuit.dynamic is not None and circuit.dynamic.features == features
+    assert circuit.operations == () and circuit.measurements == ()
+    assert NormalizedCircuit.from_dict(circuit.to_dict()) == circuit
+
+
+def test_a_dynamic_circuit_is_bounded_inside_its_branches() -> None:
+    body = " ".join("x q[1];" for _ in range(30))
+    text = QASM3_HEADER + f"c[0] = measure q[0];\nif (c[0]) {{ {body} }}\n"
+    with pytest.raises(InvalidCircuit) as info:
+        parse_circuit(text, max_operations=20)
+    assert info.value.details["limit"] == "max_circuit_operations"

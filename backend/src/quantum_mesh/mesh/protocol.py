@@ -101,6 +101,7 @@ METHOD_COMMIT: Final = "commit"
 METHOD_RELEASE: Final = "release"
 # Run in the node's worker pool (``node/handlers.py``).
 METHOD_EXECUTE_FRAGMENT: Final = "execute_fragment"
+METHOD_EXECUTE_DYNAMIC: Final = "execute_dynamic"
 METHOD_QAOA_BLOCK: Final = "qaoa_block"
 METHOD_QAOA_SCHEDULES: Final = "qaoa_schedules"
 METHOD_SQD_BATCH: Final = "sqd_batch"

@@ -26,6 +26,7 @@ from quantum_mesh.mesh.protocol import (
     ERR_UNKNOWN_METHOD,
     METHOD_DEBUG_SLEEP,
     METHOD_ECHO,
+    METHOD_EXECUTE_DYNAMIC,
     METHOD_EXECUTE_FRAGMENT,
     METHOD_PING,
     METHOD_QAOA_BLOCK,
@@ -45,6 +46,7 @@ DEBUG_SLEEP_CAP_S = 30.0
 METHODS: dict[str, str] = {
     METHOD_PING: "quantum_mesh.node.handlers:ping",
     METHOD_EXECUTE_FRAGMENT: "quantum_mesh.node.handlers:execute_fragment",
+    METHOD_EXECUTE_DYNAMIC: "quantum_mesh.node.handlers:execute_dynamic",
     METHOD_QAOA_BLOCK: "quantum_mesh.node.handlers:qaoa_block",
     METHOD_QAOA_SCHEDULES: "quantum_mesh.node.handlers:qaoa_schedules",
     METHOD_SQD_BATCH: "quantum_mesh.node.handlers:sqd_batch",
@@ -55,6 +57,7 @@ METHODS: dict[str, str] = {
 #: Work method -> "module:function" of the quantum function its handler adapts.
 IMPLEMENTATIONS: dict[str, str] = {
     METHOD_EXECUTE_FRAGMENT: "quantum_mesh.quantum.circuits.execute:execute_fragment",
+    METHOD_EXECUTE_DYNAMIC: "quantum_mesh.quantum.circuits.dynamic:run_dynamic",
     METHOD_QAOA_BLOCK: "quantum_mesh.quantum.qaoa.worker:solve_block",
     METHOD_QAOA_SCHEDULES: "quantum_mesh.quantum.qaoa.worker:evaluate_schedules",
     METHOD_SQD_BATCH: "quantum_mesh.quantum.sqd.worker:solve_batch",
@@ -89,6 +92,13 @@ def execute_fragment(params: dict[str, Any], node: NodeContext) -> dict[str, Any
     """``execute_fragment`` with the node's coherent-error strength really applied."""
     run = implementation(METHOD_EXECUTE_FRAGMENT)
     return run(params, noise_level=node.noise_level)
+
+
+def execute_dynamic(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
+    """``execute_dynamic``: a circuit with mid-circuit measurement, reset or ``if``, run whole
+    (ideal simulation: the node's coherent-error model applies to fragments only)."""
+    run = implementation(METHOD_EXECUTE_DYNAMIC)
+    return {**run(params), "peer_id": node.peer_id}
 
 
 def qaoa_block(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:

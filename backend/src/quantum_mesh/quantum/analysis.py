@@ -112,6 +112,44 @@ def ideal_statevector(circuit: NormalizedCircuit) -> NDArray[np.complex128]:
     return np.asarray(result.get_statevector(), dtype=np.complex128)
 
 
+#: Fields of a circuit result that need one final statevector, which a dynamic circuit
+#: (measurements steering later gates, shot by shot) does not have.
+STATEVECTOR_FIELDS = (
+    "probabilities",
+    "statevector",
+    "observable_expectations",
+    "reduced_density_matrices",
+    "bloch_vectors",
+    "entanglement_entropy",
+    "fidelity",
+    "top_basis_states",
+)
+
+
+def build_dynamic_result(
+    circuit: NormalizedCircuit, reply: dict[str, Any], *, shots: int, seed: int
+) -> dict[str, Any]:
+    """The ``quantum_result`` of a dynamic circuit, from the counts a node measured."""
+    counts = {str(k): int(v) for k, v in dict(reply.get("counts", {})).items()}
+    total = sum(counts.values()) or 1
+    ordered = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {
+        "dynamic": True,
+        "features": list(circuit.dynamic.features) if circuit.dynamic else [],
+        "num_qubits": circuit.num_qubits,
+        "num_clbits": circuit.num_clbits,
+        "shots": shots,
+        "seed": seed,
+        "counts": ordered,
+        "measured_probabilities": {k: v / total for k, v in ordered.items()},
+        "most_likely": next(iter(ordered), None),
+        "node_seconds": reply.get("seconds"),
+        "omitted": list(STATEVECTOR_FIELDS),
+        "note": "measurements steer later operations shot by shot: there is no single "
+        "final statevector, so only measured distributions are reported",
+    }
+
+
 def build_quantum_result(
     circuit: NormalizedCircuit, final_state: NDArray[np.complex128], **options: Any
 ) -> dict[str, Any]:

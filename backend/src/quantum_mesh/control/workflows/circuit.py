@@ -23,9 +23,11 @@ from quantum_mesh.control.planner import (
 )
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.runtime import CircuitRuntime
+from quantum_mesh.control.scheduler import WorkUnit
 from quantum_mesh.control.states import JobStatus
 from quantum_mesh.errors import NoCapacity
-from quantum_mesh.quantum.analysis import build_bounded_result
+from quantum_mesh.mesh.protocol import METHOD_EXECUTE_DYNAMIC, SERVICE_MEASUREMENT_FEEDFORWARD
+from quantum_mesh.quantum.analysis import build_bounded_result, build_dynamic_result
 from quantum_mesh.quantum.circuits import limits
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import NormalizedCircuit
@@ -36,6 +38,8 @@ from quantum_mesh.store.tables import FragmentExecution
 __all__ = ["CIRCUIT_KIND", "CircuitWorkload", "check_circuit"]
 
 CAPACITY_POLL_S = 0.25
+#: The one fragment of a dynamic circuit (run whole on one node).
+DYNAMIC_FRAGMENT_ID = "dynamic"
 #: Shortest interval between two progress reports of one circuit job.
 PROGRESS_EVERY_S = 0.25
 
@@ -229,6 +233,8 @@ class CircuitProcess:
         w, handle = self.w, self.handle
         request = handle.request
         circuit = await w.parsed(request["circuit"])
+        if circuit.dynamic is not None:
+            return self._plan_dynamic(circuit)
         fragments = await w.compute.run(build_fragments, circuit)
         # Only a recovered job can have finished fragments already.
         if handle.status != JobStatus.QUEUED:
@@ -284,9 +290,74 @@ class CircuitProcess:
         )
         return plan_id
 
+    def _plan_dynamic(self, circuit: NormalizedCircuit) -> str:
+        """A dynamic circuit is one unit for a node offering ``measurement_feedforward``."""
+        assert circuit.dynamic is not None
+        self.circuit = circuit
+        plan_id = str(uuid.uuid4())
+        plan = {
+            "plan_id": plan_id,
+            "job_id": self.handle.job_id,
+            "num_qubits": circuit.num_qubits,
+            "dynamic": {"features": list(circuit.dynamic.features)},
+            "fragments": [
+                {
+                    "fragment_id": DYNAMIC_FRAGMENT_ID,
+                    "service_type": SERVICE_MEASUREMENT_FEEDFORWARD,
+                    "qubits": list(range(circuit.num_qubits)),
+                    "depends_on": [],
+                }
+            ],
+            "registry_snapshot": [p.to_dict() for p in self.w.registry.usable_snapshot()],
+        }
+        self.handle.write_with_next_transition(
+            partial(repo.save_plan, plan_id=plan_id, job_id=self.handle.job_id, plan=plan)
+        )
+        return plan_id
+
+    async def _execute_dynamic(
+        self, circuit: NormalizedCircuit
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        assert circuit.dynamic is not None
+        handle, request = self.handle, self.handle.request
+        shots = int(request.get("shots", 1024))
+        seed = int(request.get("seed") or 0)
+        outcome = await handle.run_unit(
+            WorkUnit(
+                job_id=handle.job_id,
+                unit_id=f"{DYNAMIC_FRAGMENT_ID}/{handle.new_unit_id(METHOD_EXECUTE_DYNAMIC)}",
+                method=METHOD_EXECUTE_DYNAMIC,
+                service_type=SERVICE_MEASUREMENT_FEEDFORWARD,
+                params={
+                    "format": circuit.dynamic.format,
+                    "source": circuit.dynamic.source,
+                    "shots": shots,
+                    "seed": seed,
+                },
+                width=circuit.num_qubits,
+                min_fidelity=request.get("min_fidelity"),
+            )
+        )
+        fragment = {
+            "fragment_id": DYNAMIC_FRAGMENT_ID,
+            "node_id": outcome.node_id,
+            "attempts": outcome.attempts,
+            "started_at": outcome.started_at.isoformat(),
+            "finished_at": outcome.finished_at.isoformat(),
+            "observed_fidelity": None,
+            "error": None,
+        }
+        result = build_dynamic_result(circuit, outcome.reply, shots=shots, seed=seed)
+        return (
+            {"fragment_results": [fragment], "quantum_result": result},
+            {"fragments_done": 1, "fragments_total": 1},
+        )
+
     async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         w, handle, circuit = self.w, self.handle, self.circuit
         assert circuit is not None, "compile() runs first"
+        if circuit.dynamic is not None:
+            return await self._execute_dynamic(circuit)
         request = handle.request
 
         last_report = 0.0

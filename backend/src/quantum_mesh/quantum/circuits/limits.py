@@ -111,10 +111,16 @@ class _Scan:
         self.registers: dict[str, int] = {}
         self.gates: dict[str, _Gate] = {}
 
-    def statement(self, st: source.Statement) -> None:
+    def statement(self, st: source.Statement, *, nesting: int = 0) -> None:
         keyword = st.keyword
         if keyword in source.FORBIDDEN:
             raise _at(st.line, source.FORBIDDEN[keyword])
+        if keyword in source.BRANCH_KEYWORDS:
+            self.branch(st, nesting)
+            return
+        if keyword == "reset":
+            self.count(self.width(st.text[len("reset") :].strip()), st.line)
+            return
         if keyword == "OPENQASM":
             return
         if keyword == "include":
@@ -141,6 +147,19 @@ class _Scan:
                 self.check_arity(call, st.line)
                 width = max((self.width(op) for op in call.operands), default=1)
                 self.count(_saturate(self.cost(call) * width), st.line)
+
+    def branch(self, st: source.Statement, nesting: int) -> None:
+        """``if``/``else``: each statement of its body counted as if it stood alone."""
+        if nesting >= MAX_BRANCH_NESTING:
+            raise _at(st.line, f"'if' nests deeper than {MAX_BRANCH_NESTING} levels")
+        self.count(1, st.line)
+        body = _branch_body(st.text)
+        for inner in source.iter_statements(body):
+            line = st.line + inner.line - 1
+            self.statement(
+                source.Statement(line=line, text=inner.text, keyword=inner.keyword),
+                nesting=nesting + 1,
+            )
 
     def include(self, st: source.Statement) -> None:
         found = _INCLUDE_RE.match(st.text)
@@ -291,6 +310,29 @@ class _Scan:
                 maximum=self.limits.max_operations,
                 line=line,
             )
+
+
+#: ``if`` inside ``if`` at most this deep.
+MAX_BRANCH_NESTING = 8
+
+
+def _branch_body(text: str) -> str:
+    """What an ``if (...)``/``else`` guards: the ``{...}`` block, else the one statement after
+    the condition (OpenQASM 2's ``if (c==1) x q[0];``)."""
+    brace = text.find("{")
+    if brace >= 0:
+        return text[brace + 1 : text.rfind("}")] if text.rfind("}") > brace else text[brace + 1 :]
+    if text.startswith("else"):
+        return text[len("else") :]
+    depth = 0
+    for index, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return text[index + 1 :]
+    return ""
 
 
 def prescan(

@@ -50,6 +50,30 @@ class Operation:
 
 
 @dataclass(frozen=True, slots=True)
+class DynamicProgram:
+    """A circuit with mid-circuit measurement, reset or classical ``if``: it cannot be cut
+    into unitary fragments, so a node offering ``measurement_feedforward`` runs it whole,
+    shot by shot, from this source (the text Qiskit parsed, service aliases declared)."""
+
+    format: str
+    source: str
+    #: What makes it dynamic, for users and logs: ``mid_circuit_measurement``, ``reset``,
+    #: ``classical_if``.
+    features: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "source": self.source, "features": list(self.features)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DynamicProgram:
+        return cls(
+            format=str(data["format"]),
+            source=str(data["source"]),
+            features=tuple(str(f) for f in data.get("features", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class NormalizedCircuit:
     """A parsed circuit: unitary operations in program order plus final measurements.
 
@@ -63,6 +87,8 @@ class NormalizedCircuit:
     operations: tuple[Operation, ...]
     measurements: tuple[tuple[int, int], ...]
     source_hash: str
+    #: Set for a dynamic circuit (then ``operations`` and ``measurements`` are empty).
+    dynamic: DynamicProgram | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +98,7 @@ class NormalizedCircuit:
             "operations": [op.to_dict() for op in self.operations],
             "measurements": [[q, c] for q, c in self.measurements],
             "source_hash": self.source_hash,
+            "dynamic": None if self.dynamic is None else self.dynamic.to_dict(),
         }
 
     @classmethod
@@ -83,6 +110,9 @@ class NormalizedCircuit:
             operations=tuple(Operation.from_dict(op) for op in data["operations"]),
             measurements=tuple((int(q), int(c)) for q, c in data["measurements"]),
             source_hash=str(data["source_hash"]),
+            dynamic=(
+                None if data.get("dynamic") is None else DynamicProgram.from_dict(data["dynamic"])
+            ),
         )
 
 

@@ -26,7 +26,7 @@ from qiskit_qasm3_import import ConversionError
 from quantum_mesh.errors import InvalidCircuit
 from quantum_mesh.quantum.circuits import limits, source
 from quantum_mesh.quantum.circuits.gates import ALIASES, service_type_for, standard_gates
-from quantum_mesh.quantum.circuits.model import NormalizedCircuit, Operation
+from quantum_mesh.quantum.circuits.model import DynamicProgram, NormalizedCircuit, Operation
 
 _IGNORED = {"barrier", "delay", "global_phase"}
 #: Definition levels a library gate may add below the user's own (``_expand``'s bound is the
@@ -78,9 +78,23 @@ def parse_circuit(
     clean = source.strip_comments(text)
     fmt, version = source.detect_format(clean)
     statements = limits.prescan(source.iter_statements(clean), fmt, bounds)
-    qc = _qiskit_parse(source.prepare_source(text, clean, fmt, version), fmt, statements)
+    prepared = source.prepare_source(text, clean, fmt, version)
+    qc = _qiskit_parse(prepared, fmt, statements)
     _check_size(qc, statements, bounds)
-    operations, measurements = _normalise(qc, source.instruction_lines(statements), bounds)
+    lines = source.instruction_lines(statements)
+    features = dynamic_features(qc)
+    if features:
+        _check_dynamic(qc, lines, bounds)
+        return NormalizedCircuit(
+            format=fmt,
+            num_qubits=qc.num_qubits,
+            num_clbits=qc.num_clbits,
+            operations=(),
+            measurements=(),
+            source_hash=hashlib.sha256(text.encode()).hexdigest(),
+            dynamic=DynamicProgram(format=fmt, source=prepared, features=features),
+        )
+    operations, measurements = _normalise(qc, lines, bounds)
     return NormalizedCircuit(
         format=fmt,
         num_qubits=qc.num_qubits,
@@ -91,11 +105,71 @@ def parse_circuit(
     )
 
 
+def load_qasm(prepared: str, fmt: str) -> QuantumCircuit:
+    """Qiskit's own parser for the format (``prepared``: aliases declared, see ``source``)."""
+    if fmt == "qasm2":
+        return qasm2.loads(prepared, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+    return qasm3.loads(prepared)
+
+
+def dynamic_features(qc: QuantumCircuit) -> tuple[str, ...]:
+    """What makes ``qc`` dynamic: a gate, reset or measurement on a qubit after it was
+    measured, a reset, classical control. Empty for a unitary circuit with final
+    measurements."""
+    found: set[str] = set()
+    measured: set[int] = set()
+    for ci in qc.data:
+        name = ci.operation.name
+        qubits = {qc.find_bit(q).index for q in ci.qubits}
+        if isinstance(ci.operation, ControlFlowOp) or getattr(ci.operation, "condition", None):
+            found.add("classical_if")
+        elif name == "reset":
+            found.add("reset")
+        elif name not in _IGNORED and measured & qubits:
+            found.add("mid_circuit_measurement")
+        if name == "measure":
+            measured |= qubits
+    return tuple(sorted(found))
+
+
+def _check_dynamic(qc: QuantumCircuit, lines: list[int] | None, bounds: limits.Limits) -> None:
+    """Only what a node runs shot by shot: gates, measure, reset and ``if``/``else`` (nested
+    too); anything else is refused with its line."""
+    data = [ci for ci in qc.data if ci.operation.name != "barrier"]
+    if lines is not None and len(lines) != len(data):
+        lines = None
+    max_depth = max(_MIN_DEFINITION_DEPTH, bounds.max_gate_depth + _LIBRARY_DEFINITION_DEPTH)
+    count = 0
+
+    def walk(instructions: Any, line: int | None, nesting: int) -> None:
+        nonlocal count
+        for ci in instructions:
+            op = ci.operation
+            count += 1
+            _check_count(count, line, bounds)
+            if isinstance(op, ControlFlowOp):
+                if op.name != "if_else":
+                    raise _located(
+                        line, f"'{op.name}' is not supported: {source.DYNAMIC_SUPPORTED}"
+                    )
+                for block in op.blocks:
+                    walk(block.data, line, nesting + 1)
+            elif op.name in ("measure", "reset") or op.name in _IGNORED:
+                continue
+            else:
+                for _ in _expand(
+                    op, tuple(range(op.num_qubits)), line, depth=0, max_depth=max_depth
+                ):
+                    count += 1
+                    _check_count(count, line, bounds)
+
+    for index, ci in enumerate(data):
+        walk([ci], lines[index] if lines is not None else None, 0)
+
+
 def _qiskit_parse(prepared: str, fmt: str, statements: list[source.Statement]) -> QuantumCircuit:
     try:
-        if fmt == "qasm2":
-            return qasm2.loads(prepared, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
-        return qasm3.loads(prepared)
+        return load_qasm(prepared, fmt)
     except (QiskitError, QASM3ParsingError, ConversionError, IndexError, ValueError) as exc:
         raise _circuit_error(exc, statements) from exc
     except RecursionError as exc:  # the OpenQASM 3 reference parser recurses per operator

@@ -75,20 +75,21 @@ NON_INSTRUCTION = {
     "barrier",
     "gphase",
 }
-#: Statements the circuit model cannot represent, with the reason given to the user.
+#: What dynamic circuits may use (run whole on a node offering ``measurement_feedforward``).
+DYNAMIC_SUPPORTED = "dynamic circuits may use mid-circuit measurement, reset and 'if'/'else'"
+#: Statements the service cannot run, with the reason given to the user.
 FORBIDDEN = {
-    "reset": "reset is not supported",
-    "if": "classical control ('if') is not supported",
-    "else": "classical control ('else') is not supported",
-    "for": "control flow ('for') is not supported",
-    "while": "control flow ('while') is not supported",
-    "switch": "control flow ('switch') is not supported",
-    "box": "'box' is not supported",
-    "break": "control flow ('break') is not supported",
-    "continue": "control flow ('continue') is not supported",
+    "for": f"control flow ('for') is not supported: {DYNAMIC_SUPPORTED}",
+    "while": f"control flow ('while') is not supported: {DYNAMIC_SUPPORTED}",
+    "switch": f"control flow ('switch') is not supported: {DYNAMIC_SUPPORTED}",
+    "box": f"'box' is not supported: {DYNAMIC_SUPPORTED}",
+    "break": f"control flow ('break') is not supported: {DYNAMIC_SUPPORTED}",
+    "continue": f"control flow ('continue') is not supported: {DYNAMIC_SUPPORTED}",
     "return": "'return' is not supported",
     "end": "'end' is not supported",
 }
+#: Statements whose body holds further statements (``if (...) { ... } else { ... }``).
+BRANCH_KEYWORDS = frozenset({"if", "else"})
 
 
 @dataclass(frozen=True, slots=True)
