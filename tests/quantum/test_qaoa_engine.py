@@ -124,3 +124,48 @@ def test_rejects_bad_input() -> None:
     cost = engine.DiagonalCost.from_energies([0.0, 1.0])
     with pytest.raises(InvalidInput):
         engine.evolve(cost, gammas=[0.1], betas=[])
+
+
+def _qubo_operator(q: np.ndarray) -> SparsePauliOp:
+    """``x^T Q x`` with ``x_i = (1 - Z_i) / 2`` as Z and ZZ terms (few terms, any n)."""
+    n = q.shape[0]
+    sym = (q + q.T) / 2
+    terms: dict[str, float] = {}
+
+    def add(qubits: tuple[int, ...], coeff: float) -> None:
+        label = "".join("Z" if k in qubits else "I" for k in reversed(range(n)))
+        terms[label] = terms.get(label, 0.0) + coeff
+
+    for i in range(n):
+        add((), sym[i, i] / 2)
+        add((i,), -sym[i, i] / 2)
+        for j in range(i + 1, n):
+            c = sym[i, j] / 2
+            add((), c)
+            add((i,), -c)
+            add((j,), -c)
+            add((i, j), c)
+    return SparsePauliOp(list(terms), list(terms.values())).simplify(atol=0)
+
+
+@pytest.mark.parametrize(("n", "p", "integer"), [(13, 1, True), (13, 2, False), (15, 2, True)])
+def test_the_fused_kernel_matches_aer(n: int, p: int, integer: bool) -> None:
+    """From 12 qubits the layers run in the fused two-pass kernel (``kernel.py``)."""
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    assert kernel.AVAILABLE and n >= engine.FUSED_MIN_QUBITS
+    rng = np.random.default_rng(n + p)
+    q = rng.integers(-4, 5, size=(n, n)).astype(float) if integer else rng.normal(size=(n, n))
+    gammas, betas = [0.37, -0.81][:p], [0.52, 0.23][:p]
+    ansatz = qaoa_ansatz(_qubo_operator(q), reps=p)
+    params = dict(zip(ansatz.parameters, [*betas, *gammas], strict=True))
+    reference = _aer_state(ansatz.assign_parameters(params))
+    energies = qubo_energies(q, offset=0.0)
+    cost = engine.DiagonalCost.from_energies(energies)
+    assert (cost.level_index is not None) is integer  # both phase paths of the kernel
+    state = engine.evolve(cost, gammas=gammas, betas=betas)
+    np.testing.assert_allclose(engine.probabilities(state), np.abs(reference) ** 2, atol=1e-9)
+    assert abs(abs(np.vdot(reference, state)) - 1.0) < 1e-9
+    fused_energy = engine.qaoa_expectation(cost, gammas=gammas, betas=betas)
+    assert abs(fused_energy - float(np.abs(reference) ** 2 @ energies)) < 1e-9

@@ -30,6 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from quantum_mesh.errors import InvalidInput
+from quantum_mesh.quantum.qaoa import kernel
 
 MAX_QUBITS = 26
 MIXER_CHUNK_QUBITS = 3
@@ -164,6 +165,9 @@ def evolve(
             raise InvalidInput(
                 f"Initial state must have length {1 << n}. Instead, got shape {state.shape}.",
             )
+    if mixer == "x" and _fused(n):
+        _evolve_fused(cost, state, gammas, betas, want_energy=False)
+        return state
     spare = np.empty_like(state)
     for gamma, beta in zip(gammas, betas, strict=True):
         state *= cost.phases(float(gamma))
@@ -193,8 +197,47 @@ def qaoa_expectation(
     mixer: Mixer = "x",
 ) -> float:
     """Energy expectation of the QAOA state with the given angles."""
+    n = cost.num_qubits
+    if mixer == "x" and _fused(n) and len(gammas) == len(betas) and len(gammas):
+        # The fused kernel sums the energy in its last walk over the state.
+        state = plus_state(n) if initial_state is None else None
+        if state is not None:
+            return _evolve_fused(cost, state, gammas, betas, want_energy=True)
     state = evolve(cost, gammas=gammas, betas=betas, initial_state=initial_state, mixer=mixer)
     return expectation(cost, state)
+
+
+#: From this many qubits the fused two-pass kernel (``kernel.py``) runs the X-mixer layers;
+#: below, the state fits the caches and numpy's blocked multiply is as fast.
+FUSED_MIN_QUBITS = 12
+
+
+def _fused(num_qubits: int) -> bool:
+    return kernel.AVAILABLE and num_qubits >= FUSED_MIN_QUBITS
+
+
+def _evolve_fused(
+    cost: DiagonalCost,
+    state: ComplexArray,
+    gammas: Sequence[float],
+    betas: Sequence[float],
+    *,
+    want_energy: bool,
+) -> float:
+    if cost.level_index is not None:
+        levels = cost.level_offset + np.arange(cost.level_count, dtype=np.float64)
+        tables = [np.exp(-1j * float(g) * levels) for g in gammas]
+    else:
+        tables = [np.exp(-1j * float(g) * cost.energies) for g in gammas]
+    return kernel.evolve_x(
+        state,
+        phase_tables=tables,
+        level_index=cost.level_index,
+        energies=cost.energies,
+        betas=[float(b) for b in betas],
+        num_qubits=cost.num_qubits,
+        want_energy=want_energy,
+    )
 
 
 def sample_indices(probs: FloatArray, *, shots: int, seed: int) -> NDArray[np.int64]:
