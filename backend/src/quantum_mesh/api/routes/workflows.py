@@ -93,12 +93,25 @@ async def get_run(run_id: str, coord: CoordinatorDep, principal: PrincipalDep) -
     return run_to_dict(job)
 
 
-class BenchmarkIn(BaseModel):
+class WorkloadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    workload: str = Field(description="qaoa_knapsack or sqd")
+    kind: str = Field(description="qaoa_knapsack or sqd")
     params: dict[str, Any] = Field(default_factory=dict)
-    node_counts: list[int] = Field(default_factory=lambda: [1, 2, 3])
-    include_local: bool = True
+
+
+class BenchmarkIn(BaseModel):
+    """``{"workload": {"kind", "params"}, "modes", "node_counts", "repetitions", "scenarios"}``
+    (shared/CONTRACT.md); ``{"workload": "<kind>", "params", "node_counts", "include_local"}``
+    is the earlier shorthand, still accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+    workload: WorkloadIn | str = Field(description="{kind, params}, or a kind (shorthand)")
+    params: dict[str, Any] | None = Field(default=None, description="shorthand only")
+    modes: list[str] | None = Field(default=None, description="centralized, distributed")
+    node_counts: list[int] = Field(default_factory=lambda: [1, 2, 3], max_length=16)
+    repetitions: int = Field(default=1, ge=1, le=10)
+    scenarios: list[str] = Field(default_factory=lambda: ["baseline"], max_length=7)
+    include_local: bool = Field(default=True, description="shorthand only")
 
 
 def benchmark_to_dict(job: Job) -> dict[str, Any]:
@@ -107,6 +120,8 @@ def benchmark_to_dict(job: Job) -> dict[str, Any]:
         "status": job.status,
         "progress": job.progress,
         "request": job.request,
+        "rows": (job.result or {}).get("rows") if job.status == "COMPLETED" else None,
+        "summary": (job.result or {}).get("summary") if job.status == "COMPLETED" else None,
         "comparison": job.result if job.status == "COMPLETED" else None,
         "error": job.error,
         "created_at": job.created_at.isoformat(),
@@ -136,7 +151,7 @@ async def submit_benchmark(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
     coord.jobs.admit(idempotency_key)
-    spec = await BENCHMARK.validate(body.model_dump(), coord.compute)
+    spec = await BENCHMARK.validate(body.model_dump(exclude_unset=True), coord.compute)
     job, _ = await coord.jobs.submit(
         kind=BENCHMARK_KIND,
         request={"params": spec},

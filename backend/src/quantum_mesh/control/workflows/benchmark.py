@@ -1,13 +1,21 @@
 """Comparative benchmarks: one workload, the same seed, run in several modes side by side.
 
-Modes are ``local`` (every unit solved in the coordinator's driver thread, one after
-another: the centralised baseline) and ``mesh`` restricted to 1, 2, 3 … nodes. The result
-gives wall times, speedups against the baseline and the quality of each answer, so
-distribution is judged by the same instance and seed.
+Modes (``shared/CONTRACT.md``): ``centralized`` runs every unit in the coordinator's own
+driver thread, one after another, no mesh; ``distributed`` runs on the mesh restricted to
+each of ``node_counts`` nodes (a fixed subset by peer ID, so "N nodes" are the same N every
+time). Every configuration runs ``repetitions`` times, and the runs alternate (A B A B …)
+so that machine noise hits every mode alike. Each run is one row: wall time, the share of it
+spent in the mesh, retried executions, the answer's quality and the workload's own answer.
+The summary gives per-mode medians with their spread and the speedups.
+
+The earlier body, ``{"workload": "qaoa_knapsack", "params", "node_counts", "include_local"}``,
+is still accepted as a shorthand, and the earlier ``comparison`` (``local``/``mesh-N`` modes,
+first repetition) is still part of the result.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,10 +27,24 @@ from quantum_mesh.errors import InvalidInput
 
 BENCHMARK_KIND = "benchmark"
 SUPPORTED = ("qaoa_knapsack", "sqd")
+MODES = ("centralized", "distributed")
 MAX_NODE_COUNT = 16
+MAX_REPETITIONS = 10
+#: Scenario names of the contract, and the ones this build can set up.
+CONTRACT_SCENARIOS = (
+    "baseline",
+    "latency",
+    "bandwidth",
+    "loss",
+    "degraded_node",
+    "node_loss",
+    "node_join",
+)
+AVAILABLE_SCENARIOS = ("baseline",)
 
 
 def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The earlier comparison's per-mode figures (kept for its readers)."""
     timing = result.get("timing", {})
     if workload == "qaoa_knapsack":
         return {
@@ -47,6 +69,79 @@ def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _row_figures(workload: str, result: dict[str, Any], wall: float, local: bool) -> dict[str, Any]:
+    """``mesh_share``, ``retries``, ``quality`` and ``result`` of one run (the contract's row)."""
+    timing = result.get("timing", {})
+    units = result.get("blocks") if workload == "qaoa_knapsack" else result.get("batches")
+    retries = sum(max(0, int(u.get("attempts") or 1) - 1) for u in units or [])
+    if workload == "qaoa_knapsack":
+        mesh_s = 0.0 if local else float(timing.get("mesh_s") or 0.0)
+        return {
+            "mesh_share": round(mesh_s / wall, 4) if wall else None,
+            "retries": retries,
+            "quality": result["ratio_to_optimum"],
+            "result": {
+                "selected": result["selected"],
+                "total_value": result["total_value"],
+                "total_weight": result["total_weight"],
+                "optimum_value": result["optimum_value"],
+            },
+        }
+    # SQD: the loop's time not spent solving batches is the coordinator's and the mesh's;
+    # with batches in parallel on N nodes, their solving time is spread over N.
+    loop_s = float(timing.get("sqd_loop_s") or 0.0)
+    nodes = max(1, len({b.get("node_id") for b in units or [] if b.get("node_id")}))
+    solving = float(timing.get("batch_seconds_sum") or 0.0) / nodes
+    mesh_share = 0.0 if local or not wall else max(0.0, loop_s - solving) / wall
+    error = result.get("error_mha")
+    return {
+        "mesh_share": round(mesh_share, 4),
+        "retries": retries,
+        "quality": None if error is None else -abs(float(error)),
+        "result": {"energy": result["energy"], "reference_energy": result.get("reference_energy")},
+    }
+
+
+def _modes_of(body: dict[str, Any]) -> list[str]:
+    modes = body.get("modes")
+    if modes is None:  # the shorthand: include_local says whether the baseline runs
+        return (["centralized"] if body.get("include_local", True) else []) + ["distributed"]
+    if (
+        not isinstance(modes, list)
+        or not modes
+        or any(m not in MODES for m in modes)
+        or len(set(modes)) != len(modes)
+    ):
+        raise InvalidInput(
+            f"modes must be a non-empty list of distinct names from {list(MODES)}",
+            details={"field": "modes", "valid": list(MODES)},
+        )
+    return [m for m in MODES if m in modes]
+
+
+def _scenarios_of(body: dict[str, Any]) -> list[str]:
+    scenarios = body.get("scenarios", ["baseline"])
+    if not isinstance(scenarios, list) or not scenarios or len(set(scenarios)) != len(scenarios):
+        raise InvalidInput(
+            "scenarios must be a non-empty list of distinct scenario names",
+            details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+        )
+    for name in scenarios:
+        if name not in CONTRACT_SCENARIOS:
+            raise InvalidInput(
+                f"unknown scenario {name!r}; scenarios are {list(CONTRACT_SCENARIOS)}",
+                details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+            )
+        if name not in AVAILABLE_SCENARIOS:
+            raise InvalidInput(
+                f"scenario {name!r} is not available in this build: it needs nodes in network "
+                f"namespaces of their own with shaped links; available: "
+                f"{list(AVAILABLE_SCENARIOS)}",
+                details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
+            )
+    return list(scenarios)
+
+
 class BenchmarkWorkflow:
     kind = BENCHMARK_KIND
     service_type = ""
@@ -56,27 +151,54 @@ class BenchmarkWorkflow:
 
     async def validate(self, body: dict[str, Any], compute: ComputePools) -> dict[str, Any]:
         workload = body.get("workload")
+        params = body.get("params")
+        if isinstance(workload, dict):  # the contract's shape: {"kind", "params"}
+            if params:
+                raise InvalidInput(
+                    'params go inside workload ({"workload": {"kind", "params"}})',
+                    details={"field": "params"},
+                )
+            spec: dict[str, Any] = workload
+            workload, params = spec.get("kind"), spec.get("params")
         if workload not in SUPPORTED:
             raise InvalidInput(
-                f"workload must be one of {list(SUPPORTED)}", details={"workload": workload}
+                f"workload must be one of {list(SUPPORTED)}",
+                details={"field": "workload", "workload": str(workload)[:40]},
             )
         node_counts = body.get("node_counts", [1, 2, 3])
         if (
             not isinstance(node_counts, list)
             or not node_counts
-            or not all(isinstance(n, int) and 1 <= n <= MAX_NODE_COUNT for n in node_counts)
+            or not all(
+                isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_NODE_COUNT
+                for n in node_counts
+            )
         ):
             raise InvalidInput(
-                f"node_counts must be a non-empty list of integers in 1..{MAX_NODE_COUNT}"
+                f"node_counts must be a non-empty list of integers in 1..{MAX_NODE_COUNT}",
+                details={"field": "node_counts"},
             )
-        params = await self.workloads[str(workload)].validate(
-            dict(body.get("params") or {}), compute
-        )
+        repetitions = body.get("repetitions", 1)
+        if (
+            isinstance(repetitions, bool)
+            or not isinstance(repetitions, int)
+            or not 1 <= repetitions <= MAX_REPETITIONS
+        ):
+            raise InvalidInput(
+                f"repetitions must be an integer in 1..{MAX_REPETITIONS}",
+                details={"field": "repetitions"},
+            )
+        modes = _modes_of(body)
+        scenarios = _scenarios_of(body)
+        checked = await self.workloads[str(workload)].validate(dict(params or {}), compute)
         return {
             "workload": workload,
-            "params": params,
+            "params": checked,
+            "modes": modes,
             "node_counts": sorted(set(node_counts)),
-            "include_local": bool(body.get("include_local", True)),
+            "repetitions": repetitions,
+            "scenarios": scenarios,
+            "include_local": "centralized" in modes,
         }
 
     async def run(
@@ -84,45 +206,146 @@ class BenchmarkWorkflow:
     ) -> dict[str, Any]:
         name_of_workload = spec["workload"]
         workload = self.workloads[name_of_workload]
-        modes: list[tuple[str, int | None]] = []
-        if spec["include_local"]:
-            modes.append(("local", None))
-        modes += [(f"mesh-{n}", n) for n in spec["node_counts"]]
+        modes = spec.get("modes") or _modes_of(spec)
+        configs: list[tuple[str, int | None]] = []
+        if "centralized" in modes:
+            configs.append(("centralized", None))
+        if "distributed" in modes:
+            configs += [("distributed", n) for n in spec["node_counts"]]
+        repetitions = int(spec.get("repetitions", 1))
+        scenarios = list(spec.get("scenarios", ["baseline"]))
+        total = repetitions * len(scenarios) * len(configs)
         rows: list[dict[str, Any]] = []
-        for index, (name, count) in enumerate(modes):
-            # A fixed subset (by peer ID), so "N nodes" means the same N nodes for the mode.
-            nodes = (
-                None
-                if count is None
-                else frozenset(handle.nodes_offering(workload.service_type)[:count])
-            )
-            sub = RunOptions(nodes=nodes, local=count is None, durable=False)
-            started = time.perf_counter()
-            result = await workload.run(handle, spec["params"], sub)
-            wall = time.perf_counter() - started
-            rows.append(
-                {
-                    "mode": name,
-                    "nodes": count,
-                    "wall_s": round(wall, 4),
-                    **_quality(name_of_workload, result),
-                }
-            )
-            await handle.progress(
-                {"done": index + 1, "total": len(modes), "unit": "modes", "mode": name}
-            )
-        baseline = rows[0]["wall_s"]
-        for row in rows:
-            row["speedup_vs_" + rows[0]["mode"]] = (
-                round(baseline / row["wall_s"], 3) if row["wall_s"] else None
-            )
-        comparison: dict[str, Any] = {
-            "workload": name_of_workload,
-            "baseline": rows[0]["mode"],
-            "modes": rows,
-            "params": spec["params"],
+        legacy: list[dict[str, Any]] = []
+        for repetition in range(repetitions):
+            for scenario in scenarios:
+                for mode, count in configs:  # alternating: A B A B …
+                    row, figures = await self._one_run(handle, workload, spec, mode, count)
+                    rows.append({**row, "scenario": scenario, "repetition": repetition})
+                    if repetition == 0 and scenario == scenarios[0]:
+                        legacy.append(figures)
+                    await handle.progress(
+                        {
+                            "done": len(rows),
+                            "total": total,
+                            "unit": "runs",
+                            "mode": _label(mode, count),
+                            "repetition": repetition,
+                            "scenario": scenario,
+                        }
+                    )
+        return {
+            **_comparison(name_of_workload, spec["params"], legacy),
+            "rows": rows,
+            "summary": _summary(rows, configs, scenarios),
         }
-        key = "energy" if name_of_workload == "sqd" else "value"
-        values = [r[key] for r in rows]
-        comparison[f"max_{key}_difference"] = max(values) - min(values)
-        return comparison
+
+    async def _one_run(
+        self,
+        handle: JobHandle,
+        workload: Workflow,
+        spec: dict[str, Any],
+        mode: str,
+        count: int | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        local = count is None
+        nodes = None if local else frozenset(handle.nodes_offering(workload.service_type)[:count])
+        sub = RunOptions(nodes=nodes, local=local, durable=False)
+        started = time.perf_counter()
+        result = await workload.run(handle, spec["params"], sub)
+        wall = time.perf_counter() - started
+        row = {
+            "mode": mode,
+            "nodes": 0 if local else count,
+            "wall_s": round(wall, 4),
+            **_row_figures(spec["workload"], result, wall, local),
+        }
+        figures = {
+            "mode": "local" if local else f"mesh-{count}",
+            "nodes": count,
+            "wall_s": round(wall, 4),
+            **_quality(spec["workload"], result),
+        }
+        return row, figures
+
+
+def _label(mode: str, count: int | None) -> str:
+    return mode if count is None else f"{mode}-{count}"
+
+
+def _comparison(
+    workload: str, params: dict[str, Any], rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The earlier result shape: one row per mode (``local``, ``mesh-N``), first repetition."""
+    baseline = rows[0]["wall_s"]
+    for row in rows:
+        row["speedup_vs_" + rows[0]["mode"]] = (
+            round(baseline / row["wall_s"], 3) if row["wall_s"] else None
+        )
+    comparison: dict[str, Any] = {
+        "workload": workload,
+        "baseline": rows[0]["mode"],
+        "modes": rows,
+        "params": params,
+    }
+    key = "energy" if workload == "sqd" else "value"
+    values = [r[key] for r in rows]
+    comparison[f"max_{key}_difference"] = max(values) - min(values)
+    return comparison
+
+
+def _stats(walls: list[float]) -> dict[str, Any]:
+    median = statistics.median(walls)
+    return {
+        "runs": len(walls),
+        "median_wall_s": round(median, 4),
+        "min_wall_s": round(min(walls), 4),
+        "max_wall_s": round(max(walls), 4),
+        # Relative spread: how far apart the fastest and slowest run are, against the median.
+        "spread": round((max(walls) - min(walls)) / median, 4) if median else None,
+    }
+
+
+def _label_of(row: dict[str, Any]) -> str:
+    return _label(row["mode"], None if row["mode"] == "centralized" else row["nodes"])
+
+
+def _summary(
+    rows: list[dict[str, Any]], configs: list[tuple[str, int | None]], scenarios: list[str]
+) -> dict[str, Any]:
+    labels = [_label(mode, count) for mode, count in configs]
+
+    def of(label: str, scenario: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in rows
+            if _label_of(r) == label and (scenario is None or r["scenario"] == scenario)
+        ]
+
+    per_mode = {label: _stats([r["wall_s"] for r in of(label)]) for label in labels}
+    reference = labels[0]
+    speedup = {
+        label: round(per_mode[reference]["median_wall_s"] / stats["median_wall_s"], 3)
+        for label, stats in per_mode.items()
+        if label != reference and stats["median_wall_s"]
+    }
+    shares = {
+        label: [r["mesh_share"] for r in of(label) if r["mesh_share"] is not None]
+        for label in labels
+    }
+    answers = {str(sorted(r["result"].items())) for r in rows}
+    return {
+        "reference": reference,
+        "speedup": speedup,
+        "per_mode": per_mode,
+        "per_scenario": {
+            scenario: {
+                label: _stats([r["wall_s"] for r in of(label, scenario)]) for label in labels
+            }
+            for scenario in scenarios
+        },
+        "mesh_share_median": {
+            label: statistics.median(values) if values else None for label, values in shares.items()
+        },
+        "same_answer_in_every_run": len(answers) == 1,
+    }

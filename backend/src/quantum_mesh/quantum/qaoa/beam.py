@@ -302,6 +302,8 @@ def _block_entry(result: Mapping[str, Any]) -> dict[str, Any]:
         "block_index": result["block_index"],
         "beam_entry": result.get("beam_entry", 0),
         "node_id": result.get("node_id"),
+        # Executions the dispatcher needed for this job's unit (1 unless it was retried).
+        "attempts": result.get("attempts", 1),
         "job_id": result["job_id"],
         "job_version": result["job_version"],
         "seconds": float(diag.get("seconds", 0.0)),

@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 try:  # numba is a dependency; the engine falls back to numpy if it cannot load
     from numba import njit
 except ImportError:  # pragma: no cover - exercised only where numba is missing
-    njit = None
+    njit = None  # type: ignore[assignment]
 
 #: Low qubits mixed per tile: 2^12 complex128 = 64 KiB, comfortably inside L2.
 TILE_QUBITS = 12

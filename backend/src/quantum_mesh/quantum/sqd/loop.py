@@ -334,6 +334,7 @@ class _BatchDispatcher:
             "iteration": job["iteration"],
             "batch": job["batch"],
             "node_id": answer.get("node_id"),
+            "attempts": answer.get("attempts", 1),
             "energy": None,
             "subspace_dim": answer.get("subspace_dim"),
             "seconds": answer.get("seconds"),
@@ -370,6 +371,7 @@ def _run_tag(problem: ActiveSpaceProblem, settings: SQDSettings) -> str:
 #: What a checkpoint keeps of a batch answer: everything but the CI vector.
 _SAVED_KEYS = (
     "node_id",
+    "attempts",
     "energy",
     "subspace_dim",
     "seconds",

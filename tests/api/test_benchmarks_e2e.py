@@ -1,0 +1,92 @@
+"""Benchmarks in the contract's shape: centralized vs distributed, repetitions, scenarios."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tests.support.live import LiveCoordinator
+
+EMBEDDED_NODES = 2
+
+
+def _knapsack(n: int = 24, seed: int = 3) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    weights = rng.integers(5, 60, size=n).tolist()
+    values = rng.integers(10, 100, size=n).tolist()
+    return {"values": values, "weights": weights, "capacity": int(sum(weights) * 0.4), "seed": 1}
+
+
+def _finished(coord: LiveCoordinator, body: dict[str, Any]) -> dict[str, Any]:
+    r = coord.http.post("/workflows/benchmarks", json=body)
+    assert r.status_code == 202, r.text
+    assert set(r.json()) == {"benchmark_id", "status"}
+    done = coord.wait_job(r.json()["benchmark_id"], timeout=600, path="/workflows/benchmarks/")
+    assert done["status"] == "COMPLETED", (done["error"], coord.log_tail())
+    return done
+
+
+def test_contract_body_alternates_modes_and_repeats(coord: LiveCoordinator) -> None:
+    done = _finished(
+        coord,
+        {
+            "workload": {"kind": "qaoa_knapsack", "params": _knapsack()},
+            "modes": ["centralized", "distributed"],
+            "node_counts": [1, 2],
+            "repetitions": 2,
+            "scenarios": ["baseline"],
+        },
+    )
+    rows = done["rows"]
+    order = [(r["mode"], r["nodes"], r["repetition"]) for r in rows]
+    assert order == [
+        ("centralized", 0, 0), ("distributed", 1, 0), ("distributed", 2, 0),
+        ("centralized", 0, 1), ("distributed", 1, 1), ("distributed", 2, 1),
+    ]  # fmt: skip
+    for row in rows:
+        assert set(row) >= {
+            "mode", "nodes", "scenario", "repetition", "wall_s", "mesh_share", "retries",
+            "quality", "result",
+        }  # fmt: skip
+        assert row["scenario"] == "baseline" and row["wall_s"] > 0 and row["retries"] >= 0
+        assert 0 <= row["mesh_share"] <= 1 and 0 < row["quality"] <= 1
+    assert rows[0]["mesh_share"] == 0  # centralized never touches the mesh
+    # The same seed gives the same answer in every mode and repetition.
+    assert len({tuple(r["result"]["selected"]) for r in rows}) == 1
+    summary = done["summary"]
+    assert summary["same_answer_in_every_run"] is True
+    assert summary["reference"] == "centralized"
+    assert set(summary["speedup"]) == {"distributed-1", "distributed-2"}
+    per_mode = summary["per_mode"]["distributed-2"]
+    assert per_mode["runs"] == 2 and per_mode["min_wall_s"] <= per_mode["median_wall_s"]
+    assert set(summary["per_scenario"]) == {"baseline"}
+    # The earlier comparison is still there for its readers.
+    assert [m["mode"] for m in done["comparison"]["modes"]] == ["local", "mesh-1", "mesh-2"]
+    assert done["progress"]["done"] == done["progress"]["total"] == 6
+
+
+def test_the_shorthand_body_still_works(coord: LiveCoordinator) -> None:
+    done = _finished(
+        coord,
+        {"workload": "qaoa_knapsack", "params": _knapsack(12), "node_counts": [1]},
+    )
+    assert [m["mode"] for m in done["comparison"]["modes"]] == ["local", "mesh-1"]
+    assert [r["mode"] for r in done["rows"]] == ["centralized", "distributed"]
+
+
+def test_scenarios_this_build_cannot_set_up_are_refused_clearly(coord: LiveCoordinator) -> None:
+    workload = {"kind": "qaoa_knapsack", "params": _knapsack(12)}
+    for scenarios, words in [
+        (["latency"], "not available in this build"),
+        (["earthquake"], "unknown scenario"),
+    ]:
+        r = coord.http.post(
+            "/workflows/benchmarks", json={"workload": workload, "scenarios": scenarios}
+        )
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert words in error["message"] and error["details"]["field"] == "scenarios"
+    r = coord.http.post("/workflows/benchmarks", json={"workload": workload, "modes": ["sideways"]})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "modes"
+    r = coord.http.post("/workflows/benchmarks", json={"workload": workload, "repetitions": 0})
+    assert r.status_code == 422
