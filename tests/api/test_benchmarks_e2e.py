@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tests.support.live import LiveCoordinator
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 EMBEDDED_NODES = 2
 
@@ -63,6 +72,39 @@ def test_contract_body_alternates_modes_and_repeats(coord: LiveCoordinator) -> N
     # The earlier comparison is still there for its readers.
     assert [m["mode"] for m in done["comparison"]["modes"]] == ["local", "mesh-1", "mesh-2"]
     assert done["progress"]["done"] == done["progress"]["total"] == 6
+    _check_report(coord, done)
+
+
+def _check_report(coord: LiveCoordinator, done: dict[str, Any]) -> None:
+    """The bundle: JSON with the rows and where it ran, the CSV, and PNGs that decode."""
+    benchmark_id = done["benchmark_id"]
+    r = coord.http.get(f"/workflows/benchmarks/{benchmark_id}/report")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(r.content)) as bundle:
+        names = set(bundle.namelist())
+        assert names == {
+            "report.json", "rows.csv", "wall_time.png", "speedup.png",
+            "quality_vs_time.png", "mesh_share.png",
+        }  # fmt: skip
+        report = json.loads(bundle.read("report.json"))
+        assert report["rows"] == done["rows"] and report["summary"] == done["summary"]
+        assert report["environment"]["packages"]["qiskit"]
+        table = list(csv.DictReader(io.StringIO(bundle.read("rows.csv").decode())))
+        assert len(table) == len(done["rows"]) and table[0]["mode"] == "centralized"
+        for name in names - {"report.json", "rows.csv"}:
+            png = bundle.read(name)
+            assert png.startswith(PNG_MAGIC) and len(png) > 5000, name
+    # The same bundle through the CLI, unpacked into a folder.
+    out = Path(coord.data_dir) / "report-out"
+    cli = subprocess.run(
+        [sys.executable, "-m", "quantum_mesh.cli", "bench", "report", benchmark_id,
+         "--out", str(out), "--api", coord.base_url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert {p.name for p in out.iterdir()} == names
+    missing = coord.http.get("/workflows/benchmarks/no-such-benchmark/report")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
 
 
 def test_the_shorthand_body_still_works(coord: LiveCoordinator) -> None:

@@ -370,6 +370,38 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+bench = typer.Typer(help="Benchmark results: reports of finished benchmarks.")
+app.add_typer(bench, name="bench")
+
+
+@bench.command("report")
+def bench_report(
+    benchmark_id: Annotated[str, typer.Argument(help="a finished benchmark's ID")],
+    out: Annotated[Path, typer.Option("--out", help="folder to write the report into")],
+    api: ApiOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Download a finished benchmark's report (JSON, CSV, PNG plots) into --out."""
+    import io
+    import zipfile
+
+    from quantum_mesh.client import ClientError, default_api, download, session
+
+    try:
+        with session(api or default_api(), api_key) as client:
+            data = download(client, f"/api/v1/workflows/benchmarks/{benchmark_id}/report")
+    except ClientError as error:
+        _fail(error)
+    out.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(io.BytesIO(data)) as bundle:
+        names = bundle.namelist()
+        if any(Path(n).is_absolute() or ".." in Path(n).parts for n in names):
+            _fail(ValueError("the report names files outside its folder"))
+        bundle.extractall(out)
+    for name in names:
+        typer.echo(str(out / name))
+
+
 projections = typer.Typer(help="MongoDB projections (rebuildable from the Postgres events).")
 app.add_typer(projections, name="projections")
 

@@ -71,6 +71,25 @@ def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[st
     raise ClientError(explain(response.status_code, _error_of(response)))
 
 
+def download(client: httpx.Client, path: str) -> bytes:
+    """The body of a 2xx answer as bytes (a zip, an artifact).
+
+    Raises:
+        ClientError: the coordinator cannot be reached or answered 4xx/5xx.
+    """
+    try:
+        response = client.get(path)
+    except httpx.TimeoutException as error:
+        raise ClientError(f"the coordinator at {client.base_url} did not answer in time") from error
+    except httpx.TransportError as error:
+        raise ClientError(
+            f"cannot reach the coordinator at {client.base_url}: is it running?"
+        ) from error
+    if response.status_code < 400:
+        return response.content
+    raise ClientError(explain(response.status_code, _error_of(response)))
+
+
 def _error_of(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()

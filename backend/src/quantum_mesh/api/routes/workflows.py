@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from quantum_mesh.api.deps import (
@@ -18,6 +18,7 @@ from quantum_mesh.api.deps import (
     page,
 )
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.reports import build_report
 from quantum_mesh.control.states import JobStatus
 from quantum_mesh.control.workflows import (
     BENCHMARK,
@@ -25,7 +26,7 @@ from quantum_mesh.control.workflows import (
     public_kinds,
     validate_workflow,
 )
-from quantum_mesh.errors import NotFound
+from quantum_mesh.errors import Conflict, NotFound
 from quantum_mesh.store.tables import Job
 
 router = APIRouter(tags=["workflows"])
@@ -196,3 +197,37 @@ async def get_benchmark(
         )
     ensure_owner(principal, job.owner, benchmark_id=benchmark_id)
     return benchmark_to_dict(job)
+
+
+@router.get(
+    "/workflows/benchmarks/{benchmark_id}/report",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "report.json, rows.csv, plots"},
+        409: {"description": "the benchmark has not completed"},
+    },
+)
+async def benchmark_report(
+    benchmark_id: str, coord: CoordinatorDep, principal: PrincipalDep
+) -> Response:
+    """The finished benchmark as a zip: ``report.json`` (rows, summary, request, versions,
+    git commit), ``rows.csv`` and PNG plots (wall time per mode and scenario, speedup against
+    node count, quality against time, mesh share)."""
+    job = await coord.jobs.get(benchmark_id)
+    if job.kind != BENCHMARK_KIND:
+        raise NotFound(
+            f"Benchmark {benchmark_id} does not exist", details={"benchmark_id": benchmark_id}
+        )
+    ensure_owner(principal, job.owner, benchmark_id=benchmark_id)
+    if job.status != JobStatus.COMPLETED.value:
+        raise Conflict(
+            f"Benchmark {benchmark_id} is {job.status}; its report exists once it completes",
+            details={"benchmark_id": benchmark_id, "status": job.status},
+        )
+    # Plotting is CPU work: in a worker, never on the API loop.
+    bundle = await coord.compute.run(build_report, benchmark_to_dict(job))
+    return Response(
+        content=bundle,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="benchmark-{benchmark_id}.zip"'},
+    )

@@ -1,0 +1,214 @@
+"""A finished benchmark as a downloadable bundle: JSON, CSV and PNG plots in one zip.
+
+``report.json`` holds every row, the summary, the request and where it ran (versions,
+machine, git commit); ``rows.csv`` the rows as a table; the plots are drawn with matplotlib's
+headless Agg backend: wall time per mode and scenario with its spread, speedup against the
+node count, quality against wall time, mesh share per mode and scenario. Built in a worker
+(CPU work, never on the API loop) and deterministic for one benchmark.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import statistics
+import zipfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+#: Files every bundle holds (the plots only when there are rows).
+PLOTS = ("wall_time.png", "speedup.png", "quality_vs_time.png", "mesh_share.png")
+CSV_COLUMNS = (
+    "mode",
+    "nodes",
+    "scenario",
+    "repetition",
+    "wall_s",
+    "mesh_share",
+    "retries",
+    "quality",
+)
+_PACKAGES = ("quantum-mesh", "qiskit", "qiskit-aer", "qiskit-addon-sqd", "libp2p", "numpy")
+
+
+def build_report(benchmark: dict[str, Any]) -> bytes:
+    """The zip of one finished benchmark (``benchmark`` as ``GET /workflows/benchmarks/{id}``
+    returns it)."""
+    rows: list[dict[str, Any]] = list(benchmark.get("rows") or [])
+    document = {
+        "benchmark_id": benchmark.get("benchmark_id"),
+        "status": benchmark.get("status"),
+        "request": benchmark.get("request"),
+        "rows": rows,
+        "summary": benchmark.get("summary"),
+        "environment": environment(),
+        "generated_at": datetime.now(UTC).isoformat(),
+        "files": ["report.json", "rows.csv", *PLOTS],
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("report.json", json.dumps(document, indent=2, default=str))
+        bundle.writestr("rows.csv", _csv(rows))
+        for name, png in plots(rows).items():
+            bundle.writestr(name, png)
+    return out.getvalue()
+
+
+def environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "packages": versions,
+        "git_commit": git_commit(),
+    }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, read from ``.git`` (no subprocess); None outside a checkout."""
+    root = Path(__file__).resolve().parents[4]
+    head = root / ".git" / "HEAD"
+    try:
+        text = head.read_text().strip()
+        if not text.startswith("ref: "):
+            return text
+        ref = text[5:]
+        loose = root / ".git" / ref
+        if loose.exists():
+            return loose.read_text().strip()
+        for line in (root / ".git" / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split(" ", 1)[0]
+    except OSError:
+        return None
+    return None
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _label(row: dict[str, Any]) -> str:
+    return "centralized" if row["mode"] == "centralized" else f"distributed-{row['nodes']}"
+
+
+def plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
+    """The four PNG plots; empty when there is nothing to draw."""
+    if not rows:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: the coordinator has no display
+    from matplotlib import pyplot as plt
+
+    labels = list(dict.fromkeys(_label(r) for r in rows))
+    scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
+    figures: dict[str, bytes] = {}
+
+    def save(fig: Any, name: str) -> None:
+        buffer = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=110)
+        plt.close(fig)
+        figures[name] = buffer.getvalue()
+
+    # 1. Wall time per mode and scenario: every run, and the median as a bar.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / max(1, len(scenarios))
+    for s_index, scenario in enumerate(scenarios):
+        for m_index, label in enumerate(labels):
+            walls = [r["wall_s"] for r in rows if _label(r) == label and r["scenario"] == scenario]
+            if not walls:
+                continue
+            x = m_index + (s_index - (len(scenarios) - 1) / 2) * width
+            ax.bar(x, statistics.median(walls), width * 0.9, alpha=0.5, color=f"C{s_index}",
+                   label=scenario if m_index == 0 else None)  # fmt: skip
+            ax.scatter([x] * len(walls), walls, color=f"C{s_index}", s=12, zorder=3)
+    ax.set_xticks(range(len(labels)), labels, rotation=15)
+    ax.set_ylabel("wall time (s): median bar, runs as dots")
+    ax.set_title("Wall time per mode and scenario")
+    ax.legend(title="scenario")
+    save(fig, "wall_time.png")
+
+    # 2. Speedup against the node count (medians, against centralized or the first mode).
+    reference_label = "centralized" if "centralized" in labels else labels[0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s_index, scenario in enumerate(scenarios):
+        ref = [
+            r["wall_s"] for r in rows if _label(r) == reference_label and r["scenario"] == scenario
+        ]
+        points = []
+        for label in labels:
+            if not label.startswith("distributed-"):
+                continue
+            walls = [r["wall_s"] for r in rows if _label(r) == label and r["scenario"] == scenario]
+            if ref and walls:
+                points.append(
+                    (int(label.split("-")[1]), statistics.median(ref) / statistics.median(walls))
+                )
+        if points:
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", color=f"C{s_index}", label=scenario)
+    counts = sorted({int(r["nodes"]) for r in rows if r["mode"] == "distributed"})
+    if counts:
+        ax.set_xticks(counts)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlabel("nodes")
+    ax.set_ylabel(f"speedup vs {reference_label} (median wall time)")
+    ax.set_title("Speedup against node count")
+    ax.legend(title="scenario")
+    save(fig, "speedup.png")
+
+    # 3. Quality against wall time, one colour per mode.
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m_index, label in enumerate(labels):
+        points = [
+            (r["wall_s"], r["quality"])
+            for r in rows
+            if _label(r) == label and r["quality"] is not None
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, color=f"C{m_index}", label=label, s=18)
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("quality (knapsack: ratio to optimum; SQD: -|error| mHa)")
+    ax.set_title("Quality against time")
+    ax.legend()
+    save(fig, "quality_vs_time.png")
+
+    # 4. Mesh share per mode and scenario (medians).
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s_index, scenario in enumerate(scenarios):
+        for m_index, label in enumerate(labels):
+            shares = [
+                r["mesh_share"]
+                for r in rows
+                if _label(r) == label and r["scenario"] == scenario and r["mesh_share"] is not None
+            ]
+            if shares:
+                x = m_index + (s_index - (len(scenarios) - 1) / 2) * width
+                ax.bar(x, 100 * statistics.median(shares), width * 0.9, color=f"C{s_index}",
+                       label=scenario if m_index == 0 else None)  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels, rotation=15)
+    ax.set_ylabel("mesh share of wall time (%), median")
+    ax.set_title("Mesh share per mode and scenario")
+    ax.legend(title="scenario")
+    save(fig, "mesh_share.png")
+    return figures
