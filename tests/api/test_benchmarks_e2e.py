@@ -132,3 +132,25 @@ def test_scenarios_this_build_cannot_set_up_are_refused_clearly(coord: LiveCoord
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "modes"
     r = coord.http.post("/workflows/benchmarks", json={"workload": workload, "repetitions": 0})
     assert r.status_code == 422
+
+
+def test_a_node_lost_mid_run_shows_as_retries_with_the_answer_unchanged(
+    coord: LiveCoordinator,
+) -> None:
+    done = _finished(
+        coord,
+        {
+            "workload": {"kind": "qaoa_knapsack", "params": _knapsack(60, seed=8)},
+            "modes": ["distributed"],
+            "node_counts": [2],
+            "scenarios": ["baseline", "node_loss"],
+        },
+    )
+    baseline, lost = done["rows"]
+    assert (baseline["scenario"], lost["scenario"]) == ("baseline", "node_loss")
+    stopped = (baseline["wall_s"], lost["wall_s"], lost["nodes_lost"])
+    assert len(lost["nodes_lost"]) == 1, stopped  # stopped mid-run by the harness
+    assert lost["retries"] >= 1, lost  # its units in flight ran again elsewhere
+    assert lost["result"] == baseline["result"]  # the same answer
+    assert done["summary"]["same_answer_in_every_run"] is True
+    assert set(done["summary"]["per_scenario"]) == {"baseline", "node_loss"}

@@ -154,6 +154,8 @@ class Coordinator:
                     embedded=True,
                 )
             await self.supervisor.start()
+            # Benchmarks' node_loss scenario stops embedded nodes the way a crash would.
+            self.jobs.kill_node = self.supervisor.kill
         self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._ping_loop(), name="ping-loop"),

@@ -309,6 +309,16 @@ class JobHandle:
         registry = self._manager.scheduler.registry
         return sorted(v.peer_id for v in registry.usable_snapshot() if service_type in v.services)
 
+    def units_in_flight(self, node_id: str) -> int:
+        """Units placed on ``node_id`` now (every job's)."""
+        return self._manager.scheduler.in_flight().get(node_id, 0)
+
+    def kill_node(self, peer_id: str) -> bool:
+        """Stop an embedded node as a crash would (its supervisor restarts it); False for a
+        node this coordinator does not run."""
+        kill = self._manager.kill_node
+        return kill(peer_id) if kill is not None else False
+
     def worker_slots(self, service_type: str, nodes: frozenset[str] | None = None) -> int:
         """Worker processes of the usable nodes offering ``service_type`` (among ``nodes``)."""
         registry = self._manager.scheduler.registry
@@ -383,6 +393,9 @@ class JobManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._finished_at: deque[float] = deque(maxlen=10_000)
         self.on_transition: list[Callable[[dict[str, Any]], None]] = []
+        #: Stops a node as a crash would (embedded nodes, for benchmark scenarios); None
+        #: where the coordinator runs none.
+        self.kill_node: Callable[[str], bool] | None = None
         scheduler.starts = _ExecutingOnFirstUnit(self)
 
     def register_processor(self, kind: str, processor: Processor) -> None:

@@ -215,4 +215,9 @@ def preload() -> list[str]:
             resolve(method)
         except HandlerUnavailable:
             missing.append(method)
+    if METHOD_QAOA_BLOCK not in missing:
+        # The QAOA layer kernel is compiled on first use (numba): here, not in a call.
+        from quantum_mesh.quantum.qaoa import kernel
+
+        kernel.warm()
     return missing

@@ -89,6 +89,15 @@ class NodeSupervisor:
             for c in self._children
         }
 
+    def kill(self, peer_id: str) -> bool:
+        """SIGKILL the node ``peer_id`` as a crash would; its monitor restarts it. False when
+        it is not one of ours or is down already."""
+        for child in self._children:
+            if child.peer_id == peer_id and child.process and child.process.returncode is None:
+                child.process.kill()
+                return True
+        return False
+
     async def start(self) -> None:
         self._stopping = False
         for child in self._children:

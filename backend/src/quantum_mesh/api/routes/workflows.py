@@ -26,7 +26,7 @@ from quantum_mesh.control.workflows import (
     public_kinds,
     validate_workflow,
 )
-from quantum_mesh.errors import Conflict, NotFound
+from quantum_mesh.errors import Conflict, Forbidden, NotFound
 from quantum_mesh.store.tables import Job
 
 router = APIRouter(tags=["workflows"])
@@ -151,6 +151,12 @@ async def submit_benchmark(
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
+    if "node_loss" in body.scenarios and not principal.is_admin:
+        # It stops embedded nodes that every other job is using too.
+        raise Forbidden(
+            f"{principal.name} may not run the node_loss scenario: it needs the admin role",
+            details={"principal": principal.name, "required_role": "admin"},
+        )
     coord.jobs.admit(idempotency_key)
     spec = await BENCHMARK.validate(body.model_dump(exclude_unset=True), coord.compute)
     job, _ = await coord.jobs.submit(

@@ -15,6 +15,7 @@ first repetition) is still part of the result.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Mapping
@@ -40,7 +41,14 @@ CONTRACT_SCENARIOS = (
     "node_loss",
     "node_join",
 )
-AVAILABLE_SCENARIOS = ("baseline",)
+AVAILABLE_SCENARIOS = ("baseline", "node_loss")
+#: node_loss: the earliest moment to stop a node, as a share of the same mode's fastest
+#: baseline run; then the node goes as soon as it holds work.
+NODE_LOSS_AT = 0.1
+#: node_loss without a baseline run to time it by: seconds into the run.
+NODE_LOSS_DEFAULT_S = 0.2
+NODE_LOSS_POLL_S = 0.01
+NODE_LOSS_WAIT_S = 30.0
 
 
 def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +143,7 @@ def _scenarios_of(body: dict[str, Any]) -> list[str]:
         if name not in AVAILABLE_SCENARIOS:
             raise InvalidInput(
                 f"scenario {name!r} is not available in this build: it needs nodes in network "
-                f"namespaces of their own with shaped links; available: "
+                f"namespaces of their own with shaped links or a degradable node; available: "
                 f"{list(AVAILABLE_SCENARIOS)}",
                 details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
             )
@@ -220,7 +228,12 @@ class BenchmarkWorkflow:
         for repetition in range(repetitions):
             for scenario in scenarios:
                 for mode, count in configs:  # alternating: A B A B …
-                    row, figures = await self._one_run(handle, workload, spec, mode, count)
+                    kill_after = (
+                        _node_loss_delay(rows, mode, count) if scenario == "node_loss" else None
+                    )
+                    row, figures = await self._one_run(
+                        handle, workload, spec, mode, count, kill_after=kill_after
+                    )
                     rows.append({**row, "scenario": scenario, "repetition": repetition})
                     if repetition == 0 and scenario == scenarios[0]:
                         legacy.append(figures)
@@ -247,12 +260,24 @@ class BenchmarkWorkflow:
         spec: dict[str, Any],
         mode: str,
         count: int | None,
+        *,
+        kill_after: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         local = count is None
-        nodes = None if local else frozenset(handle.nodes_offering(workload.service_type)[:count])
+        chosen = [] if local else handle.nodes_offering(workload.service_type)[:count]
+        nodes = None if local else frozenset(chosen)
         sub = RunOptions(nodes=nodes, local=local, durable=False)
+        killer = None
+        lost: list[str] = []
+        if kill_after is not None and chosen:
+            # The last node of the subset is stopped mid-run as a crash would stop it.
+            killer = asyncio.create_task(_stop_later(handle, chosen[-1], kill_after, lost))
         started = time.perf_counter()
-        result = await workload.run(handle, spec["params"], sub)
+        try:
+            result = await workload.run(handle, spec["params"], sub)
+        finally:
+            if killer is not None:
+                killer.cancel()
         wall = time.perf_counter() - started
         row = {
             "mode": mode,
@@ -260,6 +285,8 @@ class BenchmarkWorkflow:
             "wall_s": round(wall, 4),
             **_row_figures(spec["workload"], result, wall, local),
         }
+        if kill_after is not None:
+            row["nodes_lost"] = lost
         figures = {
             "mode": "local" if local else f"mesh-{count}",
             "nodes": count,
@@ -267,6 +294,32 @@ class BenchmarkWorkflow:
             **_quality(spec["workload"], result),
         }
         return row, figures
+
+
+async def _stop_later(handle: JobHandle, peer_id: str, delay: float, lost: list[str]) -> None:
+    """Stop ``peer_id`` once ``delay`` has passed and it is working on units (so that work
+    in flight is lost with it and must run again elsewhere)."""
+    await asyncio.sleep(delay)
+    for _ in range(int(NODE_LOSS_WAIT_S / NODE_LOSS_POLL_S)):
+        if handle.units_in_flight(peer_id):
+            await asyncio.sleep(NODE_LOSS_POLL_S)  # past its reservation, into execution
+            break
+        await asyncio.sleep(NODE_LOSS_POLL_S)
+    if handle.kill_node(peer_id):
+        lost.append(peer_id)
+
+
+def _node_loss_delay(rows: list[dict[str, Any]], mode: str, count: int | None) -> float | None:
+    """How long a node_loss run goes before its node may be stopped: a little way into the
+    same mode's fastest baseline run (None for centralized, which uses no node)."""
+    if count is None:
+        return None
+    walls = [
+        r["wall_s"]
+        for r in rows
+        if r["scenario"] == "baseline" and r["mode"] == mode and r["nodes"] == count
+    ]
+    return NODE_LOSS_AT * min(walls) if walls else NODE_LOSS_DEFAULT_S
 
 
 def _label(mode: str, count: int | None) -> str:

@@ -187,3 +187,24 @@ def evolve_x(
             energy = float(_energy(re, im, energies))
     state.real, state.imag = re, im
     return energy
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) the kernels now, on a small state, so that the
+    first real evaluation in a fresh worker does not pay for it."""
+    if not AVAILABLE:
+        return
+    for n in (TILE_QUBITS, TILE_QUBITS + 1):
+        state = np.full(1 << n, 1.0 / np.sqrt(1 << n), dtype=np.complex128)
+        energies = np.zeros(1 << n)
+        for index in (np.zeros(1 << n, dtype=np.int32), None):
+            table = np.ones(1 if index is not None else 1 << n, dtype=np.complex128)
+            evolve_x(
+                state,
+                phase_tables=[table],
+                level_index=index,
+                energies=energies,
+                betas=[0.1],
+                num_qubits=n,
+                want_energy=True,
+            )
