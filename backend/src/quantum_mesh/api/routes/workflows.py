@@ -113,6 +113,7 @@ class BenchmarkIn(BaseModel):
     repetitions: int = Field(default=1, ge=1, le=10)
     scenarios: list[str] = Field(default_factory=lambda: ["baseline"], max_length=7)
     include_local: bool = Field(default=True, description="shorthand only")
+    warmup: bool = Field(default=True, description="one untimed run per mode first")
 
 
 def benchmark_to_dict(job: Job) -> dict[str, Any]:
