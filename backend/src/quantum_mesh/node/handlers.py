@@ -64,6 +64,10 @@ IMPLEMENTATIONS: dict[str, str] = {
 }
 
 
+#: Compiles the QAOA layer kernel (resolved by name, like the implementations above).
+QAOA_KERNEL_WARM = "quantum_mesh.quantum.qaoa.kernel:warm"
+
+
 class HandlerUnavailable(LookupError):
     """A known method whose implementation cannot be imported in this build."""
 
@@ -217,7 +221,5 @@ def preload() -> list[str]:
             missing.append(method)
     if METHOD_QAOA_BLOCK not in missing:
         # The QAOA layer kernel is compiled on first use (numba): here, not in a call.
-        from quantum_mesh.quantum.qaoa import kernel
-
-        kernel.warm()
+        _load(QAOA_KERNEL_WARM, method=METHOD_QAOA_BLOCK)()
     return missing
