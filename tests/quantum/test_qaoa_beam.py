@@ -35,6 +35,17 @@ def local_dispatch(handler: Handler, *, nodes: int = 2) -> beam.Dispatch:
     return dispatch
 
 
+def recording_dispatch(sent: list[Any], key: str) -> beam.Dispatch:
+    """A local dispatch that records ``payload[key]`` of every payload it is given."""
+    inner = local_dispatch(worker.solve_block)
+
+    def dispatch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        sent.extend(p[key] for p in payloads)
+        return inner(payloads)
+
+    return dispatch
+
+
 def knapsack_instance(seed: int, n: int = 60) -> tuple[list[int], list[int], int]:
     rng = np.random.default_rng(seed)
     weights = rng.integers(10, 100, n)
@@ -263,11 +274,7 @@ def test_resuming_from_a_checkpoint_skips_finished_blocks(baseline: dict[str, An
     assert [s["next_block"] for s in snapshots] == list(range(1, len(full["block_items"]) + 1))
     resume_at = snapshots[1]  # as if the coordinator died after block 1
     sent_blocks: list[int] = []
-    inner = local_dispatch(worker.solve_block)
-
-    def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        sent_blocks.extend(p["block_index"] for p in payloads)
-        return inner(payloads)
+    counting = recording_dispatch(sent_blocks, "block_index")
 
     resumed = beam.solve_knapsack(
         values,
@@ -373,11 +380,7 @@ def test_resuming_branches_skips_the_finished_ones() -> None:
     )  # fmt: skip
     assert [len(s["branches_done"]) for s in snapshots] == [1, 2, 3]
     sent: list[str] = []
-    inner = local_dispatch(worker.solve_block)
-
-    def counting(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        sent.extend(p["job_id"] for p in payloads)
-        return inner(payloads)
+    counting = recording_dispatch(sent, "job_id")
 
     resumed = beam.solve_knapsack(
         values, weights, capacity,

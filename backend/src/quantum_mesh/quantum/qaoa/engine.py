@@ -198,11 +198,9 @@ def qaoa_expectation(
 ) -> float:
     """Energy expectation of the QAOA state with the given angles."""
     n = cost.num_qubits
-    if mixer == "x" and _fused(n) and len(gammas) == len(betas) and len(gammas):
+    if initial_state is None and mixer == "x" and _fused(n) and 0 < len(gammas) == len(betas):
         # The fused kernel sums the energy in its last walk over the state.
-        state = plus_state(n) if initial_state is None else None
-        if state is not None:
-            return _evolve_fused(cost, state, gammas, betas, want_energy=True)
+        return _evolve_fused(cost, plus_state(n), gammas, betas, want_energy=True)
     state = evolve(cost, gammas=gammas, betas=betas, initial_state=initial_state, mixer=mixer)
     return expectation(cost, state)
 
