@@ -154,3 +154,43 @@ def test_a_node_lost_mid_run_shows_as_retries_with_the_answer_unchanged(
     assert lost["result"] == baseline["result"]  # the same answer
     assert done["summary"]["same_answer_in_every_run"] is True
     assert set(done["summary"]["per_scenario"]) == {"baseline", "node_loss"}
+
+
+def test_circuit_batch_gives_the_same_counts_centralized_and_distributed(
+    coord: LiveCoordinator,
+) -> None:
+    params = {"count": 3, "qubits": 4, "depth": 4, "seed": 11, "shots": 512}
+    done = _finished(
+        coord,
+        {
+            "workload": {"kind": "circuit", "params": params},
+            "modes": ["centralized", "distributed"],
+            "node_counts": [2],
+            "warmup": False,
+        },
+    )
+    central, mesh = done["rows"]
+    assert (central["mode"], mesh["mode"], mesh["nodes"]) == ("centralized", "distributed", 2)
+    assert central["mesh_share"] == 0 and 0 <= mesh["mesh_share"] <= 1
+    assert central["retries"] == 0 and mesh["retries"] >= 0
+    circuits = central["result"]["circuits"]
+    assert [c["index"] for c in circuits] == [0, 1, 2]
+    assert all(sum(n for _, n in c["top_counts"]) <= 512 for c in circuits)
+    # Same seed, same counts: fragments on the mesh compose to the state the coordinator
+    # computes alone, and the sampling is seeded per circuit.
+    assert mesh["result"] == central["result"]
+    assert 0.8 < central["quality"] <= 1 and mesh["quality"] == central["quality"]
+    assert done["summary"]["same_answer_in_every_run"] is True
+    assert done["comparison"]["modes"][1]["nodes_used"]  # fragments ran on mesh nodes
+    # Bad params are a 422 naming the parameter, before any job exists.
+    for bad, field in [
+        ({"qubits": 40}, "qubits"),
+        ({"count": 0}, "count"),
+        ({"shots": 2.5}, "shots"),
+        ({"depht": 3}, "depht"),
+    ]:
+        r = coord.http.post(
+            "/workflows/benchmarks", json={"workload": {"kind": "circuit", "params": bad}}
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"]["field"] == field

@@ -188,7 +188,10 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
             xs, ys = zip(*points, strict=True)
             ax.scatter(xs, ys, color=f"C{m_index}", label=label, s=18)
     ax.set_xlabel("wall time (s)")
-    ax.set_ylabel("quality (knapsack: ratio to optimum; SQD: -|error| mHa)")
+    ax.set_ylabel(
+        "quality (knapsack: ratio to optimum; SQD: -|error| mHa;\n"
+        "circuit: Hellinger fidelity to Aer)"
+    )
     ax.set_title("Quality against time")
     ax.legend()
     save(fig, "quality_vs_time.png")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -56,6 +57,8 @@ class FragmentOutcome:
     operator: NDArray[np.complex128] | None
     qubits: list[int]
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The node's own compute time for the fragment (its reply's ``seconds``).
+    node_seconds: float = 0.0
 
 
 def _decode_reply(
@@ -132,6 +135,25 @@ def _record_wave(
     return rows
 
 
+def _wave_rows(
+    *, job_id: str, outcomes: Sequence[FragmentOutcome], wave: int
+) -> list[FragmentExecution]:
+    """A wave's rows kept in memory only (a benchmark's circuits): nothing to recover."""
+    return [
+        FragmentExecution(
+            job_id=job_id,
+            fragment_id=o.fragment_id,
+            node_id=o.node_id,
+            attempts=o.attempts,
+            started_at=o.started_at,
+            finished_at=o.finished_at,
+            observed_fidelity=o.observed_fidelity,
+            output={"wave": wave, "order": order, "qubits": o.qubits, "history": o.history},
+        )
+        for order, o in enumerate(outcomes)
+    ]
+
+
 def _fragment_result_dict(row: FragmentExecution) -> dict[str, Any]:
     return {
         "fragment_id": row.fragment_id,
@@ -169,11 +191,19 @@ class CircuitRuntime:
         min_fidelity: float | None,
         done_rows: dict[str, FragmentExecution],
         record: Callable[[WriteOp, int, int], Awaitable[Any]] | None = None,
+        nodes: frozenset[str] | None = None,
+        unit_prefix: str = "",
+        durable: bool = True,
+        timing: dict[str, float] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results.
 
         ``record(write, done, total)`` commits each wave's record (``write``; returns what it
-        returned), so the caller may commit progress with it; default: the write alone."""
+        returned), so the caller may commit progress with it; default: the write alone.
+        A benchmark runs many circuits under one job: ``nodes`` restricts the fragments to
+        those nodes, ``unit_prefix`` keeps their unit ids apart, ``durable=False`` keeps the
+        wave records in memory (nothing to recover), and ``timing["mesh_s"]`` accumulates
+        each wave's wait on the mesh beyond its slowest node's own compute time."""
         commit = record or (lambda write, _done, _total: self.db.write(write))
         n = circuit.num_qubits
         ops_by_id = {op.op_id: op for op in circuit.operations}
@@ -188,6 +218,7 @@ class CircuitRuntime:
         done = set(done_rows)
         while len(done) < len(fragments):
             wave = self._next_wave(fragments, done)
+            sent = time.perf_counter()
             outcomes = await asyncio.gather(
                 *(
                     self._run_fragment(
@@ -198,11 +229,23 @@ class CircuitRuntime:
                         operations=[ops_by_id[i].to_dict() for i in f.operation_ids],
                         seed=rng.randrange(2**31),
                         min_fidelity=min_fidelity,
+                        nodes=nodes,
+                        unit_id=unit_prefix + f.fragment_id,
                     )
                     for f in wave
                 )
             )
+            if timing is not None:
+                waited = time.perf_counter() - sent
+                slowest = max(o.node_seconds for o in outcomes)
+                timing["mesh_s"] = timing.get("mesh_s", 0.0) + max(0.0, waited - slowest)
             state = await self.compute.run(self._compose, outcomes, n)
+            if not durable:
+                rows = _wave_rows(job_id=job_id, outcomes=outcomes, wave=wave_index)
+                done_rows.update((o.fragment_id, r) for o, r in zip(outcomes, rows, strict=True))
+                done.update(o.fragment_id for o in outcomes)
+                wave_index += 1
+                continue
             checkpoint, operators = await self.compute.run(_encode_wave, state, outcomes)
             rows = await commit(
                 partial(
@@ -274,6 +317,8 @@ class CircuitRuntime:
         operations: list[dict[str, Any]],
         seed: int,
         min_fidelity: float | None,
+        nodes: frozenset[str] | None = None,
+        unit_id: str | None = None,
     ) -> FragmentOutcome:
         def fidelity_ok(node_id: str, reply: Mapping[str, Any]) -> dict[str, Any] | None:
             fidelity = float(reply["observed_fidelity"])
@@ -287,7 +332,7 @@ class CircuitRuntime:
 
         unit = WorkUnit(
             job_id=job_id,
-            unit_id=fragment.fragment_id,
+            unit_id=unit_id or fragment.fragment_id,
             method=METHOD_EXECUTE_FRAGMENT,
             service_type=fragment.service_type,
             params={
@@ -300,6 +345,7 @@ class CircuitRuntime:
             width=num_qubits,
             min_fidelity=min_fidelity,
             preferred=fragment.candidates,
+            nodes=nodes,
             record=False,
             accept=fidelity_ok,
         )
@@ -320,4 +366,5 @@ class CircuitRuntime:
             operator=operator,
             qubits=[int(q) for q in done.reply.get("qubits", fragment.qubits)],
             history=done.history,
+            node_seconds=float(done.reply.get("seconds") or 0.0),
         )

@@ -96,7 +96,7 @@ async def get_run(run_id: str, coord: CoordinatorDep, principal: PrincipalDep) -
 
 class WorkloadIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(description="qaoa_knapsack or sqd")
+    kind: str = Field(description="circuit, qaoa_knapsack or sqd")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

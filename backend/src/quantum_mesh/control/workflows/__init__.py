@@ -14,6 +14,7 @@ from quantum_mesh.control.jobs import JobHandle, JobManager
 from quantum_mesh.control.workflows.base import Workflow, WorkflowProcess
 from quantum_mesh.control.workflows.benchmark import BENCHMARK_KIND, BenchmarkWorkflow
 from quantum_mesh.control.workflows.circuit import CIRCUIT_KIND, CircuitWorkload
+from quantum_mesh.control.workflows.circuit_batch import CIRCUIT_BATCH_KIND, CircuitBatchWorkflow
 from quantum_mesh.control.workflows.knapsack import KnapsackWorkflow
 from quantum_mesh.control.workflows.knapsack_batch import KnapsackBatchWorkflow
 from quantum_mesh.control.workflows.parameter_search import ParameterSearchWorkflow
@@ -45,7 +46,9 @@ _RUNS: dict[str, Workflow] = {
 }
 #: Every workflow kind, including the portfolio (submitted through ``/finance``).
 WORKFLOWS: dict[str, Workflow] = dict(_RUNS)
-BENCHMARK = BenchmarkWorkflow(WORKFLOWS)
+#: Validates benchmark requests (its circuit workload never runs: each coordinator registers
+#: a benchmark whose circuit workload is bound to its circuit machinery).
+BENCHMARK = BenchmarkWorkflow({**WORKFLOWS, CIRCUIT_BATCH_KIND: CircuitBatchWorkflow()})
 
 
 def public_kinds() -> list[str]:
@@ -68,7 +71,8 @@ async def validate_workflow(
 def register_processors(jobs: JobManager, circuits: CircuitWorkload) -> None:
     """Attach every workload (circuits, workflows, benchmarks) to the job template."""
     jobs.register_processor(CIRCUIT_KIND, circuits.process)
-    for kind, workflow in [*WORKFLOWS.items(), (BENCHMARK_KIND, BENCHMARK)]:
+    benchmark = BenchmarkWorkflow({**WORKFLOWS, CIRCUIT_BATCH_KIND: CircuitBatchWorkflow(circuits)})
+    for kind, workflow in [*WORKFLOWS.items(), (BENCHMARK_KIND, benchmark)]:
         jobs.register_processor(kind, _process_factory(workflow))
 
 

@@ -27,7 +27,7 @@ from quantum_mesh.control.workflows.base import RunOptions, Workflow
 from quantum_mesh.errors import InvalidInput
 
 BENCHMARK_KIND = "benchmark"
-SUPPORTED = ("qaoa_knapsack", "sqd")
+SUPPORTED = ("circuit", "qaoa_knapsack", "sqd")
 MODES = ("centralized", "distributed")
 MAX_NODE_COUNT = 16
 MAX_REPETITIONS = 10
@@ -54,6 +54,14 @@ NODE_LOSS_WAIT_S = 30.0
 def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
     """The earlier comparison's per-mode figures (kept for its readers)."""
     timing = result.get("timing", {})
+    if workload == "circuit":
+        return {
+            "value": result["hellinger_fidelity_mean"],
+            "tvd_mean": result["tvd_mean"],
+            "mesh_s": timing.get("mesh_s"),
+            "fragments": result["fragments"],
+            "nodes_used": result["nodes_used"],
+        }
     if workload == "qaoa_knapsack":
         return {
             "value": result["total_value"],
@@ -80,6 +88,20 @@ def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
 def _row_figures(workload: str, result: dict[str, Any], wall: float, local: bool) -> dict[str, Any]:
     """``mesh_share``, ``retries``, ``quality`` and ``result`` of one run (the contract's row)."""
     timing = result.get("timing", {})
+    if workload == "circuit":
+        mesh_s = 0.0 if local else float(timing.get("mesh_s") or 0.0)
+        return {
+            "mesh_share": round(min(1.0, mesh_s / wall), 4) if wall else None,
+            "retries": result["retries"],
+            "quality": result["hellinger_fidelity_mean"],
+            "result": {
+                "shots": result["shots"],
+                "circuits": [
+                    {k: c[k] for k in ("index", "outcomes", "top_counts", "counts_sha256")}
+                    for c in result["circuits"]
+                ],
+            },
+        }
     units = result.get("blocks") if workload == "qaoa_knapsack" else result.get("batches")
     retries = sum(max(0, int(u.get("attempts") or 1) - 1) for u in units or [])
     if workload == "qaoa_knapsack":
