@@ -120,6 +120,7 @@ def test_scenarios_this_build_cannot_set_up_are_refused_clearly(coord: LiveCoord
     workload = {"kind": "qaoa_knapsack", "params": _knapsack(12)}
     for scenarios, words in [
         (["latency"], "not available in this build"),
+        (["bandwidth", "baseline"], "not available in this build"),
         (["earthquake"], "unknown scenario"),
     ]:
         r = coord.http.post(
@@ -191,6 +192,51 @@ def test_circuit_batch_gives_the_same_counts_centralized_and_distributed(
     ]:
         r = coord.http.post(
             "/workflows/benchmarks", json={"workload": {"kind": "circuit", "params": bad}}
+        )
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"]["field"] == field
+
+
+def test_a_degraded_node_refuses_and_slows_down_then_is_restored(coord: LiveCoordinator) -> None:
+    workload = {"kind": "circuit", "params": {"count": 3, "qubits": 4, "depth": 4, "seed": 5}}
+    profile = {"refuse_share": 0.5, "slowdown": 2, "noise_level": 0.2}
+    done = _finished(
+        coord,
+        {
+            "workload": workload,
+            "modes": ["centralized", "distributed"],
+            "node_counts": [2],
+            "scenarios": ["baseline", "degraded_node"],
+            "scenario_params": {"degraded_node": profile},
+            "warmup": False,
+        },
+    )
+    central, baseline, central_degraded, degraded = done["rows"]
+    assert [r["scenario"] for r in done["rows"]] == ["baseline"] * 2 + ["degraded_node"] * 2
+    assert central_degraded["degraded"] is None  # no node in the centralized mode
+    assert central_degraded["result"] == central["result"] == baseline["result"]
+    record = degraded["degraded"]
+    assert record["node_id"] in set(done["comparison"]["modes"][1]["nodes_used"]), record
+    assert record["refuse_share"] == 0.5 and record["slowdown"] == 2
+    assert record["reservations_refused"] >= 1, record  # refused as saturated, placed again
+    assert record["calls_slowed"] >= 1, record  # its workers ran (slowly, with more noise)
+    assert degraded["result"] != baseline["result"]  # noise 0.2 on its fragments
+    assert done["summary"]["same_answer_in_every_run"] is False
+    assert set(done["summary"]["per_scenario"]) == {"baseline", "degraded_node"}
+    # Restored after its run: the same benchmark again gives the baseline's counts.
+    again = _finished(
+        coord,
+        {"workload": workload, "modes": ["distributed"], "node_counts": [2], "warmup": False},
+    )
+    assert again["rows"][0]["result"] == baseline["result"]
+    for bad, field in [
+        ({"degraded_node": {"slowdown": 0.5}}, "scenario_params.degraded_node.slowdown"),
+        ({"degraded_node": {"speed": 2}}, "scenario_params.degraded_node.speed"),
+        ({"node_loss": {}}, "scenario_params.node_loss"),
+    ]:
+        r = coord.http.post(
+            "/workflows/benchmarks",
+            json={"workload": workload, "scenarios": ["degraded_node"], "scenario_params": bad},
         )
         assert r.status_code == 422, r.text
         assert r.json()["error"]["details"]["field"] == field

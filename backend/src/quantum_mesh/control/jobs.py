@@ -43,6 +43,8 @@ log = get_logger(__name__)
 
 #: Completions counted for the Retry-After estimate.
 _RATE_WINDOW_S = 10.0
+#: Longest wait for a node's answer to a control call (``JobHandle.call_node``).
+NODE_CALL_TIMEOUT_S = 10.0
 
 
 class JobCancelled(QMeshError):
@@ -318,6 +320,17 @@ class JobHandle:
         node this coordinator does not run."""
         kill = self._manager.kill_node
         return kill(peer_id) if kill is not None else False
+
+    async def call_node(self, peer_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A control call to one node (benchmark scenarios: ``degrade``); mesh errors raise."""
+        scheduler = self._manager.scheduler
+        return await scheduler.mesh.invoke(
+            peer_id,
+            method,
+            params,
+            timeout=NODE_CALL_TIMEOUT_S,
+            addrs=scheduler.registry.addrs_of(peer_id),
+        )
 
     def worker_slots(self, service_type: str, nodes: frozenset[str] | None = None) -> int:
         """Worker processes of the usable nodes offering ``service_type`` (among ``nodes``)."""

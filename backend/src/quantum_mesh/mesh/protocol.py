@@ -99,6 +99,8 @@ METHOD_NODE_STATUS: Final = "node_status"
 METHOD_RESERVE: Final = "reserve"
 METHOD_COMMIT: Final = "commit"
 METHOD_RELEASE: Final = "release"
+#: Coordinator only: degrade this node for a while, or restore it (``node/degrade.py``).
+METHOD_DEGRADE: Final = "degrade"
 # Run in the node's worker pool (``node/handlers.py``).
 METHOD_EXECUTE_FRAGMENT: Final = "execute_fragment"
 METHOD_EXECUTE_DYNAMIC: Final = "execute_dynamic"

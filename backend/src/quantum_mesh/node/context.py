@@ -18,3 +18,5 @@ class NodeContext:
     name: str
     noise_level: float = 0.0
     blas_threads: int = 1
+    #: Workers held this many times as long as a method took (a degraded node, 1 = normal).
+    slowdown: float = 1.0

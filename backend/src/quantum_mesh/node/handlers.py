@@ -183,6 +183,7 @@ def run_method(
         return False, (ERR_UNKNOWN_METHOD, f"unknown method {method!r}")
     except HandlerUnavailable as error:
         return False, (ERR_HANDLER_UNAVAILABLE, str(error))
+    started = time.perf_counter()
     try:
         result = handler(params, node)
     except HandlerUnavailable as error:  # an adapter could not import its quantum function
@@ -195,6 +196,9 @@ def run_method(
         return False, (ERR_HANDLER_ERROR, f"{type(error).__name__}: {error}")
     if not isinstance(result, dict):
         return False, (ERR_HANDLER_ERROR, f"{method} returned {type(result).__name__}, not dict")
+    if node.slowdown > 1.0:  # a degraded node: this worker is held as a slower one would be
+        held = (node.slowdown - 1.0) * (time.perf_counter() - started)
+        time.sleep(min(held, DEBUG_SLEEP_CAP_S))
     spill = (
         None
         if reply_spill_limit is None

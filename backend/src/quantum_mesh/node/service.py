@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,16 @@ from quantum_mesh.mesh.protocol import (
     ERR_UNKNOWN_METHOD,
     MAX_STREAMS_PER_PEER,
     METHOD_COMMIT,
+    METHOD_DEGRADE,
     METHOD_NODE_STATUS,
     METHOD_PING,
     METHOD_RELEASE,
     METHOD_RESERVE,
+    REASON_SATURATED,
 )
 from quantum_mesh.node import handlers
 from quantum_mesh.node.context import NodeContext
+from quantum_mesh.node.degrade import Degradation
 from quantum_mesh.node.links import LinkProber
 from quantum_mesh.node.pool import WorkerPool, settled
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER, ReservationBook, check_id
@@ -204,6 +207,11 @@ class NodeService:
         )
         self.peer_log = PeerLogWriter(PeerLog(log_path, peer_id=self.peer_id))
         self.links = LinkProber(self.peer_id)
+        #: Set by the coordinator's ``degrade`` (benchmarks' ``degraded_node`` scenario).
+        self.degradation: Degradation | None = None
+        self._coordinator = (
+            split_p2p_addr(config.bootstrap)[0].to_base58() if config.bootstrap else None
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -336,7 +344,7 @@ class NodeService:
             qubit_min=self.config.qubit_min,
             qubit_max=self.config.qubit_max,
             fidelity=self.config.fidelity,
-            noise_level=self.config.noise_level,
+            noise_level=self._work_context().noise_level,
             load=min(1.0, self._in_flight / workers),
             availability=availability,
             workers=workers,
@@ -380,6 +388,8 @@ class NodeService:
     # --- invocations -------------------------------------------------------------------------
 
     async def _dispatch(self, request: codec.Request, remote: str) -> dict[str, Any] | bytes:
+        if request.method == METHOD_DEGRADE:
+            return self._degrade(request.params, remote)
         if request.method in INLINE_METHODS:
             result = self._inline(request.method, request.params)
             if request.method in RESERVATION_METHODS:
@@ -408,11 +418,14 @@ class NodeService:
             raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
         self._set_in_flight(+1)
         started = time.perf_counter()
+        context = self._work_context()
+        if context.slowdown > 1.0 and self.degradation is not None:
+            self.degradation.slowed += 1
         try:
             ok, payload = await self._pool.run(
                 request.method,
                 params,
-                self.context,
+                context,
                 reply_spill_limit=self._reply_spill_limit(request),
             )
         finally:
@@ -464,7 +477,10 @@ class NodeService:
                     "reservations": self.book.active_count(now=now),
                     "advert": self.advert().model_dump(mode="json"),
                 }
-            if method == METHOD_RESERVE:
+            if method == METHOD_RESERVE and self._refuse_degraded(now):
+                _str_param(params, "reservation_id")
+                result = {"accepted": False, "reason": REASON_SATURATED, "expires_at": now}
+            elif method == METHOD_RESERVE:
                 result = self.book.reserve(
                     reservation_id=_str_param(params, "reservation_id"),
                     service_type=_str_param(params, "service_type"),
@@ -491,6 +507,48 @@ class NodeService:
         # A reservation changes nothing an advert says (load counts work in flight), so no
         # advert here; ``_dispatch`` writes its peer-log record.
         return result
+
+    # --- degradation (benchmarks' degraded_node scenario) ---------------------------------------
+
+    def _degrade(self, params: dict[str, Any], remote: str) -> dict[str, Any]:
+        """``degrade``: only the coordinator may slow this node down or restore it."""
+        if remote != self._coordinator:
+            raise RemoteError(ERR_BAD_REQUEST, "degrade is accepted from the coordinator only")
+        now = time.time()
+        previous = self.degradation
+        if params.get("restore") is True:
+            self.degradation = None
+            self._changed.set()
+            report = previous.report(now=now) if previous else {"degraded": False}
+            logger.info("node %s restored after degradation: %s", self.peer_id, report)
+            return {**report, "degraded": False}
+        try:
+            self.degradation = Degradation.from_params(params, now=now)
+        except ValueError as error:
+            raise RemoteError(ERR_BAD_REQUEST, f"bad degrade params: {error}") from error
+        logger.info("node %s degraded: %s", self.peer_id, self.degradation.report(now=now))
+        self._changed.set()  # the advert says the noise level now in force
+        return self.degradation.report(now=now)
+
+    def _active_degradation(self, now: float) -> Degradation | None:
+        degradation = self.degradation
+        return degradation if degradation is not None and degradation.active(now) else None
+
+    def _refuse_degraded(self, now: float) -> bool:
+        degradation = self._active_degradation(now)
+        return degradation is not None and degradation.refuse_next()
+
+    def _work_context(self) -> NodeContext:
+        """The context a work method runs with: degraded (slower, noisier) while it lasts."""
+        degradation = self._active_degradation(time.time())
+        if degradation is None:
+            return self.context
+        noise = degradation.noise_level
+        return replace(
+            self.context,
+            slowdown=degradation.slowdown,
+            noise_level=self.context.noise_level if noise is None else noise,
+        )
 
     def _require_mesh(self) -> MeshHost:
         if self._mesh is None:

@@ -26,6 +26,7 @@ from quantum_mesh.control.workflows import (
     public_kinds,
     validate_workflow,
 )
+from quantum_mesh.control.workflows.scenarios import ADMIN_SCENARIOS
 from quantum_mesh.errors import Conflict, Forbidden, NotFound
 from quantum_mesh.store.tables import Job
 
@@ -112,6 +113,11 @@ class BenchmarkIn(BaseModel):
     node_counts: list[int] = Field(default_factory=lambda: [1, 2, 3], max_length=16)
     repetitions: int = Field(default=1, ge=1, le=10)
     scenarios: list[str] = Field(default_factory=lambda: ["baseline"], max_length=7)
+    scenario_params: dict[str, Any] | None = Field(
+        default=None,
+        description='settings of a scenario: {"degraded_node": {"refuse_share", "slowdown", '
+        '"noise_level"}}',
+    )
     include_local: bool = Field(default=True, description="shorthand only")
     warmup: bool = Field(default=True, description="one untimed run per mode first")
 
@@ -152,11 +158,16 @@ async def submit_benchmark(
     principal: PrincipalDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> JSONResponse:
-    if "node_loss" in body.scenarios and not principal.is_admin:
-        # It stops embedded nodes that every other job is using too.
+    disturbing = [s for s in body.scenarios if s in ADMIN_SCENARIOS]
+    if disturbing and not principal.is_admin:
+        # They stop, degrade or add nodes that every other job is using too.
         raise Forbidden(
-            f"{principal.name} may not run the node_loss scenario: it needs the admin role",
-            details={"principal": principal.name, "required_role": "admin"},
+            f"{principal.name} may not run the {disturbing[0]} scenario: it needs the admin role",
+            details={
+                "principal": principal.name,
+                "required_role": "admin",
+                "scenario": disturbing[0],
+            },
         )
     coord.jobs.admit(idempotency_key)
     spec = await BENCHMARK.validate(body.model_dump(exclude_unset=True), coord.compute)

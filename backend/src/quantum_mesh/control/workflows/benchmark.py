@@ -15,7 +15,6 @@ first repetition) is still part of the result.
 
 from __future__ import annotations
 
-import asyncio
 import statistics
 import time
 from collections.abc import Mapping
@@ -24,6 +23,12 @@ from typing import Any
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import RunOptions, Workflow
+from quantum_mesh.control.workflows.scenarios import (
+    node_loss_delay,
+    scenario_params_of,
+    scenario_run,
+    scenarios_of,
+)
 from quantum_mesh.errors import InvalidInput
 
 BENCHMARK_KIND = "benchmark"
@@ -31,24 +36,6 @@ SUPPORTED = ("circuit", "qaoa_knapsack", "sqd")
 MODES = ("centralized", "distributed")
 MAX_NODE_COUNT = 16
 MAX_REPETITIONS = 10
-#: Scenario names of the contract, and the ones this build can set up.
-CONTRACT_SCENARIOS = (
-    "baseline",
-    "latency",
-    "bandwidth",
-    "loss",
-    "degraded_node",
-    "node_loss",
-    "node_join",
-)
-AVAILABLE_SCENARIOS = ("baseline", "node_loss")
-#: node_loss: the earliest moment to stop a node, as a share of the same mode's fastest
-#: baseline run; then the node goes as soon as it holds work.
-NODE_LOSS_AT = 0.1
-#: node_loss without a baseline run to time it by: seconds into the run.
-NODE_LOSS_DEFAULT_S = 0.2
-NODE_LOSS_POLL_S = 0.01
-NODE_LOSS_WAIT_S = 30.0
 
 
 def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -149,29 +136,6 @@ def _modes_of(body: dict[str, Any]) -> list[str]:
     return [m for m in MODES if m in modes]
 
 
-def _scenarios_of(body: dict[str, Any]) -> list[str]:
-    scenarios = body.get("scenarios", ["baseline"])
-    if not isinstance(scenarios, list) or not scenarios or len(set(scenarios)) != len(scenarios):
-        raise InvalidInput(
-            "scenarios must be a non-empty list of distinct scenario names",
-            details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
-        )
-    for name in scenarios:
-        if name not in CONTRACT_SCENARIOS:
-            raise InvalidInput(
-                f"unknown scenario {name!r}; scenarios are {list(CONTRACT_SCENARIOS)}",
-                details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
-            )
-        if name not in AVAILABLE_SCENARIOS:
-            raise InvalidInput(
-                f"scenario {name!r} is not available in this build: it needs nodes in network "
-                f"namespaces of their own with shaped links or a degradable node; available: "
-                f"{list(AVAILABLE_SCENARIOS)}",
-                details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
-            )
-    return list(scenarios)
-
-
 class BenchmarkWorkflow:
     kind = BENCHMARK_KIND
     service_type = ""
@@ -219,7 +183,8 @@ class BenchmarkWorkflow:
                 details={"field": "repetitions"},
             )
         modes = _modes_of(body)
-        scenarios = _scenarios_of(body)
+        scenarios = scenarios_of(body)
+        scenario_params = scenario_params_of(body, scenarios)
         checked = await self.workloads[str(workload)].validate(dict(params or {}), compute)
         return {
             "workload": workload,
@@ -228,6 +193,7 @@ class BenchmarkWorkflow:
             "node_counts": sorted(set(node_counts)),
             "repetitions": repetitions,
             "scenarios": scenarios,
+            **({"scenario_params": scenario_params} if scenario_params else {}),
             "include_local": "centralized" in modes,
             "warmup": bool(body.get("warmup", True)),
         }
@@ -257,10 +223,10 @@ class BenchmarkWorkflow:
             for scenario in scenarios:
                 for mode, count in configs:  # alternating: A B A B …
                     kill_after = (
-                        _node_loss_delay(rows, mode, count) if scenario == "node_loss" else None
+                        node_loss_delay(rows, mode, count) if scenario == "node_loss" else None
                     )
                     row, figures = await self._one_run(
-                        handle, workload, spec, mode, count, kill_after=kill_after
+                        handle, workload, spec, mode, count, scenario, kill_after=kill_after
                     )
                     rows.append({**row, "scenario": scenario, "repetition": repetition})
                     if repetition == 0 and scenario == scenarios[0]:
@@ -288,33 +254,28 @@ class BenchmarkWorkflow:
         spec: dict[str, Any],
         mode: str,
         count: int | None,
+        scenario: str = "baseline",
         *,
         kill_after: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         local = count is None
-        chosen = [] if local else handle.nodes_offering(workload.service_type)[:count]
-        nodes = None if local else frozenset(chosen)
-        sub = RunOptions(nodes=nodes, local=local, durable=False)
-        killer = None
-        lost: list[str] = []
-        if kill_after is not None and chosen:
-            # The last node of the subset is stopped mid-run as a crash would stop it.
-            killer = asyncio.create_task(_stop_later(handle, chosen[-1], kill_after, lost))
-        started = time.perf_counter()
-        try:
+        chosen = None if local else handle.nodes_offering(workload.service_type)[:count]
+        profile = spec.get("scenario_params", {}).get(scenario)
+        async with scenario_run(
+            handle, scenario, chosen, kill_after=kill_after, profile=profile
+        ) as setup:
+            nodes = None if local else frozenset(setup.nodes)
+            sub = RunOptions(nodes=nodes, local=local, durable=False)
+            started = time.perf_counter()
             result = await workload.run(handle, spec["params"], sub)
-        finally:
-            if killer is not None:
-                killer.cancel()
-        wall = time.perf_counter() - started
+            wall = time.perf_counter() - started
         row = {
             "mode": mode,
             "nodes": 0 if local else count,
             "wall_s": round(wall, 4),
             **_row_figures(spec["workload"], result, wall, local),
+            **setup.record,
         }
-        if kill_after is not None:
-            row["nodes_lost"] = lost
         figures = {
             "mode": "local" if local else f"mesh-{count}",
             "nodes": count,
@@ -322,32 +283,6 @@ class BenchmarkWorkflow:
             **_quality(spec["workload"], result),
         }
         return row, figures
-
-
-async def _stop_later(handle: JobHandle, peer_id: str, delay: float, lost: list[str]) -> None:
-    """Stop ``peer_id`` once ``delay`` has passed and it is working on units (so that work
-    in flight is lost with it and must run again elsewhere)."""
-    await asyncio.sleep(delay)
-    for _ in range(int(NODE_LOSS_WAIT_S / NODE_LOSS_POLL_S)):
-        if handle.units_in_flight(peer_id):
-            await asyncio.sleep(NODE_LOSS_POLL_S)  # past its reservation, into execution
-            break
-        await asyncio.sleep(NODE_LOSS_POLL_S)
-    if handle.kill_node(peer_id):
-        lost.append(peer_id)
-
-
-def _node_loss_delay(rows: list[dict[str, Any]], mode: str, count: int | None) -> float | None:
-    """How long a node_loss run goes before its node may be stopped: a little way into the
-    same mode's fastest baseline run (None for centralized, which uses no node)."""
-    if count is None:
-        return None
-    walls = [
-        r["wall_s"]
-        for r in rows
-        if r["scenario"] == "baseline" and r["mode"] == mode and r["nodes"] == count
-    ]
-    return NODE_LOSS_AT * min(walls) if walls else NODE_LOSS_DEFAULT_S
 
 
 def _label(mode: str, count: int | None) -> str:

@@ -1,0 +1,226 @@
+"""Benchmark scenarios: what is done to the mesh around one distributed run, and its record.
+
+- ``baseline``: nothing.
+- ``node_loss``: the last node of the run's subset is SIGKILLed mid-run, once it holds work
+  (embedded nodes only; the supervisor restarts it). Row: ``nodes_lost``.
+- ``degraded_node``: before the run, the last node of the subset is told to degrade itself
+  (``degrade``, ``node/degrade.py``): it refuses a share of its reservations as saturated,
+  its workers are held ``slowdown`` times as long, and, when asked, its noise level is
+  raised; after the run it is restored, and what it refused and slowed is the row's
+  ``degraded``.
+
+Every row of a scenario records it (``scenario``, plus the scenario's own field, ``None`` on
+centralized rows, which use no node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantum_mesh.control.jobs import JobHandle
+from quantum_mesh.control.workflows.params import finite_number
+from quantum_mesh.errors import InvalidInput, QMeshError
+from quantum_mesh.logs import get_logger
+from quantum_mesh.mesh.errors import MeshError
+from quantum_mesh.mesh.protocol import METHOD_DEGRADE
+
+log = get_logger(__name__)
+
+#: Scenario names of the contract, and the ones this build can set up.
+CONTRACT_SCENARIOS = (
+    "baseline",
+    "latency",
+    "bandwidth",
+    "loss",
+    "degraded_node",
+    "node_loss",
+    "node_join",
+)
+AVAILABLE_SCENARIOS = ("baseline", "degraded_node", "node_loss")
+#: Scenarios that disturb nodes every other job uses too: admins only.
+ADMIN_SCENARIOS = frozenset({"degraded_node", "node_loss"})
+#: The row field each scenario records.
+ROW_FIELDS = {"node_loss": "nodes_lost", "degraded_node": "degraded"}
+
+#: node_loss: the earliest moment to stop a node, as a share of the same mode's fastest
+#: baseline run; then the node goes as soon as it holds work.
+NODE_LOSS_AT = 0.1
+#: node_loss without a baseline run to time it by: seconds into the run.
+NODE_LOSS_DEFAULT_S = 0.2
+NODE_LOSS_POLL_S = 0.01
+NODE_LOSS_WAIT_S = 30.0
+
+#: degraded_node's profile unless ``scenario_params.degraded_node`` says otherwise, and the
+#: bounds of each setting.
+DEGRADED_DEFAULTS: dict[str, float | None] = {
+    "refuse_share": 0.5,
+    "slowdown": 3.0,
+    "noise_level": None,
+}
+DEGRADED_BOUNDS = {"refuse_share": (0.0, 1.0), "slowdown": (1.0, 20.0), "noise_level": (0.0, 1.0)}
+#: How long a node stays degraded if the restore never reaches it (a coordinator crash).
+DEGRADED_TTL_S = 900.0
+
+
+def scenarios_of(body: dict[str, Any]) -> list[str]:
+    scenarios = body.get("scenarios", ["baseline"])
+    if not isinstance(scenarios, list) or not scenarios or len(set(scenarios)) != len(scenarios):
+        raise InvalidInput(
+            "scenarios must be a non-empty list of distinct scenario names",
+            details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+        )
+    for name in scenarios:
+        if name not in CONTRACT_SCENARIOS:
+            raise InvalidInput(
+                f"unknown scenario {name!r}; scenarios are {list(CONTRACT_SCENARIOS)}",
+                details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+            )
+        if name not in AVAILABLE_SCENARIOS:
+            raise InvalidInput(
+                f"scenario {name!r} is not available in this build: it needs nodes in network "
+                f"namespaces of their own with shaped links; available: "
+                f"{list(AVAILABLE_SCENARIOS)}",
+                details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
+            )
+    return list(scenarios)
+
+
+def scenario_params_of(body: dict[str, Any], scenarios: list[str]) -> dict[str, Any]:
+    """``scenario_params``: ``{"degraded_node": {"refuse_share", "slowdown", "noise_level"}}``,
+    each setting optional (defaults: :data:`DEGRADED_DEFAULTS`)."""
+    given = body.get("scenario_params") or {}
+    if not isinstance(given, dict):
+        raise InvalidInput(
+            "scenario_params must be an object keyed by scenario name",
+            details={"field": "scenario_params"},
+        )
+    for name in given:
+        if name != "degraded_node":
+            raise InvalidInput(
+                f"scenario_params.{name}: only degraded_node takes parameters",
+                details={"field": f"scenario_params.{name}", "valid": ["degraded_node"]},
+            )
+    raw = given.get("degraded_node") or {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(
+            "scenario_params.degraded_node must be an object",
+            details={"field": "scenario_params.degraded_node"},
+        )
+    unknown = sorted(set(raw) - set(DEGRADED_DEFAULTS))
+    if unknown:
+        raise InvalidInput(
+            f"scenario_params.degraded_node.{unknown[0]} is not a setting; valid: "
+            f"{sorted(DEGRADED_DEFAULTS)}",
+            details={
+                "field": f"scenario_params.degraded_node.{unknown[0]}",
+                "valid": sorted(DEGRADED_DEFAULTS),
+            },
+        )
+    profile = dict(DEGRADED_DEFAULTS)
+    for name, value in raw.items():
+        low, high = DEGRADED_BOUNDS[name]
+        number = finite_number(value, high)
+        if number is None or not low <= number <= high:
+            raise InvalidInput(
+                f"scenario_params.degraded_node.{name} must be a number in [{low:g}, {high:g}]",
+                details={
+                    "field": f"scenario_params.degraded_node.{name}",
+                    "minimum": low,
+                    "maximum": high,
+                },
+            )
+        profile[name] = number
+    return {"degraded_node": profile} if "degraded_node" in scenarios else {}
+
+
+@dataclass
+class RunSetup:
+    """What a scenario did around one run: the run's nodes and the row's record."""
+
+    nodes: list[str]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def scenario_run(
+    handle: JobHandle,
+    scenario: str,
+    chosen: list[str] | None,
+    *,
+    kill_after: float | None = None,
+    profile: dict[str, Any] | None = None,
+) -> AsyncIterator[RunSetup]:
+    """Set the scenario up around one run on ``chosen`` (None: centralized)."""
+    setup = RunSetup(nodes=list(chosen or []))
+    field_name = ROW_FIELDS.get(scenario)
+    if chosen is None:  # centralized: no node to disturb, but the row says the scenario
+        if field_name is not None:
+            setup.record[field_name] = None
+        yield setup
+        return
+    if scenario == "node_loss":
+        lost: list[str] = []
+        setup.record["nodes_lost"] = lost
+        killer = None
+        if kill_after is not None and chosen:
+            # The last node of the subset is stopped mid-run as a crash would stop it.
+            killer = asyncio.create_task(_stop_later(handle, chosen[-1], kill_after, lost))
+        try:
+            yield setup
+        finally:
+            if killer is not None:
+                killer.cancel()
+        return
+    if scenario == "degraded_node" and chosen:
+        target = chosen[-1]
+        applied = await _degrade(handle, target, {**(profile or {}), "ttl_s": DEGRADED_TTL_S})
+        try:
+            yield setup
+        finally:
+            report = await _degrade(handle, target, {"restore": True}) if applied else {}
+            setup.record["degraded"] = {"node_id": target, **(profile or {}), **report}
+            if not applied:
+                setup.record["degraded"]["applied"] = False
+        return
+    yield setup
+
+
+async def _degrade(handle: JobHandle, peer_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Degrade or restore a node; ``{}`` when it cannot be reached or refuses (an older build
+    without ``degrade``): the run goes on, and its row says so."""
+    try:
+        reply = await handle.call_node(peer_id, METHOD_DEGRADE, params)
+    except (MeshError, QMeshError) as error:
+        log.warning("benchmark.degrade_failed", node_id=peer_id, error=str(error))
+        return {}
+    return {k: v for k, v in reply.items() if k not in ("degraded", "expires_in_s")}
+
+
+async def _stop_later(handle: JobHandle, peer_id: str, delay: float, lost: list[str]) -> None:
+    """Stop ``peer_id`` once ``delay`` has passed and it is working on units (so that work
+    in flight is lost with it and must run again elsewhere)."""
+    await asyncio.sleep(delay)
+    for _ in range(int(NODE_LOSS_WAIT_S / NODE_LOSS_POLL_S)):
+        if handle.units_in_flight(peer_id):
+            await asyncio.sleep(NODE_LOSS_POLL_S)  # past its reservation, into execution
+            break
+        await asyncio.sleep(NODE_LOSS_POLL_S)
+    if handle.kill_node(peer_id):
+        lost.append(peer_id)
+
+
+def node_loss_delay(rows: list[dict[str, Any]], mode: str, count: int | None) -> float | None:
+    """How long a node_loss run goes before its node may be stopped: a little way into the
+    same mode's fastest baseline run (None for centralized, which uses no node)."""
+    if count is None:
+        return None
+    walls = [
+        r["wall_s"]
+        for r in rows
+        if r["scenario"] == "baseline" and r["mode"] == mode and r["nodes"] == count
+    ]
+    return NODE_LOSS_AT * min(walls) if walls else NODE_LOSS_DEFAULT_S
