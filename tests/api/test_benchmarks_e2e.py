@@ -240,3 +240,36 @@ def test_a_degraded_node_refuses_and_slows_down_then_is_restored(coord: LiveCoor
         )
         assert r.status_code == 422, r.text
         assert r.json()["error"]["details"]["field"] == field
+
+
+def test_a_node_joining_mid_run_gets_work_and_the_answer_stays(coord: LiveCoordinator) -> None:
+    workload = {"kind": "circuit", "params": {"count": 6, "qubits": 6, "depth": 8, "seed": 9}}
+    done = _finished(
+        coord,
+        {
+            "workload": workload,
+            "modes": ["distributed"],
+            "node_counts": [2],
+            "scenarios": ["baseline", "node_join"],
+            "warmup": False,
+        },
+    )
+    baseline, joined = done["rows"]
+    record = joined["joined"]
+    assert (record["nodes_at_start"], record["nodes_at_end"]) == (1, 2), record
+    embedded = set(done["comparison"]["modes"][0]["nodes_used"])
+    assert record["node_id"] not in embedded  # a third node, started by the harness
+    assert record["join_after_s"] is not None and record["usable_after_s"] is not None, record
+    assert record["usable_after_s"] >= record["join_after_s"]
+    assert record["received_work"] is True, (record, joined["wall_s"])
+    assert joined["result"] == baseline["result"]
+    # The report says what happened, row by row.
+    r = coord.http.get(f"/workflows/benchmarks/{done['benchmark_id']}/report")
+    with zipfile.ZipFile(io.BytesIO(r.content)) as bundle:
+        table = list(csv.DictReader(io.StringIO(bundle.read("rows.csv").decode())))
+        details = json.loads(bundle.read("report.json"))["scenario_details"]
+    assert table[0]["scenario_detail"] == "" and "1 to 2 nodes" in table[1]["scenario_detail"]
+    assert "joined at" in details[1] and "got work" in details[1]
+    # Retired after its run: the mesh is back to its embedded nodes.
+    peers = coord.http.get("/discovery/peers", params={"fresh": "true"}).json()["items"]
+    assert record["node_id"] not in {p["peer_id"] for p in peers}

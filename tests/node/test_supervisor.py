@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from pathlib import Path
@@ -54,3 +55,28 @@ async def test_supervisor_restarts_a_killed_child(
     assert supervisor.pids() == {peer_id: None}
     assert second_pid is not None and not alive(second_pid)
     assert (tmp_path / "nodes" / "node-0.log").stat().st_size >= 0
+
+
+async def test_the_spare_stays_off_the_mesh_until_told_to_join(
+    coordinator: tuple[MeshBridge, Heard], tmp_path: Path
+) -> None:
+    mesh, heard = coordinator
+    supervisor = NodeSupervisor(
+        count=0,
+        data_dir=tmp_path,
+        bootstrap_addr=mesh.listen_addrs[0],
+        env={"QMESH_NODE_PRELOAD": "0", "QMESH_LOG_LEVEL": "WARNING"},
+    )
+    spare = supervisor.spare_peer_id
+    assert spare not in supervisor.peer_ids and (tmp_path / "nodes" / "node-join.key").exists()
+    assert supervisor.join_spare() is False  # not running yet
+    try:
+        assert await supervisor.start_spare(within_s=30) == spare
+        await asyncio.sleep(1.5)  # serving, warm, but it has dialled nobody
+        assert heard.from_peer(spare) == []
+        assert supervisor.join_spare() is True
+        await wait_for(lambda: heard.from_peer(spare), what="the spare's first advert")
+        assert heard.from_peer(spare)[-1].name == "node-join"
+    finally:
+        await supervisor.stop()
+    assert supervisor.join_spare() is False

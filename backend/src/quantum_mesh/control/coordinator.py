@@ -22,6 +22,7 @@ from quantum_mesh.control.docstore import DocumentStore
 from quantum_mesh.control.enrollment import EnrollmentService
 from quantum_mesh.control.instrumented import InstrumentedMesh
 from quantum_mesh.control.jobs import JobManager
+from quantum_mesh.control.joiner import EmbeddedJoiner
 from quantum_mesh.control.journal import Journal
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.reservations import ReservationService
@@ -154,8 +155,12 @@ class Coordinator:
                     embedded=True,
                 )
             await self.supervisor.start()
-            # Benchmarks' node_loss scenario stops embedded nodes the way a crash would.
+            # Benchmarks' node_loss scenario stops embedded nodes the way a crash would;
+            # node_join starts a spare one mid-run.
             self.jobs.kill_node = self.supervisor.kill
+            self.jobs.joiner = EmbeddedJoiner(
+                supervisor=self.supervisor, enrollment=self.enrollment, registry=self.registry
+            )
         self.scheduler.start()
         self._tasks = [
             asyncio.create_task(self._ping_loop(), name="ping-loop"),

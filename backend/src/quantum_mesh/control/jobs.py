@@ -37,6 +37,7 @@ from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import Job
 
 if TYPE_CHECKING:
+    from quantum_mesh.control.joiner import EmbeddedJoiner
     from quantum_mesh.quantum.analysis import ResultArtifact
 
 log = get_logger(__name__)
@@ -321,6 +322,11 @@ class JobHandle:
         kill = self._manager.kill_node
         return kill(peer_id) if kill is not None else False
 
+    @property
+    def joiner(self) -> EmbeddedJoiner | None:
+        """The spare embedded node that can join mid-run (None: no embedded nodes)."""
+        return self._manager.joiner
+
     async def call_node(self, peer_id: str, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """A control call to one node (benchmark scenarios: ``degrade``); mesh errors raise."""
         scheduler = self._manager.scheduler
@@ -409,6 +415,9 @@ class JobManager:
         #: Stops a node as a crash would (embedded nodes, for benchmark scenarios); None
         #: where the coordinator runs none.
         self.kill_node: Callable[[str], bool] | None = None
+        #: Starts a spare embedded node that joins mid-run (benchmarks' node_join); None
+        #: where the coordinator runs no embedded nodes.
+        self.joiner: EmbeddedJoiner | None = None
         scheduler.starts = _ExecutingOnFirstUnit(self)
 
     def register_processor(self, kind: str, processor: Processor) -> None:

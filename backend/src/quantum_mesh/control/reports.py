@@ -32,6 +32,7 @@ CSV_COLUMNS = (
     "mesh_share",
     "retries",
     "quality",
+    "scenario_detail",
 )
 _PACKAGES = ("quantum-mesh", "qiskit", "qiskit-aer", "qiskit-addon-sqd", "libp2p", "numpy")
 
@@ -46,6 +47,8 @@ def build_report(benchmark: dict[str, Any]) -> bytes:
         "request": benchmark.get("request"),
         "rows": rows,
         "summary": benchmark.get("summary"),
+        # What each run's scenario did, one line per row (also the CSV's scenario_detail).
+        "scenario_details": [scenario_detail(r) for r in rows],
         "environment": environment(),
         "generated_at": datetime.now(UTC).isoformat(),
         "files": ["report.json", "rows.csv", *PLOTS],
@@ -101,8 +104,35 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow({**row, "scenario_detail": scenario_detail(row)})
     return out.getvalue()
+
+
+def _short(peer_id: Any) -> str:
+    return f"…{str(peer_id)[-6:]}" if peer_id else "?"
+
+
+def scenario_detail(row: dict[str, Any]) -> str:
+    """One line saying what the row's scenario did (empty for baseline and centralized)."""
+    if row.get("nodes_lost"):
+        return "lost " + ", ".join(_short(p) for p in row["nodes_lost"])
+    degraded = row.get("degraded")
+    if degraded:
+        return (
+            f"{_short(degraded.get('node_id'))} degraded: refused "
+            f"{degraded.get('reservations_refused', '?')} reservations, slowed "
+            f"{degraded.get('calls_slowed', '?')} calls x{degraded.get('slowdown')}"
+            + (f", noise {degraded['noise_level']}" if degraded.get("noise_level") else "")
+        )
+    joined = row.get("joined")
+    if joined and joined.get("node_id"):
+        return (
+            f"{joined.get('nodes_at_start')} to {joined.get('nodes_at_end')} nodes: "
+            f"{_short(joined['node_id'])} joined at {joined.get('join_after_s')} s, usable at "
+            f"{joined.get('usable_after_s')} s, "
+            + ("got work" if joined.get("received_work") else "got no work")
+        )
+    return ""
 
 
 def _label(row: dict[str, Any]) -> str:

@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
     parser.add_argument("--ready-file", type=Path, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument(
+        "--join-on-signal",
+        action="store_true",
+        help="start warm but off the mesh; dial the coordinator on SIGUSR1",
+    )
+    parser.add_argument(
         "--allow-peer",
         action="append",
         default=[],
@@ -63,6 +68,7 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         parent_pid=args.parent_pid,
         preload_handlers=args.preload,
         allowed_peers=tuple(args.allow_peer),
+        join_on_signal=args.join_on_signal,
     )
 
 

@@ -112,6 +112,9 @@ class NodeConfig:
     #: Inbound pool-method calls beyond this are answered ``busy``; see ``inbound_limit``.
     max_inbound: int | None = None
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    #: Start off the mesh, workers warm, and dial the coordinator only on SIGUSR1 (a node
+    #: joining mid-run: the benchmarks' ``node_join`` scenario).
+    join_on_signal: bool = False
     #: Peers served besides the coordinator (the ``/p2p/<id>`` of ``bootstrap``), which is
     #: always served. Everyone else is refused ``not_enrolled`` before its request is read.
     allowed_peers: tuple[str, ...] = ()
@@ -155,7 +158,7 @@ def run_node(config: NodeConfig) -> None:
 
 
 async def _run(config: NodeConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
         await NodeService(config).serve(signals)
 
 
@@ -201,6 +204,10 @@ class NodeService:
         self._draining = False
         self._changed = trio.Event()
         self._stop = trio.Event()
+        #: Set at once, or on SIGUSR1 for a node started with ``join_on_signal``.
+        self._join = trio.Event()
+        if not config.join_on_signal:
+            self._join.set()
         self._mesh: MeshHost | None = None
         log_path = config.log_file or config.key_file.with_name(
             f"{config.key_file.stem}.peerlog.jsonl"
@@ -233,7 +240,10 @@ class NodeService:
                     max_frame_bytes=self.config.max_frame_bytes,
                     gate=self.gate,
                 )
-                nursery.start_soon(self._pool.warm)
+                if self.config.join_on_signal:
+                    await self._pool.warm()  # warm before it may be asked to join
+                else:
+                    nursery.start_soon(self._pool.warm)
                 nursery.start_soon(self._advert_loop)
                 nursery.start_soon(self._sweep_uncollected_replies)
                 # Other nodes' adverts tell where they listen; their links are probed.
@@ -293,6 +303,10 @@ class NodeService:
 
     async def _watch_signals(self, signals: Any) -> None:
         async for signum in signals:
+            if signum == signal.SIGUSR1:  # join the mesh now (``join_on_signal``)
+                logger.info("node %s received SIGUSR1; joining", self.peer_id)
+                self._join.set()
+                continue
             logger.info("node %s received signal %s; draining", self.peer_id, signum)
             self._request_stop()
             return
@@ -312,6 +326,7 @@ class NodeService:
         mesh = self._require_mesh()
         peer, addr = split_p2p_addr(bootstrap)
         backoff = BOOTSTRAP_RETRY_INITIAL_S
+        await self._join.wait()
         while True:
             if is_connected(mesh.host, peer):
                 backoff = BOOTSTRAP_RETRY_INITIAL_S

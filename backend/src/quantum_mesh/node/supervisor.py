@@ -40,6 +40,9 @@ class _Child:
     log_file: Path
     ready_file: Path
     noise_level: float
+    name: str = ""
+    #: Started off the mesh, joining on SIGUSR1 (the spare for ``node_join``).
+    join_on_signal: bool = False
     process: asyncio.subprocess.Process | None = None
     failures: int = 0
     monitor: asyncio.Task[None] | None = None
@@ -77,10 +80,69 @@ class NodeSupervisor:
                     log_file=self._dir / f"node-{i}.log",
                     ready_file=self._dir / f"node-{i}.ready.json",
                     noise_level=noise_levels[i] if noise_levels else 0.0,
+                    name=f"node-{i}",
                 )
             )
         self.peer_ids: list[str] = [c.peer_id for c in self._children]
         self.restarts: dict[str, int] = dict.fromkeys(self.peer_ids, 0)
+        self._spare: _Child | None = None
+
+    # --- the spare: a node that joins mid-run (benchmarks' node_join) -----------------------
+
+    @property
+    def spare_peer_id(self) -> str:
+        """The spare's peer ID (its key is made on first use, like the others')."""
+        if self._spare is None:
+            key_file = self._dir / "node-join.key"
+            self._spare = _Child(
+                index=len(self._children),
+                peer_id=peer_id_from_key_file(key_file),
+                key_file=key_file,
+                log_file=self._dir / "node-join.log",
+                ready_file=self._dir / "node-join.ready.json",
+                noise_level=0.0,
+                name="node-join",
+                join_on_signal=True,
+            )
+        return self._spare.peer_id
+
+    async def start_spare(self, *, within_s: float) -> str:
+        """Start the spare, warm but off the mesh, and wait until it serves. Not restarted
+        when it exits: it lives for one run."""
+        peer_id = self.spare_peer_id
+        assert self._spare is not None
+        await self.stop_spare()
+        await self._spawn(self._spare)
+        deadline = time.monotonic() + within_s
+        while not self._spare.ready_file.exists():
+            if time.monotonic() > deadline or self._spare.process is None:
+                raise TimeoutError(f"the spare node was not ready within {within_s} s")
+            if self._spare.process.returncode is not None:
+                raise RuntimeError(f"the spare node exited with {self._spare.process.returncode}")
+            await asyncio.sleep(READY_POLL_S)
+        return peer_id
+
+    def join_spare(self) -> bool:
+        """Tell the running spare to dial the coordinator now (SIGUSR1)."""
+        process = self._spare.process if self._spare else None
+        if process is None or process.returncode is not None:
+            return False
+        process.send_signal(signal.SIGUSR1)
+        return True
+
+    async def stop_spare(self) -> None:
+        """Stop the spare (SIGTERM: it drains and says so), if it runs."""
+        process = self._spare.process if self._spare else None
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=STOP_GRACE_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
 
     def pids(self) -> dict[str, int | None]:
         """Current OS process id of each node (None while it is down)."""
@@ -122,6 +184,7 @@ class NodeSupervisor:
     async def stop(self) -> None:
         """SIGTERM every child, SIGKILL those still running after the grace period."""
         self._stopping = True
+        await self.stop_spare()
         for child in self._children:
             if child.monitor is not None:
                 child.monitor.cancel()
@@ -157,7 +220,7 @@ class NodeSupervisor:
             "--p2p-port",
             "0",
             "--name",
-            f"node-{child.index}",
+            child.name or f"node-{child.index}",
             "--workers",
             str(self._workers),
             "--noise-level",
@@ -166,6 +229,7 @@ class NodeSupervisor:
             str(child.ready_file),
             "--parent-pid",
             str(os.getpid()),
+            *(["--join-on-signal"] if child.join_on_signal else []),
         ]
 
     async def _spawn(self, child: _Child) -> None:

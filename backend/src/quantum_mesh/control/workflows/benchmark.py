@@ -24,7 +24,7 @@ from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import RunOptions, Workflow
 from quantum_mesh.control.workflows.scenarios import (
-    node_loss_delay,
+    disturbance_delay,
     scenario_params_of,
     scenario_run,
     scenarios_of,
@@ -222,11 +222,14 @@ class BenchmarkWorkflow:
         for repetition in range(repetitions):
             for scenario in scenarios:
                 for mode, count in configs:  # alternating: A B A B …
-                    kill_after = (
-                        node_loss_delay(rows, mode, count) if scenario == "node_loss" else None
-                    )
                     row, figures = await self._one_run(
-                        handle, workload, spec, mode, count, scenario, kill_after=kill_after
+                        handle,
+                        workload,
+                        spec,
+                        mode,
+                        count,
+                        scenario,
+                        after=disturbance_delay(scenario, rows, mode, count),
                     )
                     rows.append({**row, "scenario": scenario, "repetition": repetition})
                     if repetition == 0 and scenario == scenarios[0]:
@@ -256,13 +259,19 @@ class BenchmarkWorkflow:
         count: int | None,
         scenario: str = "baseline",
         *,
-        kill_after: float | None = None,
+        after: float | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         local = count is None
-        chosen = None if local else handle.nodes_offering(workload.service_type)[:count]
-        profile = spec.get("scenario_params", {}).get(scenario)
+        spare = handle.joiner.peer_id if handle.joiner is not None else None
+        offering = [p for p in handle.nodes_offering(workload.service_type) if p != spare]
+        chosen = None if local else offering[:count]
         async with scenario_run(
-            handle, scenario, chosen, kill_after=kill_after, profile=profile
+            handle,
+            scenario,
+            chosen,
+            kill_after=after if scenario == "node_loss" else None,
+            join_after=after if scenario == "node_join" else None,
+            profile=spec.get("scenario_params", {}).get(scenario),
         ) as setup:
             nodes = None if local else frozenset(setup.nodes)
             sub = RunOptions(nodes=nodes, local=local, durable=False)

@@ -8,6 +8,10 @@
   its workers are held ``slowdown`` times as long, and, when asked, its noise level is
   raised; after the run it is restored, and what it refused and slowed is the row's
   ``degraded``.
+- ``node_join``: the run starts on N - 1 nodes of its subset; a spare embedded node, started
+  warm but off the mesh before the run, is told to join a little way into it (a quarter of
+  the same mode's fastest baseline run); once its advert is fresh the scheduler places
+  units on it. After the run it is stopped again. Row: ``joined``.
 
 Every row of a scenario records it (``scenario``, plus the scenario's own field, ``None`` on
 centralized rows, which use no node).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,11 +45,11 @@ CONTRACT_SCENARIOS = (
     "node_loss",
     "node_join",
 )
-AVAILABLE_SCENARIOS = ("baseline", "degraded_node", "node_loss")
-#: Scenarios that disturb nodes every other job uses too: admins only.
-ADMIN_SCENARIOS = frozenset({"degraded_node", "node_loss"})
+AVAILABLE_SCENARIOS = ("baseline", "degraded_node", "node_loss", "node_join")
+#: Scenarios that disturb the mesh every other job uses too: admins only.
+ADMIN_SCENARIOS = frozenset({"degraded_node", "node_loss", "node_join"})
 #: The row field each scenario records.
-ROW_FIELDS = {"node_loss": "nodes_lost", "degraded_node": "degraded"}
+ROW_FIELDS = {"node_loss": "nodes_lost", "degraded_node": "degraded", "node_join": "joined"}
 
 #: node_loss: the earliest moment to stop a node, as a share of the same mode's fastest
 #: baseline run; then the node goes as soon as it holds work.
@@ -53,6 +58,13 @@ NODE_LOSS_AT = 0.1
 NODE_LOSS_DEFAULT_S = 0.2
 NODE_LOSS_POLL_S = 0.01
 NODE_LOSS_WAIT_S = 30.0
+
+#: node_join: when the spare joins, as a share of the same mode's fastest baseline run, or
+#: seconds into the run without one.
+NODE_JOIN_AT = 0.25
+NODE_JOIN_DEFAULT_S = 0.5
+#: How often a joining node is looked at (usable yet? given work yet?).
+NODE_JOIN_POLL_S = 0.01
 
 #: degraded_node's profile unless ``scenario_params.degraded_node`` says otherwise, and the
 #: bounds of each setting.
@@ -82,7 +94,7 @@ def scenarios_of(body: dict[str, Any]) -> list[str]:
         if name not in AVAILABLE_SCENARIOS:
             raise InvalidInput(
                 f"scenario {name!r} is not available in this build: it needs nodes in network "
-                f"namespaces of their own with shaped links; available: "
+                f"namespaces of their own with shaped links (docs/benchmarks.md); available: "
                 f"{list(AVAILABLE_SCENARIOS)}",
                 details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
             )
@@ -152,6 +164,7 @@ async def scenario_run(
     chosen: list[str] | None,
     *,
     kill_after: float | None = None,
+    join_after: float | None = None,
     profile: dict[str, Any] | None = None,
 ) -> AsyncIterator[RunSetup]:
     """Set the scenario up around one run on ``chosen`` (None: centralized)."""
@@ -186,7 +199,65 @@ async def scenario_run(
             if not applied:
                 setup.record["degraded"]["applied"] = False
         return
+    if scenario == "node_join" and chosen:
+        async with _joining(handle, chosen, join_after, setup):
+            yield setup
+        return
     yield setup
+
+
+@contextlib.asynccontextmanager
+async def _joining(
+    handle: JobHandle, chosen: list[str], join_after: float | None, setup: RunSetup
+) -> AsyncIterator[None]:
+    """node_join around one run: N - 1 nodes of ``chosen`` plus the spare, which joins
+    ``join_after`` seconds in; stopped again after the run."""
+    joiner = handle.joiner
+    if joiner is None:  # no embedded nodes: nothing to start; the run goes on N nodes
+        setup.record["joined"] = {"node_id": None, "reason": "no embedded nodes to start"}
+        yield
+        return
+    peer = await joiner.prepare()  # before the run: starting a process is not the run
+    present = [p for p in chosen if p != peer][: len(chosen) - 1]
+    setup.nodes = [*present, peer]
+    record: dict[str, Any] = {
+        "node_id": peer,
+        "nodes_at_start": len(present),
+        "nodes_at_end": len(present) + 1,
+        "join_after_s": None,
+        "usable_after_s": None,
+        "received_work": False,
+    }
+    watcher = asyncio.create_task(
+        _join_later(handle, peer, join_after or NODE_JOIN_DEFAULT_S, record)
+    )
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await joiner.retire()
+        setup.record["joined"] = record
+
+
+async def _join_later(handle: JobHandle, peer: str, delay: float, record: dict[str, Any]) -> None:
+    """Let the spare join after ``delay``; note when it became usable and got work."""
+    joiner = handle.joiner
+    assert joiner is not None
+    started = time.monotonic()
+    await asyncio.sleep(delay)
+    if not joiner.join():
+        return
+    record["join_after_s"] = round(time.monotonic() - started, 4)
+    while True:
+        if record["usable_after_s"] is None and joiner.usable():
+            record["usable_after_s"] = round(time.monotonic() - started, 4)
+        if handle.units_in_flight(peer):
+            record["received_work"] = True
+            if record["usable_after_s"] is not None:
+                return
+        await asyncio.sleep(NODE_JOIN_POLL_S)
 
 
 async def _degrade(handle: JobHandle, peer_id: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -213,14 +284,22 @@ async def _stop_later(handle: JobHandle, peer_id: str, delay: float, lost: list[
         lost.append(peer_id)
 
 
-def node_loss_delay(rows: list[dict[str, Any]], mode: str, count: int | None) -> float | None:
-    """How long a node_loss run goes before its node may be stopped: a little way into the
-    same mode's fastest baseline run (None for centralized, which uses no node)."""
-    if count is None:
+def disturbance_delay(
+    scenario: str, rows: list[dict[str, Any]], mode: str, count: int | None
+) -> float | None:
+    """How long a node_loss or node_join run goes before its node is stopped or joins: a
+    little way into the same mode's fastest baseline run (None for centralized, which uses
+    no node, and for other scenarios)."""
+    if count is None or scenario not in ("node_loss", "node_join"):
         return None
     walls = [
         r["wall_s"]
         for r in rows
         if r["scenario"] == "baseline" and r["mode"] == mode and r["nodes"] == count
     ]
-    return NODE_LOSS_AT * min(walls) if walls else NODE_LOSS_DEFAULT_S
+    share, default = (
+        (NODE_LOSS_AT, NODE_LOSS_DEFAULT_S)
+        if scenario == "node_loss"
+        else (NODE_JOIN_AT, NODE_JOIN_DEFAULT_S)
+    )
+    return share * min(walls) if walls else default

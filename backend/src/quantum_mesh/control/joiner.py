@@ -1,0 +1,59 @@
+"""A node that joins the mesh mid-run: the benchmarks' ``node_join`` scenario.
+
+The coordinator's supervisor keeps a spare embedded node (``node-join``): ``prepare`` enrolls
+it (approved, embedded) and starts it warm but off the mesh; ``join`` tells it to dial the
+coordinator, after which its first advert makes it usable and the scheduler places work on
+it like on any other node; ``retire`` stops it and waits until the registry no longer counts
+it usable, so the next run starts without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from quantum_mesh.control.enrollment import EnrollmentService
+from quantum_mesh.control.registry import PeerRegistry
+from quantum_mesh.control.states import EnrollmentStatus
+from quantum_mesh.node.supervisor import NodeSupervisor
+
+#: Bounds of the spare's start (imports, warm workers) and of its leaving the registry.
+SPARE_READY_S = 120.0
+RETIRE_WAIT_S = 15.0
+POLL_S = 0.05
+
+
+class EmbeddedJoiner:
+    def __init__(
+        self, *, supervisor: NodeSupervisor, enrollment: EnrollmentService, registry: PeerRegistry
+    ) -> None:
+        self._supervisor = supervisor
+        self._enrollment = enrollment
+        self._registry = registry
+
+    @property
+    def peer_id(self) -> str:
+        return self._supervisor.spare_peer_id
+
+    async def prepare(self) -> str:
+        """Enroll the spare and start it, warm, off the mesh; returns its peer ID."""
+        await self._enrollment.create(
+            peer_id=self.peer_id,
+            name="embedded-join",
+            status=EnrollmentStatus.APPROVED,
+            embedded=True,
+        )
+        await self.retire()
+        return await self._supervisor.start_spare(within_s=SPARE_READY_S)
+
+    def join(self) -> bool:
+        return self._supervisor.join_spare()
+
+    def usable(self) -> bool:
+        return self._registry.is_usable(self.peer_id)
+
+    async def retire(self) -> None:
+        await self._supervisor.stop_spare()
+        for _ in range(int(RETIRE_WAIT_S / POLL_S)):  # bounded: it disconnects on exit
+            if not self.usable():
+                return
+            await asyncio.sleep(POLL_S)
