@@ -251,10 +251,13 @@ def test_a_node_joining_mid_run_gets_work_and_the_answer_stays(coord: LiveCoordi
             "modes": ["distributed"],
             "node_counts": [2],
             "scenarios": ["baseline", "node_join"],
+            "repetitions": 2,  # the spare joins twice under the same peer ID
             "warmup": False,
         },
     )
-    baseline, joined = done["rows"]
+    baseline, joined, baseline_again, joined_again = done["rows"]
+    assert joined_again["result"] == baseline_again["result"] == baseline["result"]
+    assert joined_again["joined"]["usable_after_s"] is not None, joined_again
     record = joined["joined"]
     assert (record["nodes_at_start"], record["nodes_at_end"]) == (1, 2), record
     embedded = set(done["comparison"]["modes"][0]["nodes_used"])
@@ -269,6 +272,7 @@ def test_a_node_joining_mid_run_gets_work_and_the_answer_stays(coord: LiveCoordi
         table = list(csv.DictReader(io.StringIO(bundle.read("rows.csv").decode())))
         details = json.loads(bundle.read("report.json"))["scenario_details"]
     assert table[0]["scenario_detail"] == "" and "1 to 2 nodes" in table[1]["scenario_detail"]
+    assert len(details) == 4
     assert "joined at" in details[1] and "got work" in details[1]
     # Retired after its run: the mesh is back to its embedded nodes.
     peers = coord.http.get("/discovery/peers", params={"fresh": "true"}).json()["items"]

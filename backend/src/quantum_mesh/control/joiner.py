@@ -48,6 +48,14 @@ class EmbeddedJoiner:
     def join(self) -> bool:
         return self._supervisor.join_spare()
 
+    def running(self) -> bool:
+        return self._supervisor.spare_running()
+
+    async def restart(self) -> bool:
+        """Start the spare again and let it join at once (it crashed mid-run)."""
+        await self._supervisor.start_spare(within_s=SPARE_READY_S)
+        return self.join()
+
     def usable(self) -> bool:
         return self._registry.is_usable(self.peer_id)
 

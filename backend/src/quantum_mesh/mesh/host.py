@@ -17,11 +17,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
+from google.protobuf.message import DecodeError
 from libp2p import new_host
-from libp2p.abc import IHost
+from libp2p.abc import IHost, INetStream
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import ParseError
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.swarm import Swarm
@@ -104,6 +106,19 @@ def build_host(key_pair: KeyPair) -> IHost:
     return host
 
 
+class TolerantPubsub(Pubsub):
+    """Pubsub whose stream reader treats an RPC that does not parse like any other bad
+    input from that peer: py-libp2p's handler closes the stream on ``ParseError`` but lets
+    protobuf's ``DecodeError`` escape and take the whole host down (seen on a node that
+    rejoins the mesh under the same peer ID, the benchmarks' node_join spare)."""
+
+    async def continuously_read_stream(self, stream: INetStream) -> None:
+        try:
+            await super().continuously_read_stream(stream)
+        except DecodeError as error:
+            raise ParseError(f"malformed pubsub RPC: {error}") from error
+
+
 def build_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V11],
@@ -114,7 +129,7 @@ def build_pubsub(host: IHost) -> tuple[Pubsub, GossipSub]:
         heartbeat_interval=GOSSIP_HEARTBEAT_S,
     )
     # strict_signing: every message is signed and checked, so from_id is authenticated.
-    pubsub = Pubsub(host, gossipsub, strict_signing=True)
+    pubsub = TolerantPubsub(host, gossipsub, strict_signing=True)
     # Seqnos start at int(time.time()) by default: a node restarted within seconds reuses
     # seqnos and its first adverts are dropped as duplicates. Nanoseconds never repeat.
     pubsub.counter = time.time_ns()

@@ -122,6 +122,10 @@ class NodeSupervisor:
             await asyncio.sleep(READY_POLL_S)
         return peer_id
 
+    def spare_running(self) -> bool:
+        process = self._spare.process if self._spare else None
+        return process is not None and process.returncode is None
+
     def join_spare(self) -> bool:
         """Tell the running spare to dial the coordinator now (SIGUSR1)."""
         process = self._spare.process if self._spare else None

@@ -63,8 +63,10 @@ NODE_LOSS_WAIT_S = 30.0
 #: seconds into the run without one.
 NODE_JOIN_AT = 0.25
 NODE_JOIN_DEFAULT_S = 0.5
-#: How often a joining node is looked at (usable yet? given work yet?).
+#: How often a joining node is looked at (usable yet? given work yet? still running?).
 NODE_JOIN_POLL_S = 0.01
+#: Restarts of a joined node that exits mid-run, at most, per run.
+NODE_JOIN_RESTARTS = 3
 
 #: degraded_node's profile unless ``scenario_params.degraded_node`` says otherwise, and the
 #: bounds of each setting.
@@ -227,6 +229,7 @@ async def _joining(
         "join_after_s": None,
         "usable_after_s": None,
         "received_work": False,
+        "restarts": 0,
     }
     watcher = asyncio.create_task(
         _join_later(handle, peer, join_after or NODE_JOIN_DEFAULT_S, record)
@@ -251,12 +254,18 @@ async def _join_later(handle: JobHandle, peer: str, delay: float, record: dict[s
         return
     record["join_after_s"] = round(time.monotonic() - started, 4)
     while True:
+        if not joiner.running():
+            # It crashed after joining: restarted, as the supervisor restarts the others,
+            # so the run never waits on a node that is gone (with N = 1 it has no other).
+            if record["restarts"] >= NODE_JOIN_RESTARTS:
+                return
+            record["restarts"] += 1
+            await joiner.restart()
+            continue
         if record["usable_after_s"] is None and joiner.usable():
             record["usable_after_s"] = round(time.monotonic() - started, 4)
         if handle.units_in_flight(peer):
             record["received_work"] = True
-            if record["usable_after_s"] is not None:
-                return
         await asyncio.sleep(NODE_JOIN_POLL_S)
 
 
