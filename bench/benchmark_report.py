@@ -8,6 +8,8 @@ nodes are standalone ``qmesh node`` processes on other machines (there ``node_lo
 nothing: only embedded nodes can be stopped, and the rows say so with ``nodes_lost: []``).
 
     .venv/bin/python bench/benchmark_report.py --out docs/benchmarks/knapsack-120
+    .venv/bin/python bench/benchmark_report.py --workload circuit --circuits 8 --qubits 6 \
+        --depth 8 --scenarios baseline degraded_node node_join --out docs/benchmarks/circuit-6q
     .venv/bin/python bench/benchmark_report.py --api http://coordinator:8000 --api-key KEY \\
         --items 200 --repetitions 5 --out /tmp/report
 """
@@ -39,7 +41,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the report files")
     parser.add_argument("--api", help="an existing coordinator (default: start one here)")
     parser.add_argument("--api-key")
-    parser.add_argument("--items", type=int, default=120)
+    parser.add_argument("--workload", choices=["qaoa_knapsack", "circuit"], default="qaoa_knapsack")
+    parser.add_argument("--items", type=int, default=120, help="knapsack items")
+    parser.add_argument("--circuits", type=int, default=8, help="circuits in the batch")
+    parser.add_argument("--qubits", type=int, default=6, help="qubits per circuit")
+    parser.add_argument("--depth", type=int, default=8, help="layers per circuit")
+    parser.add_argument("--shots", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--node-counts", type=int, nargs="+", default=[1, 2, 3])
@@ -49,8 +56,19 @@ def main() -> None:
     coord = None if args.api else start_coordinator(nodes=max(args.node_counts))
     base = (args.api or coord.base_url).rstrip("/") + "/api/v1"  # type: ignore[union-attr]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    params = (
+        knapsack(args.items, args.seed)
+        if args.workload == "qaoa_knapsack"
+        else {
+            "count": args.circuits,
+            "qubits": args.qubits,
+            "depth": args.depth,
+            "shots": args.shots,
+            "seed": args.seed,
+        }
+    )
     body = {
-        "workload": {"kind": "qaoa_knapsack", "params": knapsack(args.items, args.seed)},
+        "workload": {"kind": args.workload, "params": params},
         "modes": ["centralized", "distributed"],
         "node_counts": args.node_counts,
         "repetitions": args.repetitions,
