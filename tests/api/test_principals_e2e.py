@@ -178,6 +178,17 @@ def test_users_cannot_enroll_approve_or_reserve(
     assert approved.json()["status"] == "APPROVED"
 
 
+def test_users_cannot_run_benchmark_scenarios_that_disturb_the_mesh(alice: httpx.Client) -> None:
+    workload = {"kind": "circuit", "params": {"count": 1, "qubits": 2, "depth": 1}}
+    for scenario in ("node_loss", "degraded_node", "node_join"):
+        r = alice.post(
+            "/workflows/benchmarks",
+            json={"workload": workload, "scenarios": ["baseline", scenario]},
+        )
+        err = _envelope(r, 403, "forbidden")
+        assert err["details"]["scenario"] == scenario and scenario in err["message"]
+
+
 def test_reservation_and_job_quotas(
     coord: LiveCoordinator, alice: httpx.Client, bob: httpx.Client
 ) -> None:
