@@ -289,3 +289,24 @@ def test_branches_reach_the_optimum_on_strongly_correlated_instances(
     assert sum(weights[i] for i in res["selected"]) == res["total_weight"] <= capacity
     assert len(res["branches"]) == branches and not res["used_greedy_fallback"]
     assert len({b["node_id"] for b in res["blocks"]}) >= 2
+
+
+def test_adaptive_beam_and_repair_over_the_mesh(coord: LiveCoordinator) -> None:
+    values, weights, capacity = _correlated(48, 3)
+    params = {
+        "values": values, "weights": weights, "capacity": capacity, "seed": 3,
+        "beam_adaptive": True, "repair": "swap",
+    }  # fmt: skip
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": params})
+    assert r.status_code == 202, r.text
+    run = coord.wait_job(r.json()["run_id"], timeout=600, path="/workflows/runs/")
+    assert run["status"] == "COMPLETED", (run, coord.log_tail())
+    res = run["result"]
+    assert res["value_before_repair"] == res["qaoa_value"] <= res["value_after_repair"]
+    assert res["total_value"] == res["value_after_repair"]
+    assert sum(weights[i] for i in res["selected"]) == res["total_weight"] <= capacity
+    assert len(res["beam_widths"]) == len(res["block_items"]) and res["backtracks"] == []
+    assert res["settings"]["repair"] == "swap" and res["settings"]["beam_adaptive"] is True
+    bad = {**params, "repair": "greedy"}
+    r = coord.http.post("/workflows/runs", json={"kind": "qaoa_knapsack", "params": bad})
+    assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "repair"

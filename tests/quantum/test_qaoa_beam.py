@@ -398,3 +398,107 @@ def test_branch_orders_are_distinct_and_start_with_the_configured_one() -> None:
     assert orders[4][1] != orders[5][1]
     with pytest.raises(InvalidInput, match="branches"):
         beam.KnapsackSettings(branches=9)
+
+
+def test_swap_repair_only_improves_and_stays_feasible() -> None:
+    for seed in range(4):
+        values, weights, capacity = correlated_instance(seed, 40)
+        start = classical.knapsack_greedy(values, weights, capacity)
+        repaired, moves = classical.knapsack_swap_repair(values, weights, capacity, start.selected)
+        assert repaired.weight == sum(weights[i] for i in repaired.selected) <= capacity
+        assert repaired.value == sum(values[i] for i in repaired.selected)
+        assert all(m["gain"] > 0 for m in moves)
+        assert repaired.value - start.value == sum(m["gain"] for m in moves)
+        assert repaired.value <= classical.knapsack_dp(values, weights, capacity).value
+    # From nothing, the adds alone fill the knapsack.
+    filled, moves = classical.knapsack_swap_repair([5, 4, 3], [4, 3, 2], 5, [])
+    assert filled.value == 7 and {m["kind"] for m in moves} <= {"add", "swap", "swap2"}
+    with pytest.raises(InvalidInput):
+        classical.knapsack_swap_repair([5, 4], [4, 3], 5, [0, 1])
+
+
+def test_repair_option_reports_the_value_before_and_after() -> None:
+    values, weights, capacity = correlated_instance(2, 60)
+    result = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=beam.KnapsackSettings(repair="swap"), seed=2,
+    )  # fmt: skip
+    assert result["value_before_repair"] == result["qaoa_value"]
+    assert result["value_after_repair"] >= result["value_before_repair"]
+    assert result["total_value"] == max(result["value_after_repair"], result["greedy_value"])
+    assert sum(weights[i] for i in result["selected"]) == result["total_weight"] <= capacity
+    gains = sum(m["gain"] for m in result["repair"]["moves"])
+    assert result["value_after_repair"] - result["value_before_repair"] == gains
+
+
+def starving_dispatch(block: int, times: int) -> tuple[beam.Dispatch, list[int]]:
+    """A local dispatch whose results for ``block`` come back with no candidate the first
+    ``times`` rounds (a dead end); returns it and the block index of every round."""
+    inner = local_dispatch(worker.solve_block)
+    rounds: list[int] = []
+
+    def dispatch(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        index = payloads[0]["block_index"]
+        rounds.append(index)
+        results = inner(payloads)
+        if index == block and rounds.count(block) <= times:
+            return [{**r, "candidates": []} for r in results]
+        return results
+
+    return dispatch, rounds
+
+
+def test_a_dead_end_backtracks_to_pruned_alternatives() -> None:
+    values, weights, capacity = knapsack_instance(4, n=48)
+    settings = beam.KnapsackSettings(beam_width=4)
+    dispatch, rounds = starving_dispatch(block=2, times=2)
+    result = beam.solve_knapsack(
+        values, weights, capacity, dispatch=dispatch, settings=settings, seed=4
+    )
+    # The first dead end takes block 1's alternatives; the second, with those used up,
+    # steps back to block 0's.
+    assert [(b["dead_end"], b["resumed_at"]) for b in result["backtracks"]] == [(2, 2), (2, 1)]
+    assert rounds[:6] == [0, 1, 2, 2, 1, 2]
+    assert sum(weights[i] for i in result["selected"]) == result["total_weight"] <= capacity
+    assert result["total_value"] >= result["greedy_value"]
+
+    dispatch, _ = starving_dispatch(block=2, times=1)
+    with pytest.raises(ExecutionFailed, match="no feasible candidate"):
+        beam.solve_knapsack(
+            values, weights, capacity, dispatch=dispatch,
+            settings=beam.KnapsackSettings(beam_width=4, backtracks=0), seed=4,
+        )  # fmt: skip
+
+
+def test_adaptive_beam_width_follows_the_slack() -> None:
+    entry = beam._Entry(selected=(), value=0, weight=60, score=0.0)
+    fixed = beam.KnapsackSettings(beam_width=8)
+    adaptive = beam.KnapsackSettings(beam_width=8, beam_adaptive=True)
+    assert beam.adaptive_width(fixed, [entry], 100, 1000) == 8
+    assert beam.adaptive_width(adaptive, [entry], 100, 40) == 1  # everything left fits
+    assert beam.adaptive_width(adaptive, [entry], 100, 50) == 12  # 80 % fits: 1.4 times
+    assert beam.adaptive_width(adaptive, [entry], 100, 1000) == 16  # tight: twice as wide
+    values, weights, capacity = correlated_instance(3, 48)
+    result = beam.solve_knapsack(
+        values, weights, capacity,
+        dispatch=local_dispatch(worker.solve_block),
+        settings=adaptive, seed=3,
+    )  # fmt: skip
+    widths = result["beam_widths"]
+    assert len(widths) == len(result["block_items"]) and max(widths) > 8
+    assert sum(weights[i] for i in result["selected"]) == result["total_weight"] <= capacity
+
+
+def test_new_search_settings_are_validated_and_keep_old_run_tags() -> None:
+    with pytest.raises(InvalidInput) as bad:
+        beam.KnapsackSettings(repair="greedy")
+    assert bad.value.details["field"] == "repair"
+    with pytest.raises(InvalidInput) as bad:
+        beam.KnapsackSettings(backtracks=99)
+    assert bad.value.details["field"] == "backtracks"
+    with pytest.raises(InvalidInput):
+        beam.KnapsackSettings.from_params({"beam_adaptive": "yes"})
+    defaults = beam.KnapsackSettings().tag_dict()
+    assert not {"beam_adaptive", "backtracks", "repair"} & set(defaults)
+    assert beam.KnapsackSettings(repair="swap").tag_dict()["repair"] == "swap"

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from typing import Any
 
@@ -36,6 +37,7 @@ from quantum_mesh.quantum.qaoa.blocks import ORDERS, BlockJob, decompose
 from quantum_mesh.quantum.qaoa.classical import (
     knapsack_dp,
     knapsack_greedy,
+    knapsack_swap_repair,
     portfolio_brute_force,
     portfolio_objective,
     validate_knapsack,
@@ -55,6 +57,12 @@ Progress = Callable[[dict[str, Any]], None]
 #: nodes at once (``qaoa_schedules``), refines the best, then solves every beam entry of the
 #: block with those fixed angles.
 KNAPSACK_OPTIMIZERS = (*OPTIMIZERS, "distributed")
+#: Classical improvement of the search's answer: none, or add/1-swap/2-swap local search.
+REPAIRS = ("none", "swap")
+DEFAULT_BACKTRACKS = 4
+MAX_BACKTRACKS = 32
+#: The widest beam an adaptive search uses.
+MAX_ADAPTIVE_WIDTH = 32
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,12 @@ class KnapsackSettings:
     ``max_attempts``: deprecated and ignored. It bounded the driver's re-send rounds, which
     are gone (the dispatcher retries); it is still accepted and range-checked so existing
     request bodies and run tags stay valid.
+
+    ``beam_adaptive``: the beam's width follows the slack (:func:`adaptive_width`).
+    ``backtracks``: how many times a search may step back to pruned alternatives when a
+    block leaves no feasible extension (a dead end), instead of failing.
+    ``repair``: ``"swap"`` runs a classical local search (add, 1-swap, 2-swap) on the
+    search's answer; the result then reports the value before and after it.
     """
 
     block_size: int = 12
@@ -83,6 +97,9 @@ class KnapsackSettings:
     compound_size: int = 0
     max_attempts: int = 3
     branches: int = 1
+    beam_adaptive: bool = False
+    backtracks: int = DEFAULT_BACKTRACKS
+    repair: str = "none"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -107,6 +124,12 @@ class KnapsackSettings:
             ),
             ("max_attempts", 1 <= self.max_attempts <= 10, "max_attempts must be in [1, 10]"),
             ("branches", 1 <= self.branches <= 8, "branches must be in [1, 8]"),
+            (
+                "backtracks",
+                0 <= self.backtracks <= MAX_BACKTRACKS,
+                f"backtracks must be in [0, {MAX_BACKTRACKS}]",
+            ),
+            ("repair", self.repair in REPAIRS, f"repair must be one of {REPAIRS}"),
         ]
         for name, ok, message in checks:
             if not ok:
@@ -117,6 +140,12 @@ class KnapsackSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def tag_dict(self) -> dict[str, Any]:
+        """What identifies a run: every setting, less the later ones left at their default
+        (so a run checkpointed before they existed resumes under the same tag)."""
+        later = {"beam_adaptive": False, "backtracks": DEFAULT_BACKTRACKS, "repair": "none"}
+        return {k: v for k, v in self.as_dict().items() if k not in later or later[k] != v}
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> KnapsackSettings:
@@ -398,7 +427,7 @@ def solve_knapsack(
     classical_s = time.perf_counter() - t0
     if settings.optimizer == "distributed" and schedule_dispatch is None:
         raise InvalidInput("optimizer 'distributed' needs a schedule dispatch (qaoa_schedules).")
-    tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.as_dict())
+    tag = _run_tag("knapsack", vals.tolist(), wts.tolist(), cap, seed, settings.tag_dict())
     search = partial(
         _search_blocks,
         vals,
@@ -429,6 +458,18 @@ def solve_knapsack(
     best = found.best
     selected: list[int] = list(best.selected)
     total_v, total_w = best.value, best.weight
+    repair: dict[str, Any] | None = None
+    if settings.repair == "swap":
+        t0 = time.perf_counter()
+        repaired, moves = knapsack_swap_repair(values, weights, capacity, selected)
+        classical_s += time.perf_counter() - t0
+        repair = {
+            "kind": "swap",
+            "value_before": total_v,
+            "value_after": repaired.value,
+            "moves": moves,
+        }
+        selected, total_v, total_w = repaired.selected, repaired.value, repaired.weight
     fallback = total_v < greedy.value
     if fallback:
         selected, total_v, total_w = greedy.selected, greedy.value, greedy.weight
@@ -451,7 +492,14 @@ def solve_knapsack(
         "timing": _timing(started, ledger, sum(b.qaoa_s for b in branches), classical_s),
         "settings": settings.as_dict(),
         "seed": seed,
+        "beam_widths": found.widths,
+        "backtracks": found.backtracked,
     }
+    if repair is not None:
+        # The QAOA search's own answer stays visible beside what the classical repair added.
+        result["value_before_repair"] = repair["value_before"]
+        result["value_after_repair"] = repair["value_after"]
+        result["repair"] = repair
     if len(branches) > 1:
         result["best_branch"] = best_index
         result["branches"] = [
@@ -496,6 +544,8 @@ class _Found:
     ledger: _Ledger
     blocks: list[list[int]]
     order: str
+    widths: list[int] = field(default_factory=list)
+    backtracked: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _search_branches(
@@ -517,6 +567,8 @@ def _search_branches(
                 ledger=_Ledger(),
                 blocks=[list(b) for b in saved["blocks"]],
                 order=str(saved["order"]),
+                widths=[int(w) for w in saved.get("widths", [])],
+                backtracked=[dict(x) for x in saved.get("backtracked", [])],
             )
     lock = threading.Lock()
     blocks_done = [0] * len(orders)
@@ -570,6 +622,8 @@ def _saved(found: _Found) -> dict[str, Any]:
         "qaoa_s": found.qaoa_s,
         "blocks": found.blocks,
         "order": found.order,
+        "widths": found.widths,
+        "backtracked": found.backtracked,
     }
 
 
@@ -607,25 +661,30 @@ def _search_blocks(
     }
     ledger = _Ledger()
     beam = [_Entry(selected=(), value=0, weight=0, score=0.0)]
+    # Per finished block, the ranked extensions that missed the beam: where a dead end
+    # steps back to.
+    reserves: dict[int, list[_Entry]] = {}
+    backtracked: list[dict[str, Any]] = []
+    widths: list[int] = []
     block_log: list[dict[str, Any]] = []
     qaoa_s = 0.0
-    first_block = 0
+    b = 0
     if resume is not None and resume.get("tag") == tag:
-        first_block = int(resume["next_block"])
-        beam = [
-            _Entry(tuple(e["selected"]), int(e["value"]), int(e["weight"]), float(e["score"]))
-            for e in resume["beam"]
-        ]
+        b = int(resume["next_block"])
+        beam = [_entry(e) for e in resume["beam"]]
+        reserves = {int(k): [_entry(e) for e in v] for k, v in resume.get("reserves", {}).items()}
+        backtracked = [dict(x) for x in resume.get("backtracked", [])]
+        widths = [int(w) for w in resume.get("widths", [])]
         block_log = [dict(entry) for entry in resume["block_log"]]
         qaoa_s = float(resume["qaoa_s"])
-    for b, items in enumerate(blocks):
-        if b < first_block:
-            continue
+    while b < len(blocks):
+        items = blocks[b]
         later = [i for block in blocks[b + 1 :] for i in block]
         profile = future_profile(vals[later].tolist(), wts[later].tolist()) if later else None
+        attempt = f"-r{len(backtracked)}" if backtracked else ""
         jobs = [
             BlockJob(
-                job_id=f"qk-{tag}-b{b}-e{e}",
+                job_id=f"qk-{tag}-b{b}-e{e}{attempt}",
                 block_index=b,
                 item_indices=list(items),
                 values=[float(v) for v in vals[items]],
@@ -676,23 +735,32 @@ def _search_blocks(
                 if key not in extended:
                     extended[key] = _Entry(key, value, weight, score)
         if not extended:
-            raise ExecutionFailed(f"Block {b}: no feasible candidate came back.")
+            back = _step_back(reserves, b, len(backtracked), settings)
+            if back is None:
+                raise ExecutionFailed(
+                    f"Block {b}: no feasible candidate came back"
+                    + (f" (after {len(backtracked)} backtracks)." if backtracked else "."),
+                    details={"block_index": b, "backtracks": len(backtracked)},
+                )
+            b_back, beam = back
+            backtracked.append({"dead_end": b, "resumed_at": b_back, "entries": len(beam)})
+            widths = widths[:b_back]
+            b = b_back
+            continue
         ranked = sorted(extended.values(), key=lambda x: (-x.score, -x.value, x.weight, x.selected))
-        beam = ranked[: settings.beam_width]
+        later_weight = int(wts[later].sum()) if later else 0
+        width = adaptive_width(settings, ranked, cap, later_weight)
+        beam, reserves[b] = ranked[:width], ranked[width : width + settings.beam_width]
+        widths.append(width)
         if checkpoint is not None:
             checkpoint(
                 {
                     "tag": tag,
                     "next_block": b + 1,
-                    "beam": [
-                        {
-                            "selected": list(x.selected),
-                            "value": x.value,
-                            "weight": x.weight,
-                            "score": x.score,
-                        }
-                        for x in beam
-                    ],
+                    "beam": [_saved_entry(x) for x in beam],
+                    "reserves": {str(k): [_saved_entry(x) for x in v] for k, v in reserves.items()},
+                    "backtracked": backtracked,
+                    "widths": widths,
                     # Candidates are the bulk of the log and only informative: not kept here.
                     "block_log": [
                         {k: v for k, v in e.items() if k != "candidates"} for e in block_log
@@ -707,11 +775,68 @@ def _search_blocks(
                     "blocks_total": len(blocks),
                     "best_value": max(x.value for x in beam),
                     "beam_values": [x.value for x in beam],
+                    "beam_width": width,
+                    "backtracks": len(backtracked),
                     "optimum_value": optimum_value,
                 }
             )
+        b += 1
     best = max(beam, key=lambda x: (x.value, -x.weight, tuple(-i for i in x.selected)))
-    return _Found(best, block_log, qaoa_s, ledger, blocks, order)
+    return _Found(best, block_log, qaoa_s, ledger, blocks, order, widths, backtracked)
+
+
+def adaptive_width(
+    settings: KnapsackSettings, ranked: Sequence[_Entry], cap: int, later_weight: int
+) -> int:
+    """The beam's width for the next block.
+
+    Fixed at ``beam_width`` unless ``beam_adaptive``. Adaptive, it follows the slack: the
+    capacity the beam's entries have left over the weight of every later item. Where all of
+    it still fits (slack >= 1) taking everything is best and one entry is enough; where
+    the capacity binds, the choices that decide the answer are made, and the beam widens,
+    up to twice ``beam_width`` at half the weight fitting or less (at most
+    ``MAX_ADAPTIVE_WIDTH``)."""
+    if not settings.beam_adaptive or later_weight <= 0 or not ranked:
+        return settings.beam_width
+    head = ranked[: settings.beam_width]
+    slack = min(cap - e.weight for e in head) / later_weight
+    if slack >= 1.0:
+        return 1
+    factor = 1.0 + min(1.0, 2.0 * (1.0 - slack))
+    return max(1, min(MAX_ADAPTIVE_WIDTH, math.ceil(settings.beam_width * factor)))
+
+
+def _step_back(
+    reserves: dict[int, list[_Entry]], dead_end: int, done: int, settings: KnapsackSettings
+) -> tuple[int, list[_Entry]] | None:
+    """Where a dead end at block ``dead_end`` resumes: the latest earlier block with pruned
+    alternatives left, which become the beam again (taken from the reserve); later reserves
+    descend from the abandoned path and are dropped. None: no backtrack left."""
+    if done >= settings.backtracks:
+        return None
+    for k in sorted((k for k in reserves if k < dead_end), reverse=True):
+        if reserves[k]:
+            beam = reserves[k][: settings.beam_width]
+            reserves[k] = reserves[k][settings.beam_width :]
+            for later in [j for j in reserves if j > k]:
+                del reserves[later]
+            return k + 1, beam
+    return None
+
+
+def _entry(saved: Mapping[str, Any]) -> _Entry:
+    return _Entry(
+        tuple(saved["selected"]), int(saved["value"]), int(saved["weight"]), float(saved["score"])
+    )
+
+
+def _saved_entry(entry: _Entry) -> dict[str, Any]:
+    return {
+        "selected": list(entry.selected),
+        "value": entry.value,
+        "weight": entry.weight,
+        "score": entry.score,
+    }
 
 
 def solve_portfolio(

@@ -159,6 +159,86 @@ def knapsack_greedy(
     )
 
 
+#: Improving moves a repair makes at most (each strictly raises the value: it always ends).
+MAX_REPAIR_MOVES = 10_000
+#: Unselected items (densest first) that 2-swaps draw their pairs from.
+PAIR_POOL = 150
+
+
+def knapsack_swap_repair(
+    values: Sequence[int], weights: Sequence[int], capacity: int, selected: Sequence[int]
+) -> tuple[KnapsackSolution, list[dict[str, Any]]]:
+    """Classical local search from a feasible ``selected``: best-improvement moves until none
+    is left — add one item that fits, swap one item out for one in (1-swap), or one out for
+    two in (2-swap). Each move strictly raises the value, so it ends; it only ever keeps
+    the answer feasible. Returns the improved solution and the moves made (``kind``,
+    ``out``, ``in``, ``gain``), so callers can show what the repair, not the search, added.
+    """
+    vals, wts, cap = validate_knapsack(values, weights, capacity)
+    chosen = np.zeros(vals.size, dtype=bool)
+    chosen[list(selected)] = True
+    if int(wts[chosen].sum()) > cap:
+        raise InvalidInput(
+            "the selection to repair is over capacity", details={"field": "selected"}
+        )
+    moves: list[dict[str, Any]] = []
+    while len(moves) < MAX_REPAIR_MOVES:
+        move = _best_move(vals, wts, cap, chosen)
+        if move is None:
+            break
+        for i in move["out"]:
+            chosen[i] = False
+        for i in move["in"]:
+            chosen[i] = True
+        moves.append(move)
+    picked = np.flatnonzero(chosen).tolist()
+    solution = KnapsackSolution(
+        value=int(vals[picked].sum()), weight=int(wts[picked].sum()), selected=picked
+    )
+    return solution, moves
+
+
+def _best_move(
+    vals: IntArray, wts: IntArray, cap: int, chosen: NDArray[np.bool_]
+) -> dict[str, Any] | None:
+    """The single move with the largest gain (ties: the first found), or None."""
+    room = cap - int(wts[chosen].sum())
+    ins = np.flatnonzero(~chosen)
+    outs = np.flatnonzero(chosen)
+    best: dict[str, Any] | None = None
+
+    def consider(kind: str, out: list[int], into: list[int], gain: int) -> None:
+        nonlocal best
+        if gain > 0 and (best is None or gain > best["gain"]):
+            best = {"kind": kind, "out": out, "in": into, "gain": gain}
+
+    if ins.size:
+        addable = ins[wts[ins] <= room]
+        if addable.size:
+            j = int(addable[np.argmax(vals[addable])])
+            consider("add", [], [j], int(vals[j]))
+    if ins.size and outs.size:
+        # 1-swap: gain[o, i] = v_i - v_o where w_i - w_o <= room.
+        swap_fits = (wts[ins][None, :] - wts[outs][:, None]) <= room
+        gain = np.where(swap_fits, vals[ins][None, :] - vals[outs][:, None], 0)
+        o_at, i_at = np.unravel_index(int(np.argmax(gain)), gain.shape)
+        consider("swap", [int(outs[o_at])], [int(ins[i_at])], int(gain[o_at, i_at]))
+    if ins.size > 1 and outs.size:
+        # 2-swap: one out, two in. Pairs of candidates once (the densest unselected items
+        # only, so that large instances stay quadratic), then every item out.
+        pool = ins[np.argsort(-(vals[ins] / wts[ins]), kind="stable")[:PAIR_POOL]]
+        a, b = np.triu_indices(pool.size, k=1)
+        pair_w = wts[pool][a] + wts[pool][b]
+        pair_v = vals[pool][a] + vals[pool][b]
+        for out in outs.tolist():
+            pair_fits = pair_w <= room + int(wts[out])
+            if pair_fits.any():
+                k = int(np.argmax(np.where(pair_fits, pair_v, -1)))
+                into = [int(pool[a[k]]), int(pool[b[k]])]
+                consider("swap2", [out], into, int(pair_v[k] - vals[out]))
+    return best
+
+
 def validate_portfolio(
     expected_returns: Sequence[float],
     covariance: Sequence[Sequence[float]],
