@@ -172,9 +172,9 @@ async def scenario_run(
     """Set the scenario up around one run on ``chosen`` (None: centralized)."""
     setup = RunSetup(nodes=list(chosen or []))
     field_name = ROW_FIELDS.get(scenario)
-    if chosen is None:  # centralized: no node to disturb, but the row says the scenario
-        if field_name is not None:
-            setup.record[field_name] = None
+    if field_name is not None:  # every row of the scenario has its field (None: no node)
+        setup.record[field_name] = None
+    if chosen is None:  # centralized: no node to disturb
         yield setup
         return
     if scenario == "node_loss":
