@@ -21,6 +21,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from quantum_mesh.control import mesh_model
+
+#: The model's plot, in bundles whose rows carry profiles to fit it to.
+MODEL_PLOT = "model_scale.png"
 #: Files every bundle holds (the plots only when there are rows).
 PLOTS = ("wall_time.png", "speedup.png", "quality_vs_time.png", "mesh_share.png")
 CSV_COLUMNS = (
@@ -41,6 +45,12 @@ def build_report(benchmark: dict[str, Any]) -> bytes:
     """The zip of one finished benchmark (``benchmark`` as ``GET /workflows/benchmarks/{id}``
     returns it)."""
     rows: list[dict[str, Any]] = list(benchmark.get("rows") or [])
+    model = benchmark.get("model")
+    if model is None and rows:
+        model = mesh_model.validate(rows)
+    figures = plots(rows)
+    if model is not None:
+        figures[MODEL_PLOT] = model_plot(model)
     document = {
         "benchmark_id": benchmark.get("benchmark_id"),
         "status": benchmark.get("status"),
@@ -50,14 +60,16 @@ def build_report(benchmark: dict[str, Any]) -> bytes:
         # What each run's scenario did, one line per row (also the CSV's scenario_detail).
         "scenario_details": [scenario_detail(r) for r in rows],
         "environment": environment(),
+        # Predicted, not measured: a discrete-event model fitted to these rows.
+        "model": model,
         "generated_at": datetime.now(UTC).isoformat(),
-        "files": ["report.json", "rows.csv", *PLOTS],
+        "files": ["report.json", "rows.csv", *figures],
     }
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         bundle.writestr("report.json", json.dumps(document, indent=2, default=str))
         bundle.writestr("rows.csv", _csv(rows))
-        for name, png in plots(rows).items():
+        for name, png in figures.items():
             bundle.writestr(name, png)
     return out.getvalue()
 
@@ -245,3 +257,43 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, bytes]:
     ax.legend(title="scenario")
     save(fig, "mesh_share.png")
     return figures
+
+
+def model_plot(model: dict[str, Any]) -> bytes:
+    """Predicted speedup and mesh share against node count (log scale), the measured
+    speedups beside them; titled as a model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    predictions = model["predictions"]
+    nodes = [p["nodes"] for p in predictions]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(nodes, [p["speedup"] for p in predictions], marker="o", label="speedup (model)")
+    checks = model["validation"]
+    ax.scatter(
+        [c["nodes"] for c in checks],
+        [c["measured_speedup"] for c in checks],
+        color="black",
+        zorder=3,
+        label="speedup (measured)",
+    )
+    ax.set_xscale("log")
+    ax.set_xlabel("nodes (log scale)")
+    ax.set_ylabel("speedup vs centralized")
+    share = ax.twinx()
+    share.plot(
+        nodes, [100 * p["mesh_share"] for p in predictions], color="C1", linestyle="--",
+        label="mesh share % (model)",
+    )  # fmt: skip
+    share.set_ylabel("mesh share of wall time (%)")
+    lines = ax.get_legend_handles_labels()
+    more = share.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
+    ax.set_title(f"MODEL, not measured: {model['label']}", fontsize=9)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
