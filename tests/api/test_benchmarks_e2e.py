@@ -72,6 +72,13 @@ def test_contract_body_alternates_modes_and_repeats(coord: LiveCoordinator) -> N
     # The earlier comparison is still there for its readers.
     assert [m["mode"] for m in done["comparison"]["modes"]] == ["local", "mesh-1", "mesh-2"]
     assert done["progress"]["done"] == done["progress"]["total"] == 6
+    # The mesh model, fitted to these runs and labelled as a model, predicts far beyond them.
+    model = done["model"]
+    assert model["label"].startswith("model") and model["fitted_on_nodes"] == 1
+    assert [c["nodes"] for c in model["validation"]] == [1, 2]
+    assert [p["nodes"] for p in model["predictions"]][-1] == 1000
+    assert all(0 <= p["mesh_share"] < 1 and p["speedup"] > 0 for p in model["predictions"])
+    assert all(r["profile"]["rounds"] for r in rows if r["mode"] == "distributed")
     _check_report(coord, done)
 
 
@@ -85,9 +92,10 @@ def _check_report(coord: LiveCoordinator, done: dict[str, Any]) -> None:
         assert names == {
             "report.json", "rows.csv", "wall_time.png", "speedup.png",
             "quality_vs_time.png", "mesh_share.png",
-        }  # fmt: skip
+        } | ({"model_scale.png"} if done["model"] else set())  # fmt: skip
         report = json.loads(bundle.read("report.json"))
         assert report["rows"] == done["rows"] and report["summary"] == done["summary"]
+        assert report["model"] == done["model"]
         assert report["environment"]["packages"]["qiskit"]
         table = list(csv.DictReader(io.StringIO(bundle.read("rows.csv").decode())))
         assert len(table) == len(done["rows"]) and table[0]["mode"] == "centralized"
@@ -119,7 +127,7 @@ def test_the_shorthand_body_still_works(coord: LiveCoordinator) -> None:
 def test_scenarios_this_build_cannot_set_up_are_refused_clearly(coord: LiveCoordinator) -> None:
     workload = {"kind": "qaoa_knapsack", "params": _knapsack(12)}
     for scenarios, words in [
-        (["latency"], "not available in this build"),
+        (["loss"], "not available in this build"),
         (["bandwidth", "baseline"], "not available in this build"),
         (["earthquake"], "unknown scenario"),
     ]:
@@ -277,3 +285,28 @@ def test_a_node_joining_mid_run_gets_work_and_the_answer_stays(coord: LiveCoordi
     # Retired after its run: the mesh is back to its embedded nodes.
     peers = coord.http.get("/discovery/peers", params={"fresh": "true"}).json()["items"]
     assert record["node_id"] not in {p["peer_id"] for p in peers}
+
+
+def test_a_delayed_link_raises_the_mesh_share_with_the_answer_unchanged(
+    coord: LiveCoordinator,
+) -> None:
+    workload = {"kind": "circuit", "params": {"count": 2, "qubits": 4, "depth": 4, "seed": 2}}
+    done = _finished(
+        coord,
+        {
+            "workload": workload,
+            "modes": ["distributed"],
+            "node_counts": [1],
+            "scenarios": ["baseline", "latency"],
+            "scenario_params": {"latency": {"delay_ms": 20, "jitter_ms": 2}},
+            "warmup": False,
+        },
+    )
+    baseline, delayed = done["rows"]
+    link = delayed["link"]
+    assert link["delay_ms"] == 20 and link["usable_before_run"] is True, link
+    assert link["bytes_relayed"] > 0 and "relay" in link["emulator"], link
+    assert link["node_id"] not in done["comparison"]["modes"][0]["nodes_used"]
+    # 20 ms each way on every call: the run waits on the mesh for a larger share of it.
+    assert delayed["mesh_share"] > baseline["mesh_share"], (baseline, delayed)
+    assert delayed["result"] == baseline["result"]

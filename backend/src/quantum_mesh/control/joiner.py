@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 from quantum_mesh.control.enrollment import EnrollmentService
+from quantum_mesh.control.linkrelay import DelayRelay
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.states import EnrollmentStatus
 from quantum_mesh.node.supervisor import NodeSupervisor
@@ -59,9 +60,44 @@ class EmbeddedJoiner:
     def usable(self) -> bool:
         return self._registry.is_usable(self.peer_id)
 
+    async def prepare_linked(self, *, delay_s: float, jitter_s: float) -> tuple[str, DelayRelay]:
+        """The spare on the mesh through a delaying relay (the ``latency`` scenario): started,
+        joined at once through the relay, and usable; returns its peer ID and the relay (the
+        caller stops it after ``retire``)."""
+        await self._enrollment.create(
+            peer_id=self.peer_id,
+            name="embedded-join",
+            status=EnrollmentStatus.APPROVED,
+            embedded=True,
+        )
+        await self.retire()
+        host, port, coordinator = _split(self._supervisor.bootstrap_addr)
+        relay = DelayRelay(host, port, delay_s=delay_s, jitter_s=jitter_s)
+        relay_port = await relay.start()
+        try:
+            await self._supervisor.start_spare(
+                within_s=SPARE_READY_S,
+                bootstrap=f"/ip4/127.0.0.1/tcp/{relay_port}/p2p/{coordinator}",
+            )
+            self.join()
+            for _ in range(int(SPARE_READY_S / POLL_S)):
+                if self.usable():
+                    break
+                await asyncio.sleep(POLL_S)
+        except BaseException:
+            await relay.stop()
+            raise
+        return self.peer_id, relay
+
     async def retire(self) -> None:
         await self._supervisor.stop_spare()
         for _ in range(int(RETIRE_WAIT_S / POLL_S)):  # bounded: it disconnects on exit
             if not self.usable():
                 return
             await asyncio.sleep(POLL_S)
+
+
+def _split(multiaddr: str) -> tuple[str, int, str]:
+    """``/ip4/H/tcp/P/p2p/ID`` -> ``(H, P, ID)``."""
+    parts = multiaddr.strip("/").split("/")
+    return parts[1], int(parts[3]), parts[5]

@@ -136,6 +136,12 @@ def scenario_detail(row: dict[str, Any]) -> str:
             f"{degraded.get('calls_slowed', '?')} calls x{degraded.get('slowdown')}"
             + (f", noise {degraded['noise_level']}" if degraded.get("noise_level") else "")
         )
+    link = row.get("link")
+    if link and link.get("node_id"):
+        return (
+            f"{_short(link['node_id'])} behind a relay: {link.get('delay_ms')} ms"
+            f" ± {link.get('jitter_ms')} ms each way, {link.get('bytes_relayed')} bytes relayed"
+        )
     joined = row.get("joined")
     if joined and joined.get("node_id"):
         return (

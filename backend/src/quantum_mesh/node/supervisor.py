@@ -43,6 +43,8 @@ class _Child:
     name: str = ""
     #: Started off the mesh, joining on SIGUSR1 (the spare for ``node_join``).
     join_on_signal: bool = False
+    #: Dial this address instead of the coordinator's own (a relay on its link).
+    bootstrap: str = ""
     process: asyncio.subprocess.Process | None = None
     failures: int = 0
     monitor: asyncio.Task[None] | None = None
@@ -106,12 +108,18 @@ class NodeSupervisor:
             )
         return self._spare.peer_id
 
-    async def start_spare(self, *, within_s: float) -> str:
-        """Start the spare, warm but off the mesh, and wait until it serves. Not restarted
-        when it exits: it lives for one run."""
+    @property
+    def bootstrap_addr(self) -> str:
+        return self._bootstrap
+
+    async def start_spare(self, *, within_s: float, bootstrap: str | None = None) -> str:
+        """Start the spare, warm but off the mesh, and wait until it serves; it will dial
+        ``bootstrap`` (default: the coordinator) when told to join. Not restarted when it
+        exits: it lives for one run."""
         peer_id = self.spare_peer_id
         assert self._spare is not None
         await self.stop_spare()
+        self._spare.bootstrap = bootstrap or ""
         await self._spawn(self._spare)
         deadline = time.monotonic() + within_s
         while not self._spare.ready_file.exists():
@@ -218,7 +226,7 @@ class NodeSupervisor:
             "-m",
             "quantum_mesh.node.main",
             "--bootstrap",
-            self._bootstrap,
+            child.bootstrap or self._bootstrap,
             "--key-file",
             str(child.key_file),
             "--p2p-port",

@@ -26,7 +26,7 @@ from quantum_mesh.control.workflows import (
     public_kinds,
     validate_workflow,
 )
-from quantum_mesh.control.workflows.scenarios import ADMIN_SCENARIOS
+from quantum_mesh.control.workflows.scenario_params import ADMIN_SCENARIOS
 from quantum_mesh.errors import Conflict, Forbidden, NotFound
 from quantum_mesh.store.tables import Job
 
@@ -116,7 +116,7 @@ class BenchmarkIn(BaseModel):
     scenario_params: dict[str, Any] | None = Field(
         default=None,
         description='settings of a scenario: {"degraded_node": {"refuse_share", "slowdown", '
-        '"noise_level"}}',
+        '"noise_level"}, "latency": {"delay_ms", "jitter_ms"}}',
     )
     include_local: bool = Field(default=True, description="shorthand only")
     warmup: bool = Field(default=True, description="one untimed run per mode first")
@@ -130,6 +130,8 @@ def benchmark_to_dict(job: Job) -> dict[str, Any]:
         "request": job.request,
         "rows": (job.result or {}).get("rows") if job.status == "COMPLETED" else None,
         "summary": (job.result or {}).get("summary") if job.status == "COMPLETED" else None,
+        # A fitted discrete-event model of larger meshes (labelled as a model; may be null).
+        "model": (job.result or {}).get("model") if job.status == "COMPLETED" else None,
         "comparison": job.result if job.status == "COMPLETED" else None,
         "error": job.error,
         "created_at": job.created_at.isoformat(),

@@ -15,20 +15,18 @@ first repetition) is still part of the result.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from quantum_mesh.control import mesh_model
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.workflows.base import RunOptions, Workflow
-from quantum_mesh.control.workflows.scenarios import (
-    disturbance_delay,
-    scenario_params_of,
-    scenario_run,
-    scenarios_of,
-)
+from quantum_mesh.control.workflows.scenario_params import scenario_params_of, scenarios_of
+from quantum_mesh.control.workflows.scenarios import disturbance_delay, scenario_run
 from quantum_mesh.errors import InvalidInput
 
 BENCHMARK_KIND = "benchmark"
@@ -96,6 +94,7 @@ def _row_figures(workload: str, result: dict[str, Any], wall: float, local: bool
         return {
             "mesh_share": round(mesh_s / wall, 4) if wall else None,
             "retries": retries,
+            "profile": _knapsack_profile(result),
             "quality": result["ratio_to_optimum"],
             "result": {
                 "selected": result["selected"],
@@ -116,6 +115,24 @@ def _row_figures(workload: str, result: dict[str, Any], wall: float, local: bool
         "retries": retries,
         "quality": None if error is None else -abs(float(error)),
         "result": {"energy": result["energy"], "reference_energy": result.get("reference_energy")},
+    }
+
+
+def _knapsack_profile(result: dict[str, Any]) -> dict[str, Any] | None:
+    """What the run was made of, for the mesh model (``control/mesh_model.py``): block
+    jobs per block (a round: the search waits for all of them), a block job's median
+    compute seconds, and the driver's own classical seconds."""
+    blocks = result.get("blocks") or []
+    seconds = [float(b["seconds"]) for b in blocks if b.get("seconds") is not None]
+    if not blocks or not seconds:
+        return None
+    per_block: dict[int, int] = {}
+    for b in blocks:
+        per_block[int(b["block_index"])] = per_block.get(int(b["block_index"]), 0) + 1
+    return {
+        "rounds": [per_block[k] for k in sorted(per_block)],
+        "unit_s": round(statistics.median(seconds), 6),
+        "classical_s": round(float(result.get("timing", {}).get("master_s") or 0.0), 6),
     }
 
 
@@ -248,6 +265,8 @@ class BenchmarkWorkflow:
             **_comparison(name_of_workload, spec["params"], legacy),
             "rows": rows,
             "summary": _summary(rows, configs, scenarios),
+            # Simulations: CPU work, off the API loop.
+            "model": await asyncio.to_thread(mesh_model.validate, rows),
         }
 
     async def _one_run(

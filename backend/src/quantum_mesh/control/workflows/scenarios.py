@@ -12,6 +12,9 @@
   warm but off the mesh before the run, is told to join a little way into it (a quarter of
   the same mode's fastest baseline run); once its advert is fresh the scheduler places
   units on it. After the run it is stopped again. Row: ``joined``.
+- ``latency``: the last of the run's N nodes is the spare, on the mesh before the run through
+  a relay that holds every chunk ``delay_ms ± jitter_ms`` each way (``control/linkrelay.py``;
+  no netem here). Row: ``link``.
 
 Every row of a scenario records it (``scenario``, plus the scenario's own field, ``None`` on
 centralized rows, which use no node).
@@ -27,29 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantum_mesh.control.jobs import JobHandle
-from quantum_mesh.control.workflows.params import finite_number
-from quantum_mesh.errors import InvalidInput, QMeshError
+from quantum_mesh.control.workflows.scenario_params import ROW_FIELDS
+from quantum_mesh.errors import QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError
 from quantum_mesh.mesh.protocol import METHOD_DEGRADE
 
 log = get_logger(__name__)
-
-#: Scenario names of the contract, and the ones this build can set up.
-CONTRACT_SCENARIOS = (
-    "baseline",
-    "latency",
-    "bandwidth",
-    "loss",
-    "degraded_node",
-    "node_loss",
-    "node_join",
-)
-AVAILABLE_SCENARIOS = ("baseline", "degraded_node", "node_loss", "node_join")
-#: Scenarios that disturb the mesh every other job uses too: admins only.
-ADMIN_SCENARIOS = frozenset({"degraded_node", "node_loss", "node_join"})
-#: The row field each scenario records.
-ROW_FIELDS = {"node_loss": "nodes_lost", "degraded_node": "degraded", "node_join": "joined"}
 
 #: node_loss: the earliest moment to stop a node, as a share of the same mode's fastest
 #: baseline run; then the node goes as soon as it holds work.
@@ -68,87 +55,8 @@ NODE_JOIN_POLL_S = 0.01
 #: Restarts of a joined node that exits mid-run, at most, per run.
 NODE_JOIN_RESTARTS = 3
 
-#: degraded_node's profile unless ``scenario_params.degraded_node`` says otherwise, and the
-#: bounds of each setting.
-DEGRADED_DEFAULTS: dict[str, float | None] = {
-    "refuse_share": 0.5,
-    "slowdown": 3.0,
-    "noise_level": None,
-}
-DEGRADED_BOUNDS = {"refuse_share": (0.0, 1.0), "slowdown": (1.0, 20.0), "noise_level": (0.0, 1.0)}
 #: How long a node stays degraded if the restore never reaches it (a coordinator crash).
 DEGRADED_TTL_S = 900.0
-
-
-def scenarios_of(body: dict[str, Any]) -> list[str]:
-    scenarios = body.get("scenarios", ["baseline"])
-    if not isinstance(scenarios, list) or not scenarios or len(set(scenarios)) != len(scenarios):
-        raise InvalidInput(
-            "scenarios must be a non-empty list of distinct scenario names",
-            details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
-        )
-    for name in scenarios:
-        if name not in CONTRACT_SCENARIOS:
-            raise InvalidInput(
-                f"unknown scenario {name!r}; scenarios are {list(CONTRACT_SCENARIOS)}",
-                details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
-            )
-        if name not in AVAILABLE_SCENARIOS:
-            raise InvalidInput(
-                f"scenario {name!r} is not available in this build: it needs nodes in network "
-                f"namespaces of their own with shaped links (docs/benchmarks.md); available: "
-                f"{list(AVAILABLE_SCENARIOS)}",
-                details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
-            )
-    return list(scenarios)
-
-
-def scenario_params_of(body: dict[str, Any], scenarios: list[str]) -> dict[str, Any]:
-    """``scenario_params``: ``{"degraded_node": {"refuse_share", "slowdown", "noise_level"}}``,
-    each setting optional (defaults: :data:`DEGRADED_DEFAULTS`)."""
-    given = body.get("scenario_params") or {}
-    if not isinstance(given, dict):
-        raise InvalidInput(
-            "scenario_params must be an object keyed by scenario name",
-            details={"field": "scenario_params"},
-        )
-    for name in given:
-        if name != "degraded_node":
-            raise InvalidInput(
-                f"scenario_params.{name}: only degraded_node takes parameters",
-                details={"field": f"scenario_params.{name}", "valid": ["degraded_node"]},
-            )
-    raw = given.get("degraded_node") or {}
-    if not isinstance(raw, dict):
-        raise InvalidInput(
-            "scenario_params.degraded_node must be an object",
-            details={"field": "scenario_params.degraded_node"},
-        )
-    unknown = sorted(set(raw) - set(DEGRADED_DEFAULTS))
-    if unknown:
-        raise InvalidInput(
-            f"scenario_params.degraded_node.{unknown[0]} is not a setting; valid: "
-            f"{sorted(DEGRADED_DEFAULTS)}",
-            details={
-                "field": f"scenario_params.degraded_node.{unknown[0]}",
-                "valid": sorted(DEGRADED_DEFAULTS),
-            },
-        )
-    profile = dict(DEGRADED_DEFAULTS)
-    for name, value in raw.items():
-        low, high = DEGRADED_BOUNDS[name]
-        number = finite_number(value, high)
-        if number is None or not low <= number <= high:
-            raise InvalidInput(
-                f"scenario_params.degraded_node.{name} must be a number in [{low:g}, {high:g}]",
-                details={
-                    "field": f"scenario_params.degraded_node.{name}",
-                    "minimum": low,
-                    "maximum": high,
-                },
-            )
-        profile[name] = number
-    return {"degraded_node": profile} if "degraded_node" in scenarios else {}
 
 
 @dataclass
@@ -205,7 +113,43 @@ async def scenario_run(
         async with _joining(handle, chosen, join_after, setup):
             yield setup
         return
+    if scenario == "latency" and chosen:
+        async with _delayed_link(handle, chosen, profile or {}, setup):
+            yield setup
+        return
     yield setup
+
+
+@contextlib.asynccontextmanager
+async def _delayed_link(
+    handle: JobHandle, chosen: list[str], profile: dict[str, Any], setup: RunSetup
+) -> AsyncIterator[None]:
+    """latency around one run: the last of the N nodes is the spare, on the mesh through a
+    relay that delays its link (``control/linkrelay.py``); stopped after the run."""
+    joiner = handle.joiner
+    if joiner is None:  # no embedded nodes: nothing to put behind a relay
+        setup.record["link"] = {"node_id": None, "reason": "no embedded nodes to start"}
+        yield
+        return
+    delay_ms, jitter_ms = float(profile["delay_ms"]), float(profile["jitter_ms"])
+    peer, relay = await joiner.prepare_linked(delay_s=delay_ms / 1000, jitter_s=jitter_ms / 1000)
+    setup.nodes = [*[p for p in chosen if p != peer][: len(chosen) - 1], peer]
+    usable = joiner.usable()
+    try:
+        yield
+    finally:
+        await joiner.retire()
+        await relay.stop()
+        setup.record["link"] = {
+            "node_id": peer,
+            "delay_ms": delay_ms,
+            "jitter_ms": jitter_ms,
+            "emulator": "qmesh relay (asyncio TCP relay in the coordinator)",
+            "isolation": "none: the node and the relay on 127.0.0.1",
+            "usable_before_run": usable,
+            "bytes_relayed": relay.stats.bytes,
+            "chunks_relayed": relay.stats.chunks,
+        }
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,109 @@
+"""Benchmark scenario names and settings, checked before a benchmark job exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantum_mesh.control.workflows.params import finite_number
+from quantum_mesh.errors import InvalidInput
+
+#: Scenario names of the contract, and the ones this build can set up.
+CONTRACT_SCENARIOS = (
+    "baseline",
+    "latency",
+    "bandwidth",
+    "loss",
+    "degraded_node",
+    "node_loss",
+    "node_join",
+)
+AVAILABLE_SCENARIOS = ("baseline", "latency", "degraded_node", "node_loss", "node_join")
+#: Scenarios that disturb the mesh every other job uses too: admins only.
+ADMIN_SCENARIOS = frozenset({"latency", "degraded_node", "node_loss", "node_join"})
+#: The row field each scenario records.
+ROW_FIELDS = {
+    "node_loss": "nodes_lost",
+    "degraded_node": "degraded",
+    "node_join": "joined",
+    "latency": "link",
+}
+
+#: Settings of the scenarios that take any: ``{name: (default, minimum, maximum)}`` (a
+#: default of None: unchanged unless given).
+SETTINGS: dict[str, dict[str, tuple[float | None, float, float]]] = {
+    "degraded_node": {
+        "refuse_share": (0.5, 0.0, 1.0),
+        "slowdown": (3.0, 1.0, 20.0),
+        "noise_level": (None, 0.0, 1.0),
+    },
+    "latency": {
+        "delay_ms": (20.0, 0.0, 2000.0),
+        "jitter_ms": (0.0, 0.0, 2000.0),
+    },
+}
+
+
+def scenarios_of(body: dict[str, Any]) -> list[str]:
+    scenarios = body.get("scenarios", ["baseline"])
+    if not isinstance(scenarios, list) or not scenarios or len(set(scenarios)) != len(scenarios):
+        raise InvalidInput(
+            "scenarios must be a non-empty list of distinct scenario names",
+            details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+        )
+    for name in scenarios:
+        if name not in CONTRACT_SCENARIOS:
+            raise InvalidInput(
+                f"unknown scenario {name!r}; scenarios are {list(CONTRACT_SCENARIOS)}",
+                details={"field": "scenarios", "valid": list(CONTRACT_SCENARIOS)},
+            )
+        if name not in AVAILABLE_SCENARIOS:
+            raise InvalidInput(
+                f"scenario {name!r} is not available in this build: it needs nodes in network "
+                f"namespaces of their own with shaped links (docs/benchmarks.md); available: "
+                f"{list(AVAILABLE_SCENARIOS)}",
+                details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
+            )
+    return list(scenarios)
+
+
+def scenario_params_of(body: dict[str, Any], scenarios: list[str]) -> dict[str, Any]:
+    """``scenario_params``: ``{"degraded_node": {"refuse_share", "slowdown", "noise_level"},
+    "latency": {"delay_ms", "jitter_ms"}}``, each setting optional (:data:`SETTINGS`).
+    Returns the full settings of the requested scenarios that take any."""
+    given = body.get("scenario_params") or {}
+    if not isinstance(given, dict):
+        raise InvalidInput(
+            "scenario_params must be an object keyed by scenario name",
+            details={"field": "scenario_params"},
+        )
+    for name in given:
+        if name not in SETTINGS:
+            raise InvalidInput(
+                f"scenario_params.{name}: only {' and '.join(SETTINGS)} take parameters",
+                details={"field": f"scenario_params.{name}", "valid": sorted(SETTINGS)},
+            )
+    return {name: _settings(name, given.get(name) or {}) for name in SETTINGS if name in scenarios}
+
+
+def _settings(scenario: str, raw: Any) -> dict[str, Any]:
+    table = SETTINGS[scenario]
+    where = f"scenario_params.{scenario}"
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{where} must be an object", details={"field": where})
+    unknown = sorted(set(raw) - set(table))
+    if unknown:
+        raise InvalidInput(
+            f"{where}.{unknown[0]} is not a setting; valid: {sorted(table)}",
+            details={"field": f"{where}.{unknown[0]}", "valid": sorted(table)},
+        )
+    settings: dict[str, Any] = {name: default for name, (default, _, _) in table.items()}
+    for name, value in raw.items():
+        _, low, high = table[name]
+        number = finite_number(value, high)
+        if number is None or not low <= number <= high:
+            raise InvalidInput(
+                f"{where}.{name} must be a number in [{low:g}, {high:g}]",
+                details={"field": f"{where}.{name}", "minimum": low, "maximum": high},
+            )
+        settings[name] = number
+    return settings
