@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from quantum_mesh.control import mesh_model as mm
 from quantum_mesh.errors import InvalidInput
+
+REPORT = Path(__file__).resolve().parents[2] / "docs/benchmarks/knapsack-120/report.json"
 
 
 def test_without_costs_a_node_is_the_centralized_run_and_nodes_divide_rounds() -> None:
@@ -59,3 +64,15 @@ def test_validate_needs_profiles_and_compares_every_measured_node_count() -> Non
     assert [c["nodes"] for c in model["validation"]] == [1, 2, 3]
     assert max(c["relative_error"] for c in model["validation"]) < 1e-3
     assert [p["nodes"] for p in model["predictions"]] == [1, 10]
+
+
+def test_the_model_reproduces_the_measured_speedups_of_a_real_report() -> None:
+    """docs/benchmarks/knapsack-120: a benchmark measured on this machine (3 repetitions of
+    centralized and 1-3 mesh nodes). Fitted on its 1-node runs, the model must predict the
+    measured 2- and 3-node speedups within the stated tolerance."""
+    rows = json.loads(REPORT.read_text())["rows"]
+    model = mm.validate(rows)
+    assert model is not None
+    assert model["within_tolerance"], model["validation"]
+    assert [c["nodes"] for c in model["validation"]] == [1, 2, 3]
+    assert model["label"] == mm.LABEL and "model" in model["label"]

@@ -138,9 +138,14 @@ def scenario_detail(row: dict[str, Any]) -> str:
         )
     link = row.get("link")
     if link and link.get("node_id"):
+        shaped = ", ".join(
+            f"{name} {link[name]}"
+            for name in ("delay_ms", "jitter_ms", "rate_kbit", "loss", "rto_ms")
+            if name in link
+        )
         return (
-            f"{_short(link['node_id'])} behind a relay: {link.get('delay_ms')} ms"
-            f" ± {link.get('jitter_ms')} ms each way, {link.get('bytes_relayed')} bytes relayed"
+            f"{_short(link['node_id'])} behind a relay ({shaped}): "
+            f"{link.get('bytes_relayed')} bytes relayed"
         )
     joined = row.get("joined")
     if joined and joined.get("node_id"):
@@ -277,6 +282,12 @@ def model_plot(model: dict[str, Any]) -> bytes:
     nodes = [p["nodes"] for p in predictions]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(nodes, [p["speedup"] for p in predictions], marker="o", label="speedup (model)")
+    lean = model.get("predictions_what_if") or []
+    if lean:
+        ax.plot(
+            [p["nodes"] for p in lean], [p["speedup"] for p in lean], marker=".", color="C2",
+            label=f"speedup (model, coordinator at {1000 * model['what_if_dispatch_s']:g} ms/unit)",
+        )  # fmt: skip
     checks = model["validation"]
     ax.scatter(
         [c["nodes"] for c in checks],
