@@ -10,6 +10,7 @@ from tests.support.live import LiveCoordinator, LiveNode, wait_until
 
 from quantum_mesh.quantum.sqd.loop import run_sqd, solve_batches_locally
 from quantum_mesh.quantum.sqd.params import parse_sqd_params
+from quantum_mesh.quantum.sqd.settings import PRESETS
 
 pytestmark = pytest.mark.chem
 
@@ -127,4 +128,36 @@ def test_invalid_molecule_is_422_before_any_job(coord: LiveCoordinator) -> None:
         r = coord.http.post("/workflows/runs", json={"kind": "sqd", "params": bad})
         assert r.status_code == 422, (bad, r.text)
         assert r.json()["error"]["message"]
+    assert coord.http.get("/jobs").json()["total"] == before
+
+
+def test_the_accurate_preset_runs_over_the_mesh_and_bad_settings_are_422(
+    coord: LiveCoordinator,
+) -> None:
+    """The preset is an ordinary, validated setting: it runs on the nodes and is reported;
+    an unknown preset or occupancy guess is a 422 naming the field, before any job exists."""
+    params = {
+        "molecule": {"atom": "N 0 0 0; N 0 0 1.1", "basis": "sto-3g"},
+        "preset": "accurate",
+        "n_samples": 2000,
+        "seed": 3,
+    }
+    res = _run(coord, params)["result"]
+    assert res["settings"]["preset"] == "accurate"
+    for key, value in PRESETS["accurate"].items():
+        assert res["settings"][key] == value
+    ref = res["reference_energy"]
+    assert ref - 1e-9 <= res["energy"] <= ref + 1.6e-3
+
+    before = coord.http.get("/jobs").json()["total"]
+    for bad, field in (
+        ({"preset": "fastest"}, "preset"),
+        ({"preset": 3}, "preset"),
+        ({"initial_occupancies": "ccsd"}, "initial_occupancies"),
+        ({"max_iterations": 500}, "max_iterations"),
+    ):
+        r = coord.http.post("/workflows/runs", json={"kind": "sqd", "params": {**params, **bad}})
+        assert r.status_code == 422, (bad, r.text)
+        error = r.json()["error"]
+        assert field in error["message"] and error["details"]["field"] == field, error
     assert coord.http.get("/jobs").json()["total"] == before

@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pyscf")
@@ -17,6 +18,8 @@ from quantum_mesh.errors import ExecutionFailed, InvalidInput
 from quantum_mesh.quantum.sqd.local_pool import process_pool_solver, start_process_pool
 from quantum_mesh.quantum.sqd.loop import SQDSettings, run_sqd, solve_batches_locally
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
+from quantum_mesh.quantum.sqd.samples import initial_occupancies
+from quantum_mesh.quantum.sqd.settings import PRESETS
 
 pytestmark = pytest.mark.chem
 
@@ -238,3 +241,54 @@ def test_a_resumed_run_replays_finished_iterations_and_ends_with_the_same_energy
     other = dataclasses.replace(settings, seed=22)
     run_sqd(problem, settings=other, solve_batches=counting, resume=stored, compute_reference=False)
     assert 0 in sent
+
+
+def test_the_accurate_preset_runs_and_reports_its_settings(
+    small_problem: ActiveSpaceProblem,
+) -> None:
+    settings = SQDSettings.from_dict({"preset": "accurate", "n_samples": 2000, "seed": 4})
+    assert settings.max_iterations == PRESETS["accurate"]["max_iterations"] > 3
+
+    result = run_sqd(small_problem, settings=settings, solve_batches=solve_batches_locally)
+
+    assert result["settings"]["preset"] == "accurate"
+    assert result["settings"]["max_iterations"] == settings.max_iterations
+    assert 1 <= len(result["iterations"]) <= settings.max_iterations
+    exact = _fci_energy(small_problem)
+    assert exact - 1e-9 <= result["energy"] <= exact + CHEMICAL_ACCURACY_HA
+
+
+def test_mp2_initial_occupancies_repair_every_sample_from_the_first_iteration(
+    problem: ActiveSpaceProblem,
+) -> None:
+    """Without a guess, iteration 0 keeps only the few uniform samples whose electron counts
+    are right; with MP2 occupancies it repairs all of them, and starts far lower."""
+    base = SQDSettings(n_batches=2, samples_per_batch=40, max_iterations=1, n_samples=2000)
+    plain, hinted = (
+        run_sqd(
+            problem,
+            settings=dataclasses.replace(base, initial_occupancies=guess),
+            solve_batches=solve_batches_locally,
+            compute_reference=False,
+        )
+        for guess in (None, "mp2")
+    )
+    assert hinted["settings"]["initial_occupancies"] == "mp2"
+    assert hinted["energy"] < plain["energy"]
+
+
+def test_classical_initial_occupancies(small_problem: ActiveSpaceProblem) -> None:
+    n_alpha, n_beta = small_problem.nelec
+    hf_a, hf_b = initial_occupancies(small_problem, "hf")
+    assert hf_a.tolist() == [1.0] * n_alpha + [0.0] * (small_problem.norb - n_alpha)
+    assert hf_b.sum() == n_beta
+    mp2_a, mp2_b = initial_occupancies(small_problem, "mp2")
+    assert np.array_equal(mp2_a, mp2_b)
+    assert mp2_a.sum() == pytest.approx(n_alpha, abs=1e-8)
+    assert np.all((mp2_a >= 0) & (mp2_a <= 1))
+    # Correlation moves a little occupation from the occupied to the virtual orbitals.
+    assert 0.9 < mp2_a[:n_alpha].min() < 1.0 and 0.0 < mp2_a[n_alpha:].max() < 0.1
+    radical = build_from_molecule(atom="O 0 0 0; H 0 0 0.97", basis="sto-3g", spin=1)
+    with pytest.raises(InvalidInput, match="closed-shell"):
+        initial_occupancies(radical, "mp2")
+    assert initial_occupancies(radical, "hf")[0].sum() == radical.nelec[0]

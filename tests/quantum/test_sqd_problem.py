@@ -20,6 +20,7 @@ from quantum_mesh.quantum.sqd.problem import (
     build_from_molecule,
 )
 from quantum_mesh.quantum.sqd.reference import exact_energy
+from quantum_mesh.quantum.sqd.settings import PRESETS, SQDSettings
 
 pytestmark = pytest.mark.chem
 
@@ -209,3 +210,58 @@ def test_user_counts_are_checked_up_front(counts: object) -> None:
                 "counts": counts,
             }
         )
+
+
+def test_a_preset_fills_in_the_settings_not_given_and_explicit_values_win() -> None:
+    molecule = {"atom": WATER, "basis": "sto-3g"}
+    _, accurate = parse_sqd_params({"molecule": molecule, "preset": "accurate", "seed": 3})
+    assert accurate.preset == "accurate" and accurate.seed == 3
+    assert PRESETS["accurate"]
+    for key, value in PRESETS["accurate"].items():
+        assert getattr(accurate, key) == value
+    assert accurate.to_dict()["preset"] == "accurate"  # reported with the result
+
+    _, overridden = parse_sqd_params(
+        {"molecule": molecule, "preset": "accurate", "max_iterations": 2}
+    )
+    assert overridden.max_iterations == 2
+    # No preset and the "default" preset are the dataclass defaults: defaults are unchanged.
+    _, plain = parse_sqd_params({"molecule": molecule})
+    _, default = parse_sqd_params({"molecule": molecule, "preset": "default"})
+    assert plain == SQDSettings() and plain.preset is None
+    assert default == SQDSettings(preset="default")
+    assert (plain.n_samples, plain.samples_per_batch, plain.max_iterations) == (20_000, 300, 3)
+    assert plain.initial_occupancies is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"preset": "fastest"}, "preset"),
+        ({"preset": 5}, "preset"),
+        ({"preset": ["accurate"]}, "preset"),
+        ({"initial_occupancies": "ccsd"}, "initial_occupancies"),
+        ({"initial_occupancies": 1}, "initial_occupancies"),
+        ({"preset": "accurate", "max_iterations": 0}, "max_iterations"),
+        ({"preset": "accurate", "samples_per_batch": 10**9}, "samples_per_batch"),
+    ],
+)
+def test_bad_presets_and_occupancy_guesses_are_refused_by_name(
+    extra: dict[str, object], field: str
+) -> None:
+    with pytest.raises(InvalidInput, match=field) as info:
+        parse_sqd_params({"molecule": {"atom": WATER, "basis": "sto-3g"}, **extra})
+    assert info.value.details["field"] == field
+
+
+def test_settings_that_cannot_fit_the_molecule_are_refused_while_parsing() -> None:
+    """Checked with the molecule, so the workflow answers 422 instead of failing the run."""
+    radical = {"atom": "O 0 0 0; H 0 0 0.97", "basis": "sto-3g", "spin": 1}
+    open_shell = {"molecule": radical, "symmetrize_spin": False, "spin_sq": 0.75}
+    with pytest.raises(InvalidInput, match="initial_occupancies 'mp2' needs equal") as info:
+        parse_sqd_params({**open_shell, "initial_occupancies": "mp2"})
+    assert info.value.details["field"] == "initial_occupancies"
+    with pytest.raises(InvalidInput, match="symmetrize_spin needs equal alpha and beta"):
+        parse_sqd_params({"molecule": radical})
+    _, settings = parse_sqd_params({**open_shell, "initial_occupancies": "hf"})
+    assert settings.initial_occupancies == "hf"

@@ -36,14 +36,25 @@ from quantum_mesh.arrays import decode_array
 from quantum_mesh.errors import ExecutionFailed, InvalidInput
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem
 from quantum_mesh.quantum.sqd.reference import exact_energy
-from quantum_mesh.quantum.sqd.samples import distinct_bitstrings, make_samples
+from quantum_mesh.quantum.sqd.samples import (
+    distinct_bitstrings,
+    initial_occupancies,
+    make_samples,
+)
 from quantum_mesh.quantum.sqd.settings import SQDSettings
 from quantum_mesh.quantum.sqd.worker import solve_batch_with_threads
 
 if TYPE_CHECKING:
     from qiskit_addon_sqd.fermion import SCIResult
 
-__all__ = ["SQD_BATCH_METHOD", "SQDSettings", "SolveBatches", "run_sqd", "solve_batches_locally"]
+__all__ = [
+    "SQD_BATCH_METHOD",
+    "SQDSettings",
+    "SolveBatches",
+    "check_compatible",
+    "run_sqd",
+    "solve_batches_locally",
+]
 
 SQD_BATCH_METHOD = "sqd_batch"
 """Node method that solves one job built here (``quantum.sqd.worker:solve_batch``)."""
@@ -92,7 +103,7 @@ def run_sqd(
         ExecutionFailed: every batch of an iteration failed or was non-finite, or
             ``solve_batches`` returned the wrong number of results.
     """
-    _check_compatible(problem, settings)
+    check_compatible(problem, settings)
     started = time.perf_counter()
     sample_seed, loop_seed = (
         int(s) for s in np.random.SeedSequence(settings.seed).generate_state(2, dtype=np.uint32)
@@ -103,6 +114,11 @@ def run_sqd(
         n_samples=settings.n_samples,
         seed=sample_seed,
         counts=settings.counts,
+    )
+    start_occupancies = (
+        None
+        if settings.initial_occupancies is None
+        else initial_occupancies(problem, settings.initial_occupancies)
     )
     sampled = time.perf_counter()
 
@@ -130,6 +146,7 @@ def run_sqd(
         sci_solver=dispatcher,
         symmetrize_spin=settings.symmetrize_spin,
         max_dim=settings.max_dim,
+        initial_occupancies=start_occupancies,
         carryover_threshold=settings.carryover_threshold,
         callback=dispatcher.end_iteration,
         seed=loop_seed,
@@ -362,9 +379,19 @@ class _BatchDispatcher:
         return record, result
 
 
+#: Settings added after checkpoints existed: left out of the tag while unset, so a run
+#: checkpointed before they existed still resumes.
+_LATER_SETTINGS = ("initial_occupancies", "preset")
+
+
 def _run_tag(problem: ActiveSpaceProblem, settings: SQDSettings) -> str:
     """Names the run a checkpoint belongs to: the integrals and every setting (seed too)."""
-    text = json.dumps([problem.content_hash, settings.to_dict()], sort_keys=True, default=str)
+    tagged = {
+        key: value
+        for key, value in settings.to_dict().items()
+        if not (key in _LATER_SETTINGS and value is None)
+    }
+    text = json.dumps([problem.content_hash, tagged], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -443,13 +470,21 @@ def _sci_result(
     )
 
 
-def _check_compatible(problem: ActiveSpaceProblem, settings: SQDSettings) -> None:
+def check_compatible(problem: ActiveSpaceProblem, settings: SQDSettings) -> None:
+    """Settings that cannot work on this problem raise ``InvalidInput`` (the workflow checks
+    this while validating, so such a run is a 422 and never a job)."""
     n_alpha, n_beta = problem.nelec
     if settings.symmetrize_spin and n_alpha != n_beta:
         raise InvalidInput(
             f"symmetrize_spin needs equal alpha and beta electrons; got {n_alpha} and {n_beta}. "
             "Set symmetrize_spin to false for open-shell systems.",
             details={"nelec": [n_alpha, n_beta]},
+        )
+    if settings.initial_occupancies == "mp2" and n_alpha != n_beta:
+        raise InvalidInput(
+            "initial_occupancies 'mp2' needs equal alpha and beta electrons; got "
+            f"{n_alpha} and {n_beta}. Use 'hf' or null for open-shell systems.",
+            details={"field": "initial_occupancies", "nelec": [n_alpha, n_beta]},
         )
     s_z = (n_alpha - n_beta) / 2
     if settings.spin_sq is not None and settings.spin_sq < s_z * (s_z + 1) - 1e-9:

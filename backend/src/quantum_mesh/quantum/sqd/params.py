@@ -46,7 +46,7 @@ def parse_sqd_params(params: dict[str, Any]) -> tuple[ActiveSpaceProblem, SQDSet
         fcidump = params["fcidump"]
         if not isinstance(fcidump, str):
             raise InvalidInput("'fcidump' must be the text of an FCIDUMP file.")
-        return build_from_fcidump(fcidump), settings
+        return _compatible(build_from_fcidump(fcidump), settings)
     molecule = params["molecule"]
     if not isinstance(molecule, dict):
         raise InvalidInput("'molecule' must be an object with at least 'atom' and 'basis'.")
@@ -82,4 +82,16 @@ def parse_sqd_params(params: dict[str, Any]) -> tuple[ActiveSpaceProblem, SQDSet
         active_orbitals=molecule.get("active_orbitals"),
         active_electrons=molecule.get("active_electrons"),
     )
+    return _compatible(problem, settings)
+
+
+def _compatible(
+    problem: ActiveSpaceProblem, settings: SQDSettings
+) -> tuple[ActiveSpaceProblem, SQDSettings]:
+    """Settings that cannot work on this problem (open shell with ``symmetrize_spin`` or
+    ``mp2`` occupancies, an impossible ``spin_sq``, counts of the wrong width) are refused
+    here, while the workflow validates, rather than failing the run later."""
+    from quantum_mesh.quantum.sqd.loop import check_compatible
+
+    check_compatible(problem, settings)
     return problem, settings

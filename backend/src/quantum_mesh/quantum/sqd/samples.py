@@ -28,6 +28,8 @@ SAMPLE_SOURCES = ("uniform", "lucj", "counts")
 DEFAULT_SAMPLE_SOURCE = "uniform"
 MAX_SAMPLES = 1_000_000
 MAX_LUCJ_DETERMINANTS = 20_000_000
+#: Classical starting guesses for the orbital occupancies of the first recovery iteration.
+INITIAL_OCCUPANCIES = ("hf", "mp2")
 
 
 def make_samples(
@@ -133,9 +135,50 @@ def lucj_samples(problem: ActiveSpaceProblem, *, n_samples: int, seed: int) -> B
     return BitArray.from_bool_array(np.asarray(bits, dtype=bool), order="big")
 
 
-def _ccsd_amplitudes(problem: ActiveSpaceProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Restricted CCSD on the active-space integrals, in the active orbital basis."""
-    from pyscf import ao2mo, cc, gto, scf
+def initial_occupancies(problem: ActiveSpaceProblem, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-spin orbital occupancies computed classically, for the first recovery iteration.
+
+    ``hf``: 1 for the lowest ``n_alpha`` (``n_beta``) active orbitals, 0 above (the
+    Hartree-Fock determinant in the canonical active orbitals). ``mp2``: the diagonal of the
+    MP2 one-particle density matrix of the active space, halved per spin (closed shell only).
+    Neither is a quantum result: they only tell configuration recovery which orbitals to fill
+    when it repairs the electron counts of the samples.
+    """
+    norb, (n_alpha, n_beta) = problem.norb, problem.nelec
+    if kind == "hf":
+        occ_a = np.zeros(norb)
+        occ_b = np.zeros(norb)
+        occ_a[:n_alpha] = 1.0
+        occ_b[:n_beta] = 1.0
+        return occ_a, occ_b
+    if kind != "mp2":
+        raise InvalidInput(
+            f"initial_occupancies must be one of {', '.join(INITIAL_OCCUPANCIES)}; got {kind!r}.",
+            details={"field": "initial_occupancies"},
+        )
+    if n_alpha != n_beta:
+        raise InvalidInput(
+            "initial_occupancies 'mp2' needs a closed-shell active space; use 'hf'.",
+            details={"nelec": [n_alpha, n_beta]},
+        )
+    if n_alpha in (0, norb):
+        return initial_occupancies(problem, "hf")
+    from pyscf import mp
+
+    with pyscf_threads(1):  # reproducible, as the integrals themselves
+        solver = mp.MP2(_active_space_rhf(problem))
+        solver.kernel()
+        rdm1 = np.asarray(solver.make_rdm1())
+    occupancies = np.clip(np.diag(rdm1) / 2.0, 0.0, 1.0)
+    if not np.isfinite(occupancies).all():
+        raise InvalidInput("MP2 occupancies are not finite on this active space; use 'hf'.")
+    return occupancies.copy(), occupancies.copy()
+
+
+def _active_space_rhf(problem: ActiveSpaceProblem) -> Any:
+    """A pyscf RHF object standing for the active space (identity overlap, its integrals),
+    with the canonical active orbitals as its converged orbitals."""
+    from pyscf import ao2mo, gto, scf
 
     norb, n_occ = problem.norb, problem.nelec[0]
     mol = gto.M(verbose=0)
@@ -149,7 +192,14 @@ def _ccsd_amplitudes(problem: ActiveSpaceProblem) -> tuple[np.ndarray, np.ndarra
     mean_field.mo_occ = np.array([2.0] * n_occ + [0.0] * (norb - n_occ))
     mean_field.mo_energy = np.diag(problem.h1).copy()
     mean_field.e_tot = 0.0
-    solver = cc.CCSD(mean_field)
+    return mean_field
+
+
+def _ccsd_amplitudes(problem: ActiveSpaceProblem) -> tuple[np.ndarray, np.ndarray]:
+    """Restricted CCSD on the active-space integrals, in the active orbital basis."""
+    from pyscf import cc
+
+    solver = cc.CCSD(_active_space_rhf(problem))
     solver.kernel()
     if not solver.converged or not (np.isfinite(solver.t1).all() and np.isfinite(solver.t2).all()):
         raise InvalidInput("CCSD did not converge on this active space; use 'uniform' samples.")
