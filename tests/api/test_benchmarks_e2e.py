@@ -124,19 +124,20 @@ def test_the_shorthand_body_still_works(coord: LiveCoordinator) -> None:
     assert [r["mode"] for r in done["rows"]] == ["centralized", "distributed"]
 
 
-def test_scenarios_this_build_cannot_set_up_are_refused_clearly(coord: LiveCoordinator) -> None:
+def test_unknown_scenarios_are_refused_clearly(coord: LiveCoordinator) -> None:
     workload = {"kind": "qaoa_knapsack", "params": _knapsack(12)}
-    for scenarios, words in [
-        (["loss"], "not available in this build"),
-        (["bandwidth", "baseline"], "not available in this build"),
-        (["earthquake"], "unknown scenario"),
-    ]:
+    for scenarios in (["earthquake"], ["baseline", "baseline"], []):
         r = coord.http.post(
             "/workflows/benchmarks", json={"workload": workload, "scenarios": scenarios}
         )
         assert r.status_code == 422, r.text
         error = r.json()["error"]
-        assert words in error["message"] and error["details"]["field"] == "scenarios"
+        assert error["details"]["field"] == "scenarios"
+        assert "node_join" in error["details"]["valid"]  # every scenario is named
+    r = coord.http.post(
+        "/workflows/benchmarks", json={"workload": workload, "scenarios": ["earthquake"]}
+    )
+    assert "unknown scenario 'earthquake'" in r.json()["error"]["message"]
     r = coord.http.post("/workflows/benchmarks", json={"workload": workload, "modes": ["sideways"]})
     assert r.status_code == 422 and r.json()["error"]["details"]["field"] == "modes"
     r = coord.http.post("/workflows/benchmarks", json={"workload": workload, "repetitions": 0})
@@ -310,3 +311,28 @@ def test_a_delayed_link_raises_the_mesh_share_with_the_answer_unchanged(
     # 20 ms each way on every call: the run waits on the mesh for a larger share of it.
     assert delayed["mesh_share"] > baseline["mesh_share"], (baseline, delayed)
     assert delayed["result"] == baseline["result"]
+
+
+def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None:
+    workload = {"kind": "circuit", "params": {"count": 2, "qubits": 4, "depth": 4, "seed": 4}}
+    done = _finished(
+        coord,
+        {
+            "workload": workload,
+            "modes": ["distributed"],
+            "node_counts": [1],
+            "scenarios": ["baseline", "bandwidth", "loss"],
+            "scenario_params": {
+                "bandwidth": {"rate_kbit": 200},
+                "loss": {"loss": 0.2, "rto_ms": 100},
+            },
+            "warmup": False,
+        },
+    )
+    baseline, capped, lossy = done["rows"]
+    assert capped["link"]["rate_kbit"] == 200 and capped["link"]["bytes_relayed"] > 0
+    assert lossy["link"]["loss"] == 0.2 and lossy["link"]["chunks_held_for_loss"] >= 1
+    # A fifth of the chunks 100 ms late: the run waits on the mesh for a larger share.
+    assert lossy["mesh_share"] > baseline["mesh_share"], (baseline, lossy)
+    assert capped["result"] == lossy["result"] == baseline["result"]
+    assert done["summary"]["same_answer_in_every_run"] is True

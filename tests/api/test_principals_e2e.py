@@ -180,7 +180,7 @@ def test_users_cannot_enroll_approve_or_reserve(
 
 def test_users_cannot_run_benchmark_scenarios_that_disturb_the_mesh(alice: httpx.Client) -> None:
     workload = {"kind": "circuit", "params": {"count": 1, "qubits": 2, "depth": 1}}
-    for scenario in ("node_loss", "degraded_node", "node_join", "latency"):
+    for scenario in ("node_loss", "degraded_node", "node_join", "latency", "bandwidth", "loss"):
         r = alice.post(
             "/workflows/benchmarks",
             json={"workload": workload, "scenarios": ["baseline", scenario]},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from quantum_mesh.control.linkrelay import DelayRelay
+from quantum_mesh.control.linkrelay import LinkRelay
 
 
 async def _echo_server() -> tuple[asyncio.Server, int]:
@@ -22,7 +22,7 @@ async def _echo_server() -> tuple[asyncio.Server, int]:
 
 async def test_a_round_trip_through_the_relay_takes_at_least_twice_the_delay() -> None:
     server, port = await _echo_server()
-    relay = DelayRelay("127.0.0.1", port, delay_s=0.05, jitter_s=0.02)
+    relay = LinkRelay("127.0.0.1", port, delay_s=0.05, jitter_s=0.02)
     relay_port = await relay.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
@@ -36,6 +36,26 @@ async def test_a_round_trip_through_the_relay_takes_at_least_twice_the_delay() -
         assert elapsed >= 2 * (0.05 - 0.02)  # held each way: a lower bound only
         writer.close()
         assert relay.stats.connections == 1 and relay.stats.bytes >= len(sent)
+    finally:
+        await relay.stop()
+        server.close()
+
+
+async def test_a_rate_limit_and_loss_slow_the_link_but_keep_every_byte() -> None:
+    server, port = await _echo_server()
+    relay = LinkRelay("127.0.0.1", port, rate_bps=400_000, loss=0.5, rto_s=0.05)
+    relay_port = await relay.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
+        sent = bytes(range(256)) * 400  # 100 kB
+        started = time.monotonic()
+        writer.write(sent)
+        await writer.drain()
+        assert await reader.readexactly(len(sent)) == sent
+        # 100 kB at 400 kB/s: a quarter second at least (the two directions overlap).
+        assert time.monotonic() - started >= len(sent) / 400_000 * 0.9
+        assert relay.stats.lost >= 1  # held a retransmission timeout longer, not dropped
+        writer.close()
     finally:
         await relay.stop()
         server.close()

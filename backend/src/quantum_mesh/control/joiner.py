@@ -10,9 +10,10 @@ it usable, so the next run starts without it.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from quantum_mesh.control.enrollment import EnrollmentService
-from quantum_mesh.control.linkrelay import DelayRelay
+from quantum_mesh.control.linkrelay import LinkRelay
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.states import EnrollmentStatus
 from quantum_mesh.node.supervisor import NodeSupervisor
@@ -60,10 +61,11 @@ class EmbeddedJoiner:
     def usable(self) -> bool:
         return self._registry.is_usable(self.peer_id)
 
-    async def prepare_linked(self, *, delay_s: float, jitter_s: float) -> tuple[str, DelayRelay]:
-        """The spare on the mesh through a delaying relay (the ``latency`` scenario): started,
-        joined at once through the relay, and usable; returns its peer ID and the relay (the
-        caller stops it after ``retire``)."""
+    async def prepare_linked(self, **impairments: Any) -> tuple[str, LinkRelay]:
+        """The spare on the mesh through a relay that impairs its link (``LinkRelay``'s
+        settings: the ``latency``, ``bandwidth`` and ``loss`` scenarios): started, joined at
+        once through the relay, and usable; returns its peer ID and the relay (the caller
+        stops it after ``retire``)."""
         await self._enrollment.create(
             peer_id=self.peer_id,
             name="embedded-join",
@@ -72,7 +74,7 @@ class EmbeddedJoiner:
         )
         await self.retire()
         host, port, coordinator = _split(self._supervisor.bootstrap_addr)
-        relay = DelayRelay(host, port, delay_s=delay_s, jitter_s=jitter_s)
+        relay = LinkRelay(host, port, **impairments)
         relay_port = await relay.start()
         try:
             await self._supervisor.start_spare(

@@ -1,11 +1,16 @@
-"""A TCP relay that adds delay and jitter to one node's link: the ``latency`` scenario.
+"""A TCP relay that impairs one node's link: the ``latency``, ``bandwidth`` and ``loss``
+scenarios.
 
 The kernel here has no ``netem`` and no maintained user-space link emulator is installable
 (docs/benchmarks.md, "Link scenarios"), so the coordinator runs this small relay itself, on
 127.0.0.1: the node dials the coordinator through it, and since every call to the node rides
 that one multiplexed connection, every byte between them passes it. Each direction holds each
 chunk read until ``delay ± jitter`` after it arrived, in order (a later chunk never overtakes
-an earlier one), without holding up the reading: a delayed link, not a slower one.
+an earlier one), without holding up the reading: a delayed link, not a slower one. With
+``rate_bps`` each direction sends at most that many bytes a second (paced in 4 KiB slices);
+with ``loss`` a share of the chunks is held one retransmission timeout longer, which is what
+a lost segment costs a TCP connection (the bytes themselves are never dropped: the stream
+above would break, not retry).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import time
 from dataclasses import dataclass
 
 CHUNK_BYTES = 65_536
+#: Pacing granularity of a rate-limited link.
+SLICE_BYTES = 4096
+#: Linux's minimum TCP retransmission timeout: what one lost segment costs at least.
+DEFAULT_RTO_S = 0.2
 
 
 @dataclass
@@ -24,15 +33,28 @@ class RelayStats:
     connections: int = 0
     chunks: int = 0
     bytes: int = 0
+    #: Chunks held a retransmission timeout longer (``loss``).
+    lost: int = 0
 
 
-class DelayRelay:
+class LinkRelay:
     def __init__(
-        self, upstream_host: str, upstream_port: int, *, delay_s: float, jitter_s: float = 0.0
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        delay_s: float = 0.0,
+        jitter_s: float = 0.0,
+        rate_bps: float | None = None,
+        loss: float = 0.0,
+        rto_s: float = DEFAULT_RTO_S,
     ) -> None:
         self._upstream = (upstream_host, upstream_port)
         self.delay_s = delay_s
         self.jitter_s = jitter_s
+        self.rate_bps = rate_bps
+        self.loss = loss
+        self.rto_s = rto_s
         self.stats = RelayStats()
         self._random = random.Random(0)
         self._server: asyncio.Server | None = None
@@ -65,7 +87,11 @@ class DelayRelay:
 
     def _release_after(self) -> float:
         jitter = self._random.uniform(-self.jitter_s, self.jitter_s) if self.jitter_s else 0.0
-        return max(0.0, self.delay_s + jitter)
+        held = max(0.0, self.delay_s + jitter)
+        if self.loss and self._random.random() < self.loss:
+            self.stats.lost += 1
+            held += self.rto_s
+        return held
 
     async def _direction(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
@@ -87,6 +113,7 @@ class DelayRelay:
     async def _send(
         self, held: asyncio.Queue[tuple[float, bytes]], sink: asyncio.StreamWriter
     ) -> None:
+        free_at = 0.0  # when a rate-limited link has sent what it was given
         while True:
             release_at, data = await held.get()
             wait = release_at - time.monotonic()
@@ -94,7 +121,15 @@ class DelayRelay:
                 await asyncio.sleep(wait)
             if not data:
                 return
-            sink.write(data)
-            await sink.drain()
+            if self.rate_bps:
+                for start in range(0, len(data), SLICE_BYTES):
+                    piece = data[start : start + SLICE_BYTES]
+                    free_at = max(free_at, time.monotonic()) + len(piece) / self.rate_bps
+                    sink.write(piece)
+                    await sink.drain()
+                    await asyncio.sleep(max(0.0, free_at - time.monotonic()))
+            else:
+                sink.write(data)
+                await sink.drain()
             self.stats.chunks += 1
             self.stats.bytes += len(data)

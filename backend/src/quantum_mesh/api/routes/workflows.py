@@ -116,7 +116,8 @@ class BenchmarkIn(BaseModel):
     scenario_params: dict[str, Any] | None = Field(
         default=None,
         description='settings of a scenario: {"degraded_node": {"refuse_share", "slowdown", '
-        '"noise_level"}, "latency": {"delay_ms", "jitter_ms"}}',
+        '"noise_level"}, "latency": {"delay_ms", "jitter_ms"}, "bandwidth": {"rate_kbit"}, '
+        '"loss": {"loss", "rto_ms"}}',
     )
     include_local: bool = Field(default=True, description="shorthand only")
     warmup: bool = Field(default=True, description="one untimed run per mode first")

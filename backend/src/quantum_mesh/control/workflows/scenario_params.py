@@ -17,15 +17,17 @@ CONTRACT_SCENARIOS = (
     "node_loss",
     "node_join",
 )
-AVAILABLE_SCENARIOS = ("baseline", "latency", "degraded_node", "node_loss", "node_join")
+AVAILABLE_SCENARIOS = CONTRACT_SCENARIOS
+#: Scenarios whose node reaches the coordinator through the link relay.
+LINK_SCENARIOS = frozenset({"latency", "bandwidth", "loss"})
 #: Scenarios that disturb the mesh every other job uses too: admins only.
-ADMIN_SCENARIOS = frozenset({"latency", "degraded_node", "node_loss", "node_join"})
+ADMIN_SCENARIOS = frozenset({"degraded_node", "node_loss", "node_join", *LINK_SCENARIOS})
 #: The row field each scenario records.
 ROW_FIELDS = {
     "node_loss": "nodes_lost",
     "degraded_node": "degraded",
     "node_join": "joined",
-    "latency": "link",
+    **dict.fromkeys(LINK_SCENARIOS, "link"),
 }
 
 #: Settings of the scenarios that take any: ``{name: (default, minimum, maximum)}`` (a
@@ -40,6 +42,8 @@ SETTINGS: dict[str, dict[str, tuple[float | None, float, float]]] = {
         "delay_ms": (20.0, 0.0, 2000.0),
         "jitter_ms": (0.0, 0.0, 2000.0),
     },
+    "bandwidth": {"rate_kbit": (1000.0, 8.0, 1_000_000.0)},
+    "loss": {"loss": (0.05, 0.0, 0.5), "rto_ms": (200.0, 1.0, 5000.0)},
 }
 
 
@@ -58,8 +62,7 @@ def scenarios_of(body: dict[str, Any]) -> list[str]:
             )
         if name not in AVAILABLE_SCENARIOS:
             raise InvalidInput(
-                f"scenario {name!r} is not available in this build: it needs nodes in network "
-                f"namespaces of their own with shaped links (docs/benchmarks.md); available: "
+                f"scenario {name!r} is not available in this build; available: "
                 f"{list(AVAILABLE_SCENARIOS)}",
                 details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
             )
@@ -68,7 +71,8 @@ def scenarios_of(body: dict[str, Any]) -> list[str]:
 
 def scenario_params_of(body: dict[str, Any], scenarios: list[str]) -> dict[str, Any]:
     """``scenario_params``: ``{"degraded_node": {"refuse_share", "slowdown", "noise_level"},
-    "latency": {"delay_ms", "jitter_ms"}}``, each setting optional (:data:`SETTINGS`).
+    "latency": {"delay_ms", "jitter_ms"}, "bandwidth": {"rate_kbit"}, "loss": {"loss",
+    "rto_ms"}}``, each setting optional (:data:`SETTINGS`).
     Returns the full settings of the requested scenarios that take any."""
     given = body.get("scenario_params") or {}
     if not isinstance(given, dict):

@@ -12,9 +12,10 @@
   warm but off the mesh before the run, is told to join a little way into it (a quarter of
   the same mode's fastest baseline run); once its advert is fresh the scheduler places
   units on it. After the run it is stopped again. Row: ``joined``.
-- ``latency``: the last of the run's N nodes is the spare, on the mesh before the run through
-  a relay that holds every chunk ``delay_ms ± jitter_ms`` each way (``control/linkrelay.py``;
-  no netem here). Row: ``link``.
+- ``latency``, ``bandwidth``, ``loss``: the last of the run's N nodes is the spare, on the
+  mesh before the run through a relay that impairs its link (``control/linkrelay.py``; no
+  netem here): each chunk held ``delay_ms ± jitter_ms`` each way; at most ``rate_kbit``;
+  a share ``loss`` of chunks held one retransmission timeout longer. Row: ``link``.
 
 Every row of a scenario records it (``scenario``, plus the scenario's own field, ``None`` on
 centralized rows, which use no node).
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantum_mesh.control.jobs import JobHandle
-from quantum_mesh.control.workflows.scenario_params import ROW_FIELDS
+from quantum_mesh.control.workflows.scenario_params import LINK_SCENARIOS, ROW_FIELDS
 from quantum_mesh.errors import QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError
@@ -113,26 +114,38 @@ async def scenario_run(
         async with _joining(handle, chosen, join_after, setup):
             yield setup
         return
-    if scenario == "latency" and chosen:
-        async with _delayed_link(handle, chosen, profile or {}, setup):
+    if scenario in LINK_SCENARIOS and chosen:
+        async with _impaired_link(handle, chosen, scenario, profile or {}, setup):
             yield setup
         return
     yield setup
 
 
+def _impairments(scenario: str, profile: dict[str, Any]) -> dict[str, float]:
+    """``LinkRelay`` settings of a link scenario, from its (checked) settings."""
+    if scenario == "latency":
+        return {"delay_s": profile["delay_ms"] / 1000, "jitter_s": profile["jitter_ms"] / 1000}
+    if scenario == "bandwidth":
+        return {"rate_bps": profile["rate_kbit"] * 1000 / 8}
+    return {"loss": profile["loss"], "rto_s": profile["rto_ms"] / 1000}
+
+
 @contextlib.asynccontextmanager
-async def _delayed_link(
-    handle: JobHandle, chosen: list[str], profile: dict[str, Any], setup: RunSetup
+async def _impaired_link(
+    handle: JobHandle,
+    chosen: list[str],
+    scenario: str,
+    profile: dict[str, Any],
+    setup: RunSetup,
 ) -> AsyncIterator[None]:
-    """latency around one run: the last of the N nodes is the spare, on the mesh through a
-    relay that delays its link (``control/linkrelay.py``); stopped after the run."""
+    """latency, bandwidth, loss around one run: the last of the N nodes is the spare, on the
+    mesh through a relay that impairs its link (``control/linkrelay.py``); stopped after."""
     joiner = handle.joiner
     if joiner is None:  # no embedded nodes: nothing to put behind a relay
         setup.record["link"] = {"node_id": None, "reason": "no embedded nodes to start"}
         yield
         return
-    delay_ms, jitter_ms = float(profile["delay_ms"]), float(profile["jitter_ms"])
-    peer, relay = await joiner.prepare_linked(delay_s=delay_ms / 1000, jitter_s=jitter_ms / 1000)
+    peer, relay = await joiner.prepare_linked(**_impairments(scenario, profile))
     setup.nodes = [*[p for p in chosen if p != peer][: len(chosen) - 1], peer]
     usable = joiner.usable()
     try:
@@ -142,13 +155,13 @@ async def _delayed_link(
         await relay.stop()
         setup.record["link"] = {
             "node_id": peer,
-            "delay_ms": delay_ms,
-            "jitter_ms": jitter_ms,
+            **profile,
             "emulator": "qmesh relay (asyncio TCP relay in the coordinator)",
             "isolation": "none: the node and the relay on 127.0.0.1",
             "usable_before_run": usable,
             "bytes_relayed": relay.stats.bytes,
             "chunks_relayed": relay.stats.chunks,
+            **({"chunks_held_for_loss": relay.stats.lost} if scenario == "loss" else {}),
         }
 
 
