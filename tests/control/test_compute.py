@@ -68,3 +68,15 @@ async def test_a_slow_chemistry_validation_never_queues_a_circuit(pools: Compute
     circuit_pid = await pools.isolated(_pid_after, 0.0)
     assert not slow.done(), "the circuit validation waited behind the chemistry one"
     assert await slow != circuit_pid
+
+
+async def test_a_pool_starting_up_does_not_count_against_the_validation_limit() -> None:
+    # Spawning a worker and importing Qiskit takes well over 0.5 s: the input is not to blame.
+    pools = ComputePools(Settings(validation_timeout_s=0.5, validation_processes=1))
+    try:
+        assert isinstance(await pools.isolated(_pid_after, 0.0), int)
+        with pytest.raises(InvalidInput):  # a slow validation still is refused
+            await pools.isolated(_pid_after, 5.0)
+        assert isinstance(await pools.isolated(_pid_after, 0.0), int)  # a fresh pool, again
+    finally:
+        pools.shutdown()

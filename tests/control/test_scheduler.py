@@ -31,10 +31,11 @@ async def test_busy_node_means_wait_never_failure(control: MakeControl) -> None:
     assert all(o.node_id == "n1" for o in outcomes)
     assert all(o.attempts == 1 and o.refusals == 0 for o in outcomes)
     assert len(node.executed) == 30
-    # Never more work on the node than its book allows, but the pipeline was used: as many
-    # units as the scheduler's depth for the method allowed before anything was measured.
+    # Never more work on the node than its book allows, but the pipeline was used: at least
+    # as many units as the depth before anything was measured (what it measured next depends
+    # on this machine's timing: deeper when the coordinator's share of a unit is larger).
     assert node.max_occupancy <= node.capacity
-    assert node.max_in_flight == DEFAULT_DEPTH
+    assert DEFAULT_DEPTH <= node.max_in_flight <= node.capacity
     # The scheduler's own slot count kept it from asking a full node.
     assert c.mesh.saturated_refusals == 0
     assert len(c.mesh.calls_of("reserve")) == 30

@@ -22,7 +22,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from quantum_mesh.config import Settings
-from quantum_mesh.errors import InvalidInput
+from quantum_mesh.errors import InvalidInput, Unavailable
 from quantum_mesh.logs import get_logger
 
 log = get_logger(__name__)
@@ -30,6 +30,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 #: Validation lanes: circuits (fast, frequent) apart from chemistry (slow pyscf runs).
 CIRCUIT_LANE, CHEM_LANE = "circuits", "chemistry"
+#: How long a new validation pool may take to start a worker (spawn and imports).
+POOL_START_TIMEOUT_S = 120.0
 _BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -61,6 +63,7 @@ class ComputePools:
         self._processes_n = settings.validation_processes
         self._validation_timeout_s = settings.validation_timeout_s
         self._processes: dict[str, ProcessPoolExecutor] = {}
+        self._started_lanes: set[str] = set()
 
     def start(self) -> None:
         """Start the circuit validation workers in the background (imports take seconds)."""
@@ -90,9 +93,9 @@ class ComputePools:
                 is refused and the pool replaced.
         """
         try:
+            pool = await self._started(lane)
             return await asyncio.wait_for(
-                self._on(self._process_pool(lane), fn, *args, **kwargs),
-                timeout=self._validation_timeout_s,
+                self._on(pool, fn, *args, **kwargs), timeout=self._validation_timeout_s
             )
         except TimeoutError:
             log.warning("compute.validation_timeout", seconds=self._validation_timeout_s)
@@ -107,6 +110,26 @@ class ComputePools:
             raise InvalidInput(
                 "Input could not be validated: the validating process died"
             ) from None
+
+    async def _started(self, lane: str) -> ProcessPoolExecutor:
+        """The lane's pool with a worker up. A new pool's start (spawning, imports: seconds,
+        more on a loaded machine) is not the input's doing, so it is not timed against the
+        validation limit; a pool that cannot start in ``POOL_START_TIMEOUT_S`` is a
+        ``503``, not a refused input."""
+        pool = self._process_pool(lane)
+        if lane in self._started_lanes:
+            return pool
+        try:
+            await asyncio.wait_for(self._on(pool, _warm), timeout=POOL_START_TIMEOUT_S)
+        except TimeoutError:
+            self._shutdown_processes(lane, kill=True)
+            raise Unavailable(
+                f"the validation workers did not start within {POOL_START_TIMEOUT_S:g} s",
+                details={"lane": lane},
+            ) from None
+        if self._processes.get(lane) is pool:
+            self._started_lanes.add(lane)
+        return pool
 
     @staticmethod
     async def _on(executor: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -124,6 +147,7 @@ class ComputePools:
         return pool
 
     def _shutdown_processes(self, lane: str, *, kill: bool = False) -> None:
+        self._started_lanes.discard(lane)
         pool = self._processes.pop(lane, None)
         if pool is None:
             return
