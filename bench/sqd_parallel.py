@@ -9,6 +9,12 @@ coordinator whose batches go over the libp2p mesh to 2 and 3 service nodes
 
     .venv/bin/python bench/sqd_parallel.py            # N2 / cc-pVDZ, (10e, 12o)
     .venv/bin/python bench/sqd_parallel.py --quick    # N2 / 6-31G, (10e, 10o)
+    .venv/bin/python bench/sqd_parallel.py --large --preset accurate   # (10e, 14o), < 1.6 mHa
+
+``--large`` is N2 / cc-pVDZ with a (10e, 14o) active space (where SQD's accuracy, not its
+speed, is the question: bench/sqd_accuracy.py and docs/sqd.md); ``--preset`` runs every mode
+with an SQD settings preset (``accurate``: 8 recovery iterations). A (10e, 14o) run with
+the preset takes tens of minutes per mode on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from quantum_mesh.quantum.sqd.loop import (
 )
 from quantum_mesh.quantum.sqd.problem import ActiveSpaceProblem, build_from_molecule
 from quantum_mesh.quantum.sqd.reference import exact_energy
-from quantum_mesh.quantum.sqd.settings import SQDSettings
+from quantum_mesh.quantum.sqd.settings import PRESETS, SQDSettings
 
 N2_GEOMETRY = "N 0 0 0; N 0 0 1.1"
 TOLERANCE_HA = 1e-10
@@ -88,7 +94,9 @@ def largest_difference(first: dict[str, Any], second: dict[str, Any]) -> float:
     return difference
 
 
-def mesh_modes(args: argparse.Namespace, *, n_orbitals: int, basis: str) -> list[Mode]:
+def mesh_modes(
+    args: argparse.Namespace, *, n_orbitals: int, basis: str, preset: dict[str, Any]
+) -> list[Mode]:
     """The same run on a live coordinator (3 embedded nodes, 1 worker x 1 thread each), batches
     dispatched over the libp2p mesh to N nodes. Timed: sampling + SQD loop, as above."""
     from _live import run_benchmark, start_coordinator
@@ -107,6 +115,7 @@ def mesh_modes(args: argparse.Namespace, *, n_orbitals: int, basis: str) -> list
                         "active_electrons": 10,
                     },
                     "seed": args.seed,
+                    **preset,
                 },
                 "node_counts": args.mesh_nodes,
                 "include_local": False,
@@ -138,6 +147,8 @@ def mesh_modes(args: argparse.Namespace, *, n_orbitals: int, basis: str) -> list
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N2 / 6-31G (10e, 10o) instead")
+    parser.add_argument("--large", action="store_true", help="N2 / cc-pVDZ (10e, 14o) instead")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="an SQD settings preset")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 3])
     parser.add_argument(
@@ -159,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    basis, n_orbitals = ("6-31g", 10) if args.quick else ("cc-pvdz", 12)
+    basis, n_orbitals = (
+        ("6-31g", 10) if args.quick else ("cc-pvdz", 14) if args.large else ("cc-pvdz", 12)
+    )
     problem = build_from_molecule(
         atom=N2_GEOMETRY, basis=basis, active_orbitals=n_orbitals, active_electrons=10
     )
-    settings = SQDSettings(seed=args.seed)
+    preset = {} if args.preset is None else {"preset": args.preset}
+    settings = SQDSettings.from_dict({"seed": args.seed, **preset})
     cores = os.cpu_count() or 1
     print(f"problem: {problem.description}")
     print(f"settings: {settings}")
@@ -213,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             pool.shutdown(wait=True, cancel_futures=True)
 
     if args.mesh_nodes:
-        modes += mesh_modes(args, n_orbitals=n_orbitals, basis=basis)
+        modes += mesh_modes(args, n_orbitals=n_orbitals, basis=basis, preset=preset)
     baseline = modes[0]
     fastest_sequential = min(m.seconds for m in modes if m.workers == 1)
     print()
