@@ -36,8 +36,8 @@ class EmbeddedJoiner:
     def peer_id(self) -> str:
         return self._supervisor.spare_peer_id
 
-    async def prepare(self) -> str:
-        """Enroll the spare and start it, warm, off the mesh; returns its peer ID."""
+    async def _enrol(self) -> None:
+        """Enroll the spare (approved) and make sure no earlier copy of it still runs."""
         await self._enrollment.create(
             peer_id=self.peer_id,
             name="embedded-join",
@@ -45,6 +45,10 @@ class EmbeddedJoiner:
             embedded=True,
         )
         await self.retire()
+
+    async def prepare(self) -> str:
+        """Enroll the spare and start it, warm, off the mesh; returns its peer ID."""
+        await self._enrol()
         return await self._supervisor.start_spare(within_s=SPARE_READY_S)
 
     def join(self) -> bool:
@@ -66,13 +70,7 @@ class EmbeddedJoiner:
         settings: the ``latency``, ``bandwidth`` and ``loss`` scenarios): started, joined at
         once through the relay, and usable; returns its peer ID and the relay (the caller
         stops it after ``retire``)."""
-        await self._enrollment.create(
-            peer_id=self.peer_id,
-            name="embedded-join",
-            status=EnrollmentStatus.APPROVED,
-            embedded=True,
-        )
-        await self.retire()
+        await self._enrol()
         host, port, coordinator = _split(self._supervisor.bootstrap_addr)
         relay = LinkRelay(host, port, **impairments)
         relay_port = await relay.start()

@@ -81,6 +81,18 @@ class FragmentSpec:
     depends_on: tuple[str, ...]
     width: int  # qubits the node must hold (the whole register for statevector fragments)
 
+    @classmethod
+    def of(cls, fragment: Any, *, width: int) -> FragmentSpec:
+        """The spec of a circuit fragment (anything with its five fields) on ``width``."""
+        return cls(
+            fragment_id=fragment.fragment_id,
+            service_type=fragment.service_type,
+            qubits=fragment.qubits,
+            operation_ids=fragment.operation_ids,
+            depends_on=fragment.depends_on,
+            width=width,
+        )
+
 
 def _score(
     peer: PeerView,

@@ -242,17 +242,7 @@ class CircuitProcess:
                 rows = await repo.fragment_executions(session, job_id=handle.job_id)
             self.done_rows = {r.fragment_id: r for r in rows}
         done = set(self.done_rows)
-        specs = [
-            FragmentSpec(
-                fragment_id=f.fragment_id,
-                service_type=f.service_type,
-                qubits=f.qubits,
-                operation_ids=f.operation_ids,
-                depends_on=f.depends_on,
-                width=circuit.num_qubits,
-            )
-            for f in fragments
-        ]
+        specs = [FragmentSpec.of(f, width=circuit.num_qubits) for f in fragments]
         min_fidelity = request.get("min_fidelity")
         # A recovered job is planned again for what is left: nodes may have changed meanwhile.
         pending = [s for s in specs if s.fragment_id not in done]

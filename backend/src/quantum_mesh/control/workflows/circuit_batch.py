@@ -212,17 +212,7 @@ class CircuitBatchWorkflow:
         options: RunOptions,
     ) -> tuple[Any, list[dict[str, Any]]]:
         assert self.circuits is not None
-        specs = [
-            FragmentSpec(
-                fragment_id=f.fragment_id,
-                service_type=f.service_type,
-                qubits=f.qubits,
-                operation_ids=f.operation_ids,
-                depends_on=f.depends_on,
-                width=circuit.num_qubits,
-            )
-            for f in batch.fragments[index]
-        ]
+        specs = [FragmentSpec.of(f, width=circuit.num_qubits) for f in batch.fragments[index]]
         planned = await self._plan(handle, specs, options.nodes)
         return await self.circuits.runtime.execute(
             job_id=handle.job_id,
