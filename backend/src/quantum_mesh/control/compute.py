@@ -120,7 +120,9 @@ class ComputePools:
         if lane in self._started_lanes:
             return pool
         try:
-            await asyncio.wait_for(self._on(pool, _warm), timeout=POOL_START_TIMEOUT_S)
+            # The circuit lane's workers import the parser now; other lanes only start.
+            first = _warm if lane == CIRCUIT_LANE else os.getpid
+            await asyncio.wait_for(self._on(pool, first), timeout=POOL_START_TIMEOUT_S)
         except TimeoutError:
             self._shutdown_processes(lane, kill=True)
             raise Unavailable(

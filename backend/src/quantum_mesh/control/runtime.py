@@ -90,6 +90,19 @@ def _encode_wave(
     return checkpoint, [None if o.operator is None else encode_array(o.operator) for o in outcomes]
 
 
+def _fragment_fields(job_id: str, o: FragmentOutcome) -> dict[str, Any]:
+    """A fragment row's columns but its output, from the outcome that made it."""
+    return {
+        "job_id": job_id,
+        "fragment_id": o.fragment_id,
+        "node_id": o.node_id,
+        "attempts": o.attempts,
+        "started_at": o.started_at,
+        "finished_at": o.finished_at,
+        "observed_fidelity": o.observed_fidelity,
+    }
+
+
 def _record_wave(
     session: Session,
     *,
@@ -105,13 +118,7 @@ def _record_wave(
         rows.append(
             repo.record_fragment(
                 session,
-                job_id=job_id,
-                fragment_id=o.fragment_id,
-                node_id=o.node_id,
-                attempts=o.attempts,
-                started_at=o.started_at,
-                finished_at=o.finished_at,
-                observed_fidelity=o.observed_fidelity,
+                **_fragment_fields(job_id, o),
                 output={
                     "operator": operators[order],
                     "checkpoint": checkpoint if order == 0 else None,
@@ -141,13 +148,7 @@ def _wave_rows(
     """A wave's rows kept in memory only (a benchmark's circuits): nothing to recover."""
     return [
         FragmentExecution(
-            job_id=job_id,
-            fragment_id=o.fragment_id,
-            node_id=o.node_id,
-            attempts=o.attempts,
-            started_at=o.started_at,
-            finished_at=o.finished_at,
-            observed_fidelity=o.observed_fidelity,
+            **_fragment_fields(job_id, o),
             output={"wave": wave, "order": order, "qubits": o.qubits, "history": o.history},
         )
         for order, o in enumerate(outcomes)
