@@ -9,6 +9,7 @@ import time
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.scheduler import UNREACHABLE_PAUSE_S
@@ -355,3 +356,50 @@ async def test_exactly_once_with_setbacks_on_the_way(control: MakeControl) -> No
     # B answered reserves without committing: each accepted one got its own commit.
     assert len(c.mesh.calls_of("commit", "B")) == len(c.mesh.calls_of("reserve", "B"))
     assert b.script == [] and b.reserved == {}
+
+
+async def test_settled_with_the_callers_record(control: MakeControl) -> None:
+    """A unit settled with its caller's record stays COMMITTED until that write commits,
+    then EXECUTED in it; a result nobody waits for any more is settled by the scheduler."""
+    c = await control()
+    c.add_node("A", workers=1, latency_s=0.005)
+
+    async def status(reservation_id: str) -> str:
+        async with c.db.transaction() as session:
+            row = await session.get(Reservation, reservation_id)
+            assert row is not None
+            return row.status
+
+    outcome = await asyncio.wait_for(
+        c.scheduler.run(unit("job-1", "u1", record=False, settle_with_record=True)), timeout=10
+    )
+    assert outcome.settlement is not None
+    assert await status(outcome.reservation_id) == ReservationStatus.COMMITTED
+
+    def record(session: Session) -> None:
+        assert outcome.settlement is not None
+        outcome.settlement.write(session)
+        repo.append_event(session, job_id="job-1", event_type="recorded", fragment_id="u1")
+
+    await c.db.write(record)
+    assert await status(outcome.reservation_id) == ReservationStatus.EXECUTED
+
+    c.add_node("B", workers=1, latency_s=0.3)
+    abandoned = asyncio.ensure_future(
+        c.scheduler.run(
+            unit("job-2", "u2", record=False, settle_with_record=True, nodes=frozenset({"B"}))
+        )
+    )
+    await wait_for(lambda: bool(c.mesh.work_calls("B")), timeout=5)
+    abandoned.cancel()
+    async with c.db.transaction() as session:
+        rows = await session.execute(select(Reservation).where(Reservation.job_id == "job-2"))
+        (reservation_id,) = [r.reservation_id for r in rows.scalars()]
+
+    async def settled() -> bool:
+        return await status(reservation_id) == ReservationStatus.EXECUTED
+
+    deadline = time.monotonic() + 10
+    while not await settled():
+        assert time.monotonic() < deadline, "the abandoned unit's reservation was not settled"
+        await asyncio.sleep(0.05)

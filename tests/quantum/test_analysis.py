@@ -331,3 +331,19 @@ def test_nothing_left_to_cut_ends_with_empty_distributions() -> None:
     assert tiny["truncated"]["counts"] == {"kept": 0, "total": 2, "kept_shots": 0}
     assert tiny["statevector"]["artifact"] == "statevector"
     assert tiny["fidelity"] == pytest.approx(1.0)
+
+
+def test_ideal_state_is_simulated_once_per_source_and_read_only() -> None:
+    """A circuit submitted again (another seed) reuses its ideal state; another source does
+    not, and the kept state cannot be changed by a caller."""
+    first = ideal_statevector(parse_circuit(BELL_QASM2))
+    again = ideal_statevector(parse_circuit(BELL_QASM2))
+    assert again is first
+    assert not first.flags.writeable
+    with pytest.raises(ValueError):
+        first[0] = 0
+    other = ideal_statevector(parse_circuit(BELL_QASM2.replace("h q[0];", "x q[0];\nh q[0];")))
+    assert other is not first
+    np.testing.assert_allclose(np.abs(first) ** 2, [0.5, 0, 0, 0.5], atol=1e-12)
+    np.testing.assert_allclose(np.abs(other) ** 2, [0.5, 0, 0, 0.5], atol=1e-12)
+    assert not np.allclose(first, other)

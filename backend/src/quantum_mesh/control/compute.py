@@ -30,6 +30,9 @@ log = get_logger(__name__)
 T = TypeVar("T")
 #: Validation lanes: circuits (fast, frequent) apart from chemistry (slow pyscf runs).
 CIRCUIT_LANE, CHEM_LANE = "circuits", "chemistry"
+#: Work up to this size runs on the API loop (``run_sized``): 256 amplitudes (8 qubits) or
+#: operations, tens of microseconds.
+INLINE_MAX_SIZE = 256
 #: How long a new validation pool may take to start a worker (spawn and imports).
 POOL_START_TIMEOUT_S = 120.0
 _BLAS_ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -73,6 +76,16 @@ class ComputePools:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self._on(self._threads, fn, *args, **kwargs)
+
+    async def run_sized(self, size: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """:meth:`run`, or on the loop itself when ``size`` (the caller's measure of the
+        work: amplitudes, operations) is at most ``INLINE_MAX_SIZE``. Such a step (a Bell
+        job's 4-amplitude state) takes microseconds, less than the loop spends handing it
+        to a thread and resuming afterwards; under load those hand-offs, not the work, were
+        the API loop's main cost."""
+        if size <= INLINE_MAX_SIZE:
+            return fn(*args, **kwargs)
+        return await self.run(fn, *args, **kwargs)
 
     async def drive(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await self._on(self._drivers, fn, *args, **kwargs)

@@ -18,8 +18,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from sqlalchemy import Table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,6 +47,8 @@ log = get_logger(__name__)
 _RATE_WINDOW_S = 10.0
 #: Longest wait for a node's answer to a control call (``JobHandle.call_node``).
 NODE_CALL_TIMEOUT_S = 10.0
+#: A compile step that lasts longer gets a COMPILING write of its own (``_compile_queued``).
+COMPILING_WRITE_AFTER_S = 0.25
 
 
 class JobCancelled(QMeshError):
@@ -226,6 +229,14 @@ def summary_result(parts: dict[tuple[str, ...], Any]) -> dict[str, Any]:
         "fragment_results": parts.get(("fragment_results",)) or [],
         "quantum_result": quantum or None,
     }
+
+
+def _snapshot(job: Job) -> Job:
+    """A copy of a detached job row as it is now (one state of several in one write)."""
+    return Job(**{c: getattr(job, c) for c in _JOB_COLUMNS})
+
+
+_JOB_COLUMNS = tuple(c.key for c in cast(Table, Job.__table__).columns)
 
 
 def job_message(job: Job, *, seq: int | None) -> dict[str, Any]:
@@ -544,14 +555,21 @@ class JobManager:
         plan_id: str | None = None,
         artifacts: Sequence[ResultArtifact] = (),
         also: Sequence[WriteOp] = (),
+        through: Sequence[JobStatus] = (),
     ) -> Job:
         """Move a job to ``to`` (committed before it is published); ``artifacts`` (the
-        arrays its result refers to) and the writes in ``also`` are committed with it."""
+        arrays its result refers to) and the writes in ``also`` are committed with it.
+        ``through``: states passed on the way, each with its own status event, in the same
+        write (a step too short to be worth a write of its own)."""
 
-        def op(session: Session) -> tuple[Job, int]:
+        def op(session: Session) -> list[tuple[Job, JobStatus, int]]:
             for write in also:
                 write(session)
             job = repo.lock_job(session, job_id=job_id)
+            moves = []
+            for step in through:
+                seq = repo.transition_job(session, job=job, to=step)
+                moves.append((_snapshot(job), step, seq))
             seq = repo.transition_job(
                 session,
                 job=job,
@@ -563,11 +581,12 @@ class JobManager:
             )
             if artifacts:
                 repo.save_artifacts(session, job_id=job_id, artifacts=artifacts)
-            return job, seq
+            return [*moves, (job, to, seq)]
 
-        job, seq = await self.db.write(op)
-        self._moved(job, to, seq)
-        return job
+        moves = await self.db.write(op)
+        for job, status, seq in moves:
+            self._moved(job, status, seq)
+        return moves[-1][0]
 
     def _moved(self, job: Job, to: JobStatus, seq: int) -> None:
         """A committed transition: remember it, then publish it."""
@@ -590,7 +609,7 @@ class JobManager:
             job = repo.lock_job(session, job_id=job_id)
             if JobStatus(job.status) in TERMINAL_JOB_STATES:
                 return extra, None
-            job.progress = progress
+            repo.set_progress(session, job=job, progress=progress)
             seq = repo.append_event(
                 session, job_id=job_id, event_type="progress", payload={"progress": progress}
             )
@@ -713,12 +732,19 @@ class JobManager:
         handle = JobHandle(self, job)
         process = processor(handle)
         if status == JobStatus.QUEUED:
-            await self.transition(job_id, JobStatus.COMPILING)
-        plan_id = await process.compile()
+            plan_id = await self._compile_queued(job_id, process)
+        else:
+            plan_id = await process.compile()
         staged, handle.staged = handle.staged, []
         current = self._status.get(job_id)
-        if current == JobStatus.COMPILING:
-            await self.transition(job_id, JobStatus.RESERVING, plan_id=plan_id, also=staged)
+        if current in (JobStatus.QUEUED, JobStatus.COMPILING):
+            await self.transition(
+                job_id,
+                JobStatus.RESERVING,
+                plan_id=plan_id,
+                also=staged,
+                through=[JobStatus.COMPILING] if current == JobStatus.QUEUED else [],
+            )
         elif current is not None and (plan_id is not None or staged):
             # A recovered job past COMPILING: its new plan joins the state it is in.
             await self.transition(job_id, current, plan_id=plan_id, also=staged)
@@ -731,6 +757,22 @@ class JobManager:
             progress=progress,
             artifacts=handle.artifacts,
         )
+
+    async def _compile_queued(self, job_id: str, process: JobProcess) -> str | None:
+        """Compile a QUEUED job. COMPILING is written on its own only when compiling takes
+        longer than ``COMPILING_WRITE_AFTER_S`` (a big circuit, a wait for capacity);
+        otherwise it is written with RESERVING, both events in one write: a small job's
+        compile step is shorter than a write, and under load every write is on the path.
+        Nothing is published before it is committed; a crash while compiling leaves the
+        job QUEUED, and compiling again is harmless."""
+        compiling = asyncio.ensure_future(process.compile())
+        try:
+            done, _ = await asyncio.wait({compiling}, timeout=COMPILING_WRITE_AFTER_S)
+            if not done:
+                await self.transition(job_id, JobStatus.COMPILING)
+            return await compiling
+        finally:
+            compiling.cancel()
 
     async def _fail(self, job_id: str, error: dict[str, Any]) -> None:
         # Units of this job still waiting for a node are dropped; those on nodes finish.

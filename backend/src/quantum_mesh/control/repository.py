@@ -18,12 +18,14 @@ from sqlalchemy import (
     Result,
     Select,
     Table,
+    bindparam,
     case,
     delete,
     func,
     insert,
     null,
     select,
+    update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, defer
@@ -114,9 +116,27 @@ async def get_job(session: AsyncSession, *, job_id: str) -> Job:
 
 
 def lock_job(session: Session, *, job_id: str) -> Job:
-    """The job, locked for this write (Postgres row lock; SQLite's writer is alone anyway)."""
-    stmt = select(Job).where(Job.job_id == job_id).with_for_update()
-    return _found(session.execute(stmt).scalar_one_or_none(), job_id)
+    """The job, locked for this write (Postgres row lock; SQLite's writer is alone anyway).
+
+    Read with one Core statement into a detached row: the hot path's writes go past the
+    ORM's identity map and unit of work (measured: lock and transition were a third of the
+    group-commit writer's time under load). Change it only through this module's writes."""
+    row = session.connection().execute(_LOCK_JOB, {"job_id": job_id}).mappings().one_or_none()
+    return _found(None if row is None else Job(**row), job_id)
+
+
+_JOBS = cast(Table, Job.__table__)
+_LOCK_JOB = select(_JOBS).where(_JOBS.c.job_id == bindparam("job_id")).with_for_update()
+
+
+def _update_job(session: Session, job_id: str, values: dict[str, Any]) -> None:
+    session.connection().execute(update(_JOBS).where(_JOBS.c.job_id == job_id).values(**values))
+
+
+def set_progress(session: Session, *, job: Job, progress: dict[str, Any]) -> None:
+    """Store a job's progress (same status)."""
+    job.progress = progress
+    _update_job(session, job.job_id, {"progress": progress})
 
 
 def _found(job: Job | None, job_id: str) -> Job:
@@ -202,16 +222,18 @@ def transition_job(
             f"Job {job.job_id} cannot move from {current} to {to}",
             details={"job_id": job.job_id, "status": current.value},
         )
-    job.status = to.value
-    job.updated_at = utcnow()
+    values: dict[str, Any] = {"status": to.value, "updated_at": utcnow()}
     if error is not None:
-        job.error = error
+        values["error"] = error
     if result is not None:
-        job.result = result
+        values["result"] = result
     if progress is not None:
-        job.progress = progress
+        values["progress"] = progress
     if plan_id is not None:
-        job.plan_id = plan_id
+        values["plan_id"] = plan_id
+    _update_job(session, job.job_id, values)
+    for name, value in values.items():
+        setattr(job, name, value)
     payload: dict[str, Any] = {"status": to.value}
     if error is not None:
         payload["error"] = error

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
@@ -39,6 +40,8 @@ log = get_logger(__name__)
 
 DEFAULT_TTL_S = 30.0
 NEGOTIATION_TIMEOUT_S = 5.0
+#: Records a new reservation (REQUESTED) in a write: the row and its first event.
+_Create = Callable[[Session], tuple[Reservation, list[dict[str, Any]]]]
 _ACTIVE = (ReservationStatus.REQUESTED, ReservationStatus.PREPARED, ReservationStatus.COMMITTED)
 
 
@@ -89,8 +92,10 @@ def _check_reservation_quota(session: Session, owner: str, limit: int) -> None:
     )
 
 
-def _advance(session: Session, r: Reservation, to: ReservationStatus, reason: str | None) -> None:
-    """One step of a reservation's life, with its append-only event."""
+def _advance(
+    r: Reservation, to: ReservationStatus, reason: str | None, events: list[dict[str, Any]]
+) -> None:
+    """One step of a reservation's life, with its append-only event (into ``events``)."""
     current = ReservationStatus(r.status)
     if to not in RESERVATION_TRANSITIONS.get(current, frozenset()):
         raise Conflict(
@@ -101,15 +106,60 @@ def _advance(session: Session, r: Reservation, to: ReservationStatus, reason: st
     r.updated_at = utcnow()
     if reason is not None:
         r.reason = reason
-    session.add(
-        ReservationEvent(
-            reservation_id=r.reservation_id,
-            status=to.value,
-            node_id=r.node_id,
-            payload={"reason": reason} if reason else {},
-            at=utcnow(),
-        )
+    events.append(
+        {
+            "reservation_id": r.reservation_id,
+            "status": to.value,
+            "node_id": r.node_id,
+            "payload": {"reason": reason} if reason else {},
+            "at": r.updated_at,
+        }
     )
+
+
+# The hot path's statements, past the ORM's unit of work (one reservation's life is written
+# on every unit's way to a node): rows are read into detached objects and changed here only.
+_RESERVATIONS = cast(Table, Reservation.__table__)
+_EVENTS = cast(Table, ReservationEvent.__table__)
+_LOCK = (
+    select(_RESERVATIONS)
+    .where(_RESERVATIONS.c.reservation_id == bindparam("reservation_id"))
+    .with_for_update()
+)
+_COLUMNS = tuple(c.key for c in _RESERVATIONS.columns)
+
+
+def _lock(session: Session, reservation_id: str) -> Reservation:
+    row = session.connection().execute(_LOCK, {"reservation_id": reservation_id})
+    found = row.mappings().one_or_none()
+    if found is None:
+        raise NotFound(f"Reservation {reservation_id} does not exist")
+    return Reservation(**found)
+
+
+def _store(
+    session: Session, r: Reservation, events: list[dict[str, Any]], *, insert_row: bool
+) -> None:
+    conn = session.connection()
+    if insert_row:
+        conn.execute(insert(_RESERVATIONS), {k: getattr(r, k) for k in _COLUMNS})
+    else:
+        conn.execute(
+            update(_RESERVATIONS)
+            .where(_RESERVATIONS.c.reservation_id == r.reservation_id)
+            .values(status=r.status, updated_at=r.updated_at, reason=r.reason)
+        )
+    if events:
+        conn.execute(insert(_EVENTS), events)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A reservation's move to EXECUTED, committed by whoever records the unit's result."""
+
+    write: WriteOp
+    #: Call once ``write`` is committed.
+    committed: Callable[[], None]
 
 
 class ReservationService:
@@ -140,7 +190,7 @@ class ReservationService:
         reason: str | None = None,
         job_event: dict[str, Any] | None = None,
         also: WriteOp | None = None,
-        create: Callable[[Session], Reservation] | None = None,
+        create: _Create | None = None,
     ) -> tuple[Reservation, Any]:
         """Move through ``path`` in one transaction (one event per step), optionally with the
         job event that this step makes true and ``also`` (another write that belongs with
@@ -149,14 +199,12 @@ class ReservationService:
 
         def op(session: Session) -> tuple[Reservation, Any]:
             if create is not None:
-                r = create(session)
+                r, events = create(session)
             else:
-                found = session.get(Reservation, reservation_id, with_for_update=True)
-                if found is None:
-                    raise NotFound(f"Reservation {reservation_id} does not exist")
-                r = found
+                r, events = _lock(session, reservation_id), []
             for to in path:
-                _advance(session, r, to, reason)
+                _advance(r, to, reason, events)
+            _store(session, r, events, insert_row=create is not None)
             if job_event is not None:
                 repo.append_event(session, **job_event)
             return r, None if also is None else also(session)
@@ -244,9 +292,10 @@ class ReservationService:
         reservation_id = str(uuid.uuid4())
         expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
 
-        def requested(session: Session) -> Reservation:
+        def requested(session: Session) -> tuple[Reservation, list[dict[str, Any]]]:
             if owner is not None and max_active:
                 _check_reservation_quota(session, owner, max_active)
+            now = utcnow()
             r = Reservation(
                 reservation_id=reservation_id,
                 service_type=service_type,
@@ -255,26 +304,29 @@ class ReservationService:
                 fragment_id=fragment_id,
                 min_fidelity=min_fidelity,
                 status=ReservationStatus.REQUESTED.value,
+                reason=None,
                 expires_at=expires_at,
-                created_at=utcnow(),
-                updated_at=utcnow(),
+                created_at=now,
+                updated_at=now,
                 owner=owner,
             )
-            session.add(r)
-            session.add(
-                ReservationEvent(
-                    reservation_id=reservation_id,
-                    status=ReservationStatus.REQUESTED.value,
-                    node_id=node_id,
-                    payload={"service_type": service_type, "ttl_s": ttl_s, "job_id": job_id},
-                    at=utcnow(),
-                )
-            )
+            event = {
+                "reservation_id": reservation_id,
+                "status": ReservationStatus.REQUESTED.value,
+                "node_id": node_id,
+                "payload": {"service_type": service_type, "ttl_s": ttl_s, "job_id": job_id},
+                "at": now,
+            }
+            return r, [event]
+
+        def requested_alone(session: Session) -> Reservation:
+            r, events = requested(session)
+            _store(session, r, events, insert_row=True)
             return r
 
-        create: Callable[[Session], Reservation] | None = requested
+        create: _Create | None = requested
         if owner is not None:
-            await self.db.write(requested)
+            await self.db.write(requested_alone)
             self.journal.record(
                 "reservation.requested", reservation_id=reservation_id, node_id=node_id
             )
@@ -380,6 +432,28 @@ class ReservationService:
             log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
             if completed_event is not None:
                 await self.db.write(partial(repo.append_event, **completed_event))
+
+    def executed_write(self, reservation_id: str) -> Settlement:
+        """:meth:`mark_executed` as a write for the caller to commit with its own record of
+        the result (one write instead of two on every unit's way back). A reservation that
+        has ended meanwhile (its TTL swept it) is left as it is: the caller's record must
+        not fail for it."""
+
+        def op(session: Session) -> None:
+            r = _lock(session, reservation_id)
+            if ReservationStatus.EXECUTED not in RESERVATION_TRANSITIONS.get(
+                ReservationStatus(r.status), frozenset()
+            ):
+                log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
+                return
+            events: list[dict[str, Any]] = []
+            _advance(r, ReservationStatus.EXECUTED, None, events)
+            _store(session, r, events, insert_row=False)
+
+        def committed() -> None:
+            self.journal.record("reservation.executed", reservation_id=reservation_id)
+
+        return Settlement(write=op, committed=committed)
 
     async def mark_unused(self, reservation_id: str, *, reason: str) -> None:
         """The node turned the work away (busy): the slot was never used."""

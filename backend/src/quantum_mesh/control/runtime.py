@@ -28,6 +28,7 @@ from quantum_mesh.control import repository as repo
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.planner import PlannedFragment
+from quantum_mesh.control.reservations import Settlement
 from quantum_mesh.control.scheduler import WorkScheduler, WorkUnit
 from quantum_mesh.errors import ExecutionFailed, QMeshError
 from quantum_mesh.logs import get_logger
@@ -59,6 +60,8 @@ class FragmentOutcome:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: The node's own compute time for the fragment (its reply's ``seconds``).
     node_seconds: float = 0.0
+    #: The reservation's move to EXECUTED, committed with the wave's record.
+    settlement: Settlement | None = None
 
 
 def _decode_reply(
@@ -115,6 +118,8 @@ def _record_wave(
     """Accept a wave: one fragment row each (its primary key refuses a second outcome)."""
     rows = []
     for order, o in enumerate(outcomes):
+        if o.settlement is not None:
+            o.settlement.write(session)
         rows.append(
             repo.record_fragment(
                 session,
@@ -220,7 +225,7 @@ class CircuitRuntime:
         while len(done) < len(fragments):
             wave = self._next_wave(fragments, done)
             sent = time.perf_counter()
-            outcomes = await asyncio.gather(
+            finished = await asyncio.gather(
                 *(
                     self._run_fragment(
                         job_id=job_id,
@@ -234,20 +239,30 @@ class CircuitRuntime:
                         unit_id=unit_prefix + f.fragment_id,
                     )
                     for f in wave
-                )
+                ),
+                return_exceptions=True,
             )
+            outcomes = [o for o in finished if isinstance(o, FragmentOutcome)]
+            failure = next((o for o in finished if isinstance(o, BaseException)), None)
+            if failure is not None or not durable:
+                # Units that ran are settled even when the wave is not recorded.
+                await self._settle(outcomes)
+                if failure is not None:
+                    raise failure
             if timing is not None:
                 waited = time.perf_counter() - sent
                 slowest = max(o.node_seconds for o in outcomes)
                 timing["mesh_s"] = timing.get("mesh_s", 0.0) + max(0.0, waited - slowest)
-            state = await self.compute.run(self._compose, outcomes, n)
+            state = await self.compute.run_sized(1 << n, self._compose, outcomes, n)
             if not durable:
                 rows = _wave_rows(job_id=job_id, outcomes=outcomes, wave=wave_index)
                 done_rows.update((o.fragment_id, r) for o, r in zip(outcomes, rows, strict=True))
                 done.update(o.fragment_id for o in outcomes)
                 wave_index += 1
                 continue
-            checkpoint, operators = await self.compute.run(_encode_wave, state, outcomes)
+            checkpoint, operators = await self.compute.run_sized(
+                1 << n, _encode_wave, state, outcomes
+            )
             rows = await commit(
                 partial(
                     _record_wave,
@@ -261,6 +276,8 @@ class CircuitRuntime:
                 len(fragments),
             )
             for o, row in zip(outcomes, rows, strict=True):
+                if o.settlement is not None:
+                    o.settlement.committed()
                 done_rows[o.fragment_id] = row
                 metrics.fragment_finished((o.finished_at - o.started_at).total_seconds(), ok=True)
                 self.journal.record(
@@ -275,6 +292,19 @@ class CircuitRuntime:
             wave_index += 1
         results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]
         return state, results
+
+    async def _settle(self, outcomes: Sequence[FragmentOutcome]) -> None:
+        settlements = [o.settlement for o in outcomes if o.settlement is not None]
+        if not settlements:
+            return
+
+        def op(session: Session) -> None:
+            for settlement in settlements:
+                settlement.write(session)
+
+        await self.db.write(op)
+        for settlement in settlements:
+            settlement.committed()
 
     @staticmethod
     def _next_wave(fragments: Sequence[PlannedFragment], done: set[str]) -> list[PlannedFragment]:
@@ -348,6 +378,7 @@ class CircuitRuntime:
             preferred=fragment.candidates,
             nodes=nodes,
             record=False,
+            settle_with_record=True,
             accept=fidelity_ok,
         )
         try:
@@ -355,7 +386,9 @@ class CircuitRuntime:
         except QMeshError:
             metrics.fragment_finished(0.0, ok=False)
             raise
-        new_state, operator = await self.compute.run(_decode_reply, done.reply)
+        new_state, operator = await self.compute.run_sized(
+            1 << num_qubits, _decode_reply, done.reply
+        )
         return FragmentOutcome(
             fragment_id=fragment.fragment_id,
             node_id=done.node_id,
@@ -368,4 +401,5 @@ class CircuitRuntime:
             qubits=[int(q) for q in done.reply.get("qubits", fragment.qubits)],
             history=done.history,
             node_seconds=float(done.reply.get("seconds") or 0.0),
+            settlement=done.settlement,
         )

@@ -33,7 +33,7 @@ from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
-from quantum_mesh.control.reservations import ReservationService
+from quantum_mesh.control.reservations import ReservationService, Settlement
 from quantum_mesh.control.sizing import CallSizer, PipelineDepth
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
@@ -99,6 +99,9 @@ class WorkUnit:
     timeout_s: float | None = None
     #: Record a ``unit_completed`` event (circuit fragments keep their own record).
     record: bool = True
+    #: The caller commits the reservation's move to EXECUTED with its own record of the
+    #: result (``UnitOutcome.settlement``): one write instead of two per unit.
+    settle_with_record: bool = False
     accept: Acceptance | None = None
 
 
@@ -116,6 +119,8 @@ class UnitOutcome:
     started_at: datetime
     finished_at: datetime
     history: list[dict[str, Any]]
+    #: With ``WorkUnit.settle_with_record``: the reservation's EXECUTED write, to commit.
+    settlement: Settlement | None = None
 
 
 @dataclass
@@ -228,6 +233,7 @@ class WorkScheduler:
             return await asyncio.shield(ticket.future)
         except asyncio.CancelledError:
             self._drop(ticket)
+            ticket.future.cancel()  # a placement still running sees nobody waits for it
             raise
 
     async def run_many(
@@ -415,6 +421,11 @@ class WorkScheduler:
         finally:
             slot.free()
         if ticket.future.done():
+            if isinstance(outcome, UnitOutcome) and outcome.settlement is not None:
+                # Nobody waits for this result (its job was cancelled): the work was still
+                # done, so its reservation is still settled.
+                await self.db.write(outcome.settlement.write)
+                outcome.settlement.committed()
             return
         if isinstance(outcome, UnitOutcome):
             ticket.future.set_result(outcome)
@@ -583,10 +594,13 @@ class WorkScheduler:
             finished_at=datetime.now(UTC),
             history=ticket.history,
         )
-        await self.reservations.mark_executed(
-            reservation.reservation_id,
-            completed_event=self._completion_event(unit, outcome) if unit.record else None,
-        )
+        if unit.settle_with_record:
+            outcome.settlement = self.reservations.executed_write(reservation.reservation_id)
+        else:
+            await self.reservations.mark_executed(
+                reservation.reservation_id,
+                completed_event=self._completion_event(unit, outcome) if unit.record else None,
+            )
         return outcome
 
     @staticmethod

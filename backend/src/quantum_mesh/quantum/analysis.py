@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +93,34 @@ class BoundedResult:
 DIRECT_STATEVECTOR_MAX_QUBITS = 12
 
 
+#: Ideal states of circuits up to this width are kept for reuse (a sweep or a load of one
+#: circuit with many seeds simulates it once): at most ``_IDEAL_CACHE_SIZE`` x 256 KiB.
+IDEAL_CACHE_MAX_QUBITS = 14
+_IDEAL_CACHE_SIZE = 64
+_ideal_cache: OrderedDict[tuple[str, int], NDArray[np.complex128]] = OrderedDict()
+_ideal_lock = threading.Lock()
+
+
 def ideal_statevector(circuit: NormalizedCircuit) -> NDArray[np.complex128]:
+    """The circuit's noiseless final state (read-only), reused for the same source text."""
+    if circuit.num_qubits > IDEAL_CACHE_MAX_QUBITS:
+        return _simulate_ideal(circuit)
+    key = (circuit.source_hash, circuit.num_qubits)
+    with _ideal_lock:
+        state = _ideal_cache.get(key)
+        if state is not None:
+            _ideal_cache.move_to_end(key)
+            return state
+    state = _simulate_ideal(circuit)
+    state.setflags(write=False)
+    with _ideal_lock:
+        _ideal_cache[key] = state
+        while len(_ideal_cache) > _IDEAL_CACHE_SIZE:
+            _ideal_cache.popitem(last=False)
+    return state
+
+
+def _simulate_ideal(circuit: NormalizedCircuit) -> NDArray[np.complex128]:
     """The circuit's noiseless final state (before measurement), simulated in one piece by
     Qiskit Aer, independently of the fragment path the runtime took.
 

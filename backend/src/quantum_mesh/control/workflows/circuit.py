@@ -208,8 +208,13 @@ class CircuitWorkload:
         while True:
             for peers in (self.registry.usable_snapshot(), self._trusted_known()):
                 try:
-                    return await self.compute.run(
-                        plan_fragments, specs, peers, weights=weights, min_fidelity=min_fidelity
+                    return await self.compute.run_sized(
+                        len(specs) * max(1, len(peers)),
+                        plan_fragments,
+                        specs,
+                        peers,
+                        weights=weights,
+                        min_fidelity=min_fidelity,
                     )
                 except NoCapacity:
                     if time.monotonic() >= deadline:
@@ -235,7 +240,7 @@ class CircuitProcess:
         circuit = await w.parsed(request["circuit"])
         if circuit.dynamic is not None:
             return self._plan_dynamic(circuit)
-        fragments = await w.compute.run(build_fragments, circuit)
+        fragments = await w.compute.run_sized(len(circuit.operations), build_fragments, circuit)
         # Only a recovered job can have finished fragments already.
         if handle.status != JobStatus.QUEUED:
             async with w.db.transaction() as session:
