@@ -34,6 +34,7 @@ from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError, RemoteError
 from quantum_mesh.mesh.protocol import METHOD_COMMIT, METHOD_RELEASE, METHOD_RESERVE
 from quantum_mesh.store.database import Database, WriteOp
+from quantum_mesh.store.prepared import Prepared
 from quantum_mesh.store.tables import Reservation, ReservationEvent, utcnow
 
 log = get_logger(__name__)
@@ -121,17 +122,21 @@ def _advance(
 # on every unit's way to a node): rows are read into detached objects and changed here only.
 _RESERVATIONS = cast(Table, Reservation.__table__)
 _EVENTS = cast(Table, ReservationEvent.__table__)
-_LOCK = (
+_LOCK = Prepared(
     select(_RESERVATIONS)
     .where(_RESERVATIONS.c.reservation_id == bindparam("reservation_id"))
     .with_for_update()
 )
+_INSERT = Prepared(insert(_RESERVATIONS))
+_UPDATE = Prepared(
+    update(_RESERVATIONS).where(_RESERVATIONS.c.reservation_id == bindparam("b_reservation_id"))
+)
+_INSERT_EVENTS = Prepared(insert(_EVENTS))
 _COLUMNS = tuple(c.key for c in _RESERVATIONS.columns)
 
 
 def _lock(session: Session, reservation_id: str) -> Reservation:
-    row = session.connection().execute(_LOCK, {"reservation_id": reservation_id})
-    found = row.mappings().one_or_none()
+    found = _LOCK.first(session, {"reservation_id": reservation_id})
     if found is None:
         raise NotFound(f"Reservation {reservation_id} does not exist")
     return Reservation(**found)
@@ -140,17 +145,19 @@ def _lock(session: Session, reservation_id: str) -> Reservation:
 def _store(
     session: Session, r: Reservation, events: list[dict[str, Any]], *, insert_row: bool
 ) -> None:
-    conn = session.connection()
     if insert_row:
-        conn.execute(insert(_RESERVATIONS), {k: getattr(r, k) for k in _COLUMNS})
+        _INSERT.execute(session, {k: getattr(r, k) for k in _COLUMNS})
     else:
-        conn.execute(
-            update(_RESERVATIONS)
-            .where(_RESERVATIONS.c.reservation_id == r.reservation_id)
-            .values(status=r.status, updated_at=r.updated_at, reason=r.reason)
+        _UPDATE.execute(
+            session,
+            {
+                "status": r.status,
+                "updated_at": r.updated_at,
+                "reason": r.reason,
+                "b_reservation_id": r.reservation_id,
+            },
         )
-    if events:
-        conn.execute(insert(_EVENTS), events)
+    _INSERT_EVENTS.execute_many(session, events)
 
 
 @dataclass(frozen=True)
