@@ -136,3 +136,21 @@ async def test_the_parsed_cache_is_bounded() -> None:
     assert len(workload.parsed_cache) == circuit_module.PARSED_CACHE_ENTRIES
     assert workload.parsed_cache.get(texts[0]) is None
     assert workload.parsed_cache.get(texts[-1]) is not None
+
+
+async def test_a_circuit_validated_before_is_not_validated_again() -> None:
+    """The same text again (another seed) skips the validation process; a new text, or one
+    that was refused, goes there every time."""
+    compute, jobs = InlineCompute(), AcceptingJobs()
+    workload = _workload(compute, max_circuit_qubits=2)
+    for seed in (1, 2, 3):
+        await workload.submit(jobs, request={"circuit": BELL, "seed": seed}, idempotency_key=None)
+    assert compute.calls == ["isolated:check_circuit"]
+    assert len(jobs.submitted) == 3
+
+    wide = BELL.replace("qreg q[2];", "qreg q[3];")
+    for _ in range(2):
+        with pytest.raises(InvalidCircuit):
+            await workload.submit(jobs, request={"circuit": wide}, idempotency_key=None)
+    assert compute.calls == ["isolated:check_circuit"] * 3
+    assert len(jobs.submitted) == 3

@@ -56,6 +56,10 @@ MIN_QUANTUM_RESULT_BYTES = 65_536
 RESULT_ENVELOPE_BYTES = 64
 
 
+#: Submitted texts up to this length are looked up among circuits validated before.
+VALIDATED_LOOKUP_MAX_CHARS = 65_536
+
+
 def quantum_result_budget(max_result_bytes: int, fragment_results: list[dict[str, Any]]) -> int:
     """What ``QMESH_MAX_RESULT_BYTES`` leaves to the ``quantum_result`` beside these
     ``fragment_results`` (the stored document holds both)."""
@@ -156,6 +160,8 @@ class CircuitWorkload:
         self.settings = settings
         self.limits = circuit_limits(settings)
         self.parsed_cache = ParsedCircuits()
+        #: Circuits that passed ``check_circuit`` at submit (``submit``).
+        self.validated = ParsedCircuits()
 
     async def submit(
         self,
@@ -171,12 +177,20 @@ class CircuitWorkload:
         # the input limits before Qiskit builds anything. The parsed circuit is kept for the
         # job's compile step.
         jobs.admit(idempotency_key)
-        circuit = await self.compute.isolated(
-            check_circuit,
-            request["circuit"],
-            **self.limits,
-            max_fragments=self.settings.max_circuit_fragments,
-        )
+        text = request["circuit"]
+        # A text this process has validated already (the same circuit with another seed,
+        # a load of one circuit) is not sent to the validation process again: the limits
+        # are the process's own, so the answer cannot change. Only small texts are looked
+        # up, so hashing stays off the loop's budget.
+        circuit = self.validated.get(text) if len(text) <= VALIDATED_LOOKUP_MAX_CHARS else None
+        if circuit is None:
+            circuit = await self.compute.isolated(
+                check_circuit,
+                text,
+                **self.limits,
+                max_fragments=self.settings.max_circuit_fragments,
+            )
+            self.validated.put(circuit)
         self.parsed_cache.put(circuit)
         return await jobs.submit(
             kind=CIRCUIT_KIND,
