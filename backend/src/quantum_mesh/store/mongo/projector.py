@@ -32,7 +32,7 @@ from quantum_mesh.store.mongo.documents import (
     TopologySnapshot,
     utcnow,
 )
-from quantum_mesh.store.mongo.provenance import as_utc, build_bundle, event_dict
+from quantum_mesh.store.mongo.provenance import as_utc, build_bundles, event_dict
 from quantum_mesh.store.tables import Enrollment, ExecutionEvent, PeerSnapshot
 
 log = get_logger(__name__)
@@ -229,18 +229,26 @@ class Projector:
         coll = ProvenanceBundle.get_pymongo_collection()
         job_ids = list({e["job_id"] for e in events})
         closed = {d["job_id"] async for d in coll.find({"job_id": {"$in": job_ids}}, {"job_id": 1})}
+        # The jobs this batch closes, each at its terminal event; their bundles are read
+        # together (one query per table for the whole batch, not per job).
+        closing: dict[str, int] = {}
         for event in events:
-            job_id = event["job_id"]
             status = event["payload"].get("status") if event["event_type"] == "status" else None
-            if status in PROVENANCE_STATUSES:
-                await self._upsert_bundle(job_id=job_id, seq=event["seq"])
+            if status in PROVENANCE_STATUSES and event["job_id"] not in closing:
+                closing[event["job_id"]] = event["seq"]
+        async with self.db.transaction() as session:
+            bundles = await build_bundles(session, closing)
+        for event in events:
+            job_id, seq = event["job_id"], event["seq"]
+            if closing.get(job_id) == seq:
+                await self._upsert_bundle(bundles.get(job_id), job_id=job_id, seq=seq)
                 closed.add(job_id)
-            elif job_id in closed:
+            elif job_id in closed and seq > closing.get(job_id, -1):
                 await self._append_late_event(event)
 
-    async def _upsert_bundle(self, *, job_id: str, seq: int) -> None:
-        async with self.db.transaction() as session:
-            bundle = await build_bundle(session, job_id=job_id, upto_seq=seq)
+    async def _upsert_bundle(
+        self, bundle: ProvenanceBundle | None, *, job_id: str, seq: int
+    ) -> None:
         if bundle is None:
             log.warning("projector.job_missing", job_id=job_id, seq=seq)
             return
