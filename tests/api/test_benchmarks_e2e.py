@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from tests.support.live import LiveCoordinator
 
+from quantum_mesh.control import netns
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: Why link-scenario nodes cannot have namespaces here (None: they can).
+NETNS_REASON = netns.unavailable_reason()
 
 EMBEDDED_NODES = 2
 
@@ -33,6 +38,12 @@ def _finished(coord: LiveCoordinator, body: dict[str, Any]) -> dict[str, Any]:
     done = coord.wait_job(r.json()["benchmark_id"], timeout=600, path="/workflows/benchmarks/")
     assert done["status"] == "COMPLETED", (done["error"], coord.log_tail())
     return done
+
+
+def _left_behind(coord: LiveCoordinator) -> list[str]:
+    """The coordinator's link namespaces that still exist."""
+    assert coord.proc is not None
+    return [n for n in netns.namespaces() if n.startswith(f"qmesh-link-{coord.proc.pid}-")]
 
 
 def test_contract_body_alternates_modes_and_repeats(coord: LiveCoordinator) -> None:
@@ -307,13 +318,34 @@ def test_a_delayed_link_raises_the_mesh_share_with_the_answer_unchanged(
     link = delayed["link"]
     assert link["delay_ms"] == 20 and link["usable_before_run"] is True, link
     assert link["bytes_relayed"] > 0 and "relay" in link["emulator"], link
+    assert link["shaper"] == "qmesh relay", link
+    if NETNS_REASON is None:  # root with iproute2: the node ran in a namespace of its own
+        assert link["isolation"].startswith("netns qmesh-link-"), link
+        assert "veth 10.77." in link["isolation"] and "/30" in link["isolation"], link
+        assert _left_behind(coord) == [], "the run's namespace outlived it"
+    else:
+        assert link["isolation"] == "none: the node and the relay on 127.0.0.1", link
+        assert link["netns_unavailable"] == NETNS_REASON, link
     assert link["node_id"] not in done["comparison"]["modes"][0]["nodes_used"]
     # 20 ms each way on every call: the run waits on the mesh for a larger share of it.
     assert delayed["mesh_share"] > baseline["mesh_share"], (baseline, delayed)
     assert delayed["result"] == baseline["result"]
 
 
+def test_bandwidth_is_refused_where_no_namespace_can_be_made(coord: LiveCoordinator) -> None:
+    if NETNS_REASON is None:
+        pytest.skip("this coordinator can make namespaces (root, iproute2): nothing refused")
+    r = coord.http.post(
+        "/workflows/benchmarks",
+        json={"workload": {"kind": "circuit", "params": {}}, "scenarios": ["bandwidth"]},
+    )
+    assert r.status_code == 422, r.text
+    assert "tbf" in r.text and NETNS_REASON in r.text
+
+
 def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None:
+    if NETNS_REASON is not None:
+        pytest.skip(f"bandwidth needs a network namespace: {NETNS_REASON}")
     workload = {"kind": "circuit", "params": {"count": 2, "qubits": 4, "depth": 4, "seed": 4}}
     done = _finished(
         coord,
@@ -331,6 +363,12 @@ def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None
     )
     baseline, capped, lossy = done["rows"]
     assert capped["link"]["rate_kbit"] == 200 and capped["link"]["bytes_relayed"] > 0
+    # The kernel shaped it, in the node's own namespace; the relay only forwarded.
+    assert capped["link"]["shaper"] == "tbf" and capped["link"]["tbf"]["rate_kbit"] == 200
+    assert capped["link"]["isolation"].startswith("netns qmesh-link-"), capped["link"]
+    assert lossy["link"]["isolation"].startswith("netns qmesh-link-"), lossy["link"]
+    assert lossy["link"]["isolation"] != capped["link"]["isolation"]  # one per run
+    assert _left_behind(coord) == []
     assert lossy["link"]["loss"] == 0.2 and lossy["link"]["chunks_held_for_loss"] >= 1
     # A fifth of the chunks 100 ms late: the run waits on the mesh for a larger share.
     assert lossy["mesh_share"] > baseline["mesh_share"], (baseline, lossy)

@@ -1,10 +1,12 @@
-"""The latency scenario's relay (control/linkrelay.py): bytes pass unchanged, in order, each
-direction held at least the delay."""
+"""The link scenarios' relay (control/linkrelay.py): bytes pass unchanged, in order, each
+direction held at least the delay; a reset share cuts connections with an RST."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
 
 from quantum_mesh.control.linkrelay import LinkRelay
 
@@ -56,6 +58,40 @@ async def test_a_rate_limit_and_loss_slow_the_link_but_keep_every_byte() -> None
         assert time.monotonic() - started >= len(sent) / 400_000 * 0.9
         assert relay.stats.lost >= 1  # held a retransmission timeout longer, not dropped
         writer.close()
+    finally:
+        await relay.stop()
+        server.close()
+
+
+async def test_a_reset_share_resets_both_sides_with_an_rst() -> None:
+    upstream_resets: list[int] = []
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionResetError:
+            upstream_resets.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    relay = LinkRelay("127.0.0.1", port, reset_share=1.0)  # every connection, at once
+    relay_port = await relay.start()
+    try:
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay_port)
+            writer.write(b"x" * 1000)
+            await writer.drain()
+            with pytest.raises(ConnectionResetError):  # an RST, not an orderly close
+                await reader.read(65536)
+            writer.close()
+        assert relay.stats.resets == 2 and relay.stats.bytes == 0
+        for _ in range(100):  # the upstream side was reset too
+            if len(upstream_resets) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(upstream_resets) == 2
     finally:
         await relay.stop()
         server.close()

@@ -186,6 +186,9 @@ class Coordinator:
         await self.docstore.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.jobs.joiner is not None:  # the link scenarios' namespaces, if any are left
+            with contextlib.suppress(Exception):
+                await self.jobs.joiner.close()
         with contextlib.suppress(Exception):
             await self._flush_snapshots()
         await self.mesh.stop()

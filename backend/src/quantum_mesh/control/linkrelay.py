@@ -10,7 +10,12 @@ an earlier one), without holding up the reading: a delayed link, not a slower on
 ``rate_bps`` each direction sends at most that many bytes a second (paced in 4 KiB slices);
 with ``loss`` a share of the chunks is held one retransmission timeout longer, which is what
 a lost segment costs a TCP connection (the bytes themselves are never dropped: the stream
-above would break, not retry).
+above would break, not retry). With ``reset_share`` the relay instead resets the whole
+connection on that share of the chunks it reads (both sides closed with ``SO_LINGER`` 0,
+so each gets a TCP RST): what a middlebox dropping the flow does; the node dials again.
+
+On a machine that allows it the relay listens on the root side of a veth pair whose other
+end is the node's network namespace (``control/netns.py``), else on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -35,6 +42,8 @@ class RelayStats:
     bytes: int = 0
     #: Chunks held a retransmission timeout longer (``loss``).
     lost: int = 0
+    #: Connections reset (``reset_share``).
+    resets: int = 0
 
 
 class LinkRelay:
@@ -48,6 +57,7 @@ class LinkRelay:
         rate_bps: float | None = None,
         loss: float = 0.0,
         rto_s: float = DEFAULT_RTO_S,
+        reset_share: float = 0.0,
     ) -> None:
         self._upstream = (upstream_host, upstream_port)
         self.delay_s = delay_s
@@ -55,6 +65,7 @@ class LinkRelay:
         self.rate_bps = rate_bps
         self.loss = loss
         self.rto_s = rto_s
+        self.reset_share = reset_share
         self.stats = RelayStats()
         self._random = random.Random(0)
         self._server: asyncio.Server | None = None
@@ -80,8 +91,9 @@ class LinkRelay:
         except OSError:
             writer.close()
             return
+        pair = (writer, up_writer)
         for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._direction(source, sink))
+            task = asyncio.create_task(self._direction(source, sink, pair))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -93,12 +105,30 @@ class LinkRelay:
             held += self.rto_s
         return held
 
-    async def _direction(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    def _reset(self, pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter]) -> None:
+        """Close both sides of a connection at once with a TCP RST (``SO_LINGER`` 0)."""
+        self.stats.resets += 1
+        for writer in pair:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    async def _direction(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        pair: tuple[asyncio.StreamWriter, asyncio.StreamWriter],
+    ) -> None:
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         sender = asyncio.create_task(self._send(held, sink))
         try:
             last = 0.0
             while data := await source.read(CHUNK_BYTES):
+                if self.reset_share and self._random.random() < self.reset_share:
+                    self._reset(pair)
+                    return
                 last = max(last, time.monotonic() + self._release_after())  # kept in order
                 held.put_nowait((last, data))
             held.put_nowait((last, b""))  # end of stream, after what is held

@@ -140,12 +140,18 @@ def scenario_detail(row: dict[str, Any]) -> str:
     if link and link.get("node_id"):
         shaped = ", ".join(
             f"{name} {link[name]}"
-            for name in ("delay_ms", "jitter_ms", "rate_kbit", "loss", "rto_ms")
+            for name in ("delay_ms", "jitter_ms", "rate_kbit", "loss", "rto_ms", "reset_share")
+            if link.get(name) or name in ("delay_ms", "rate_kbit", "loss")
             if name in link
         )
+        isolation = str(link.get("isolation") or "")
+        where = isolation.split(",")[0] if isolation.startswith("netns") else "127.0.0.1"
+        resets = link.get("connections_reset")
         return (
-            f"{_short(link['node_id'])} behind a relay ({shaped}): "
+            f"{_short(link['node_id'])} in {where} behind "
+            f"{'tbf' if link.get('shaper') == 'tbf' else 'a relay'} ({shaped}): "
             f"{link.get('bytes_relayed')} bytes relayed"
+            + (f", {resets} connections reset" if resets else "")
         )
     joined = row.get("joined")
     if joined and joined.get("node_id"):

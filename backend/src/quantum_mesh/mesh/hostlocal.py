@@ -47,12 +47,18 @@ UNCOLLECTED_AFTER_S = 300.0
 _NAME = re.compile(r"^qmesh-[0-9a-f]{32}$")
 _SHM_ROOT = Path("/dev/shm")
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+#: Set false, no process spills (no host key: none offered, none accepted).
+SHARED_MEMORY_ENV = "QMESH_MESH_SHARED_MEMORY"
 
 
 @functools.cache
 def spill_dir() -> Path | None:
     """This user's private spill directory, created on first use; ``None`` where the
-    machine has no tmpfs at ``/dev/shm`` or the directory is not safely ours."""
+    machine has no tmpfs at ``/dev/shm`` or the directory is not safely ours, or
+    ``QMESH_MESH_SHARED_MEMORY`` is false in this process's environment (a link scenario's
+    node in its own network namespace: its bytes must cross the link)."""
+    if os.environ.get(SHARED_MEMORY_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return None
     if not _SHM_ROOT.is_dir():
         return None
     path = _SHM_ROOT / f"qmesh-{os.getuid()}"

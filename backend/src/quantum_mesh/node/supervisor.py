@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantum_mesh.mesh.identity import peer_id_from_key_file
@@ -45,6 +45,10 @@ class _Child:
     join_on_signal: bool = False
     #: Dial this address instead of the coordinator's own (a relay on its link).
     bootstrap: str = ""
+    #: Runs the node inside something, e.g. ``ip netns exec NS`` (a link scenario's node).
+    prefix: list[str] = field(default_factory=list)
+    #: Environment of this child over the supervisor's.
+    env: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     failures: int = 0
     monitor: asyncio.Task[None] | None = None
@@ -112,14 +116,24 @@ class NodeSupervisor:
     def bootstrap_addr(self) -> str:
         return self._bootstrap
 
-    async def start_spare(self, *, within_s: float, bootstrap: str | None = None) -> str:
+    async def start_spare(
+        self,
+        *,
+        within_s: float,
+        bootstrap: str | None = None,
+        prefix: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> str:
         """Start the spare, warm but off the mesh, and wait until it serves; it will dial
-        ``bootstrap`` (default: the coordinator) when told to join. Not restarted when it
-        exits: it lives for one run."""
+        ``bootstrap`` (default: the coordinator) when told to join. ``prefix`` runs it inside
+        something (``ip netns exec NS``: its own network namespace), with ``env`` over the
+        usual environment. Not restarted when it exits: it lives for one run."""
         peer_id = self.spare_peer_id
         assert self._spare is not None
         await self.stop_spare()
         self._spare.bootstrap = bootstrap or ""
+        self._spare.prefix = list(prefix or [])
+        self._spare.env = dict(env or {})
         await self._spawn(self._spare)
         deadline = time.monotonic() + within_s
         while not self._spare.ready_file.exists():
@@ -222,6 +236,7 @@ class NodeSupervisor:
 
     def _command(self, child: _Child) -> list[str]:
         return [
+            *child.prefix,
             sys.executable,
             "-m",
             "quantum_mesh.node.main",
@@ -246,7 +261,7 @@ class NodeSupervisor:
 
     async def _spawn(self, child: _Child) -> None:
         child.ready_file.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env, **child.env}
         with child.log_file.open("ab") as log:
             child.process = await asyncio.create_subprocess_exec(
                 *self._command(child),

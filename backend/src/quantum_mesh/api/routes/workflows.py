@@ -117,7 +117,7 @@ class BenchmarkIn(BaseModel):
         default=None,
         description='settings of a scenario: {"degraded_node": {"refuse_share", "slowdown", '
         '"noise_level"}, "latency": {"delay_ms", "jitter_ms"}, "bandwidth": {"rate_kbit"}, '
-        '"loss": {"loss", "rto_ms"}}',
+        '"loss": {"loss", "rto_ms", "reset_share"}}',
     )
     include_local: bool = Field(default=True, description="shorthand only")
     warmup: bool = Field(default=True, description="one untimed run per mode first")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quantum_mesh.control import netns
 from quantum_mesh.control.workflows.params import finite_number
 from quantum_mesh.errors import InvalidInput
 
@@ -43,7 +44,11 @@ SETTINGS: dict[str, dict[str, tuple[float | None, float, float]]] = {
         "jitter_ms": (0.0, 0.0, 2000.0),
     },
     "bandwidth": {"rate_kbit": (1000.0, 8.0, 1_000_000.0)},
-    "loss": {"loss": (0.05, 0.0, 0.5), "rto_ms": (200.0, 1.0, 5000.0)},
+    "loss": {
+        "loss": (0.05, 0.0, 0.5),
+        "rto_ms": (200.0, 1.0, 5000.0),
+        "reset_share": (0.0, 0.0, 0.1),
+    },
 }
 
 
@@ -66,13 +71,21 @@ def scenarios_of(body: dict[str, Any]) -> list[str]:
                 f"{list(AVAILABLE_SCENARIOS)}",
                 details={"field": "scenarios", "available": list(AVAILABLE_SCENARIOS)},
             )
+    if "bandwidth" in scenarios and (reason := netns.unavailable_reason()) is not None:
+        # A cap in a user-space relay on 127.0.0.1 is not a narrower link (the kernel's
+        # loopback and the node's other paths are not capped): refused, not faked.
+        raise InvalidInput(
+            "scenario 'bandwidth' needs a network namespace shaped by the kernel's tbf, "
+            f"which this coordinator cannot make ({reason}; it needs root and iproute2)",
+            details={"field": "scenarios", "scenario": "bandwidth", "reason": reason},
+        )
     return list(scenarios)
 
 
 def scenario_params_of(body: dict[str, Any], scenarios: list[str]) -> dict[str, Any]:
     """``scenario_params``: ``{"degraded_node": {"refuse_share", "slowdown", "noise_level"},
     "latency": {"delay_ms", "jitter_ms"}, "bandwidth": {"rate_kbit"}, "loss": {"loss",
-    "rto_ms"}}``, each setting optional (:data:`SETTINGS`).
+    "rto_ms", "reset_share"}}``, each setting optional (:data:`SETTINGS`).
     Returns the full settings of the requested scenarios that take any."""
     given = body.get("scenario_params") or {}
     if not isinstance(given, dict):

@@ -13,9 +13,12 @@
   the same mode's fastest baseline run); once its advert is fresh the scheduler places
   units on it. After the run it is stopped again. Row: ``joined``.
 - ``latency``, ``bandwidth``, ``loss``: the last of the run's N nodes is the spare, on the
-  mesh before the run through a relay that impairs its link (``control/linkrelay.py``; no
-  netem here): each chunk held ``delay_ms ± jitter_ms`` each way; at most ``rate_kbit``;
-  a share ``loss`` of chunks held one retransmission timeout longer. Row: ``link``.
+  mesh before the run, in a network namespace of its own where the machine allows (root,
+  ``ip``/``tc``: ``control/netns.py``), through a relay on its link (``control/linkrelay.py``;
+  no netem here): each chunk held ``delay_ms ± jitter_ms`` each way; at most ``rate_kbit``
+  (the kernel's tbf on the veth; the relay's own pacing only where no namespace could be
+  made); a share ``loss`` of chunks held one retransmission timeout longer, and a share
+  ``reset_share`` (default 0) on which the connection is reset. Row: ``link``.
 
 Every row of a scenario records it (``scenario``, plus the scenario's own field, ``None`` on
 centralized rows, which use no node).
@@ -121,13 +124,25 @@ async def scenario_run(
     yield setup
 
 
-def _impairments(scenario: str, profile: dict[str, Any]) -> dict[str, float]:
-    """``LinkRelay`` settings of a link scenario, from its (checked) settings."""
+def _impairments(scenario: str, profile: dict[str, Any], *, shaped: bool) -> dict[str, float]:
+    """``LinkRelay`` settings of a link scenario, from its (checked) settings. A ``shaped``
+    link (tbf on its veth) needs no cap in the relay: there it only forwards."""
     if scenario == "latency":
         return {"delay_s": profile["delay_ms"] / 1000, "jitter_s": profile["jitter_ms"] / 1000}
     if scenario == "bandwidth":
-        return {"rate_bps": profile["rate_kbit"] * 1000 / 8}
-    return {"loss": profile["loss"], "rto_s": profile["rto_ms"] / 1000}
+        return {} if shaped else {"rate_bps": profile["rate_kbit"] * 1000 / 8}
+    return {
+        "loss": profile["loss"],
+        "rto_s": profile["rto_ms"] / 1000,
+        "reset_share": profile.get("reset_share", 0.0),
+    }
+
+
+#: How each link was emulated, for the row's ``emulator``.
+RELAY = "qmesh relay (asyncio TCP relay in the coordinator)"
+RELAY_ON_VETH = "qmesh relay (asyncio TCP relay in the coordinator, on the veth's root side)"
+TBF = "tbf (kernel qdisc on both ends of the veth; the relay only forwards)"
+NO_ISOLATION = "none: the node and the relay on 127.0.0.1"
 
 
 @contextlib.asynccontextmanager
@@ -138,30 +153,44 @@ async def _impaired_link(
     profile: dict[str, Any],
     setup: RunSetup,
 ) -> AsyncIterator[None]:
-    """latency, bandwidth, loss around one run: the last of the N nodes is the spare, on the
-    mesh through a relay that impairs its link (``control/linkrelay.py``); stopped after."""
+    """latency, bandwidth, loss around one run: the last of the N nodes is the spare, in a
+    network namespace of its own where the machine allows (``control/netns.py``), on the
+    mesh through a relay on its link (``control/linkrelay.py``) that delays or "loses";
+    ``bandwidth`` is shaped by tbf on the veth. Stopped, and the namespace removed, after."""
     joiner = handle.joiner
     if joiner is None:  # no embedded nodes: nothing to put behind a relay
         setup.record["link"] = {"node_id": None, "reason": "no embedded nodes to start"}
         yield
         return
-    peer, relay = await joiner.prepare_linked(**_impairments(scenario, profile))
+    rate_bps = profile["rate_kbit"] * 1000 / 8 if scenario == "bandwidth" else None
+    link, why_not = await joiner.open_namespace(rate_bps=rate_bps)
+    linked = await joiner.prepare_linked(
+        link, **_impairments(scenario, profile, shaped=link is not None)
+    )
+    peer, relay = linked.peer_id, linked.relay
     setup.nodes = [*[p for p in chosen if p != peer][: len(chosen) - 1], peer]
     usable = joiner.usable()
     try:
         yield
     finally:
-        await joiner.retire()
-        await relay.stop()
+        await joiner.release(linked)
+        shaped = link is not None and link.tbf is not None
         setup.record["link"] = {
             "node_id": peer,
             **profile,
-            "emulator": "qmesh relay (asyncio TCP relay in the coordinator)",
-            "isolation": "none: the node and the relay on 127.0.0.1",
+            "emulator": TBF if shaped else RELAY_ON_VETH if link is not None else RELAY,
+            "shaper": "tbf" if shaped else "qmesh relay",
+            "isolation": link.label if link is not None else NO_ISOLATION,
+            **({"tbf": link.tbf} if shaped and link is not None else {}),
+            **({} if link is not None else {"netns_unavailable": why_not}),
             "usable_before_run": usable,
             "bytes_relayed": relay.stats.bytes,
             "chunks_relayed": relay.stats.chunks,
-            **({"chunks_held_for_loss": relay.stats.lost} if scenario == "loss" else {}),
+            **(
+                {"chunks_held_for_loss": relay.stats.lost, "connections_reset": relay.stats.resets}
+                if scenario == "loss"
+                else {}
+            ),
         }
 
 
