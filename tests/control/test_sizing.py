@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.sizing import (
     DEFAULT_DEPTH,
     MIN_DEPTH,
+    NODE_QUEUE_BUDGET_S,
     TARGET_OVERHEAD_SHARE,
     CallSizer,
     PipelineDepth,
@@ -70,6 +72,23 @@ def test_pipeline_depth_hides_the_coordinators_part_of_short_units_only() -> Non
     tiny = PipelineDepth(most=16)
     tiny.observe(coordinator_s=1.0, round_trip_s=0.001)
     assert tiny.per_worker() == 16
+
+
+def test_pipeline_depth_keeps_a_worker_busy_when_the_round_trip_is_not_work() -> None:
+    """A 1 ms fragment whose 24 ms round trip is mostly transport: deeper than the round
+    trip alone says, but only as deep as ``NODE_QUEUE_BUDGET_S`` of node queue allows."""
+    budget_bound = 1 + math.floor(NODE_QUEUE_BUDGET_S / 0.001)
+    fragments = PipelineDepth(most=16)
+    for _ in range(20):
+        fragments.observe(coordinator_s=0.036, round_trip_s=0.024, node_s=0.001)
+    without_node_time = 1 + math.ceil(0.036 / 0.024)
+    assert fragments.per_worker() == max(without_node_time, min(60, budget_bound))
+    assert fragments.per_worker() > without_node_time
+    # A unit the worker is busy with for most of its round trip: no deeper than before.
+    blocks = PipelineDepth(most=16)
+    for _ in range(20):
+        blocks.observe(coordinator_s=0.036, round_trip_s=0.4, node_s=0.35)
+    assert blocks.per_worker() == MIN_DEPTH
 
 
 def test_compute_seconds_reads_what_nodes_report() -> None:

@@ -551,7 +551,11 @@ class WorkScheduler:
         # The node's slot is free once it has answered; our bookkeeping must not hold it.
         slot.free()
         seconds = time.perf_counter() - t0
-        self.pipeline.observe(coordinator_s=t0 - placed, round_trip_s=seconds)
+        self.pipeline.observe(
+            coordinator_s=t0 - placed,
+            round_trip_s=seconds,
+            node_s=_as_float(reply.get("seconds")),
+        )
         self.registry.record_latency(node_id, seconds)
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None
         if rejected is not None:

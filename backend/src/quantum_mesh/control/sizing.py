@@ -92,6 +92,9 @@ def compute_seconds(reply: Mapping[str, Any]) -> float:
 
 #: Units placed per worker before any was measured (and the fewest: one running, one ready).
 DEFAULT_DEPTH = 4
+#: Longest a unit should wait in a node's queue behind the coordinator's other units there,
+#: for the sake of keeping the node's worker busy (``PipelineDepth``).
+NODE_QUEUE_BUDGET_S = 0.005
 MIN_DEPTH = 2
 
 
@@ -107,14 +110,28 @@ class PipelineDepth:
     not queued on one node while another could start them. One depth for every method: a
     per-method depth would let a method with a deep pipeline keep a node too full, forever,
     for one with a shallow one.
+
+    Where the reply says how long the node's worker computed (``node_s``, circuit
+    fragments), the round trip is not all work: under load most of a millisecond unit's
+    round trip is transport and the coordinator's own latency, while the worker idles. Then
+    the depth also covers the whole slot time with worker time, ``ceil((coordinator time +
+    round trip) / node_s)``, but never more than a unit could wait in the node's queue
+    within ``NODE_QUEUE_BUDGET_S`` (``1 + budget / node_s``), so this only ever deepens the
+    pipeline for units far shorter than the budget.
     """
 
     def __init__(self, *, most: int, least: int = MIN_DEPTH) -> None:
         self.most = most
         self.least = min(least, most)
         self._measured: tuple[float, float] | None = None
+        self._node_s: float | None = None
 
-    def observe(self, *, coordinator_s: float, round_trip_s: float) -> None:
+    def observe(
+        self, *, coordinator_s: float, round_trip_s: float, node_s: float | None = None
+    ) -> None:
+        if node_s is not None and node_s > 0:
+            known = self._node_s
+            self._node_s = node_s if known is None else known + SMOOTHING * (node_s - known)
         if self._measured is None:
             self._measured = (coordinator_s, round_trip_s)
             return
@@ -129,4 +146,9 @@ class PipelineDepth:
             return max(self.least, min(self.most, DEFAULT_DEPTH))
         own, trip = self._measured
         wanted = 1 + math.ceil(own / max(trip, 1e-4))
+        work = self._node_s
+        if work is not None:
+            busy = math.ceil((own + trip) / max(work, 1e-4))
+            queue_bound = 1 + math.floor(NODE_QUEUE_BUDGET_S / max(work, 1e-4))
+            wanted = max(wanted, min(busy, queue_bound))
         return max(self.least, min(self.most, wanted))
