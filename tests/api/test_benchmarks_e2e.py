@@ -356,12 +356,14 @@ def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None
             "scenarios": ["baseline", "bandwidth", "loss"],
             "scenario_params": {
                 "bandwidth": {"rate_kbit": 200},
-                "loss": {"loss": 0.2, "rto_ms": 100},
+                "loss": {"loss": 0.2, "rto_ms": 100, "reset_share": 0.03},
             },
             "warmup": False,
         },
     )
     baseline, capped, lossy = done["rows"]
+    # Connections reset mid-run (an RST each): the node dials again, its units run again.
+    assert lossy["link"]["connections_reset"] >= 1, lossy["link"]
     assert capped["link"]["rate_kbit"] == 200 and capped["link"]["bytes_relayed"] > 0
     # The kernel shaped it, in the node's own namespace; the relay only forwarded.
     assert capped["link"]["shaper"] == "tbf" and capped["link"]["tbf"]["rate_kbit"] == 200

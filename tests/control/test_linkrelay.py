@@ -76,7 +76,7 @@ async def test_a_reset_share_resets_both_sides_with_an_rst() -> None:
 
     server = await asyncio.start_server(sink, "127.0.0.1", 0)
     port = int(server.sockets[0].getsockname()[1])
-    relay = LinkRelay("127.0.0.1", port, reset_share=1.0)  # every connection, at once
+    relay = LinkRelay("127.0.0.1", port, reset_share=1.0, reset_grace_s=0.0)  # all, at once
     relay_port = await relay.start()
     try:
         for _ in range(2):

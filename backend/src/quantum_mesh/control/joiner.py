@@ -99,11 +99,11 @@ class EmbeddedJoiner:
         inside that namespace, listening on its own loopback only, without shared memory,
         and the relay listens on the veth's root side: the connection it dials is its only
         path to the coordinator. Without, both are on 127.0.0.1. ``release`` undoes it all."""
-        await self._enrol()
         host, port, coordinator = _split(self._supervisor.bootstrap_addr)
         relay = LinkRelay(host, port, **impairments)
         linked = LinkedSpare(peer_id=self.peer_id, relay=relay, link=link)
         try:
+            await self._enrol()
             listen = link.host_addr if link is not None else "127.0.0.1"
             relay_port = await relay.start(listen)
             await self._supervisor.start_spare(

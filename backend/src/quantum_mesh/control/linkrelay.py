@@ -11,8 +11,9 @@ an earlier one), without holding up the reading: a delayed link, not a slower on
 with ``loss`` a share of the chunks is held one retransmission timeout longer, which is what
 a lost segment costs a TCP connection (the bytes themselves are never dropped: the stream
 above would break, not retry). With ``reset_share`` the relay instead resets the whole
-connection on that share of the chunks it reads (both sides closed with ``SO_LINGER`` 0,
-so each gets a TCP RST): what a middlebox dropping the flow does; the node dials again.
+connection on that share of the chunks it reads once the connection is ``reset_grace_s``
+old (both sides closed with ``SO_LINGER`` 0, so each gets a TCP RST): what a middlebox
+dropping the flow does; the node dials again.
 
 On a machine that allows it the relay listens on the root side of a veth pair whose other
 end is the node's network namespace (``control/netns.py``), else on 127.0.0.1.
@@ -33,6 +34,9 @@ CHUNK_BYTES = 65_536
 SLICE_BYTES = 4096
 #: Linux's minimum TCP retransmission timeout: what one lost segment costs at least.
 DEFAULT_RTO_S = 0.2
+#: A connection younger than this is never reset: each one gets to finish its handshakes
+#: and carry work, so resets do not cascade (a fresh libp2p connection is busy).
+RESET_GRACE_S = 1.0
 
 
 @dataclass
@@ -58,6 +62,7 @@ class LinkRelay:
         loss: float = 0.0,
         rto_s: float = DEFAULT_RTO_S,
         reset_share: float = 0.0,
+        reset_grace_s: float = RESET_GRACE_S,
     ) -> None:
         self._upstream = (upstream_host, upstream_port)
         self.delay_s = delay_s
@@ -66,6 +71,7 @@ class LinkRelay:
         self.loss = loss
         self.rto_s = rto_s
         self.reset_share = reset_share
+        self.reset_grace_s = reset_grace_s
         self.stats = RelayStats()
         self._random = random.Random(0)
         self._server: asyncio.Server | None = None
@@ -123,18 +129,23 @@ class LinkRelay:
     ) -> None:
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         sender = asyncio.create_task(self._send(held, sink))
+        resettable_at = time.monotonic() + self.reset_grace_s
         try:
             last = 0.0
             while data := await source.read(CHUNK_BYTES):
-                if self.reset_share and self._random.random() < self.reset_share:
+                if (
+                    self.reset_share
+                    and time.monotonic() >= resettable_at
+                    and self._random.random() < self.reset_share
+                ):
                     self._reset(pair)
                     return
                 last = max(last, time.monotonic() + self._release_after())  # kept in order
                 held.put_nowait((last, data))
             held.put_nowait((last, b""))  # end of stream, after what is held
             await sender
-        except (ConnectionError, OSError):
-            pass  # either end went away: so does the link
+        except (ConnectionError, OSError, RuntimeError):
+            pass  # either end went away (or was reset, its transport closed): so does the link
         finally:
             sender.cancel()
             with contextlib.suppress(Exception):

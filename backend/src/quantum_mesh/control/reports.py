@@ -145,10 +145,10 @@ def scenario_detail(row: dict[str, Any]) -> str:
             if name in link
         )
         isolation = str(link.get("isolation") or "")
-        where = isolation.split(",")[0] if isolation.startswith("netns") else "127.0.0.1"
+        where = "in " + isolation.split(",")[0] if isolation.startswith("netns") else "on 127.0.0.1"
         resets = link.get("connections_reset")
         return (
-            f"{_short(link['node_id'])} in {where} behind "
+            f"{_short(link['node_id'])} {where} behind "
             f"{'tbf' if link.get('shaper') == 'tbf' else 'a relay'} ({shaped}): "
             f"{link.get('bytes_relayed')} bytes relayed"
             + (f", {resets} connections reset" if resets else "")

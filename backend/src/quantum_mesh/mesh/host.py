@@ -26,6 +26,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import ParseError
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -196,6 +197,14 @@ async def dial(host: IHost, peer: ID, addrs: list[Multiaddr], *, limit_s: float)
     """
     if is_connected(host, peer):
         return
-    host.get_network().unblock_peer(peer)  # type: ignore[attr-defined]
+    network = host.get_network()
+    if network.get_connections(peer):
+        # Only closed ones: a connection ended by a reset can stay listed, and
+        # ``host.connect`` would take it for a live one and return without dialling (a
+        # bootstrap loop then spins). Dropped, so that it dials.
+        await network.close_peer(peer)
+    network.unblock_peer(peer)  # type: ignore[attr-defined]
     with trio.fail_after(limit_s):
         await host.connect(PeerInfo(peer, addrs))
+    if not is_connected(host, peer):
+        raise SwarmException(f"dialling {peer} left no open connection")
