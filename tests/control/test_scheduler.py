@@ -27,6 +27,7 @@ async def test_busy_node_means_wait_never_failure(control: MakeControl) -> None:
 
     units = [unit("job-1", f"u{i}") for i in range(30)]
     outcomes = await asyncio.wait_for(c.scheduler.run_many(units), timeout=15)
+    await c.db.flush()  # completion records are queued behind the results
 
     assert [o.unit_id for o in outcomes] == [u.unit_id for u in units]
     assert all(o.node_id == "n1" for o in outcomes)
@@ -52,6 +53,7 @@ async def test_saturated_refusal_requeues_without_counting_an_attempt(
     node = c.add_node("n1", refuse_first=3)
 
     outcome = await asyncio.wait_for(c.scheduler.run(unit("job-1", "u0")), timeout=5)
+    await c.db.flush()  # the completion record is queued behind the result
 
     assert outcome.attempts == 1
     assert outcome.refusals == 3
@@ -68,6 +70,7 @@ async def test_busy_reply_to_work_is_a_refusal_not_an_attempt(control: MakeContr
     node = c.add_node("n1", script=[RemoteError("busy", "inbound pool full")])
 
     outcome = await asyncio.wait_for(c.scheduler.run(unit("job-1", "u0")), timeout=5)
+    await c.db.flush()  # the completion record is queued behind the result
 
     assert outcome.attempts == 1
     assert outcome.refusals == 1
@@ -292,6 +295,7 @@ async def test_each_completed_unit_is_recorded_exactly_once(control: MakeControl
     units = [unit("job-1", f"u{i}") for i in range(20)]
 
     outcomes = await asyncio.wait_for(c.scheduler.run_many(units), timeout=15)
+    await c.db.flush()  # completion records are queued behind the results
 
     async with c.db.transaction() as session:
         events = await repo.list_events(session, job_id="job-1")
@@ -332,6 +336,7 @@ async def test_exactly_once_with_setbacks_on_the_way(control: MakeControl) -> No
     units = [unit("job-1", f"u{i}", preferred=("A", "B")) for i in range(8)]
 
     outcomes = await asyncio.wait_for(c.scheduler.run_many(units), timeout=15)
+    await c.db.flush()  # completion records are queued behind the results
 
     async with c.db.transaction() as session:
         events = await repo.list_events(session, job_id="job-1")

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from sqlalchemy import Table
@@ -231,6 +232,10 @@ def summary_result(parts: dict[tuple[str, ...], Any]) -> dict[str, Any]:
     }
 
 
+def _append_checkpoint(session: Session, *, job_id: str, state: dict[str, Any]) -> None:
+    repo.append_event(session, job_id=job_id, event_type="checkpoint", payload={"state": state})
+
+
 def _snapshot(job: Job) -> Job:
     """A copy of a detached job row as it is now (one state of several in one write)."""
     return Job(**{c: getattr(job, c) for c in _JOB_COLUMNS})
@@ -301,6 +306,10 @@ class JobHandle:
 
     async def checkpoint(self, state: dict[str, Any]) -> None:
         await self._manager.save_checkpoint(self.job_id, state)
+
+    def checkpoint_behind(self, state: dict[str, Any]) -> None:
+        """:meth:`checkpoint` queued, not waited for (``JobManager.save_checkpoint_behind``)."""
+        self._manager.save_checkpoint_behind(self.job_id, state)
 
     async def last_checkpoint(self) -> dict[str, Any] | None:
         return await self._manager.last_checkpoint(self.job_id)
@@ -627,13 +636,17 @@ class JobManager:
             self._publish(written[0], seq=written[1])
         return extra
 
+    def save_checkpoint_behind(self, job_id: str, state: dict[str, Any]) -> None:
+        """Queue a driver's resumable state without waiting for its commit (any thread): it
+        is durable before the job's next state change or progress, whatever comes first. A
+        crash may lose the newest checkpoints; the run then resumes from an older one."""
+        self.db.write_behind(partial(_append_checkpoint, job_id=job_id, state=state))
+
     async def save_checkpoint(self, job_id: str, state: dict[str, Any]) -> None:
         """Persist a workload driver's resumable state (an append-only event)."""
 
         def op(session: Session) -> None:
-            repo.append_event(
-                session, job_id=job_id, event_type="checkpoint", payload={"state": state}
-            )
+            _append_checkpoint(session, job_id=job_id, state=state)
 
         await self.db.write(op)
 

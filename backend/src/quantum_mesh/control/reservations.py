@@ -440,13 +440,18 @@ class ReservationService:
             if completed_event is not None:
                 await self.db.write(partial(repo.append_event, **completed_event))
 
-    def executed_write(self, reservation_id: str) -> Settlement:
+    def executed_write(
+        self, reservation_id: str, *, completed_event: dict[str, Any] | None = None
+    ) -> Settlement:
         """:meth:`mark_executed` as a write for the caller to commit with its own record of
-        the result (one write instead of two on every unit's way back). A reservation that
-        has ended meanwhile (its TTL swept it) is left as it is: the caller's record must
-        not fail for it."""
+        the result (one write instead of two on every unit's way back), or to queue behind
+        (``Database.write_behind``). A reservation that has ended meanwhile (its TTL swept
+        it) is left as it is: the caller's record must not fail for it; the job's
+        ``completed_event`` is written either way."""
 
         def op(session: Session) -> None:
+            if completed_event is not None:
+                repo.append_event(session, **completed_event)
             r = _lock(session, reservation_id)
             if ReservationStatus.EXECUTED not in RESERVATION_TRANSITIONS.get(
                 ReservationStatus(r.status), frozenset()

@@ -601,10 +601,15 @@ class WorkScheduler:
         if unit.settle_with_record:
             outcome.settlement = self.reservations.executed_write(reservation.reservation_id)
         else:
-            await self.reservations.mark_executed(
+            # Queued behind, not waited for: the result is accepted here, once, and nothing
+            # is acknowledged on the strength of this record; the writer commits in order,
+            # so it is durable before the job's next checkpoint or state change. A driver's
+            # round does not wait a commit for it.
+            settlement = self.reservations.executed_write(
                 reservation.reservation_id,
                 completed_event=self._completion_event(unit, outcome) if unit.record else None,
             )
+            self.db.write_behind(settlement.write, then=settlement.committed)
         return outcome
 
     @staticmethod

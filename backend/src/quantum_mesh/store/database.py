@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +26,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from quantum_mesh.arrays import json_default
+from quantum_mesh.logs import get_logger
 from quantum_mesh.observability import metrics
 
 
@@ -92,6 +94,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=json_default)
 
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 #: A write: runs on the writer's thread with a plain (synchronous) session.
@@ -212,6 +216,18 @@ def _commit_group(
         return
 
 
+def _nothing(_session: Session) -> None:
+    return None
+
+
+def _behind_done(future: Future[Any], *, then: Callable[[], None] | None) -> None:
+    error = future.exception()
+    if error is not None:
+        log.error("db.write_behind_failed", error=f"{type(error).__name__}: {error}")
+    elif then is not None:
+        then()
+
+
 class Database:
     """Owns the engines and hands out sessions.
 
@@ -226,6 +242,7 @@ class Database:
         self.engine = make_engine(url)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer: _GroupWriter | None = None
+        self._writer_lock = threading.Lock()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
@@ -237,6 +254,27 @@ class Database:
         """Writes waiting for the group-commit writer (a measure of write pressure)."""
         return 0 if self._writer is None else self._writer.backlog
 
+    def write_behind(self, op: WriteOp, *, then: Callable[[], None] | None = None) -> None:
+        """Queue ``op`` without waiting for its commit (safe from any thread).
+
+        The writer commits in the order writes were queued, so ``op`` is durable no later
+        than any write queued after it: a workflow's checkpoint before its job's next state
+        change. For records nobody waits on (a unit's completion event, a driver's
+        checkpoint), so that they cost a driver no commit latency. ``then`` runs after the
+        commit (on the writer's thread); a failure is logged, since nobody waits for it."""
+        future = self._group_writer().submit(op)
+        future.add_done_callback(partial(_behind_done, then=then))
+
+    async def flush(self) -> None:
+        """Return once every write queued so far (behind ones included) is committed."""
+        await self.write(_nothing)
+
+    def _group_writer(self) -> _GroupWriter:
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = _GroupWriter(self.url)
+            return self._writer
+
     async def write(self, op: Callable[[Session], T]) -> T:
         """Run ``op(session)`` in a group-committed transaction; returns once committed.
 
@@ -245,10 +283,8 @@ class Database:
         only touch the database through ``session`` and never the API loop's objects. Its
         exception is re-raised here and rolls back only its own changes. A caller cancelled
         meanwhile does not undo its write."""
-        if self._writer is None:
-            self._writer = _GroupWriter(self.url)
         started = time.perf_counter()
-        future = self._writer.submit(op)
+        future = self._group_writer().submit(op)
         try:
             return await asyncio.shield(asyncio.wrap_future(future))  # type: ignore[no-any-return]
         finally:

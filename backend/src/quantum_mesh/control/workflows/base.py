@@ -3,15 +3,17 @@
 Workload drivers (beam search, the SQD loop) are plain synchronous functions that mix
 classical CPU work with waits on the mesh. They run in the coordinator's driver threads and
 reach everything through one :class:`DriverPort`: dispatch (units through the work
-scheduler), progress, checkpoints and cancellation. Each port call blocks the driver thread
-until the API loop has done it — a progress report is persisted, and its errors reach the
-driver — so there is exactly one hop from a driver to the loop and none back.
+scheduler), progress, checkpoints and cancellation. A dispatch blocks the driver thread until
+the API loop has its replies: one hop from a driver to the loop and one back. Progress and
+checkpoints are queued, not waited for: the group-commit writer commits in order, so they are
+durable before the job's next state change, and a round of work waits for no commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +22,9 @@ from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.scheduler import UnitOutcome, WorkUnit
 from quantum_mesh.control.sizing import compute_seconds
 from quantum_mesh.errors import ExecutionFailed
+from quantum_mesh.logs import get_logger
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Payloads = list[dict[str, Any]]
@@ -89,13 +94,18 @@ class DriverPort:
         self.handle.check_cancelled()
 
     def progress(self, progress: dict[str, Any]) -> None:
+        """Report progress: persisted, then published, on the API loop; the driver goes on
+        meanwhile (a round of blocks waits for no commit). Reports keep their order, and the
+        job's end is written after all of them (the writer commits in order)."""
         if self.options.durable:
-            self._call(self.handle.progress(progress))
+            future = asyncio.run_coroutine_threadsafe(self.handle.progress(progress), self._loop)
+            future.add_done_callback(_log_failure)
 
     def checkpoint(self, state: dict[str, Any]) -> None:
-        """Persist resumable state; returns once it is committed."""
+        """Queue resumable state for the next commit, ahead of any later write of the job
+        (``JobManager.save_checkpoint_behind``); the driver does not wait for it."""
         if self.options.durable:
-            self._call(self.handle.checkpoint(state))
+            self.handle.checkpoint_behind(state)
 
     def dispatcher(
         self, method: str, service_type: str, *, on_unit: UnitProgress | None = None
@@ -223,6 +233,11 @@ class DriverPort:
 
             on_done = report
         return await self.handle.run_units(units, on_done=on_done)
+
+
+def _log_failure(future: Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("workflow.progress_not_saved", error=str(future.exception()))
 
 
 def _unit_wall_s(outcome: UnitOutcome) -> float:
