@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
@@ -419,37 +418,29 @@ class ReservationService:
                 )
             return r
 
-    async def mark_executed(
+    async def mark_executed(self, reservation_id: str, *, reason: str | None = None) -> None:
+        """The work this reservation held was sent (its result not accepted: ``reason``)."""
+        settlement = self.executed_write(reservation_id, reason=reason)
+        await self.db.write(settlement.write)
+        settlement.committed()
+
+    def executed_write(
         self,
         reservation_id: str,
         *,
         reason: str | None = None,
         completed_event: dict[str, Any] | None = None,
-    ) -> None:
-        """The work this reservation held was sent (and, with ``completed_event``, accepted:
-        the job's event is written in the same transaction)."""
-        try:
-            await self._move_along(
-                reservation_id,
-                [ReservationStatus.EXECUTED],
-                reason=reason,
-                job_event=completed_event,
-            )
-        except Conflict:
-            log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
-            if completed_event is not None:
-                await self.db.write(partial(repo.append_event, **completed_event))
-
-    def executed_write(
-        self, reservation_id: str, *, completed_event: dict[str, Any] | None = None
     ) -> Settlement:
-        """:meth:`mark_executed` as a write for the caller to commit with its own record of
-        the result (one write instead of two on every unit's way back), or to queue behind
-        (``Database.write_behind``). A reservation that has ended meanwhile (its TTL swept
-        it) is left as it is: the caller's record must not fail for it; the job's
-        ``completed_event`` is written either way."""
+        """The reservation's move to EXECUTED as a write: for the caller to commit with its
+        own record of the result (one write instead of two on every unit's way back), to
+        queue behind (``Database.write_behind``) or to await (:meth:`mark_executed`). A
+        reservation that has ended meanwhile (its TTL swept it) is left as it is: the
+        caller's record must not fail for it; the job's ``completed_event`` is written
+        either way."""
+        moved: list[Reservation] = []
 
         def op(session: Session) -> None:
+            moved.clear()  # a group retried without another write runs this again
             if completed_event is not None:
                 repo.append_event(session, **completed_event)
             r = _lock(session, reservation_id)
@@ -459,11 +450,19 @@ class ReservationService:
                 log.info("reservation.execute_after_terminal", reservation_id=reservation_id)
                 return
             events: list[dict[str, Any]] = []
-            _advance(r, ReservationStatus.EXECUTED, None, events)
+            _advance(r, ReservationStatus.EXECUTED, reason, events)
             _store(session, r, events, insert_row=False)
+            moved.append(r)
 
         def committed() -> None:
-            self.journal.record("reservation.executed", reservation_id=reservation_id)
+            for r in moved:
+                self.journal.record(
+                    "reservation.executed",
+                    reservation_id=reservation_id,
+                    node_id=r.node_id,
+                    job_id=r.job_id,
+                    reason=reason,
+                )
 
         return Settlement(write=op, committed=committed)
 

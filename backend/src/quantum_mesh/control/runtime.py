@@ -246,7 +246,7 @@ class CircuitRuntime:
             failure = next((o for o in finished if isinstance(o, BaseException)), None)
             if failure is not None or not durable:
                 # Units that ran are settled even when the wave is not recorded.
-                await self._settle(outcomes)
+                self._settle(outcomes)
                 if failure is not None:
                     raise failure
             if timing is not None:
@@ -293,18 +293,11 @@ class CircuitRuntime:
         results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]
         return state, results
 
-    async def _settle(self, outcomes: Sequence[FragmentOutcome]) -> None:
-        settlements = [o.settlement for o in outcomes if o.settlement is not None]
-        if not settlements:
-            return
-
-        def op(session: Session) -> None:
-            for settlement in settlements:
-                settlement.write(session)
-
-        await self.db.write(op)
-        for settlement in settlements:
-            settlement.committed()
+    def _settle(self, outcomes: Sequence[FragmentOutcome]) -> None:
+        """Settle the reservations of units whose wave is not recorded: queued behind."""
+        for o in outcomes:
+            if o.settlement is not None:
+                self.db.write_behind(o.settlement.write, then=o.settlement.committed)
 
     @staticmethod
     def _next_wave(fragments: Sequence[PlannedFragment], done: set[str]) -> list[PlannedFragment]:

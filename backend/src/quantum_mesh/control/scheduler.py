@@ -424,8 +424,8 @@ class WorkScheduler:
             if isinstance(outcome, UnitOutcome) and outcome.settlement is not None:
                 # Nobody waits for this result (its job was cancelled): the work was still
                 # done, so its reservation is still settled.
-                await self.db.write(outcome.settlement.write)
-                outcome.settlement.committed()
+                settlement = outcome.settlement
+                self.db.write_behind(settlement.write, then=settlement.committed)
             return
         if isinstance(outcome, UnitOutcome):
             ticket.future.set_result(outcome)

@@ -52,13 +52,7 @@ class Prepared:
 
     def execute(self, session: Session, params: Mapping[str, Any]) -> Any:
         """Run with one set of parameters; returns the DBAPI cursor."""
-        dialect = session.get_bind().dialect
-        plan = self._plan(dialect, params.keys())
-        cursor = _cursor(session)
-        bound = _bound(plan, params)
-        with _wrapped(dialect, plan.sql, bound):
-            cursor.execute(plan.sql, bound)
-        return cursor
+        return self._run(session, params)[1]
 
     def execute_many(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row (every row with the same parameter names)."""
@@ -66,16 +60,14 @@ class Prepared:
             return
         dialect = session.get_bind().dialect
         plan = self._plan(dialect, rows[0].keys())
-        cursor = _cursor(session)
         bound = [_bound(plan, row) for row in rows]
         with _wrapped(dialect, plan.sql, bound):
-            cursor.executemany(plan.sql, bound)
+            _cursor(session).executemany(plan.sql, bound)
 
     def first(self, session: Session, params: Mapping[str, Any]) -> dict[str, Any] | None:
         """Run and return the first row as column name -> value (``None``: no row)."""
+        plan, cursor = self._run(session, params)
         dialect = session.get_bind().dialect
-        plan = self._plan(dialect, params.keys())
-        cursor = self.execute(session, params)
         row = cursor.fetchone()
         if row is None:
             return None
@@ -89,6 +81,15 @@ class Prepared:
     def scalar(self, session: Session, params: Mapping[str, Any]) -> Any:
         row = self.first(session, params)
         return None if row is None else next(iter(row.values()))
+
+    def _run(self, session: Session, params: Mapping[str, Any]) -> tuple[_Plan, Any]:
+        dialect = session.get_bind().dialect
+        plan = self._plan(dialect, params.keys())
+        bound = _bound(plan, params)
+        cursor = _cursor(session)
+        with _wrapped(dialect, plan.sql, bound):
+            cursor.execute(plan.sql, bound)
+        return plan, cursor
 
     # --- compiling -------------------------------------------------------------------------
     def _plan(self, dialect: Dialect, keys: Any) -> _Plan:
