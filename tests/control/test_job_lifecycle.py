@@ -18,6 +18,7 @@ from quantum_mesh.control.scheduler import WorkUnit
 from quantum_mesh.control.states import JobStatus, ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, Overloaded, QMeshError
 from quantum_mesh.mesh.errors import RemoteError
+from quantum_mesh.mesh.protocol import METHOD_RESERVE
 from quantum_mesh.store.tables import Job, Reservation, ReservationEvent
 from tests.control.conftest import SERVICE, Control, MakeControl, wait_for
 
@@ -82,7 +83,7 @@ async def _status_events(c: Control, job_id: str) -> list[tuple[int, str]]:
     return [(e.seq, e.payload["status"]) for e in events if e.event_type == "status"]
 
 
-async def test_job_goes_through_the_template_and_executes_only_after_a_commit(
+async def test_job_goes_through_the_template_and_is_accepted_only_after_its_commit(
     control: MakeControl,
 ) -> None:
     c = await control(stale_after_s=0.1)
@@ -128,10 +129,13 @@ async def test_job_goes_through_the_template_and_executes_only_after_a_commit(
     assert len(committed) == 1
     executing_at = next(e.at for e in events if e.payload.get("status") == "EXECUTING")
     assert committed[0].at <= executing_at
-    # EXECUTING was reached before the work was sent to the node.
+    # The work was sent once the node had committed the reservation, while its record and
+    # the move to EXECUTING were being written; the result was accepted only after that
+    # commit (the event order above), so nothing about the unit was said before it.
     work = c.mesh.work_calls()
-    assert len(work) == 1
-    assert _utc(executing_at) <= work[0].wall
+    reserve = c.mesh.calls_of(METHOD_RESERVE)
+    assert len(work) == 1 and len(reserve) == 1
+    assert reserve[0].at <= work[0].at
     assert work[0].params["reservation_id"] == started[0].payload["reservation_id"]
 
 

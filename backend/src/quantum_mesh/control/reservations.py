@@ -8,6 +8,7 @@ with the node's answer, in one write (see ``negotiate``).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Callable
@@ -168,6 +169,23 @@ class Settlement:
     committed: Callable[[], None]
 
 
+@dataclass(frozen=True)
+class Granted:
+    """A reservation the node has committed whose record is still being written
+    (``negotiate(..., early=True)``): the work may be sent meanwhile, and ``recorded`` (the
+    reservation and what ``also`` returned) is awaited before its result is accepted."""
+
+    reservation_id: str
+    recorded: asyncio.Future[tuple[Reservation, Any]]
+
+
+def _retrieve_error(task: asyncio.Future[Any]) -> None:
+    # Whoever holds the grant awaits it; this only keeps an abandoned one from being
+    # reported as "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
 class ReservationService:
     def __init__(
         self,
@@ -252,7 +270,7 @@ class ReservationService:
         max_active: int | None = None,
     ) -> Reservation:
         """A direct reservation (``POST /reservations``): :meth:`negotiate` for ``owner``."""
-        r, _ = await self.negotiate(
+        outcome = await self.negotiate(
             service_type=service_type,
             node_id=node_id,
             min_fidelity=min_fidelity,
@@ -260,7 +278,8 @@ class ReservationService:
             owner=owner,
             max_active=max_active,
         )
-        return r
+        assert not isinstance(outcome, Granted)  # only early negotiations return a grant
+        return outcome[0]
 
     async def negotiate(
         self,
@@ -275,15 +294,21 @@ class ReservationService:
         also: WriteOp | None = None,
         owner: str | None = None,
         max_active: int | None = None,
-    ) -> tuple[Reservation, Any]:
+        early: bool = False,
+    ) -> tuple[Reservation, Any] | Granted:
         """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal),
         and what ``also`` returned (a write committed together with COMMITTED; not run when
         the reservation is rejected).
 
+        With ``early`` a committed reservation is returned as a :class:`Granted` as soon as
+        the node has answered, its record (with ``started_event`` and ``also``) being written
+        meanwhile: the scheduler sends the work during the commit instead of after it, so a
+        node slot is not held for the writer's latency. A rejection is returned recorded.
+
         The node is asked to reserve and commit in one round trip (``"commit": true``); a node
         that predates that answers the reserve alone and gets a separate ``commit``. With
         ``started_event`` (and a ``job_id``) the job's ``attempt_started`` event is written in
-        the same transaction as the COMMITTED state, before any work is sent.
+        the same transaction as the COMMITTED state (without ``early``: before any work is sent).
 
         ``owner`` is the principal of a direct reservation (the scheduler's have none); with
         ``max_active`` it may hold at most that many unexpired active ones (``QuotaExceeded``,
@@ -384,7 +409,11 @@ class ReservationService:
                 "node_id": node_id,
                 "payload": {**started_event, "reservation_id": reservation_id},
             }
-        return await move(path, job_event=job_event, also=also)
+        if not early:
+            return await move(path, job_event=job_event, also=also)
+        recorded = asyncio.ensure_future(move(path, job_event=job_event, also=also))
+        recorded.add_done_callback(_retrieve_error)
+        return Granted(reservation_id=reservation_id, recorded=recorded)
 
     async def _ask_node(
         self,

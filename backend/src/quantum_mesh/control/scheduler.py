@@ -33,9 +33,8 @@ from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
-from quantum_mesh.control.reservations import ReservationService, Settlement
+from quantum_mesh.control.reservations import Granted, ReservationService, Settlement
 from quantum_mesh.control.sizing import CallSizer, PipelineDepth
-from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
@@ -445,7 +444,7 @@ class WorkScheduler:
             also = None if self.starts is None else self.starts.write(unit.job_id)
         except Exception as exc:  # the job has ended: reserve nothing
             return exc
-        reservation, written = await self.reservations.negotiate(
+        granted = await self.reservations.negotiate(
             service_type=unit.service_type,
             node_id=node_id,
             min_fidelity=unit.min_fidelity,
@@ -457,8 +456,10 @@ class WorkScheduler:
                 "queued_s": round(ticket.queued_s, 6),
             },
             also=also,
+            early=True,
         )
-        if reservation.status != ReservationStatus.COMMITTED:
+        if not isinstance(granted, Granted):
+            reservation = granted[0]
             reason = reservation.reason or "refused"
             ticket.refusals += 1
             busy = reason in BUSY_REASONS
@@ -475,20 +476,19 @@ class WorkScheduler:
                 reservation_id=reservation.reservation_id,
             )
             return None
-        if self.starts is not None:
-            try:
-                await self.starts.started(unit.job_id, written)
-            except Exception as exc:  # the job ended meanwhile: give the slot back at once
-                await self._release(reservation.reservation_id, reason=f"not sent: {exc}")
-                return exc
+        reservation_id = granted.reservation_id
         ticket.attempts += 1
         t0 = time.perf_counter()
         payload = {
             **unit.params,
-            ENVELOPE_RESERVATION_ID: reservation.reservation_id,
+            ENVELOPE_RESERVATION_ID: reservation_id,
             ENVELOPE_UNIT_ID: unit.unit_id,
             ENVELOPE_JOB_ID: unit.job_id,
         }
+        # Sent while the reservation's record (and the job's move to EXECUTING) is being
+        # committed: the node works during the commit. Nothing about the unit is recorded or
+        # accepted before that record is durable.
+        failure: MeshError | None = None
         try:
             reply = await self.mesh.invoke(
                 node_id,
@@ -497,10 +497,19 @@ class WorkScheduler:
                 timeout=unit.timeout_s or self.settings.invoke_timeout_s,
                 addrs=self.registry.addrs_of(node_id),
             )
-        except RemoteError as exc:
-            slot.free()
-            if exc.code in BUSY_CODES:
-                await self.reservations.mark_unused(reservation.reservation_id, reason=exc.code)
+        except MeshError as exc:
+            failure, reply = exc, {}
+        slot.free()
+        try:
+            _, written = await granted.recorded
+            if self.starts is not None:
+                await self.starts.started(unit.job_id, written)
+        except Exception as ended:  # the job ended meanwhile: whatever the node did is unused
+            await self._settle_unaccepted(reservation_id, failure, reason=f"not accepted: {ended}")
+            return ended
+        if isinstance(failure, RemoteError):
+            if failure.code in BUSY_CODES:
+                await self.reservations.mark_unused(reservation_id, reason=failure.code)
                 ticket.attempts -= 1  # it never ran
                 ticket.refusals += 1
                 self._pause(node_id, BUSY_PAUSE_S)
@@ -510,10 +519,10 @@ class WorkScheduler:
                     node_id=node_id,
                     attempt=None,
                     outcome="reservation_rejected",
-                    reason=exc.code,
+                    reason=failure.code,
                 )
                 return None
-            await self.reservations.mark_executed(reservation.reservation_id, reason=exc.code)
+            await self.reservations.mark_executed(reservation_id, reason=failure.code)
             self.registry.record_outcome(node_id, ok=False)
             await self._setback(
                 ticket,
@@ -521,20 +530,19 @@ class WorkScheduler:
                 node_id=node_id,
                 attempt=ticket.attempts,
                 outcome="remote_error",
-                code=exc.code,
-                message=exc.message,
+                code=failure.code,
+                message=failure.message,
             )
-            if exc.code in NON_RETRYABLE_CODES:
+            if failure.code in NON_RETRYABLE_CODES:
                 return ExecutionFailed(
-                    f"{unit.method} rejected by node {node_id}: {exc.message}",
-                    details={"unit_id": unit.unit_id, "code": exc.code},
+                    f"{unit.method} rejected by node {node_id}: {failure.message}",
+                    details={"unit_id": unit.unit_id, "code": failure.code},
                 )
             return self._retry_or_fail(ticket, node_id)
-        except MeshError as exc:
-            slot.free()
+        if failure is not None:
             # Whether the node ran it is unknown; its TTL frees the slot if it is alive.
             await self.reservations.mark_unused(
-                reservation.reservation_id, reason=f"invocation failed: {exc}"
+                reservation_id, reason=f"invocation failed: {failure}"
             )
             self.registry.record_outcome(node_id, ok=False)
             self._pause(node_id, UNREACHABLE_PAUSE_S)
@@ -543,13 +551,11 @@ class WorkScheduler:
                 "attempt_failed",
                 node_id=node_id,
                 attempt=ticket.attempts,
-                outcome="timeout" if isinstance(exc, InvokeTimeout) else "connection_lost",
-                code=type(exc).__name__,
-                message=str(exc),
+                outcome="timeout" if isinstance(failure, InvokeTimeout) else "connection_lost",
+                code=type(failure).__name__,
+                message=str(failure),
             )
             return self._retry_or_fail(ticket, node_id)
-        # The node's slot is free once it has answered; our bookkeeping must not hold it.
-        slot.free()
         seconds = time.perf_counter() - t0
         self.pipeline.observe(
             coordinator_s=t0 - placed,
@@ -560,7 +566,7 @@ class WorkScheduler:
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None
         if rejected is not None:
             outcome_name = str(rejected.get("outcome", "rejected"))
-            await self.reservations.mark_executed(reservation.reservation_id, reason=outcome_name)
+            await self.reservations.mark_executed(reservation_id, reason=outcome_name)
             self.registry.record_outcome(
                 node_id, ok=False, observed_fidelity=rejected.get("observed_fidelity")
             )
@@ -582,7 +588,7 @@ class WorkScheduler:
                 "outcome": "ok",
                 "seconds": round(seconds, 6),
                 "queued_s": round(ticket.queued_s, 6),
-                "reservation_id": reservation.reservation_id,
+                "reservation_id": reservation_id,
             }
         )
         outcome = UnitOutcome(
@@ -591,7 +597,7 @@ class WorkScheduler:
             reply=dict(reply),
             attempts=ticket.attempts,
             refusals=ticket.refusals,
-            reservation_id=reservation.reservation_id,
+            reservation_id=reservation_id,
             seconds=seconds,
             queued_s=ticket.queued_s,
             started_at=ticket.started_at,
@@ -599,14 +605,14 @@ class WorkScheduler:
             history=ticket.history,
         )
         if unit.settle_with_record:
-            outcome.settlement = self.reservations.executed_write(reservation.reservation_id)
+            outcome.settlement = self.reservations.executed_write(reservation_id)
         else:
             # Queued behind, not waited for: the result is accepted here, once, and nothing
             # is acknowledged on the strength of this record; the writer commits in order,
             # so it is durable before the job's next checkpoint or state change. A driver's
             # round does not wait a commit for it.
             settlement = self.reservations.executed_write(
-                reservation.reservation_id,
+                reservation_id,
                 completed_event=self._completion_event(unit, outcome) if unit.record else None,
             )
             self.db.write_behind(settlement.write, then=settlement.committed)
@@ -640,11 +646,21 @@ class WorkScheduler:
             )
         return None
 
-    async def _release(self, reservation_id: str, *, reason: str) -> None:
+    async def _settle_unaccepted(
+        self, reservation_id: str, failure: MeshError | None, *, reason: str
+    ) -> None:
+        """A unit sent for a job that ended meanwhile: its reservation is settled as what the
+        node did with it (ran it, or never did), and nothing else is recorded."""
+        unused = failure is not None and not (
+            isinstance(failure, RemoteError) and failure.code not in BUSY_CODES
+        )
         try:
-            await self.reservations.cancel(reservation_id, reason=reason)
-        except Exception as exc:
-            log.info("scheduler.release_failed", reservation_id=reservation_id, error=str(exc))
+            if unused:
+                await self.reservations.mark_unused(reservation_id, reason=reason)
+            else:
+                await self.reservations.mark_executed(reservation_id, reason=reason)
+        except Exception as exc:  # e.g. its record never committed: the node's TTL ends it
+            log.info("scheduler.settle_failed", reservation_id=reservation_id, error=str(exc))
 
     def _pause(self, node_id: str, seconds: float) -> None:
         self._paused_until[node_id] = time.monotonic() + seconds
