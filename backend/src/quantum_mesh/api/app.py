@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from quantum_mesh import __version__
+from quantum_mesh.api.admission import AdmissionMiddleware, Admit
 from quantum_mesh.api.errors import install_error_handlers
 from quantum_mesh.api.routes import (
     auth,
@@ -35,6 +37,11 @@ from quantum_mesh.schemas.common import ErrorEnvelope
 log = get_logger(__name__)
 
 API_PREFIX = "/api/v1"
+#: The routes that create a job, refused early while the work queue is full (admission.py).
+SUBMIT_PATHS = tuple(
+    f"{API_PREFIX}{path}"
+    for path in ("/circuits/submit", "/workflows/runs", "/workflows/benchmarks", "/finance/submit")
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,6 +82,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)  # /health and /ready also at the root for probes
     app.include_router(metrics_router)
+
+    def admission() -> Admit | None:
+        coordinator: Coordinator | None = getattr(app.state, "coordinator", None)
+        return None if coordinator is None else partial(coordinator.jobs.admit, None)
+
+    app.add_middleware(
+        AdmissionMiddleware,  # type: ignore[arg-type]
+        submit_paths=SUBMIT_PATHS,
+        admit=admission,
+    )
     app.add_middleware(
         SecurityMiddleware,  # type: ignore[arg-type]
         directory=directory,

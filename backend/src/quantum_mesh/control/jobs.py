@@ -528,7 +528,7 @@ class JobManager:
         # submits cannot overshoot the bound while their writes wait for the database.
         self._admitting += 1
         try:
-            job = await self.db.write(create)
+            job = await self.db.write(create, urgent=True)
         except IntegrityError:
             # A concurrent request with the same key won the race: return its job.
             async with self.db.transaction() as session:
