@@ -2,7 +2,7 @@
 
 Under overload most submits are refused; answering them from the route meant reading the
 body, parsing and validating it and resolving the route's dependencies first — the API loop's
-time that the accepted jobs needed (measured at 400 offered submits/s: a quarter of the loop's
+time that the accepted jobs needed (measured at 200 offered submits/s: a quarter of the loop's
 time went to requests, most of them refusals). Here the refusal costs a header scan. The route
 still checks admission itself (a burst admitted together), and a request with an
 Idempotency-Key always reaches it, since a replay of an accepted job is answered even when
