@@ -200,7 +200,7 @@ def qaoa_expectation(
     n = cost.num_qubits
     if initial_state is None and mixer == "x" and _fused(n) and 0 < len(gammas) == len(betas):
         # The fused kernel sums the energy in its last walk over the state.
-        return _evolve_fused(cost, plus_state(n), gammas, betas, want_energy=True)
+        return _evolve_fused(cost, None, gammas, betas, want_energy=True)
     state = evolve(cost, gammas=gammas, betas=betas, initial_state=initial_state, mixer=mixer)
     return expectation(cost, state)
 
@@ -216,19 +216,27 @@ def _fused(num_qubits: int) -> bool:
 
 def _evolve_fused(
     cost: DiagonalCost,
-    state: ComplexArray,
+    state: ComplexArray | None,
     gammas: Sequence[float],
     betas: Sequence[float],
     *,
     want_energy: bool,
 ) -> float:
+    """Run the layers in the fused kernel; ``state`` (``None``: ``|+>^n``, for an energy
+    alone) is updated in place. The kernel works on contiguous real and imaginary parts:
+    split once here, and not at all for an energy from ``|+>^n``."""
+    if state is None:
+        re, im = kernel.plus_parts(cost.num_qubits)
+    else:
+        re, im = np.ascontiguousarray(state.real), np.ascontiguousarray(state.imag)
     if cost.level_index is not None:
         levels = cost.level_offset + np.arange(cost.level_count, dtype=np.float64)
         tables = [np.exp(-1j * float(g) * levels) for g in gammas]
     else:
         tables = [np.exp(-1j * float(g) * cost.energies) for g in gammas]
-    return kernel.evolve_x(
-        state,
+    energy = kernel.evolve_x(
+        re,
+        im,
         phase_tables=tables,
         level_index=cost.level_index,
         energies=cost.energies,
@@ -236,6 +244,9 @@ def _evolve_fused(
         num_qubits=cost.num_qubits,
         want_energy=want_energy,
     )
+    if state is not None:
+        state.real, state.imag = re, im
+    return energy
 
 
 def sample_indices(probs: FloatArray, *, shots: int, seed: int) -> NDArray[np.int64]:

