@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import select
@@ -27,6 +27,30 @@ def _event(kind: str, ran: list[str]) -> Callable[[Session], str]:
     return op
 
 
+class _Held:
+    """A database whose writer is held inside a first write until ``gate`` is set."""
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        self.ran: list[str] = []
+        self.gate = threading.Event()
+
+    def blocker(self, session: Session) -> None:
+        self.gate.wait(timeout=30)
+        self.ran.append("blocker")
+
+
+@pytest.fixture
+async def held(sqlite_url: str) -> AsyncIterator[_Held]:
+    await asyncio.to_thread(run_migrations, sqlite_url)
+    state = _Held(sqlite_url)
+    try:
+        yield state
+    finally:
+        state.gate.set()
+        await state.db.dispose()
+
+
 async def _committed(db: Database) -> list[str]:
     async with db.transaction() as session:
         rows = await session.execute(select(ExecutionEvent).order_by(ExecutionEvent.seq))
@@ -34,19 +58,12 @@ async def _committed(db: Database) -> list[str]:
 
 
 async def test_an_urgent_write_runs_before_queued_ones_and_is_committed_first(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    held: _Held, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A group holding an urgent write closes right after it: its caller is answered before
     # any of the backlog is run.
     monkeypatch.setattr(database, "URGENT_GROUP_S", 0.0)
-    await asyncio.to_thread(run_migrations, sqlite_url)
-    db = Database(sqlite_url)
-    ran: list[str] = []
-    gate = threading.Event()
-
-    def blocker(session: Session) -> None:
-        gate.wait(timeout=30)
-        ran.append("blocker")
+    db, ran, gate = held.db, held.ran, held.gate
 
     visible_before_backlog: list[list[str]] = []
 
@@ -61,7 +78,7 @@ async def test_an_urgent_write_runs_before_queued_ones_and_is_committed_first(
         return _event("o0", ran)(session)
 
     try:
-        busy = asyncio.ensure_future(db.write(blocker))
+        busy = asyncio.ensure_future(db.write(held.blocker))
         await asyncio.sleep(0.05)  # the writer is inside the blocker's group now
         ordinary = [asyncio.ensure_future(db.write(probe))]
         ordinary += [asyncio.ensure_future(db.write(_event(f"o{n}", ran))) for n in range(1, 5)]
@@ -78,26 +95,19 @@ async def test_an_urgent_write_runs_before_queued_ones_and_is_committed_first(
         assert await _committed(db) == ["submit", *[f"o{n}" for n in range(5)]]
     finally:
         gate.set()
-        await db.dispose()
 
 
 async def test_a_failing_write_in_a_group_fails_alone_and_the_rest_commit_in_order(
-    sqlite_url: str,
+    held: _Held,
 ) -> None:
-    await asyncio.to_thread(run_migrations, sqlite_url)
-    db = Database(sqlite_url)
-    ran: list[str] = []
-    gate = threading.Event()
-
-    def blocker(session: Session) -> None:
-        gate.wait(timeout=30)
+    db, ran, gate = held.db, held.ran, held.gate
 
     def broken(session: Session) -> None:
         ran.append("broken")
         raise RuntimeError("this write fails")
 
     try:
-        busy = asyncio.ensure_future(db.write(blocker))
+        busy = asyncio.ensure_future(db.write(held.blocker))
         await asyncio.sleep(0.05)
         first = asyncio.ensure_future(db.write(_event("a", ran)))
         failing = asyncio.ensure_future(db.write(broken))
@@ -114,4 +124,3 @@ async def test_a_failing_write_in_a_group_fails_alone_and_the_rest_commit_in_ord
         assert ran.count("broken") == 1
     finally:
         gate.set()
-        await db.dispose()
