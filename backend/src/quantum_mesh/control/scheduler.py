@@ -499,6 +499,8 @@ class WorkScheduler:
             )
         except MeshError as exc:
             failure, reply = exc, {}
+        # The node's round trip alone: what follows waits for the reservation's commit.
+        seconds = time.perf_counter() - t0
         slot.free()
         try:
             _, written = await granted.recorded
@@ -556,7 +558,6 @@ class WorkScheduler:
                 message=str(failure),
             )
             return self._retry_or_fail(ticket, node_id)
-        seconds = time.perf_counter() - t0
         self.pipeline.observe(
             coordinator_s=t0 - placed,
             round_trip_s=seconds,
