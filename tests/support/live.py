@@ -22,10 +22,28 @@ START_TIMEOUT_S = 90.0
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
 
+#: Ports handed out by ``free_port`` lie below the kernel's ephemeral range (32768-60999 by
+#: default). A port asked of the kernel with ``bind(0)`` comes from that range, so a child that
+#: picks its own port that way (the coordinator's embedded document server, an outgoing
+#: connection) can never take the port a test chose for the coordinator before it binds it.
+_PORT_FLOOR = 20000
+_PORT_CEILING = 32000
+_next_port = _PORT_FLOOR + (os.getpid() * 7919) % (_PORT_CEILING - _PORT_FLOOR)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port outside the ephemeral range that nothing holds now, never the same one twice."""
+    global _next_port
+    for _ in range(_PORT_CEILING - _PORT_FLOOR):
+        port = _next_port
+        _next_port = _PORT_FLOOR + (port + 1 - _PORT_FLOOR) % (_PORT_CEILING - _PORT_FLOOR)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between {_PORT_FLOOR} and {_PORT_CEILING}")
 
 
 def terminate(proc: subprocess.Popen[bytes] | None, *, grace_s: float = 20.0) -> None:
