@@ -170,13 +170,24 @@ class Settlement:
 
 
 @dataclass(frozen=True)
-class Granted:
-    """A reservation the node has committed whose record is still being written
-    (``negotiate(..., early=True)``): the work may be sent meanwhile, and ``recorded`` (the
-    reservation and what ``also`` returned) is awaited before its result is accepted."""
+class Negotiation:
+    """What :meth:`ReservationService.negotiate` got from the node: ``granted`` (COMMITTED)
+    or not (REJECTED), and ``recorded``, the reservation's record (the reservation and what
+    ``also`` returned). A rejection, and any negotiation without ``early``, is returned
+    recorded; an early grant while its record is still being written, so that the work may
+    be sent meanwhile and its result accepted only once ``recorded`` is done."""
 
     reservation_id: str
+    granted: bool
     recorded: asyncio.Future[tuple[Reservation, Any]]
+
+    @classmethod
+    def written(
+        cls, reservation_id: str, record: tuple[Reservation, Any], *, granted: bool
+    ) -> Negotiation:
+        done: asyncio.Future[tuple[Reservation, Any]] = asyncio.get_running_loop().create_future()
+        done.set_result(record)
+        return cls(reservation_id=reservation_id, granted=granted, recorded=done)
 
 
 def _retrieve_error(task: asyncio.Future[Any]) -> None:
@@ -278,8 +289,8 @@ class ReservationService:
             owner=owner,
             max_active=max_active,
         )
-        assert not isinstance(outcome, Granted)  # only early negotiations return a grant
-        return outcome[0]
+        reservation, _ = await outcome.recorded
+        return reservation
 
     async def negotiate(
         self,
@@ -295,15 +306,15 @@ class ReservationService:
         owner: str | None = None,
         max_active: int | None = None,
         early: bool = False,
-    ) -> tuple[Reservation, Any] | Granted:
-        """Negotiate a reservation; returns it COMMITTED or REJECTED (never raises for refusal),
-        and what ``also`` returned (a write committed together with COMMITTED; not run when
+    ) -> Negotiation:
+        """Negotiate a reservation, COMMITTED or REJECTED (never raises for refusal); its record
+        holds what ``also`` returned (a write committed together with COMMITTED; not run when
         the reservation is rejected).
 
-        With ``early`` a committed reservation is returned as a :class:`Granted` as soon as
-        the node has answered, its record (with ``started_event`` and ``also``) being written
-        meanwhile: the scheduler sends the work during the commit instead of after it, so a
-        node slot is not held for the writer's latency. A rejection is returned recorded.
+        With ``early`` a grant is returned as soon as the node has answered, its record (with
+        ``started_event`` and ``also``) being written meanwhile: the scheduler sends the work
+        during the commit instead of after it, so a node slot is not held for the writer's
+        latency. A rejection is returned recorded.
 
         The node is asked to reserve and commit in one round trip (``"commit": true``); a node
         that predates that answers the reserve alone and gets a separate ``commit``. With
@@ -370,17 +381,20 @@ class ReservationService:
             made, create = create, None
             return await self._move_along(reservation_id, path, reason=reason, create=made, **extra)
 
-        rejected = [ReservationStatus.REJECTED]
+        async def refuse(reason: str) -> Negotiation:
+            record = await move([ReservationStatus.REJECTED], reason)
+            return Negotiation.written(reservation_id, record, granted=False)
+
         if not self.registry.is_usable(node_id):
-            return await move(rejected, "node not usable (stale or not enrolled)")
+            return await refuse("node not usable (stale or not enrolled)")
         try:
             answer = await self._ask_node(
                 node_id, reservation_id, service_type, min_fidelity, ttl_s
             )
         except (MeshError, RemoteError) as exc:
-            return await move(rejected, f"unreachable: {exc}")
+            return await refuse(f"unreachable: {exc}")
         if not answer.get("accepted"):
-            return await move(rejected, str(answer.get("reason") or "refused"))
+            return await refuse(str(answer.get("reason") or "refused"))
         if not answer.get("committed"):
             await move([ReservationStatus.PREPARED])
             try:
@@ -392,11 +406,9 @@ class ReservationService:
                     addrs=self.registry.addrs_of(node_id),
                 )
             except (MeshError, RemoteError) as exc:
-                return await move(rejected, f"commit failed: {exc}")
+                return await refuse(f"commit failed: {exc}")
             if not committed.get("committed", False):
-                return await move(
-                    rejected, f"commit refused: {committed.get('reason') or 'unknown'}"
-                )
+                return await refuse(f"commit refused: {committed.get('reason') or 'unknown'}")
             path = [ReservationStatus.COMMITTED]
         else:
             path = [ReservationStatus.PREPARED, ReservationStatus.COMMITTED]
@@ -410,10 +422,11 @@ class ReservationService:
                 "payload": {**started_event, "reservation_id": reservation_id},
             }
         if not early:
-            return await move(path, job_event=job_event, also=also)
+            record = await move(path, job_event=job_event, also=also)
+            return Negotiation.written(reservation_id, record, granted=True)
         recorded = asyncio.ensure_future(move(path, job_event=job_event, also=also))
         recorded.add_done_callback(_retrieve_error)
-        return Granted(reservation_id=reservation_id, recorded=recorded)
+        return Negotiation(reservation_id=reservation_id, granted=True, recorded=recorded)
 
     async def _ask_node(
         self,

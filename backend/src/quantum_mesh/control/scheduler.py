@@ -33,7 +33,7 @@ from quantum_mesh.control.journal import NULL_JOURNAL, Journal
 from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
-from quantum_mesh.control.reservations import Granted, ReservationService, Settlement
+from quantum_mesh.control.reservations import ReservationService, Settlement
 from quantum_mesh.control.sizing import CallSizer, PipelineDepth
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
@@ -444,7 +444,7 @@ class WorkScheduler:
             also = None if self.starts is None else self.starts.write(unit.job_id)
         except Exception as exc:  # the job has ended: reserve nothing
             return exc
-        granted = await self.reservations.negotiate(
+        negotiation = await self.reservations.negotiate(
             service_type=unit.service_type,
             node_id=node_id,
             min_fidelity=unit.min_fidelity,
@@ -458,8 +458,8 @@ class WorkScheduler:
             also=also,
             early=True,
         )
-        if not isinstance(granted, Granted):
-            reservation = granted[0]
+        if not negotiation.granted:
+            reservation, _ = await negotiation.recorded
             reason = reservation.reason or "refused"
             ticket.refusals += 1
             busy = reason in BUSY_REASONS
@@ -476,7 +476,7 @@ class WorkScheduler:
                 reservation_id=reservation.reservation_id,
             )
             return None
-        reservation_id = granted.reservation_id
+        reservation_id = negotiation.reservation_id
         ticket.attempts += 1
         t0 = time.perf_counter()
         payload = {
@@ -503,15 +503,15 @@ class WorkScheduler:
         seconds = time.perf_counter() - t0
         slot.free()
         try:
-            _, written = await granted.recorded
+            _, written = await negotiation.recorded
             if self.starts is not None:
                 await self.starts.started(unit.job_id, written)
         except Exception as ended:  # the job ended meanwhile: whatever the node did is unused
             await self._settle_unaccepted(reservation_id, failure, reason=f"not accepted: {ended}")
             return ended
         if isinstance(failure, RemoteError):
+            await self._settle(reservation_id, failure, reason=failure.code)
             if failure.code in BUSY_CODES:
-                await self.reservations.mark_unused(reservation_id, reason=failure.code)
                 ticket.attempts -= 1  # it never ran
                 ticket.refusals += 1
                 self._pause(node_id, BUSY_PAUSE_S)
@@ -524,7 +524,6 @@ class WorkScheduler:
                     reason=failure.code,
                 )
                 return None
-            await self.reservations.mark_executed(reservation_id, reason=failure.code)
             self.registry.record_outcome(node_id, ok=False)
             await self._setback(
                 ticket,
@@ -542,10 +541,7 @@ class WorkScheduler:
                 )
             return self._retry_or_fail(ticket, node_id)
         if failure is not None:
-            # Whether the node ran it is unknown; its TTL frees the slot if it is alive.
-            await self.reservations.mark_unused(
-                reservation_id, reason=f"invocation failed: {failure}"
-            )
+            await self._settle(reservation_id, failure, reason=f"invocation failed: {failure}")
             self.registry.record_outcome(node_id, ok=False)
             self._pause(node_id, UNREACHABLE_PAUSE_S)
             await self._setback(
@@ -567,7 +563,7 @@ class WorkScheduler:
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None
         if rejected is not None:
             outcome_name = str(rejected.get("outcome", "rejected"))
-            await self.reservations.mark_executed(reservation_id, reason=outcome_name)
+            await self._settle(reservation_id, None, reason=outcome_name)
             self.registry.record_outcome(
                 node_id, ok=False, observed_fidelity=rejected.get("observed_fidelity")
             )
@@ -647,19 +643,25 @@ class WorkScheduler:
             )
         return None
 
+    async def _settle(self, reservation_id: str, failure: MeshError | None, *, reason: str) -> None:
+        """The reservation of a unit whose result is not accepted, settled as what the node
+        did with the work: never ran it (busy; or unknown after a lost call, when the TTL
+        frees a live node's slot) or ran it (``failure`` is ``None`` or a real error)."""
+        never_ran = failure is not None and not (
+            isinstance(failure, RemoteError) and failure.code not in BUSY_CODES
+        )
+        if never_ran:
+            await self.reservations.mark_unused(reservation_id, reason=reason)
+        else:
+            await self.reservations.mark_executed(reservation_id, reason=reason)
+
     async def _settle_unaccepted(
         self, reservation_id: str, failure: MeshError | None, *, reason: str
     ) -> None:
-        """A unit sent for a job that ended meanwhile: its reservation is settled as what the
-        node did with it (ran it, or never did), and nothing else is recorded."""
-        unused = failure is not None and not (
-            isinstance(failure, RemoteError) and failure.code not in BUSY_CODES
-        )
+        """A unit sent for a job that ended meanwhile: its reservation is settled and nothing
+        else is recorded."""
         try:
-            if unused:
-                await self.reservations.mark_unused(reservation_id, reason=reason)
-            else:
-                await self.reservations.mark_executed(reservation_id, reason=reason)
+            await self._settle(reservation_id, failure, reason=reason)
         except Exception as exc:  # e.g. its record never committed: the node's TTL ends it
             log.info("scheduler.settle_failed", reservation_id=reservation_id, error=str(exc))
 
