@@ -236,7 +236,11 @@ def test_a_degraded_node_refuses_and_slows_down_then_is_restored(coord: LiveCoor
     assert central_degraded["degraded"] is None  # no node in the centralized mode
     assert central_degraded["result"] == central["result"] == baseline["result"]
     record = degraded["degraded"]
-    assert record["node_id"] in set(done["comparison"]["modes"][1]["nodes_used"]), record
+    # One of the mesh's nodes (the last of the run's two); that it ran work is `calls_slowed`.
+    # Not asserted against the baseline's nodes_used: on a loaded machine the baseline's few
+    # fragments may all land on the other node.
+    peers = coord.http.get("/discovery/peers").json()["items"]
+    assert record["node_id"] in {p["peer_id"] for p in peers}, record
     assert record["refuse_share"] == 0.5 and record["slowdown"] == 2
     assert record["reservations_refused"] >= 1, record  # refused as saturated, placed again
     assert record["calls_slowed"] >= 1, record  # its workers ran (slowly, with more noise)

@@ -275,6 +275,9 @@ class JobHandle:
         self.artifacts: list[ResultArtifact] = []
         #: Writes waiting for the job's next transition (``write_with_next_transition``).
         self.staged: list[WriteOp] = []
+        #: Records committed with COMPLETED, each with its after-commit step
+        #: (``record_with_completion``).
+        self.completion_records: list[tuple[WriteOp, Callable[[], None]]] = []
 
     @property
     def cancelled(self) -> bool:
@@ -298,6 +301,14 @@ class JobHandle:
         """Commit ``op`` with the job's next state change (a plan with the move to RESERVING):
         one write instead of two, and the record is durable exactly when the state says so."""
         self.staged.append(op)
+
+    def record_with_completion(self, op: WriteOp, then: Callable[[], None]) -> None:
+        """Commit ``op`` (the record of the job's last work) with its COMPLETED transition and
+        call ``then`` once committed: one write less on every job's way out, and the result
+        becomes durable together with the record of what produced it. Should the job end
+        otherwise (cancelled, failed), ``op`` is still committed, on its own: what the nodes
+        did is recorded whatever became of the job."""
+        self.completion_records.append((op, then))
 
     def keep_artifacts(self, artifacts: Sequence[ResultArtifact]) -> None:
         """Arrays the result refers to (``job_artifacts``), stored in the same transaction
@@ -768,15 +779,23 @@ class JobManager:
         elif current is not None and (plan_id is not None or staged):
             # A recovered job past COMPILING: its new plan joins the state it is in.
             await self.transition(job_id, current, plan_id=plan_id, also=staged)
-        result, progress = await process.execute()
-        await self._pass_through_executing(job_id)
-        await self.transition(
-            job_id,
-            JobStatus.COMPLETED,
-            result=result,
-            progress=progress,
-            artifacts=handle.artifacts,
-        )
+        try:
+            result, progress = await process.execute()
+            await self._pass_through_executing(job_id)
+            await self.transition(
+                job_id,
+                JobStatus.COMPLETED,
+                result=result,
+                progress=progress,
+                artifacts=handle.artifacts,
+                also=[record for record, _ in handle.completion_records],
+            )
+        except BaseException:
+            for record, then in handle.completion_records:
+                self.db.write_behind(record, then=then)
+            raise
+        for _, then in handle.completion_records:
+            then()
 
     async def _compile_queued(self, job_id: str, process: JobProcess) -> str | None:
         """Compile a QUEUED job. COMPILING is written on its own only when compiling takes

@@ -124,15 +124,9 @@ def _record_wave(
             repo.record_fragment(
                 session,
                 **_fragment_fields(job_id, o),
-                output={
-                    "operator": operators[order],
-                    "checkpoint": checkpoint if order == 0 else None,
-                    "wave": wave,
-                    "order": order,
-                    "qubits": o.qubits,
-                    "history": o.history,
-                    "last_error": None,
-                },
+                output=_fragment_output(
+                    o, order=order, wave=wave, checkpoint=checkpoint, operators=operators
+                ),
             )
         )
         repo.append_event(
@@ -145,6 +139,45 @@ def _record_wave(
             payload={"observed_fidelity": o.observed_fidelity},
         )
     return rows
+
+
+def _fragment_output(
+    o: FragmentOutcome,
+    *,
+    order: int,
+    wave: int,
+    checkpoint: dict[str, Any] | None,
+    operators: list[dict[str, Any] | None],
+) -> dict[str, Any]:
+    return {
+        "operator": operators[order],
+        "checkpoint": checkpoint if order == 0 else None,
+        "wave": wave,
+        "order": order,
+        "qubits": o.qubits,
+        "history": o.history,
+        "last_error": None,
+    }
+
+
+def _recorded_rows(
+    *,
+    job_id: str,
+    outcomes: Sequence[FragmentOutcome],
+    checkpoint: dict[str, Any] | None,
+    operators: list[dict[str, Any] | None],
+    wave: int,
+) -> list[FragmentExecution]:
+    """The rows :func:`_record_wave` writes, for a wave whose record commits later."""
+    return [
+        FragmentExecution(
+            **_fragment_fields(job_id, o),
+            output=_fragment_output(
+                o, order=order, wave=wave, checkpoint=checkpoint, operators=operators
+            ),
+        )
+        for order, o in enumerate(outcomes)
+    ]
 
 
 def _wave_rows(
@@ -201,11 +234,15 @@ class CircuitRuntime:
         unit_prefix: str = "",
         durable: bool = True,
         timing: dict[str, float] | None = None,
+        record_last: Callable[[WriteOp, Callable[[], None]], None] | None = None,
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results.
 
         ``record(write, done, total)`` commits each wave's record (``write``; returns what it
         returned), so the caller may commit progress with it; default: the write alone.
+        ``record_last(write, then)`` takes the last wave's record instead, for the caller to
+        commit with the job's completion (and call ``then`` once it is committed): one
+        write less per job, and the result is durable together with what produced it.
         A benchmark runs many circuits under one job: ``nodes`` restricts the fragments to
         those nodes, ``unit_prefix`` keeps their unit ids apart, ``durable=False`` keeps the
         wave records in memory (nothing to recover), and ``timing["mesh_s"]`` accumulates
@@ -263,35 +300,46 @@ class CircuitRuntime:
             checkpoint, operators = await self.compute.run_sized(
                 1 << n, _encode_wave, state, outcomes
             )
-            rows = await commit(
-                partial(
-                    _record_wave,
-                    job_id=job_id,
-                    outcomes=outcomes,
-                    checkpoint=checkpoint,
-                    operators=operators,
-                    wave=wave_index,
-                ),
-                len(done) + len(outcomes),
-                len(fragments),
-            )
-            for o, row in zip(outcomes, rows, strict=True):
-                if o.settlement is not None:
-                    o.settlement.committed()
-                done_rows[o.fragment_id] = row
-                metrics.fragment_finished((o.finished_at - o.started_at).total_seconds(), ok=True)
-                self.journal.record(
-                    "execution.fragment_completed",
-                    job_id=job_id,
-                    fragment_id=o.fragment_id,
-                    node_id=o.node_id,
-                    attempt=o.attempts,
-                    observed_fidelity=o.observed_fidelity,
+            wave_record: dict[str, Any] = {
+                "job_id": job_id,
+                "outcomes": outcomes,
+                "checkpoint": checkpoint,
+                "operators": operators,
+                "wave": wave_index,
+            }
+            if record_last is not None and len(done) + len(outcomes) == len(fragments):
+                rows = _recorded_rows(**wave_record)
+                record_last(
+                    partial(_record_wave, **wave_record), partial(self._accepted, job_id, outcomes)
                 )
+            else:
+                rows = await commit(
+                    partial(_record_wave, **wave_record),
+                    len(done) + len(outcomes),
+                    len(fragments),
+                )
+                self._accepted(job_id, outcomes)
+            for o, row in zip(outcomes, rows, strict=True):
+                done_rows[o.fragment_id] = row
             done.update(o.fragment_id for o in outcomes)
             wave_index += 1
         results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]
         return state, results
+
+    def _accepted(self, job_id: str, outcomes: Sequence[FragmentOutcome]) -> None:
+        """A wave's record is committed: its fragments are accepted."""
+        for o in outcomes:
+            if o.settlement is not None:
+                o.settlement.committed()
+            metrics.fragment_finished((o.finished_at - o.started_at).total_seconds(), ok=True)
+            self.journal.record(
+                "execution.fragment_completed",
+                job_id=job_id,
+                fragment_id=o.fragment_id,
+                node_id=o.node_id,
+                attempt=o.attempts,
+                observed_fidelity=o.observed_fidelity,
+            )
 
     def _settle(self, outcomes: Sequence[FragmentOutcome]) -> None:
         """Settle the reservations of units whose wave is not recorded: queued behind."""

@@ -391,6 +391,7 @@ class CircuitProcess:
             min_fidelity=request.get("min_fidelity"),
             done_rows=self.done_rows,
             record=record,
+            record_last=handle.record_with_completion,
         )
         fragment_results.sort(key=lambda r: self.order[r["fragment_id"]])
         # Bounded (docs/security.md, "Bounded results"): big arrays become artifacts, stored
