@@ -318,3 +318,72 @@ async def test_cancel_racing_the_executing_transition_leaks_no_reservation(
         assert node.reserved == {}
     finally:
         gc.collect()  # the orphaned unit future logs its error here, not in a later test
+
+
+class RecordsWithCompletion(OneUnit):
+    """Runs its unit, then hands the record of it to the job's COMPLETED transition."""
+
+    def __init__(self, handle: JobHandle, *, record_raises: bool = False, **kw: Any) -> None:
+        super().__init__(handle, **kw)
+        self.record_raises = record_raises
+        self.accepted = 0
+
+    def _record(self, session: Any) -> None:
+        repo.append_event(session, job_id=self.handle.job_id, event_type="last_record")
+        if self.record_raises:
+            raise ValueError("the record is refused")
+
+    def _accept(self) -> None:
+        self.accepted += 1
+
+    async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        raises, self.raises = self.raises, None
+        result = await super().execute()
+        self.handle.record_with_completion(self._record, self._accept)
+        if raises is not None:
+            raise raises  # the job fails after its last unit was recorded
+        return result
+
+
+@pytest.mark.parametrize("ending", ["completed", "fails_after", "record_refused"])
+async def test_the_last_record_commits_with_completed_or_on_its_own(
+    control: MakeControl, ending: str
+) -> None:
+    c = await control()
+    c.add_node("n1")
+    manager = c.job_manager()
+    made: list[RecordsWithCompletion] = []
+
+    def processor(handle: JobHandle) -> RecordsWithCompletion:
+        made.append(
+            RecordsWithCompletion(
+                handle,
+                raises=ExecutionFailed("after the last unit") if ending == "fails_after" else None,
+                record_raises=ending == "record_refused",
+            )
+        )
+        return made[-1]
+
+    manager.register_processor(KIND, processor)
+    job, _ = await manager.submit(kind=KIND, request={}, idempotency_key=None)
+    done = await _finish(manager, job.job_id)
+    await c.db.flush()
+    async with c.db.transaction() as session:
+        events = await repo.list_events(session, job_id=job.job_id)
+    records = [e for e in events if e.event_type == "last_record"]
+    statuses = [(e.seq, e.payload["status"]) for e in events if e.event_type == "status"]
+
+    if ending == "completed":
+        assert done.status == JobStatus.COMPLETED
+        # In the COMPLETED transition's write: just before its status event, after the rest.
+        assert len(records) == 1 and records[0].seq == statuses[-1][0] - 1
+        assert made[0].accepted == 1
+    elif ending == "fails_after":
+        # The job failed, but what its node did is still recorded, on its own.
+        assert done.status == JobStatus.FAILED
+        assert len(records) == 1 and made[0].accepted == 1
+    else:
+        # Never COMPLETED without the record of its last work.
+        assert done.status == JobStatus.FAILED
+        assert done.error is not None and done.error["code"] == "internal_error"
+        assert records == [] and made[0].accepted == 0
