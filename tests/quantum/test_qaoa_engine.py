@@ -169,3 +169,68 @@ def test_the_fused_kernel_matches_aer(n: int, p: int, integer: bool) -> None:
     assert abs(abs(np.vdot(reference, state)) - 1.0) < 1e-9
     fused_energy = engine.qaoa_expectation(cost, gammas=gammas, betas=betas)
     assert abs(fused_energy - float(np.abs(reference) ** 2 @ energies)) < 1e-9
+
+
+def _aer_qaoa(q: np.ndarray, gammas: list[float], betas: list[float]) -> np.ndarray:
+    """Aer's state for ``qaoa_ansatz`` of ``x^T Q x``."""
+    ansatz = qaoa_ansatz(_qubo_operator(q), reps=len(gammas))
+    params = dict(zip(ansatz.parameters, [*betas, *gammas], strict=True))
+    return _aer_state(ansatz.assign_parameters(params))
+
+
+@pytest.mark.parametrize(
+    ("n", "betas"),
+    [
+        (12, [0.52, -1.3, 2.9]),  # one tile, no column walk; tan(beta) of either sign and > 1
+        (17, [np.pi / 2, 0.23]),  # cos(beta) = 0: the half-angle rounds
+        (18, [-np.pi / 2 + 1e-2, 1.9]),  # tan(beta) = -100, above the half-angle threshold
+    ],
+)
+def test_the_fused_kernel_matches_aer_at_any_angle(n: int, betas: list[float]) -> None:
+    """``RX(2 beta)`` runs as ``cos(beta) (1 - i tan(beta) X)``: every regime of ``tan``."""
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    rng = np.random.default_rng(n)
+    q = rng.integers(-4, 5, size=(n, n)).astype(float)
+    gammas = [0.37, -0.81, 0.2][: len(betas)]
+    assert kernel.mixer_factors(betas[0], n)[2] == (2 if n == 17 else 1)
+    reference = _aer_qaoa(q, gammas, betas)
+    cost = engine.DiagonalCost.from_energies(qubo_energies(q, offset=0.0))
+    state = engine.evolve(cost, gammas=gammas, betas=betas)
+    np.testing.assert_allclose(engine.probabilities(state), np.abs(reference) ** 2, atol=1e-9)
+    assert abs(abs(np.vdot(reference, state)) - 1.0) < 1e-9
+    exact = float(np.abs(reference) ** 2 @ cost.energies)
+    assert abs(engine.qaoa_expectation(cost, gammas=gammas, betas=betas) - exact) < 1e-9
+
+
+@pytest.mark.parametrize("n", [13, 16, 19, 20])
+def test_the_fused_kernel_matches_the_numpy_path(n: int) -> None:
+    """Tiles of 13 to 16 qubits, column walks of 0, 3 and 6 (the numpy path is checked against
+    Aer above): energies and states, from |+> and from another state."""
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    rng = np.random.default_rng(n)
+    q = rng.normal(size=(n, n))
+    for cost in (
+        engine.DiagonalCost.from_energies(qubo_energies(np.round(4 * q), offset=1.0)),
+        engine.DiagonalCost.from_energies(qubo_energies(q, offset=0.0)),
+    ):
+        gammas, betas = [0.11, -0.07], [0.4, -0.9]
+        initial = rng.normal(size=1 << n) + 1j * rng.normal(size=1 << n)
+        initial /= np.linalg.norm(initial)
+        fused = {
+            "energy": engine.qaoa_expectation(cost, gammas=gammas, betas=betas),
+            "plus": engine.evolve(cost, gammas=gammas, betas=betas),
+            "initial": engine.evolve(cost, gammas=gammas, betas=betas, initial_state=initial),
+        }
+        kernel.AVAILABLE = False
+        try:
+            plus = engine.evolve(cost, gammas=gammas, betas=betas)
+            other = engine.evolve(cost, gammas=gammas, betas=betas, initial_state=initial)
+        finally:
+            kernel.AVAILABLE = True
+        assert abs(fused["energy"] - engine.expectation(cost, plus)) < 1e-9
+        np.testing.assert_allclose(fused["plus"], plus, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(fused["initial"], other, atol=1e-12, rtol=0)

@@ -2,22 +2,44 @@
 
 One layer is ``psi *= exp(-i gamma E)`` followed by ``RX(2 beta)`` on every qubit. Done
 naively that is one pass over the 2^n amplitudes for the phase and one per qubit (or per few
-qubits) for the mixer: at n = 20 the state is 16 MiB, far past the caches, so every pass is
-paid in memory traffic. Here the state is walked twice:
+qubits) for the mixer: from n = 20 the state is 16 MiB or more, past the L2 cache, so every
+pass is paid in memory traffic. Here the state is walked twice per layer:
 
-1. **Low qubits, in tiles.** Each tile of ``2^t`` consecutive amplitudes (small enough for the
-   L2 cache) gets its cost phase and then the mixer on qubits ``0 .. t-1``, all while it is in
-   cache.
-2. **High qubits, in columns.** The mixer on qubits ``t .. n-1`` pairs amplitudes ``2^t``
-   or more apart. For a handful of consecutive low indices, all ``2^(n-t)`` high indices
-   are gathered into a small buffer (again cache-sized), mixed, and written back; the energy
-   expectation of the last layer is summed in the same walk.
+1. **Low qubits, in tiles.** Each tile of ``2^tq`` consecutive amplitudes (``tq`` = 12..16,
+   see ``tile_qubits``) gets its cost phase and the mixer on qubits ``0 .. tq-1`` in a scratch
+   copy that stays in L1/L2, and is stored back by its last butterfly group.
+2. **High qubits, in columns.** The mixer on qubits ``tq .. n-1`` (a multiple of 3 of them)
+   pairs amplitudes ``2^tq`` or more apart. For ``COLUMN_WIDTH`` consecutive low indices, all
+   ``2^(n-tq)`` high indices are gathered into a cache-sized buffer (the first three qubits
+   applied on the way in), mixed, and stored back; for an energy the last layer's last group
+   sums ``|psi|^2 E`` instead and nothing is stored (an energy alone needs no final state).
 
-So a layer costs two reads and two writes of the state plus one read of the energy levels,
-against ``1 + ceil(n/3)`` round trips for the blocked-matmul mixer in ``engine.py``. The
-state is walked as two contiguous arrays (real and imaginary parts) and every butterfly loop
-runs over unit-stride slices, which the compiler vectorises. Results
-agree with it, and with Qiskit Aer, to rounding (tests assert 1e-9).
+What makes the arithmetic keep up with memory:
+
+* **Scaled butterflies.** ``RX(2 beta) = cos(beta) (1 - i tan(beta) X)``: the mixer is
+  applied as ``1 - i t X`` per qubit (one fused multiply-add per real output, half the
+  work of the plain 2x2 product) and the product of the ``cos`` factors, ``cos(beta)^n``, is
+  folded into the cost phase. Where ``|cos(beta)| < HALF_ANGLE_BELOW`` ``tan`` blows up, so
+  there the layer applies ``RX(beta)`` twice instead (``|cos(beta/2)| ~ 0.7``).
+* **Qubits three at a time in registers.** Each butterfly group loads 8 amplitudes (a
+  stride apart), applies three qubits and stores them: a load and a store per amplitude per
+  three qubits. The loops run over unit-stride lanes with strides that are compile-time
+  constants (each call site of an ``inline="always"`` helper passes literals), which is what
+  lets LLVM vectorise them without run-time alias checks, also for the 8-lane groups of
+  qubits 3-5 (with run-time strides those stayed scalar). Qubits 0-2 (pairs 1, 2, 4 apart)
+  are done eight amplitudes at a time as the tile is read, fused with the phase gather
+  (that loop is scalar: a gather).
+* **Padded scratch.** Rows of a group a power-of-two multiple of 4 KiB apart fall into one
+  L1 set and evict each other (measured: 3-7x slower); the scratch tile and the column
+  buffer pad their rows so that no group's rows are.
+* **Streams, not scattered lines.** The tile's last group is the one whose rows are 512
+  bytes apart, so its stores into the state stream; the column buffer takes 512 consecutive
+  amplitudes per row (4 KiB runs the prefetchers follow; 64 were 2x slower at n = 22).
+  From ``|+>`` the tile is never read, so its lines are prefetched for writing as the tile
+  starts (``prefetchw``), not fetched one by one by the stores.
+
+The state is held as two contiguous float64 arrays (real and imaginary parts). Results agree
+with the numpy path of ``engine.py`` and with Qiskit Aer to rounding (tests assert 1e-9).
 """
 
 from __future__ import annotations
@@ -29,116 +51,469 @@ import numpy as np
 from numpy.typing import NDArray
 
 try:  # numba is a dependency; the engine falls back to numpy if it cannot load
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     njit = None  # type: ignore[assignment]
 
-#: Low qubits mixed per tile: 2^12 complex128 = 64 KiB, comfortably inside L2.
-TILE_QUBITS = 12
-#: Consecutive low indices gathered per column walk (with 2^(n-t) high ones each).
-COLUMN_WIDTH = 64
+#: Qubits mixed per tile in the first walk: at least ``MIN_TILE_QUBITS`` (the fused path
+#: starts there), at most ``MAX_TILE_QUBITS`` (a 1 MiB scratch tile, L2-sized); see
+#: ``tile_qubits``.
+MIN_TILE_QUBITS = 12
+MAX_TILE_QUBITS = 16
+#: The tile is walked in chunks of 2^9 amplitudes.
+CHUNK = 512
+#: Scratch padding: amplitude ``i`` of a tile sits at ``i + PAD * (i//2^9 + i//2^15)``, and
+#: column-buffer row ``h`` starts at ``h * PITCH + PAD * (h//8 + h//512)``: rows of a
+#: butterfly group a power-of-two multiple of 4 KiB apart fall into one L1 set and evict each
+#: other (measured: 3-7x slower); padded, no group's rows are.
+PAD = 8
+#: Offset of the imaginary parts in the scratch tile (6 cache lines off the real parts' sets).
+TILE_IM = (1 << MAX_TILE_QUBITS) + PAD * ((1 << (MAX_TILE_QUBITS - 9)) + 2) + 32
+SCRATCH = 2 * TILE_IM
+#: Consecutive low indices gathered per column walk (with 2^(n - tile qubits) high ones each).
+COLUMN_WIDTH = 512
+#: Column-buffer row pitch (padded like the scratch tile, see ``PAD``).
+PITCH = COLUMN_WIDTH + 8
+#: Below this |cos(beta)| the layer mixes with two half angles: ``tan(beta)^n`` and
+#: ``cos(beta)^n`` stay far inside the float64 range (1e3^26 = 1e78).
+HALF_ANGLE_BELOW = 1e-3
 
 AVAILABLE = njit is not None
 
 
-def _butterflies(re: Any, im: Any, block: int, step: int, c: float, s: float) -> None:
-    """``RX(2 beta)`` on the pairs ``(block + k, block + step + k)``, ``k < step``.
+def _bf(xr: float, xi: float, yr: float, yi: float, t: float) -> tuple[float, float, float, float]:
+    """``(1 - i t X)`` on the pair ``(x, y)``."""
+    return xr + t * yi, xi - t * yr, yr + t * xi, yi - t * xr
 
-    Over slices, not ``re[i]``/``re[i + step]``: on unit-stride slices the compiler can tell
-    the four streams apart and vectorises the loop (measured at n = 20: a full mixer in
-    13 ms against 27 ms with index arithmetic)."""
-    ra, rb = re[block : block + step], re[block + step : block + 2 * step]
-    ia, ib = im[block : block + step], im[block + step : block + 2 * step]
-    for k in range(step):
-        ar, ai, br, bi = ra[k], ia[k], rb[k], ib[k]
-        ra[k] = c * ar + s * bi
-        ia[k] = c * ai - s * br
-        rb[k] = c * br + s * ai
-        ib[k] = c * bi - s * ar
+
+def _quad(
+    r0: float,
+    r1: float,
+    r2: float,
+    r3: float,
+    i0: float,
+    i1: float,
+    i2: float,
+    i3: float,
+    t: float,
+) -> tuple[float, float, float, float, float, float, float, float]:
+    r0, i0, r1, i1 = _bf(r0, i0, r1, i1, t)
+    r2, i2, r3, i3 = _bf(r2, i2, r3, i3, t)
+    r0, i0, r2, i2 = _bf(r0, i0, r2, i2, t)
+    r1, i1, r3, i3 = _bf(r1, i1, r3, i3, t)
+    return r0, r1, r2, r3, i0, i1, i2, i3
+
+
+def _oct(
+    r0: float,
+    r1: float,
+    r2: float,
+    r3: float,
+    r4: float,
+    r5: float,
+    r6: float,
+    r7: float,
+    i0: float,
+    i1: float,
+    i2: float,
+    i3: float,
+    i4: float,
+    i5: float,
+    i6: float,
+    i7: float,
+    t: float,
+) -> tuple[float, ...]:
+    r0, r1, r2, r3, i0, i1, i2, i3 = _quad(r0, r1, r2, r3, i0, i1, i2, i3, t)
+    r4, r5, r6, r7, i4, i5, i6, i7 = _quad(r4, r5, r6, r7, i4, i5, i6, i7, t)
+    r0, i0, r4, i4 = _bf(r0, i0, r4, i4, t)
+    r1, i1, r5, i5 = _bf(r1, i1, r5, i5, t)
+    r2, i2, r6, i6 = _bf(r2, i2, r6, i6, t)
+    r3, i3, r7, i7 = _bf(r3, i3, r7, i7, t)
+    return r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7
+
+
+def _rows(y: Any, off: int, s: int, width: int, count: int, t: float) -> None:
+    """``count`` (1-3) qubits on rows ``k + j s`` (``k < width``) of ``y``, imaginary parts
+    ``off`` further on. ``off``, ``s`` and ``width`` are literals at every call site."""
+    if count == 3:
+        for k in range(width):
+            r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+                y[k], y[k + s], y[k + 2 * s], y[k + 3 * s],
+                y[k + 4 * s], y[k + 5 * s], y[k + 6 * s], y[k + 7 * s],
+                y[off + k], y[off + k + s], y[off + k + 2 * s], y[off + k + 3 * s],
+                y[off + k + 4 * s], y[off + k + 5 * s], y[off + k + 6 * s], y[off + k + 7 * s],
+                t,
+            )  # fmt: skip
+            y[k], y[k + s], y[k + 2 * s], y[k + 3 * s] = r0, r1, r2, r3
+            y[k + 4 * s], y[k + 5 * s], y[k + 6 * s], y[k + 7 * s] = r4, r5, r6, r7
+            y[off + k], y[off + k + s], y[off + k + 2 * s], y[off + k + 3 * s] = i0, i1, i2, i3
+            y[off + k + 4 * s], y[off + k + 5 * s] = i4, i5
+            y[off + k + 6 * s], y[off + k + 7 * s] = i6, i7
+    elif count == 2:
+        for k in range(width):
+            r0, r1, r2, r3, i0, i1, i2, i3 = _quad(
+                y[k], y[k + s], y[k + 2 * s], y[k + 3 * s],
+                y[off + k], y[off + k + s], y[off + k + 2 * s], y[off + k + 3 * s],
+                t,
+            )  # fmt: skip
+            y[k], y[k + s], y[k + 2 * s], y[k + 3 * s] = r0, r1, r2, r3
+            y[off + k], y[off + k + s], y[off + k + 2 * s], y[off + k + 3 * s] = i0, i1, i2, i3
+    else:
+        for k in range(width):
+            r0, i0, r1, i1 = _bf(y[k], y[off + k], y[k + s], y[off + k + s], t)
+            y[k], y[off + k], y[k + s], y[off + k + s] = r0, i0, r1, i1
+
+
+def _rows_out(y: Any, off: int, s: int, dr: Any, di: Any, ds: int, width: int, t: float) -> None:
+    """:func:`_rows`, storing row ``j`` at ``dr[k + j ds]``, ``di[k + j ds]`` instead."""
+    for k in range(width):
+        r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+            y[k], y[k + s], y[k + 2 * s], y[k + 3 * s],
+            y[k + 4 * s], y[k + 5 * s], y[k + 6 * s], y[k + 7 * s],
+            y[off + k], y[off + k + s], y[off + k + 2 * s], y[off + k + 3 * s],
+            y[off + k + 4 * s], y[off + k + 5 * s], y[off + k + 6 * s], y[off + k + 7 * s],
+            t,
+        )  # fmt: skip
+        dr[k], dr[k + ds], dr[k + 2 * ds], dr[k + 3 * ds] = r0, r1, r2, r3
+        dr[k + 4 * ds], dr[k + 5 * ds], dr[k + 6 * ds], dr[k + 7 * ds] = r4, r5, r6, r7
+        di[k], di[k + ds], di[k + 2 * ds], di[k + 3 * ds] = i0, i1, i2, i3
+        di[k + 4 * ds], di[k + 5 * ds], di[k + 6 * ds], di[k + 7 * ds] = i4, i5, i6, i7
+
+
+def _cols(yr: Any, yi: Any, s: int, t: float) -> None:
+    """Three qubits on rows ``k + j s`` of the column buffer (``k < COLUMN_WIDTH``)."""
+    for k in range(COLUMN_WIDTH):
+        r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+            yr[k],
+            yr[k + s],
+            yr[k + 2 * s],
+            yr[k + 3 * s],
+            yr[k + 4 * s],
+            yr[k + 5 * s],
+            yr[k + 6 * s],
+            yr[k + 7 * s],
+            yi[k],
+            yi[k + s],
+            yi[k + 2 * s],
+            yi[k + 3 * s],
+            yi[k + 4 * s],
+            yi[k + 5 * s],
+            yi[k + 6 * s],
+            yi[k + 7 * s],
+            t,
+        )
+        yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s] = r0, r1, r2, r3
+        yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s] = r4, r5, r6, r7
+        yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s] = i0, i1, i2, i3
+        yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s] = i4, i5, i6, i7
+
+
+def _cols_in(sr: Any, si: Any, ss: int, yr: Any, yi: Any, t: float) -> None:
+    """:func:`_cols` on rows ``ss`` apart in ``sr``/``si``, stored ``COLUMN_WIDTH`` apart in
+    ``yr``/``yi``."""
+    s = PITCH
+    for k in range(COLUMN_WIDTH):
+        r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+            sr[k], sr[k + ss], sr[k + 2 * ss], sr[k + 3 * ss],
+            sr[k + 4 * ss], sr[k + 5 * ss], sr[k + 6 * ss], sr[k + 7 * ss],
+            si[k], si[k + ss], si[k + 2 * ss], si[k + 3 * ss],
+            si[k + 4 * ss], si[k + 5 * ss], si[k + 6 * ss], si[k + 7 * ss],
+            t,
+        )  # fmt: skip
+        yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s] = r0, r1, r2, r3
+        yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s] = r4, r5, r6, r7
+        yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s] = i0, i1, i2, i3
+        yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s] = i4, i5, i6, i7
+
+
+def _cols_energy(yr: Any, yi: Any, s: int, en: Any, es: int, t: float) -> float:
+    """:func:`_cols`, returning the energy of the result instead of storing it (row ``j``'s
+    energies at ``en[k + j es]``)."""
+    total = 0.0
+    for k in range(COLUMN_WIDTH):
+        r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+            yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s],
+            yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s],
+            yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s],
+            yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s],
+            t,
+        )  # fmt: skip
+        total += (
+            (r0 * r0 + i0 * i0) * en[k]
+            + (r1 * r1 + i1 * i1) * en[k + es]
+            + (r2 * r2 + i2 * i2) * en[k + 2 * es]
+            + (r3 * r3 + i3 * i3) * en[k + 3 * es]
+            + (r4 * r4 + i4 * i4) * en[k + 4 * es]
+            + (r5 * r5 + i5 * i5) * en[k + 5 * es]
+            + (r6 * r6 + i6 * i6) * en[k + 6 * es]
+            + (r7 * r7 + i7 * i7) * en[k + 7 * es]
+        )
+    return total
+
+
+def _prefetch_w(arr: Any, i: int) -> None:
+    """Hint that ``arr[i]``'s cache line will be written (``prefetchw``); replaced by an LLVM
+    intrinsic below."""
+
+
+def _phased(
+    sr: Any, si: Any, tab: Any, ix: Any, k: int, g: float, plus: bool, use_index: bool
+) -> tuple[float, float]:
+    """Amplitude ``k`` of a chunk times its (scaled) cost phase; ``plus``: of ``|+>``."""
+    p = tab[ix[k]] if use_index else tab[k]
+    pr, pi = p.real * g, p.imag * g
+    if plus:
+        return pr, pi
+    a, b = sr[k], si[k]
+    return a * pr - b * pi, a * pi + b * pr
+
+
+def _pos(i: int) -> int:
+    """Offset of tile amplitude ``i`` in the scratch tile."""
+    return i + PAD * ((i >> 9) + (i >> 15))
+
+
+def _tile_in(
+    re: Any,
+    im: Any,
+    table: Any,
+    index: Any,
+    start: int,
+    chunks: int,
+    x: Any,
+    g: float,
+    t: float,
+    plus: bool,
+    use_index: bool,
+) -> None:
+    """Tile ``start`` times its phase, with qubits 0-2 mixed, into the scratch ``x``.
+    ``plus`` and ``use_index`` are literals at every call site (one loop each)."""
+    for c in range(chunks):
+        base = start + c * CHUNK
+        y = x[_pos(c * CHUNK) :]
+        sr, si = re[base : base + CHUNK], im[base : base + CHUNK]
+        ix = index[base : base + CHUNK] if use_index else index
+        tab = table if use_index else table[base : base + CHUNK]
+        for q in range(CHUNK // 8):
+            a = 8 * q
+            r0, i0 = _phased(sr, si, tab, ix, a, g, plus, use_index)
+            r1, i1 = _phased(sr, si, tab, ix, a + 1, g, plus, use_index)
+            r2, i2 = _phased(sr, si, tab, ix, a + 2, g, plus, use_index)
+            r3, i3 = _phased(sr, si, tab, ix, a + 3, g, plus, use_index)
+            r4, i4 = _phased(sr, si, tab, ix, a + 4, g, plus, use_index)
+            r5, i5 = _phased(sr, si, tab, ix, a + 5, g, plus, use_index)
+            r6, i6 = _phased(sr, si, tab, ix, a + 6, g, plus, use_index)
+            r7, i7 = _phased(sr, si, tab, ix, a + 7, g, plus, use_index)
+            if plus:
+                # From |+> the tile is not read here, so its lines would first be fetched
+                # when the last group stores into them (16 streams, latency-bound, measured
+                # 1.5x slower at n = 22): ask for them now.
+                _prefetch_w(sr, a)
+                _prefetch_w(si, a)
+            r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+                r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7, t
+            )
+            y[a], y[a + 1], y[a + 2], y[a + 3] = r0, r1, r2, r3
+            y[a + 4], y[a + 5], y[a + 6], y[a + 7] = r4, r5, r6, r7
+            o = TILE_IM + a
+            y[o], y[o + 1], y[o + 2], y[o + 3] = i0, i1, i2, i3
+            y[o + 4], y[o + 5], y[o + 6], y[o + 7] = i4, i5, i6, i7
+
+
+def _tile_low3(x: Any, chunks: int, t: float) -> None:
+    """Qubits 0-2 on the scratch tile (the second half-angle round)."""
+    for c in range(chunks):
+        y = x[_pos(c * CHUNK) :]
+        for q in range(CHUNK // 8):
+            a = 8 * q
+            o = TILE_IM + a
+            r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+                y[a], y[a + 1], y[a + 2], y[a + 3], y[a + 4], y[a + 5], y[a + 6], y[a + 7],
+                y[o], y[o + 1], y[o + 2], y[o + 3], y[o + 4], y[o + 5], y[o + 6], y[o + 7],
+                t,
+            )  # fmt: skip
+            y[a], y[a + 1], y[a + 2], y[a + 3] = r0, r1, r2, r3
+            y[a + 4], y[a + 5], y[a + 6], y[a + 7] = r4, r5, r6, r7
+            y[o], y[o + 1], y[o + 2], y[o + 3] = i0, i1, i2, i3
+            y[o + 4], y[o + 5], y[o + 6], y[o + 7] = i4, i5, i6, i7
+
+
+def _tile_mix(x: Any, tq: int, t: float, out: bool, re: Any, im: Any, start: int) -> None:
+    """Qubits 3 .. tq-1 on the scratch tile, three at a time: first across chunks (9-11,
+    12-14, 15: rows 2^9, 2^12, 2^15 amplitudes apart), then chunk by chunk 3-5 and 6-8 while
+    the chunk is in L1. ``out``: that last group stores into the state's tile at ``start``
+    (its 8 rows are 512 bytes apart there, so the stores stream; rows 4 KiB apart would
+    share an L1 set and evict each other's half-written lines)."""
+    chunks = 1 << (tq - 9)
+    for c in range(0, chunks, 8):
+        _rows(x[_pos(c * CHUNK) :], TILE_IM, _pos(1 << 9), CHUNK, 3, t)
+    if tq > 12:
+        count = min(3, tq - 12)
+        for c in range(0, chunks, 8 << count):
+            for u in range(8):
+                _rows(x[_pos((c + u) * CHUNK) :], TILE_IM, _pos(1 << 12), CHUNK, count, t)
+    if tq > 15:
+        for u in range(64):
+            _rows(x[_pos(u * CHUNK) :], TILE_IM, _pos(1 << 15), CHUNK, 1, t)
+    for c in range(chunks):
+        o = _pos(c * CHUNK)
+        for b in range(8):
+            _rows(x[o + 64 * b :], TILE_IM, 8, 8, 3, t)
+        if out:
+            d = start + c * CHUNK
+            _rows_out(x[o:], TILE_IM, 64, re[d:], im[d:], 64, 64, t)
+        else:
+            _rows(x[o:], TILE_IM, 64, 64, 3, t)
 
 
 def _low_pass(
-    re: Any, im: Any, phases: Any, index: Any, use_index: bool, c: float, s: float, t: int
+    re: Any,
+    im: Any,
+    table: Any,
+    index: Any,
+    use_index: bool,
+    plus: bool,
+    g: float,
+    t: float,
+    rounds: int,
+    x: Any,
+    tq: int,
 ) -> None:
-    size = re.shape[0]
-    tile = 1 << t
-    for start in range(0, size, tile):
-        for i in range(start, start + tile):
-            p = phases[index[i]] if use_index else phases[i]
-            pr, pi = p.real, p.imag
-            a, b = re[i], im[i]
-            re[i] = a * pr - b * pi
-            im[i] = a * pi + b * pr
-        # RX(2 beta) on qubits 0..t-1: [[c, -is], [-is, c]]. Qubits 0-2 in registers, eight
-        # amplitudes at a time (their pairs are 1, 2 and 4 apart: loops that short would
-        # cost more than the arithmetic); the others as strided butterflies.
-        first = 0
-        if t >= 3:
-            first = 3
-            for g in range(start, start + tile, 8):
-                r0, r1, r2, r3 = re[g], re[g + 1], re[g + 2], re[g + 3]
-                r4, r5, r6, r7 = re[g + 4], re[g + 5], re[g + 6], re[g + 7]
-                i0, i1, i2, i3 = im[g], im[g + 1], im[g + 2], im[g + 3]
-                i4, i5, i6, i7 = im[g + 4], im[g + 5], im[g + 6], im[g + 7]
-                # qubit 0: pairs (0,1) (2,3) (4,5) (6,7)
-                r0, i0, r1, i1 = c * r0 + s * i1, c * i0 - s * r1, c * r1 + s * i0, c * i1 - s * r0
-                r2, i2, r3, i3 = c * r2 + s * i3, c * i2 - s * r3, c * r3 + s * i2, c * i3 - s * r2
-                r4, i4, r5, i5 = c * r4 + s * i5, c * i4 - s * r5, c * r5 + s * i4, c * i5 - s * r4
-                r6, i6, r7, i7 = c * r6 + s * i7, c * i6 - s * r7, c * r7 + s * i6, c * i7 - s * r6
-                # qubit 1: pairs (0,2) (1,3) (4,6) (5,7)
-                r0, i0, r2, i2 = c * r0 + s * i2, c * i0 - s * r2, c * r2 + s * i0, c * i2 - s * r0
-                r1, i1, r3, i3 = c * r1 + s * i3, c * i1 - s * r3, c * r3 + s * i1, c * i3 - s * r1
-                r4, i4, r6, i6 = c * r4 + s * i6, c * i4 - s * r6, c * r6 + s * i4, c * i6 - s * r4
-                r5, i5, r7, i7 = c * r5 + s * i7, c * i5 - s * r7, c * r7 + s * i5, c * i7 - s * r5
-                # qubit 2: pairs (0,4) (1,5) (2,6) (3,7)
-                r0, i0, r4, i4 = c * r0 + s * i4, c * i0 - s * r4, c * r4 + s * i0, c * i4 - s * r0
-                r1, i1, r5, i5 = c * r1 + s * i5, c * i1 - s * r5, c * r5 + s * i1, c * i5 - s * r1
-                r2, i2, r6, i6 = c * r2 + s * i6, c * i2 - s * r6, c * r6 + s * i2, c * i6 - s * r2
-                r3, i3, r7, i7 = c * r3 + s * i7, c * i3 - s * r7, c * r7 + s * i3, c * i7 - s * r3
-                re[g], re[g + 1], re[g + 2], re[g + 3] = r0, r1, r2, r3
-                re[g + 4], re[g + 5], re[g + 6], re[g + 7] = r4, r5, r6, r7
-                im[g], im[g + 1], im[g + 2], im[g + 3] = i0, i1, i2, i3
-                im[g + 4], im[g + 5], im[g + 6], im[g + 7] = i4, i5, i6, i7
-        for q in range(first, t):
-            step = 1 << q
-            for block in range(start, start + tile, step << 1):
-                _butterflies(re, im, block, step, c, s)
+    tile = 1 << tq
+    chunks = tile // CHUNK
+    for start in range(0, re.shape[0], tile):
+        if plus:
+            if use_index:
+                _tile_in(re, im, table, index, start, chunks, x, g, t, True, True)
+            else:
+                _tile_in(re, im, table, index, start, chunks, x, g, t, True, False)
+        elif use_index:
+            _tile_in(re, im, table, index, start, chunks, x, g, t, False, True)
+        else:
+            _tile_in(re, im, table, index, start, chunks, x, g, t, False, False)
+        for rnd in range(rounds):
+            if rnd:
+                _tile_low3(x, chunks, t)
+            _tile_mix(x, tq, t, rnd == rounds - 1, re, im, start)
+
+
+def _row(h: int) -> int:
+    """Offset of row ``h`` in the column buffer."""
+    return h * PITCH + PAD * ((h >> 3) + (h >> 9))
+
+
+#: Buffer distance between rows ``8^L`` apart (the row step of group ``L``): constants.
+_S0 = PITCH
+_S1 = 8 * PITCH + PAD
+_S2 = 64 * PITCH + 8 * PAD
+_S3 = 512 * PITCH + 65 * PAD
+
+
+def _col_group(
+    br: Any,
+    bi: Any,
+    rows: int,
+    level: int,
+    t: float,
+    sums: bool,
+    energies: Any,
+    start: int,
+    tile: int,
+) -> float:
+    """Three qubits, rows ``8^level`` apart, over every block of the column buffer. ``sums``:
+    instead of storing the result, return its energy (the buffer's row ``h`` is the state's
+    ``start + h * tile``)."""
+    step = 1 << (3 * level)
+    total = 0.0
+    for hb in range(0, rows, step << 3):
+        for r in range(step):
+            o = _row(hb + r)
+            yr, yi = br[o:], bi[o:]
+            if sums:
+                en = energies[start + (hb + r) * tile :]
+                es = step * tile
+                if level == 0:
+                    total += _cols_energy(yr, yi, _S0, en, es, t)
+                elif level == 1:
+                    total += _cols_energy(yr, yi, _S1, en, es, t)
+                elif level == 2:
+                    total += _cols_energy(yr, yi, _S2, en, es, t)
+                else:
+                    total += _cols_energy(yr, yi, _S3, en, es, t)
+            elif level == 0:
+                _cols(yr, yi, _S0, t)
+            elif level == 1:
+                _cols(yr, yi, _S1, t)
+            elif level == 2:
+                _cols(yr, yi, _S2, t)
+            else:
+                _cols(yr, yi, _S3, t)
+    return total
+
+
+def _gather(re: Any, im: Any, br: Any, bi: Any, rows: int, tq: int, col: int, t: float) -> None:
+    """Column ``col`` of the state into the buffer, with the row-adjacent group (qubits
+    ``tq .. tq+2``) applied on the way: the state's row stride is a literal per branch, which
+    the vectoriser needs to group the 16 loads."""
+    for hb in range(0, rows, 8):
+        o = _row(hb)
+        src = (hb << tq) + col
+        sr, si, yr, yi = re[src:], im[src:], br[o:], bi[o:]
+        if tq == 12:
+            _cols_in(sr, si, 1 << 12, yr, yi, t)
+        elif tq == 13:
+            _cols_in(sr, si, 1 << 13, yr, yi, t)
+        elif tq == 14:
+            _cols_in(sr, si, 1 << 14, yr, yi, t)
+        elif tq == 15:
+            _cols_in(sr, si, 1 << 15, yr, yi, t)
+        else:
+            _cols_in(sr, si, 1 << 16, yr, yi, t)
 
 
 def _high_pass(
     re: Any,
     im: Any,
     energies: Any,
-    c: float,
-    s: float,
-    n: int,
-    t: int,
-    width: int,
-    bre: Any,
-    bim: Any,
-    want_energy: bool,
+    t: float,
+    m: int,
+    rounds: int,
+    br: Any,
+    bi: Any,
+    sums: bool,
+    tq: int,
 ) -> float:
-    low = 1 << t
-    high = 1 << (n - t)
+    """Mix qubits ``tq .. tq+m-1`` (``m`` a multiple of 3) column by column. ``sums``: return
+    the energy of the result (summed in the last group) and leave the state as it was; else
+    store it."""
+    rows = 1 << m
+    tile = 1 << tq
+    levels = m // 3
     total = 0.0
-    for col in range(0, low, width):
-        for h in range(high):
-            base = h * low + col
-            for k in range(width):
-                bre[h * width + k] = re[base + k]
-                bim[h * width + k] = im[base + k]
-        for q in range(n - t):
-            step = (1 << q) * width
-            for block in range(0, high * width, step << 1):
-                _butterflies(bre, bim, block, step, c, s)
-        for h in range(high):
-            base = h * low + col
-            for k in range(width):
-                r, m = bre[h * width + k], bim[h * width + k]
-                re[base + k] = r
-                im[base + k] = m
-                if want_energy:
-                    total += (r * r + m * m) * energies[base + k]
+    for col in range(0, tile, COLUMN_WIDTH):
+        _gather(re, im, br, bi, rows, tq, col, t)
+        summed = False
+        for rnd in range(rounds):
+            for level in range(1 if rnd == 0 else 0, levels):
+                here = sums and rnd == rounds - 1 and level == levels - 1
+                total += _col_group(br, bi, rows, level, t, here, energies, col, tile)
+                summed = summed or here
+        for h in range(rows):
+            o = _row(h)
+            dst = h * tile + col
+            sr, si = br[o : o + COLUMN_WIDTH], bi[o : o + COLUMN_WIDTH]
+            if sums and not summed:
+                en = energies[dst : dst + COLUMN_WIDTH]
+                for k in range(COLUMN_WIDTH):
+                    total += (sr[k] * sr[k] + si[k] * si[k]) * en[k]
+            elif not sums:
+                dr, di = re[dst : dst + COLUMN_WIDTH], im[dst : dst + COLUMN_WIDTH]
+                for k in range(COLUMN_WIDTH):
+                    dr[k] = sr[k]
+                    di[k] = si[k]
     return total
 
 
@@ -150,10 +525,69 @@ def _energy(re: Any, im: Any, energies: Any) -> float:
 
 
 if njit is not None:
-    _butterflies = njit(cache=True, nogil=True, fastmath=True, inline="always")(_butterflies)
+
+    @intrinsic  # type: ignore[misc]
+    def _prefetch_w(typingctx: Any, arr: Any, i: Any) -> Any:
+        sig = types.void(arr, i)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(
+                context, builder, aryty, ary, [args[1]], wraparound=False
+            )
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            builder.call(fn, [ptr, i32(1), i32(3), i32(1)])  # write, keep in all levels, data
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    _inline = njit(cache=True, nogil=True, fastmath=True, inline="always")
+    _bf = _inline(_bf)
+    _quad = _inline(_quad)
+    _oct = _inline(_oct)
+    _rows = _inline(_rows)
+    _rows_out = _inline(_rows_out)
+    _pos = _inline(_pos)
+    _cols = _inline(_cols)
+    _phased = _inline(_phased)
+    _tile_in = _inline(_tile_in)
+    _tile_low3 = _inline(_tile_low3)
+    _tile_mix = _inline(_tile_mix)
+    _row = _inline(_row)
+    _cols_in = _inline(_cols_in)
+    _cols_energy = _inline(_cols_energy)
+    _col_group = _inline(_col_group)
+    _gather = _inline(_gather)
     _low_pass = njit(cache=True, nogil=True, fastmath=True)(_low_pass)
     _high_pass = njit(cache=True, nogil=True, fastmath=True)(_high_pass)
     _energy = njit(cache=True, nogil=True, fastmath=True)(_energy)
+
+
+def tile_qubits(num_qubits: int) -> int:
+    """Qubits of the first walk's tiles for an ``n``-qubit state (``n >= MIN_TILE_QUBITS``):
+    all of them up to ``MAX_TILE_QUBITS``, else as many as leave a multiple of 3 (whole
+    butterfly groups) to the column walk."""
+    if num_qubits <= MAX_TILE_QUBITS:
+        return num_qubits
+    return num_qubits - 3 * -(-(num_qubits - MAX_TILE_QUBITS) // 3)
+
+
+def column_buffer_size(num_qubits: int) -> int:
+    """Length of each (real, imaginary) column buffer for ``num_qubits``."""
+    last = (1 << (num_qubits - tile_qubits(num_qubits))) - 1
+    return last * PITCH + PAD * ((last >> 3) + (last >> 9)) + COLUMN_WIDTH
+
+
+def mixer_factors(beta: float, num_qubits: int) -> tuple[float, float, int]:
+    """``(t, scale, rounds)``: ``RX(2 beta)^{(x) n} = scale * prod_q (1 - i t X_q)^rounds``."""
+    c = math.cos(beta)
+    if abs(c) >= HALF_ANGLE_BELOW:
+        return math.tan(beta), c**num_qubits, 1
+    half = 0.5 * beta
+    return math.tan(half), math.cos(half) ** (2 * num_qubits), 2
 
 
 def evolve_x(
@@ -166,29 +600,41 @@ def evolve_x(
     betas: list[float],
     num_qubits: int,
     want_energy: bool = False,
+    plus: bool = False,
 ) -> float:
     """Apply ``p`` layers in place to the state held as its real and imaginary parts (two
-    contiguous float64 arrays: unit-stride walks vectorise, strided views of a complex array
-    did not): layer ``k`` multiplies by ``phase_tables[k]`` (gathered through
-    ``level_index`` when given, else elementwise) and mixes with ``RX(2 betas[k])``.
+    contiguous float64 arrays of length ``2^n``, ``n >= MIN_TILE_QUBITS``): layer ``k``
+    multiplies by ``phase_tables[k]`` (gathered through ``level_index`` when given, else
+    elementwise) and mixes with ``RX(2 betas[k])``. ``plus``: the state is ``|+>^n`` and
+    ``re``/``im`` need not hold it (they are only written).
 
-    Returns the energy expectation ``<psi|E|psi>`` after the last layer when ``want_energy``
-    (computed in the last walk over the state), else ``nan``.
+    Returns the energy expectation ``<psi|E|psi>`` after the last layer when ``want_energy``,
+    else ``nan``. With ``want_energy`` the last layer's high-qubit walk sums the energy and
+    does not store the state, so ``re``/``im`` then hold no meaningful state (unless
+    ``n <= MAX_TILE_QUBITS``: no column walk).
     """
     n = num_qubits
-    t = min(n, TILE_QUBITS)
-    width = min(COLUMN_WIDTH, 1 << t)
-    bre = np.empty((1 << (n - t)) * width, dtype=np.float64)
-    bim = np.empty_like(bre)
+    if n < MIN_TILE_QUBITS:
+        raise ValueError(f"the fused kernel needs at least {MIN_TILE_QUBITS} qubits, got {n}")
+    tq = tile_qubits(n)
+    m = n - tq
+    size = column_buffer_size(n) if m else 1
+    br = np.empty(size, dtype=np.float64)
+    bi = np.empty(size, dtype=np.float64)
+    x = np.empty(SCRATCH, dtype=np.float64)
     use_index = level_index is not None
     index = level_index if level_index is not None else np.zeros(1, dtype=np.int32)
     energy = math.nan
+    amp0 = 1.0 / math.sqrt(float(1 << n))
     for layer, (table, beta) in enumerate(zip(phase_tables, betas, strict=True)):
-        c, s = math.cos(beta), math.sin(beta)
-        _low_pass(re, im, table, index, use_index, c, s, t)
+        t, scale, rounds = mixer_factors(beta, n)
+        first = plus and layer == 0
+        g = scale * amp0 if first else scale
+        _low_pass(re, im, table, index, use_index, first, g, t, rounds, x, tq)
         last = layer == len(betas) - 1
-        if n > t:
-            total = _high_pass(re, im, energies, c, s, n, t, width, bre, bim, want_energy and last)
+        if m:
+            sums = want_energy and last
+            total = _high_pass(re, im, energies, t, m, rounds, br, bi, sums, tq)
             if want_energy and last:
                 energy = float(total)
         elif want_energy and last:
@@ -207,18 +653,20 @@ def warm() -> None:
     first real evaluation in a fresh worker does not pay for it."""
     if not AVAILABLE:
         return
-    for n in (TILE_QUBITS, TILE_QUBITS + 1):
+    for n in (MIN_TILE_QUBITS, MIN_TILE_QUBITS + 1):
         re, im = plus_parts(n)
         energies = np.zeros(1 << n)
         for index in (np.zeros(1 << n, dtype=np.int32), None):
             table = np.ones(1 if index is not None else 1 << n, dtype=np.complex128)
-            evolve_x(
-                re,
-                im,
-                phase_tables=[table],
-                level_index=index,
-                energies=energies,
-                betas=[0.1],
-                num_qubits=n,
-                want_energy=True,
-            )
+            for plus in (True, False):
+                evolve_x(
+                    re,
+                    im,
+                    phase_tables=[table, table],
+                    level_index=index,
+                    energies=energies,
+                    betas=[0.1, 1.5],
+                    num_qubits=n,
+                    want_energy=True,
+                    plus=plus,
+                )
