@@ -34,6 +34,9 @@ from quantum_mesh.control.reservations import ReservationService
 from quantum_mesh.control.scheduler import WorkScheduler, WorkUnit
 from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
 from quantum_mesh.mesh.protocol import (
+    ENVELOPE_RESERVE,
+    ERR_RESERVATION_REFUSED,
+    FEATURE_INLINE_RESERVE,
     METHOD_COMMIT,
     METHOD_PING,
     METHOD_RELEASE,
@@ -78,6 +81,8 @@ class FakeNode:
     always: BaseException | None = None
     #: Answer ``reserve`` without committing, so the coordinator must send ``commit``.
     legacy_commit: bool = False
+    #: Advertise ``inline_reserve``: take a reservation with the work (``ENVELOPE_RESERVE``).
+    inline: bool = False
     #: A dead node: every call fails with PeerUnreachable.
     dead: bool = False
     #: Work calls of ``hold`` wait for this event.
@@ -112,6 +117,7 @@ class FakeNode:
             "availability": "AVAILABLE",
             "workers": self.workers,
             "listen_addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{self.peer_id}"],
+            "features": [FEATURE_INLINE_RESERVE] if self.inline else [],
         }
 
 
@@ -196,9 +202,15 @@ class FakeMesh:
         node.max_occupancy = max(node.max_occupancy, node.occupancy)
         return {"accepted": True, "committed": commit, "reason": None}
 
-    @staticmethod
-    async def _work(node: FakeNode, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    @classmethod
+    async def _work(cls, node: FakeNode, method: str, params: dict[str, Any]) -> dict[str, Any]:
         rid = params.get("reservation_id")
+        inline = params.get(ENVELOPE_RESERVE)
+        if inline is not None:  # as the real node: reserve and commit, or refuse unrun
+            assert node.inline, "an inline reservation sent to a node that never offered it"
+            answer = cls._reserve(node, {**inline, "reservation_id": rid, "commit": True})
+            if not answer["accepted"]:
+                raise RemoteError(ERR_RESERVATION_REFUSED, str(answer["reason"]))
         if node.reserved.pop(rid, None) is None:  # the real node consumes it on arrival
             node.unreserved_work += 1
         node.in_flight += 1

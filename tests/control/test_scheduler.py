@@ -363,6 +363,69 @@ async def test_exactly_once_with_setbacks_on_the_way(control: MakeControl) -> No
     assert b.script == [] and b.reserved == {}
 
 
+async def test_inline_reservations_take_one_round_trip_and_keep_every_record(
+    control: MakeControl,
+) -> None:
+    """Nodes advertising ``inline_reserve`` get each unit's reservation with its work: no
+    ``reserve`` call, yet the same records as negotiating first, setbacks included."""
+    c = await control(max_unit_attempts=3)
+    a = c.add_node("A", workers=1, inline=True, refuse_first=2)
+    b = c.add_node(
+        "B",
+        workers=1,
+        inline=True,
+        script=[RemoteError("handler_error", "flaky"), PeerUnreachable("reset")],
+    )
+    units = [unit("job-1", f"u{i}", preferred=("A", "B")) for i in range(8)]
+
+    outcomes = await asyncio.wait_for(c.scheduler.run_many(units), timeout=15)
+    await c.db.flush()  # the negotiation records are queued behind the replies
+
+    assert c.mesh.calls_of("reserve") == [] and c.mesh.calls_of("commit") == []
+    assert all("reserve" in call.params for call in c.mesh.work_calls())
+    # A refused reservation ran nothing; every unit ran once where it succeeded.
+    assert a.scripted_refusals == 2
+    assert len(a.executed) + len(b.executed) == len(units)
+    async with c.db.transaction() as session:
+        events = await repo.list_events(session, job_id="job-1")
+        rows = list((await session.execute(select(Reservation))).scalars())
+        trail = list(
+            (await session.execute(select(ReservationEvent).order_by(ReservationEvent.seq)))
+            .scalars()
+            .all()
+        )
+    assert event_counts(events, "unit_completed") == {u.unit_id: 1 for u in units}
+    status_of = {r.reservation_id: r.status for r in rows}
+    for o in outcomes:
+        assert status_of[o.reservation_id] == ReservationStatus.EXECUTED
+    statuses = list(status_of.values())
+    assert statuses.count(ReservationStatus.REJECTED) == 2  # the two saturated refusals
+    assert statuses.count(ReservationStatus.CANCELED) == 1  # the lost connection
+    assert statuses.count(ReservationStatus.EXECUTED) == len(units) + 1  # + the handler error
+    expected_trail = {
+        ReservationStatus.REJECTED: ["REQUESTED", "REJECTED"],
+        ReservationStatus.CANCELED: ["REQUESTED", "PREPARED", "COMMITTED", "CANCELED"],
+        ReservationStatus.EXECUTED: ["REQUESTED", "PREPARED", "COMMITTED", "EXECUTED"],
+    }
+    for r in rows:
+        steps = [e.status for e in trail if e.reservation_id == r.reservation_id]
+        assert steps == expected_trail[ReservationStatus(r.status)], r.status
+    # Attempts are executions (the refusals are counted apart), each with its start event.
+    assert sum(o.attempts for o in outcomes) == len(units) + 2
+    assert sum(o.refusals for o in outcomes) == 2
+    assert event_counts(events, "attempt_started").total() == len(units) + 2
+    assert event_counts(events, "reservation_rejected").total() == 2
+    assert b.script == [] and a.reserved == {} and b.reserved == {}
+
+
+async def test_inline_reservations_can_be_turned_off(control: MakeControl) -> None:
+    c = await control(inline_reservations=False)
+    c.add_node("A", inline=True)
+    await asyncio.wait_for(c.scheduler.run(unit("job-1", "u0")), timeout=5)
+    assert len(c.mesh.calls_of("reserve")) == 1
+    assert "reserve" not in c.mesh.work_calls()[0].params
+
+
 async def test_settled_with_the_callers_record(control: MakeControl) -> None:
     """A unit settled with its caller's record stays COMMITTED until that write commits,
     then EXECUTED in it; a result nobody waits for any more is settled by the scheduler."""

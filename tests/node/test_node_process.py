@@ -61,6 +61,48 @@ async def test_node_joins_advertises_serves_and_drains(
     assert heard.from_peer(node.peer_id)[-1].availability == "DRAINING"
 
 
+async def test_a_work_call_carries_its_reservation(
+    coordinator: tuple[MeshBridge, Heard], start_node: Any
+) -> None:
+    """``inline_reserve``: the reservation travels with the work; a refused one runs nothing."""
+    mesh, heard = coordinator
+    node = await start_node(mesh.listen_addrs[0], "--workers", "1")
+    advert = (await wait_for(lambda: heard.from_peer(node.peer_id), what="an advert"))[0]
+    assert "inline_reserve" in advert.features
+
+    ask = {"service_type": "cnot", "min_fidelity": 0.9, "ttl_s": 5}
+    echoed = await mesh.invoke(
+        node.peer_id, "echo", {"x": 1, "reservation_id": "i1", "reserve": ask}, timeout=WAIT_S
+    )
+    assert echoed["params"] == {"x": 1}  # the handler sees its own payload only
+    status = await mesh.invoke(node.peer_id, "node_status", {}, timeout=5)
+    assert status["reservations"] == 0  # granted, committed and consumed by that call
+
+    for bad_ask, code in [
+        ({**ask, "min_fidelity": 0.999}, "reservation_refused"),
+        ({**ask, "service_type": "no_such_service"}, "reservation_refused"),
+        ({**ask, "ttl_s": "long"}, "bad_request"),
+        ("cnot", "bad_request"),
+    ]:
+        with pytest.raises(RemoteError) as refused:
+            await mesh.invoke(
+                node.peer_id,
+                "debug_sleep",
+                {"seconds": 5, "reservation_id": "i2", "reserve": bad_ask},
+                timeout=2,  # a refusal is answered at once: the 5 s sleep never ran
+            )
+        assert refused.value.code == code, bad_ask
+    assert refused.value.code == "bad_request"
+    with pytest.raises(RemoteError) as low:
+        await mesh.invoke(
+            node.peer_id,
+            "echo",
+            {"reservation_id": "i3", "reserve": {**ask, "min_fidelity": 0.999}},
+            timeout=5,
+        )
+    assert low.value.message == "fidelity_below_minimum"
+
+
 async def test_killing_a_node_mid_invoke_fails_fast(
     coordinator: tuple[MeshBridge, Heard], start_node: Any
 ) -> None:

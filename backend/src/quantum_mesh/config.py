@@ -188,6 +188,9 @@ class Settings(BaseSettings):
     max_write_backlog: int = Field(default=500, ge=1)
     #: A unit of mesh work fails after this many executions that failed with real errors.
     max_unit_attempts: int = Field(default=4, ge=1)
+    #: Send a unit's reservation with its work to nodes that take one (``inline_reserve``):
+    #: one round trip per unit instead of two. Off: every unit negotiates first.
+    inline_reservations: bool = True
     #: Longest a unit waits for a node with a free slot (busy/restarting nodes mean wait).
     unit_deadline_s: float = Field(default=600.0, gt=0)
     #: Longest a unit waits when no known node offers its service at all.

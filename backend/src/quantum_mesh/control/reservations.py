@@ -32,7 +32,13 @@ from quantum_mesh.control.states import (
 from quantum_mesh.errors import Conflict, InvalidInput, NoCapacity, NotFound, QuotaExceeded
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import MeshError, RemoteError
-from quantum_mesh.mesh.protocol import METHOD_COMMIT, METHOD_RELEASE, METHOD_RESERVE
+from quantum_mesh.mesh.protocol import (
+    ENVELOPE_RESERVATION_ID,
+    ENVELOPE_RESERVE,
+    METHOD_COMMIT,
+    METHOD_RELEASE,
+    METHOD_RESERVE,
+)
 from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.prepared import Prepared
 from quantum_mesh.store.tables import Reservation, ReservationEvent, utcnow
@@ -190,6 +196,71 @@ class Negotiation:
         return cls(reservation_id=reservation_id, granted=granted, recorded=done)
 
 
+def _requested(
+    *,
+    reservation_id: str,
+    service_type: str,
+    node_id: str,
+    job_id: str | None,
+    fragment_id: str | None,
+    min_fidelity: float | None,
+    ttl_s: float,
+    expires_at: datetime,
+    owner: str | None = None,
+) -> tuple[Reservation, list[dict[str, Any]]]:
+    """A new reservation row, REQUESTED, and its first event."""
+    now = utcnow()
+    r = Reservation(
+        reservation_id=reservation_id,
+        service_type=service_type,
+        node_id=node_id,
+        job_id=job_id,
+        fragment_id=fragment_id,
+        min_fidelity=min_fidelity,
+        status=ReservationStatus.REQUESTED.value,
+        reason=None,
+        expires_at=expires_at,
+        created_at=now,
+        updated_at=now,
+        owner=owner,
+    )
+    event = {
+        "reservation_id": reservation_id,
+        "status": ReservationStatus.REQUESTED.value,
+        "node_id": node_id,
+        "payload": {"service_type": service_type, "ttl_s": ttl_s, "job_id": job_id},
+        "at": now,
+    }
+    return r, [event]
+
+
+@dataclass(frozen=True)
+class InlineReservation:
+    """A reservation asked for with the work itself (``ENVELOPE_RESERVE``, to nodes that
+    advertise ``FEATURE_INLINE_RESERVE``): one round trip instead of a ``reserve`` and then
+    the work. Nothing is written before the node answers; :meth:`ReservationService.
+    record_inline` then queues the whole negotiation, granted or refused, as one write."""
+
+    reservation_id: str
+    service_type: str
+    node_id: str
+    min_fidelity: float | None
+    ttl_s: float
+    job_id: str | None
+    fragment_id: str | None
+    expires_at: datetime
+
+    def envelope(self) -> dict[str, Any]:
+        return {
+            ENVELOPE_RESERVATION_ID: self.reservation_id,
+            ENVELOPE_RESERVE: {
+                "service_type": self.service_type,
+                "min_fidelity": self.min_fidelity,
+                "ttl_s": self.ttl_s,
+            },
+        }
+
+
 def _retrieve_error(task: asyncio.Future[Any]) -> None:
     # Whoever holds the grant awaits it; this only keeps an abandoned one from being
     # reported as "exception never retrieved".
@@ -337,29 +408,17 @@ class ReservationService:
         def requested(session: Session) -> tuple[Reservation, list[dict[str, Any]]]:
             if owner is not None and max_active:
                 _check_reservation_quota(session, owner, max_active)
-            now = utcnow()
-            r = Reservation(
+            return _requested(
                 reservation_id=reservation_id,
                 service_type=service_type,
                 node_id=node_id,
                 job_id=job_id,
                 fragment_id=fragment_id,
                 min_fidelity=min_fidelity,
-                status=ReservationStatus.REQUESTED.value,
-                reason=None,
+                ttl_s=ttl_s,
                 expires_at=expires_at,
-                created_at=now,
-                updated_at=now,
                 owner=owner,
             )
-            event = {
-                "reservation_id": reservation_id,
-                "status": ReservationStatus.REQUESTED.value,
-                "node_id": node_id,
-                "payload": {"service_type": service_type, "ttl_s": ttl_s, "job_id": job_id},
-                "at": now,
-            }
-            return r, [event]
 
         def requested_alone(session: Session) -> Reservation:
             r, events = requested(session)
@@ -427,6 +486,84 @@ class ReservationService:
         recorded = asyncio.ensure_future(move(path, job_event=job_event, also=also))
         recorded.add_done_callback(_retrieve_error)
         return Negotiation(reservation_id=reservation_id, granted=True, recorded=recorded)
+
+    def inline(
+        self,
+        *,
+        service_type: str,
+        node_id: str,
+        min_fidelity: float | None,
+        job_id: str | None,
+        fragment_id: str | None,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> InlineReservation:
+        """A reservation to send with the work (the scheduler's, for nodes that take one)."""
+        return InlineReservation(
+            reservation_id=str(uuid.uuid4()),
+            service_type=service_type,
+            node_id=node_id,
+            min_fidelity=min_fidelity,
+            ttl_s=ttl_s,
+            job_id=job_id,
+            fragment_id=fragment_id,
+            expires_at=datetime.now(UTC) + timedelta(seconds=ttl_s),
+        )
+
+    def record_inline(
+        self,
+        ask: InlineReservation,
+        *,
+        refused: str | None,
+        started_event: dict[str, Any] | None = None,
+    ) -> None:
+        """Queue the record of an inline negotiation once the node has answered: REQUESTED,
+        then REJECTED (``refused``: the node's reason) or PREPARED and COMMITTED with the
+        job's ``attempt_started`` event. Queued behind (``Database.write_behind``), not
+        waited for: the writer commits in order, so it is durable before the unit's own
+        record (its settlement, queued after it) and before the job's next state change."""
+        path = (
+            [ReservationStatus.REJECTED]
+            if refused is not None
+            else [ReservationStatus.PREPARED, ReservationStatus.COMMITTED]
+        )
+        job_event: dict[str, Any] | None = None
+        if refused is None and started_event is not None and ask.job_id is not None:
+            job_event = {
+                "job_id": ask.job_id,
+                "event_type": "attempt_started",
+                "fragment_id": ask.fragment_id,
+                "node_id": ask.node_id,
+                "payload": {**started_event, "reservation_id": ask.reservation_id},
+            }
+
+        def op(session: Session) -> None:
+            r, events = _requested(
+                reservation_id=ask.reservation_id,
+                service_type=ask.service_type,
+                node_id=ask.node_id,
+                job_id=ask.job_id,
+                fragment_id=ask.fragment_id,
+                min_fidelity=ask.min_fidelity,
+                ttl_s=ask.ttl_s,
+                expires_at=ask.expires_at,
+            )
+            for to in path:
+                _advance(r, to, refused, events)
+            _store(session, r, events, insert_row=True)
+            if job_event is not None:
+                repo.append_event(session, **job_event)
+
+        def committed() -> None:
+            for to in [ReservationStatus.REQUESTED, *path]:
+                self.journal.record(
+                    f"reservation.{to.value.lower()}",
+                    reservation_id=ask.reservation_id,
+                    node_id=ask.node_id,
+                    job_id=ask.job_id,
+                    reason=refused,
+                )
+
+        self.db.write_behind(op, then=committed)
 
     async def _ask_node(
         self,

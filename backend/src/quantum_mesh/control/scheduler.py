@@ -44,6 +44,8 @@ from quantum_mesh.mesh.protocol import (
     ENVELOPE_JOB_ID,
     ENVELOPE_RESERVATION_ID,
     ENVELOPE_UNIT_ID,
+    ERR_RESERVATION_REFUSED,
+    FEATURE_INLINE_RESERVE,
     NON_RETRYABLE_CODES,
 )
 from quantum_mesh.node.reservations import SLOTS_PER_WORKER
@@ -444,44 +446,53 @@ class WorkScheduler:
             also = None if self.starts is None else self.starts.write(unit.job_id)
         except Exception as exc:  # the job has ended: reserve nothing
             return exc
-        negotiation = await self.reservations.negotiate(
-            service_type=unit.service_type,
-            node_id=node_id,
-            min_fidelity=unit.min_fidelity,
-            job_id=unit.job_id,
-            fragment_id=unit.unit_id,
-            started_event={
-                "unit_id": unit.unit_id,
-                "method": unit.method,
-                "queued_s": round(ticket.queued_s, 6),
-            },
-            also=also,
-            early=True,
-        )
-        if not negotiation.granted:
-            reservation, _ = await negotiation.recorded
-            reason = reservation.reason or "refused"
-            ticket.refusals += 1
-            busy = reason in BUSY_REASONS
-            self._pause(node_id, BUSY_PAUSE_S if busy else UNREACHABLE_PAUSE_S)
-            if not busy:
-                ticket.failed_on[node_id] = ticket.failed_on.get(node_id, 0) + 1
-            await self._setback(
-                ticket,
-                "reservation_rejected",
+        started_event = {
+            "unit_id": unit.unit_id,
+            "method": unit.method,
+            "queued_s": round(ticket.queued_s, 6),
+        }
+        # A unit whose record needs nothing first (the job is past RESERVING, the record is
+        # not its wave's) takes its reservation along to a node that takes one: one round
+        # trip, the negotiation recorded once the node has answered.
+        ask = (
+            self.reservations.inline(
+                service_type=unit.service_type,
                 node_id=node_id,
-                attempt=None,
-                outcome="reservation_rejected",
-                reason=reason,
-                reservation_id=reservation.reservation_id,
+                min_fidelity=unit.min_fidelity,
+                job_id=unit.job_id,
+                fragment_id=unit.unit_id,
             )
-            return None
-        reservation_id = negotiation.reservation_id
+            if also is None and not unit.settle_with_record and self._takes_inline(node_id)
+            else None
+        )
+        negotiation = None
+        if ask is None:
+            negotiation = await self.reservations.negotiate(
+                service_type=unit.service_type,
+                node_id=node_id,
+                min_fidelity=unit.min_fidelity,
+                job_id=unit.job_id,
+                fragment_id=unit.unit_id,
+                started_event=started_event,
+                also=also,
+                early=True,
+            )
+            if not negotiation.granted:
+                reservation, _ = await negotiation.recorded
+                await self._refused(
+                    ticket, node_id, reservation.reason or "refused", reservation.reservation_id
+                )
+                return None
+            reservation_id = negotiation.reservation_id
+            envelope: dict[str, Any] = {ENVELOPE_RESERVATION_ID: reservation_id}
+        else:
+            reservation_id = ask.reservation_id
+            envelope = ask.envelope()
         ticket.attempts += 1
         t0 = time.perf_counter()
         payload = {
             **unit.params,
-            ENVELOPE_RESERVATION_ID: reservation_id,
+            **envelope,
             ENVELOPE_UNIT_ID: unit.unit_id,
             ENVELOPE_JOB_ID: unit.job_id,
         }
@@ -502,8 +513,15 @@ class WorkScheduler:
         # The node's round trip alone: what follows waits for the reservation's commit.
         seconds = time.perf_counter() - t0
         slot.free()
+        if ask is not None:
+            if isinstance(failure, RemoteError) and failure.code == ERR_RESERVATION_REFUSED:
+                ticket.attempts -= 1  # it never ran
+                self.reservations.record_inline(ask, refused=failure.message)
+                await self._refused(ticket, node_id, failure.message, reservation_id)
+                return None
+            self.reservations.record_inline(ask, refused=None, started_event=started_event)
         try:
-            _, written = await negotiation.recorded
+            written = None if negotiation is None else (await negotiation.recorded)[1]
             if self.starts is not None:
                 await self.starts.started(unit.job_id, written)
         except Exception as ended:  # the job ended meanwhile: whatever the node did is unused
@@ -614,6 +632,34 @@ class WorkScheduler:
             )
             self.db.write_behind(settlement.write, then=settlement.committed)
         return outcome
+
+    def _takes_inline(self, node_id: str) -> bool:
+        features = self.registry.advert_of(node_id).get("features")
+        return (
+            self.settings.inline_reservations
+            and isinstance(features, list)
+            and FEATURE_INLINE_RESERVE in features
+        )
+
+    async def _refused(
+        self, ticket: _Ticket, node_id: str, reason: str, reservation_id: str
+    ) -> None:
+        """The node refused the unit's reservation: wait (busy) or try elsewhere, no attempt
+        counted; the unit goes back to the queue."""
+        ticket.refusals += 1
+        busy = reason in BUSY_REASONS
+        self._pause(node_id, BUSY_PAUSE_S if busy else UNREACHABLE_PAUSE_S)
+        if not busy:
+            ticket.failed_on[node_id] = ticket.failed_on.get(node_id, 0) + 1
+        await self._setback(
+            ticket,
+            "reservation_rejected",
+            node_id=node_id,
+            attempt=None,
+            outcome="reservation_rejected",
+            reason=reason,
+            reservation_id=reservation_id,
+        )
 
     @staticmethod
     def _completion_event(unit: WorkUnit, outcome: UnitOutcome) -> dict[str, Any]:

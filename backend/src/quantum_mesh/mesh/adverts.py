@@ -52,6 +52,9 @@ class Advert(BaseModel):
     #: Round trips (ms) this node measured to other nodes (``node/links.py``); empty from a
     #: node that measures none (and from nodes older than the field).
     links: dict[str, float] = Field(default_factory=dict, max_length=16)
+    #: Optional protocol features this node serves (``protocol.NODE_FEATURES``); empty from
+    #: nodes older than the field.
+    features: list[str] = Field(default_factory=list, max_length=16)
 
 
 def encode_advert(advert: Advert) -> bytes:

@@ -72,6 +72,9 @@ ERR_BUSY: Final = "busy"
 ERR_FRAME_TOO_LARGE: Final = "frame_too_large"
 ERR_PROTOCOL: Final = "protocol_error"
 ERR_WORKER_CRASHED: Final = "worker_crashed"
+#: A work call's inline reservation (``ENVELOPE_RESERVE``) was refused; the message is the
+#: refusal's reason (``REASON_*``), and the work was not run.
+ERR_RESERVATION_REFUSED: Final = "reservation_refused"
 #: A host refuses streams from peers it does not serve (the coordinator: peers not enrolled
 #: and approved; a node: anyone but its coordinator and allowed peers), before reading them.
 ERR_NOT_ENROLLED: Final = "not_enrolled"
@@ -90,7 +93,17 @@ BUSY_CODES: Final = frozenset({ERR_BUSY})
 ENVELOPE_RESERVATION_ID: Final = "reservation_id"
 ENVELOPE_UNIT_ID: Final = "unit_id"
 ENVELOPE_JOB_ID: Final = "coordinator_job_id"
-ENVELOPE_KEYS: Final = frozenset({ENVELOPE_RESERVATION_ID, ENVELOPE_UNIT_ID, ENVELOPE_JOB_ID})
+#: ``{"service_type", "min_fidelity"?, "ttl_s"?}``: reserve (and commit) ``reservation_id`` with
+#: the work itself, one round trip instead of two; only sent to nodes advertising
+#: ``FEATURE_INLINE_RESERVE``.
+ENVELOPE_RESERVE: Final = "reserve"
+ENVELOPE_KEYS: Final = frozenset(
+    {ENVELOPE_RESERVATION_ID, ENVELOPE_UNIT_ID, ENVELOPE_JOB_ID, ENVELOPE_RESERVE}
+)
+
+# --- node features (``Advert.features``): what a caller may rely on beyond protocol 1 ---------
+FEATURE_INLINE_RESERVE: Final = "inline_reserve"
+NODE_FEATURES: Final[tuple[str, ...]] = (FEATURE_INLINE_RESERVE,)
 
 # --- methods ----------------------------------------------------------------------------------
 # Answered on the node's network loop (``node/service.py``).

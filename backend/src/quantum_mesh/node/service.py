@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from quantum_mesh.mesh.protocol import (
     ENVELOPE_JOB_ID,
     ENVELOPE_KEYS,
     ENVELOPE_RESERVATION_ID,
+    ENVELOPE_RESERVE,
     ENVELOPE_UNIT_ID,
     ERR_BAD_REQUEST,
     ERR_BUSY,
+    ERR_RESERVATION_REFUSED,
     ERR_UNKNOWN_METHOD,
     MAX_STREAMS_PER_PEER,
     METHOD_COMMIT,
@@ -52,6 +55,7 @@ from quantum_mesh.mesh.protocol import (
     METHOD_PING,
     METHOD_RELEASE,
     METHOD_RESERVE,
+    NODE_FEATURES,
     REASON_SATURATED,
 )
 from quantum_mesh.node import handlers
@@ -368,6 +372,7 @@ class NodeService:
             sent_at=time.time(),
             seq=self._seq,
             links=self.links.links(),
+            features=list(NODE_FEATURES),
         )
 
     async def _publish_advert(self) -> None:
@@ -410,21 +415,18 @@ class NodeService:
             if request.method in RESERVATION_METHODS:
                 # A reservation step is answered only once its record is on disk; the fsync
                 # runs on the log's writer thread, shared with every concurrent record.
-                params = request.params
-                await settled(
-                    self.peer_log.record(
-                        f"reservation.{request.method}",
-                        reservation_id=params.get("reservation_id"),
-                        service_type=params.get("service_type"),
-                        **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
-                    )
-                )
+                await settled(self._log_reservation(request.method, request.params, result))
             return result
         if request.method not in handlers.METHODS:
             raise RemoteError(ERR_UNKNOWN_METHOD, f"unknown method {request.method!r}")
         envelope = {k: v for k, v in request.params.items() if k in ENVELOPE_KEYS}
         params = {k: v for k, v in request.params.items() if k not in ENVELOPE_KEYS}
         reservation_id = envelope.get(ENVELOPE_RESERVATION_ID)
+        reserved = (
+            None
+            if ENVELOPE_RESERVE not in envelope
+            else await self._reserve_inline(reservation_id, envelope[ENVELOPE_RESERVE])
+        )
         if isinstance(reservation_id, str):
             self.book.consume(reservation_id=reservation_id)
         try:
@@ -446,6 +448,8 @@ class NodeService:
         finally:
             self._set_in_flight(-1)
             self._inbound.release()
+        if reserved is not None:  # the grant is on disk before the caller hears of it
+            await settled(reserved)
         # An audit record, not a state change the caller relies on: the reply does not wait
         # for its fsync (the coordinator persists the result itself before acknowledging).
         self.peer_log.record(
@@ -463,6 +467,32 @@ class NodeService:
             return payload
         code, message = payload
         raise RemoteError(str(code), str(message))
+
+    def _log_reservation(
+        self, method: str, params: dict[str, Any], result: dict[str, Any]
+    ) -> Future[Any]:
+        return self.peer_log.record(
+            f"reservation.{method}",
+            reservation_id=params.get("reservation_id"),
+            service_type=params.get("service_type"),
+            **{k: v for k, v in result.items() if k in _LOGGED_RESERVATION_FIELDS},
+        )
+
+    async def _reserve_inline(self, reservation_id: Any, reserve: Any) -> Future[Any]:
+        """The reservation a work call carries (``ENVELOPE_RESERVE``), reserved and committed
+        as a ``reserve`` with ``"commit": true`` is, before the work runs: one round trip
+        instead of two. A refusal is answered (``reservation_refused``, the work not run)
+        once its record is on disk, as a ``reserve`` is; a grant's record is written while
+        the work runs, and the reply waits for it. Returns the grant's record."""
+        if not isinstance(reserve, dict):
+            raise RemoteError(ERR_BAD_REQUEST, f"{ENVELOPE_RESERVE} must be an object")
+        params = {**reserve, "reservation_id": reservation_id, "commit": True}
+        result = self._inline(METHOD_RESERVE, params)
+        record = self._log_reservation(METHOD_RESERVE, params, result)
+        if not result.get("accepted"):
+            await settled(record)
+            raise RemoteError(ERR_RESERVATION_REFUSED, str(result.get("reason") or "refused"))
+        return record
 
     def _reply_spill_limit(self, request: codec.Request) -> int | None:
         """Bytes of arrays the reply may leave in shared memory: only for a caller that
