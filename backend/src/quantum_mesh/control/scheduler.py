@@ -531,16 +531,7 @@ class WorkScheduler:
             await self._settle(reservation_id, failure, reason=failure.code)
             if failure.code in BUSY_CODES:
                 ticket.attempts -= 1  # it never ran
-                ticket.refusals += 1
-                self._pause(node_id, BUSY_PAUSE_S)
-                await self._setback(
-                    ticket,
-                    "reservation_rejected",
-                    node_id=node_id,
-                    attempt=None,
-                    outcome="reservation_rejected",
-                    reason=failure.code,
-                )
+                await self._refused(ticket, node_id, failure.code, reservation_id, busy=True)
                 return None
             self.registry.record_outcome(node_id, ok=False)
             await self._setback(
@@ -642,12 +633,18 @@ class WorkScheduler:
         )
 
     async def _refused(
-        self, ticket: _Ticket, node_id: str, reason: str, reservation_id: str
+        self,
+        ticket: _Ticket,
+        node_id: str,
+        reason: str,
+        reservation_id: str,
+        *,
+        busy: bool | None = None,
     ) -> None:
-        """The node refused the unit's reservation: wait (busy) or try elsewhere, no attempt
-        counted; the unit goes back to the queue."""
+        """The node refused the unit (its reservation, or the work as ``busy``): wait (busy)
+        or try elsewhere, no attempt counted; the unit goes back to the queue."""
         ticket.refusals += 1
-        busy = reason in BUSY_REASONS
+        busy = reason in BUSY_REASONS if busy is None else busy
         self._pause(node_id, BUSY_PAUSE_S if busy else UNREACHABLE_PAUSE_S)
         if not busy:
             ticket.failed_on[node_id] = ticket.failed_on.get(node_id, 0) + 1
