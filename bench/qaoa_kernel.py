@@ -11,6 +11,7 @@ One OpenMP / OpenBLAS thread everywhere.
 
     .venv/bin/python bench/qaoa_kernel.py            # n = 16, 20, 22, 24; p = 1, 2
     .venv/bin/python bench/qaoa_kernel.py --quick    # n = 16, 20, 22
+    .venv/bin/python bench/qaoa_kernel.py --sizes 20 22 24 --ps 1   # any n and p
 """
 
 from __future__ import annotations
@@ -136,9 +137,13 @@ def bench_case(n: int, p: int, *, aer_repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="n = 16, 20 only")
+    parser.add_argument("--quick", action="store_true", help="n = 16, 20, 22 only")
+    parser.add_argument("--sizes", type=int, nargs="+", help="qubit counts (overrides --quick)")
+    parser.add_argument("--ps", type=int, nargs="+", default=[1, 2], help="layer counts (1, 2)")
     args = parser.parse_args()
-    sizes = [16, 20, 22] if args.quick else [16, 20, 22, 24]
+    sizes = args.sizes or ([16, 20, 22] if args.quick else [16, 20, 22, 24])
+    if not all(1 <= p <= 2 for p in args.ps):
+        parser.error("--ps takes 1 and/or 2")
     print(f"fused kernel available: {kernel.AVAILABLE}")
     header = (
         f"{'n':>3} {'p':>2} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
@@ -149,7 +154,7 @@ def main() -> None:
     print("-" * len(header))
     worst = 0.0
     for n in sizes:
-        for p in (1, 2):
+        for p in args.ps:
             row = bench_case(n, p, aer_repeats=3 if n <= 20 else 1)
             worst = max(worst, row["max_abs_diff"])
             print(

@@ -204,10 +204,11 @@ def test_the_fused_kernel_matches_aer_at_any_angle(n: int, betas: list[float]) -
     assert abs(engine.qaoa_expectation(cost, gammas=gammas, betas=betas) - exact) < 1e-9
 
 
-@pytest.mark.parametrize("n", [13, 16, 19, 20])
+@pytest.mark.parametrize("n", [13, 16, 18, 19, 20, 21])
 def test_the_fused_kernel_matches_the_numpy_path(n: int) -> None:
-    """Tiles of 13 to 16 qubits, column walks of 0, 3 and 6 (the numpy path is checked against
-    Aer above): energies and states, from |+> and from another state."""
+    """Tiles of 13 to 16 qubits, column walks of 0 and 4 to 7 qubits (whole and partial
+    groups of 3; the numpy path is checked against Aer above): energies and states, from |+>
+    and from another state."""
     from quantum_mesh.quantum.qaoa import kernel
     from quantum_mesh.quantum.qaoa.problems import qubo_energies
 

@@ -63,20 +63,22 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 #: ``tile_qubits``.
 MIN_TILE_QUBITS = 12
 MAX_TILE_QUBITS = 16
+#: Smallest tile once the state needs a column walk (see ``tile_qubits``).
+TILE_QUBITS_FROM = 14
 #: The tile is walked in chunks of 2^9 amplitudes.
 CHUNK = 512
 #: Scratch padding: amplitude ``i`` of a tile sits at ``i + PAD * (i//2^9 + i//2^15)``, and
-#: column-buffer row ``h`` starts at ``h * PITCH + PAD * (h//8 + h//512)``: rows of a
+#: column-buffer row ``h`` starts at ``h * (width + PAD) + PAD * (h//8 + h//512)``: rows of a
 #: butterfly group a power-of-two multiple of 4 KiB apart fall into one L1 set and evict each
 #: other (measured: 3-7x slower); padded, no group's rows are.
 PAD = 8
 #: Offset of the imaginary parts in the scratch tile (6 cache lines off the real parts' sets).
 TILE_IM = (1 << MAX_TILE_QUBITS) + PAD * ((1 << (MAX_TILE_QUBITS - 9)) + 2) + 32
 SCRATCH = 2 * TILE_IM
-#: Consecutive low indices gathered per column walk (with 2^(n - tile qubits) high ones each).
+#: Consecutive low indices gathered per column walk (with 2^m high ones each): runs of 4 KiB,
+#: which the prefetchers follow (n = 22: 64-wide columns took 2x as long; n = 24, m = 9: 512
+#: wide 110 ms against 136 ms at 128, though the buffer is then 4 MiB, twice L2).
 COLUMN_WIDTH = 512
-#: Column-buffer row pitch (padded like the scratch tile, see ``PAD``).
-PITCH = COLUMN_WIDTH + 8
 #: Below this |cos(beta)| the layer mixes with two half angles: ``tan(beta)^n`` and
 #: ``cos(beta)^n`` stay far inside the float64 range (1e3^26 = 1e78).
 HALF_ANGLE_BELOW = 1e-3
@@ -183,39 +185,41 @@ def _rows_out(y: Any, off: int, s: int, dr: Any, di: Any, ds: int, width: int, t
         di[k + 4 * ds], di[k + 5 * ds], di[k + 6 * ds], di[k + 7 * ds] = i4, i5, i6, i7
 
 
-def _cols(yr: Any, yi: Any, s: int, t: float) -> None:
-    """Three qubits on rows ``k + j s`` of the column buffer (``k < COLUMN_WIDTH``)."""
-    for k in range(COLUMN_WIDTH):
-        r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
-            yr[k],
-            yr[k + s],
-            yr[k + 2 * s],
-            yr[k + 3 * s],
-            yr[k + 4 * s],
-            yr[k + 5 * s],
-            yr[k + 6 * s],
-            yr[k + 7 * s],
-            yi[k],
-            yi[k + s],
-            yi[k + 2 * s],
-            yi[k + 3 * s],
-            yi[k + 4 * s],
-            yi[k + 5 * s],
-            yi[k + 6 * s],
-            yi[k + 7 * s],
-            t,
-        )
-        yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s] = r0, r1, r2, r3
-        yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s] = r4, r5, r6, r7
-        yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s] = i0, i1, i2, i3
-        yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s] = i4, i5, i6, i7
+def _cols(yr: Any, yi: Any, s: int, w: int, count: int, t: float) -> None:
+    """``count`` (1-3) qubits on rows ``k + j s`` of the column buffer (``k < w``)."""
+    if count == 3:
+        for k in range(w):
+            r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
+                yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s],
+                yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s],
+                yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s],
+                yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s],
+                t,
+            )  # fmt: skip
+            yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s] = r0, r1, r2, r3
+            yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s] = r4, r5, r6, r7
+            yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s] = i0, i1, i2, i3
+            yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s] = i4, i5, i6, i7
+    elif count == 2:
+        for k in range(w):
+            r0, r1, r2, r3, i0, i1, i2, i3 = _quad(
+                yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s],
+                yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s],
+                t,
+            )  # fmt: skip
+            yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s] = r0, r1, r2, r3
+            yi[k], yi[k + s], yi[k + 2 * s], yi[k + 3 * s] = i0, i1, i2, i3
+    else:
+        for k in range(w):
+            r0, i0, r1, i1 = _bf(yr[k], yi[k], yr[k + s], yi[k + s], t)
+            yr[k], yi[k], yr[k + s], yi[k + s] = r0, i0, r1, i1
 
 
-def _cols_in(sr: Any, si: Any, ss: int, yr: Any, yi: Any, t: float) -> None:
-    """:func:`_cols` on rows ``ss`` apart in ``sr``/``si``, stored ``COLUMN_WIDTH`` apart in
+def _cols_in(sr: Any, si: Any, ss: int, yr: Any, yi: Any, w: int, t: float) -> None:
+    """Three qubits on rows ``ss`` apart in ``sr``/``si``, stored a row pitch apart in
     ``yr``/``yi``."""
-    s = PITCH
-    for k in range(COLUMN_WIDTH):
+    s = w + PAD
+    for k in range(w):
         r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
             sr[k], sr[k + ss], sr[k + 2 * ss], sr[k + 3 * ss],
             sr[k + 4 * ss], sr[k + 5 * ss], sr[k + 6 * ss], sr[k + 7 * ss],
@@ -229,11 +233,11 @@ def _cols_in(sr: Any, si: Any, ss: int, yr: Any, yi: Any, t: float) -> None:
         yi[k + 4 * s], yi[k + 5 * s], yi[k + 6 * s], yi[k + 7 * s] = i4, i5, i6, i7
 
 
-def _cols_energy(yr: Any, yi: Any, s: int, en: Any, es: int, t: float) -> float:
-    """:func:`_cols`, returning the energy of the result instead of storing it (row ``j``'s
-    energies at ``en[k + j es]``)."""
+def _cols_energy(yr: Any, yi: Any, s: int, en: Any, es: int, w: int, t: float) -> float:
+    """:func:`_cols` on three qubits, returning the energy of the result instead of storing
+    it (row ``j``'s energies at ``en[k + j es]``)."""
     total = 0.0
-    for k in range(COLUMN_WIDTH):
+    for k in range(w):
         r0, r1, r2, r3, r4, r5, r6, r7, i0, i1, i2, i3, i4, i5, i6, i7 = _oct(
             yr[k], yr[k + s], yr[k + 2 * s], yr[k + 3 * s],
             yr[k + 4 * s], yr[k + 5 * s], yr[k + 6 * s], yr[k + 7 * s],
@@ -402,14 +406,7 @@ def _low_pass(
 
 def _row(h: int) -> int:
     """Offset of row ``h`` in the column buffer."""
-    return h * PITCH + PAD * ((h >> 3) + (h >> 9))
-
-
-#: Buffer distance between rows ``8^L`` apart (the row step of group ``L``): constants.
-_S0 = PITCH
-_S1 = 8 * PITCH + PAD
-_S2 = 64 * PITCH + 8 * PAD
-_S3 = 512 * PITCH + 65 * PAD
+    return h * (COLUMN_WIDTH + PAD) + PAD * ((h >> 3) + (h >> 9))
 
 
 def _col_group(
@@ -417,40 +414,41 @@ def _col_group(
     bi: Any,
     rows: int,
     level: int,
+    count: int,
     t: float,
     sums: bool,
     energies: Any,
     start: int,
     tile: int,
 ) -> float:
-    """Three qubits, rows ``8^level`` apart, over every block of the column buffer. ``sums``:
-    instead of storing the result, return its energy (the buffer's row ``h`` is the state's
-    ``start + h * tile``)."""
+    """``count`` qubits (3 at level 0 or when ``sums``), rows ``8^level`` apart, over every
+    block of the column buffer. ``sums``: instead of storing the result, return its energy
+    (the buffer's row ``h`` is the state's ``start + h * tile``). Strides are literals per
+    branch; one call site, to keep the compiled kernel (and its compile time) small."""
+    w = COLUMN_WIDTH
     step = 1 << (3 * level)
     total = 0.0
-    for hb in range(0, rows, step << 3):
+    for hb in range(0, rows, step << count):
         for r in range(step):
             o = _row(hb + r)
             yr, yi = br[o:], bi[o:]
             if sums:
                 en = energies[start + (hb + r) * tile :]
                 es = step * tile
-                if level == 0:
-                    total += _cols_energy(yr, yi, _S0, en, es, t)
-                elif level == 1:
-                    total += _cols_energy(yr, yi, _S1, en, es, t)
+                if level == 1:
+                    total += _cols_energy(yr, yi, _row(8), en, es, w, t)
                 elif level == 2:
-                    total += _cols_energy(yr, yi, _S2, en, es, t)
+                    total += _cols_energy(yr, yi, _row(64), en, es, w, t)
                 else:
-                    total += _cols_energy(yr, yi, _S3, en, es, t)
+                    total += _cols_energy(yr, yi, _row(512), en, es, w, t)
             elif level == 0:
-                _cols(yr, yi, _S0, t)
+                _cols(yr, yi, _row(1), w, 3, t)
             elif level == 1:
-                _cols(yr, yi, _S1, t)
+                _cols(yr, yi, _row(8), w, count, t)
             elif level == 2:
-                _cols(yr, yi, _S2, t)
+                _cols(yr, yi, _row(64), w, count, t)
             else:
-                _cols(yr, yi, _S3, t)
+                _cols(yr, yi, _row(512), w, count, t)
     return total
 
 
@@ -458,20 +456,17 @@ def _gather(re: Any, im: Any, br: Any, bi: Any, rows: int, tq: int, col: int, t:
     """Column ``col`` of the state into the buffer, with the row-adjacent group (qubits
     ``tq .. tq+2``) applied on the way: the state's row stride is a literal per branch, which
     the vectoriser needs to group the 16 loads."""
+    w = COLUMN_WIDTH
     for hb in range(0, rows, 8):
         o = _row(hb)
         src = (hb << tq) + col
         sr, si, yr, yi = re[src:], im[src:], br[o:], bi[o:]
-        if tq == 12:
-            _cols_in(sr, si, 1 << 12, yr, yi, t)
-        elif tq == 13:
-            _cols_in(sr, si, 1 << 13, yr, yi, t)
-        elif tq == 14:
-            _cols_in(sr, si, 1 << 14, yr, yi, t)
+        if tq == 14:
+            _cols_in(sr, si, 1 << 14, yr, yi, w, t)
         elif tq == 15:
-            _cols_in(sr, si, 1 << 15, yr, yi, t)
+            _cols_in(sr, si, 1 << 15, yr, yi, w, t)
         else:
-            _cols_in(sr, si, 1 << 16, yr, yi, t)
+            _cols_in(sr, si, 1 << 16, yr, yi, w, t)
 
 
 def _high_pass(
@@ -486,32 +481,41 @@ def _high_pass(
     sums: bool,
     tq: int,
 ) -> float:
-    """Mix qubits ``tq .. tq+m-1`` (``m`` a multiple of 3) column by column. ``sums``: return
-    the energy of the result (summed in the last group) and leave the state as it was; else
-    store it."""
+    """Mix qubits ``tq .. tq+m-1`` (``m >= 3``, ``tq >= TILE_QUBITS_FROM``) column by column.
+    ``sums``: return the energy of the result (summed in the last group) and leave the state
+    as it was; else store it."""
+    w = COLUMN_WIDTH
     rows = 1 << m
     tile = 1 << tq
-    levels = m // 3
+    full, part = m // 3, m % 3
+    # Per round: level 0 (in round 0 done by the gather), the partial group if any, then the
+    # other whole levels, so that a whole group comes last and can sum the energy.
+    groups = full + (1 if part else 0)
     total = 0.0
-    for col in range(0, tile, COLUMN_WIDTH):
+    for col in range(0, tile, w):
         _gather(re, im, br, bi, rows, tq, col, t)
         summed = False
         for rnd in range(rounds):
-            for level in range(1 if rnd == 0 else 0, levels):
-                here = sums and rnd == rounds - 1 and level == levels - 1
-                total += _col_group(br, bi, rows, level, t, here, energies, col, tile)
+            for gi in range(1 if rnd == 0 else 0, groups):
+                level, count = gi, 3
+                if part and gi == 1:
+                    level, count = full, part
+                elif part and gi > 1:
+                    level = gi - 1
+                here = sums and rnd == rounds - 1 and gi == groups - 1 and count == 3
+                total += _col_group(br, bi, rows, level, count, t, here, energies, col, tile)
                 summed = summed or here
         for h in range(rows):
             o = _row(h)
             dst = h * tile + col
-            sr, si = br[o : o + COLUMN_WIDTH], bi[o : o + COLUMN_WIDTH]
+            sr, si = br[o : o + w], bi[o : o + w]
             if sums and not summed:
-                en = energies[dst : dst + COLUMN_WIDTH]
-                for k in range(COLUMN_WIDTH):
+                en = energies[dst : dst + w]
+                for k in range(w):
                     total += (sr[k] * sr[k] + si[k] * si[k]) * en[k]
             elif not sums:
-                dr, di = re[dst : dst + COLUMN_WIDTH], im[dst : dst + COLUMN_WIDTH]
-                for k in range(COLUMN_WIDTH):
+                dr, di = re[dst : dst + w], im[dst : dst + w]
+                for k in range(w):
                     dr[k] = sr[k]
                     di[k] = si[k]
     return total
@@ -568,17 +572,21 @@ if njit is not None:
 
 def tile_qubits(num_qubits: int) -> int:
     """Qubits of the first walk's tiles for an ``n``-qubit state (``n >= MIN_TILE_QUBITS``):
-    all of them up to ``MAX_TILE_QUBITS``, else as many as leave a multiple of 3 (whole
-    butterfly groups) to the column walk."""
+    all of them up to ``MAX_TILE_QUBITS``; beyond, the column walk gets at least 3 (its
+    first group is whole). The split is measured (knapsack QUBO, p = 1): a bigger tile costs
+    more per amplitude once it outgrows L1/L2 (2.3 ns at 2^14 against 3.7 ns at 2^16, n = 22),
+    a longer column walk more per amplitude once its buffer outgrows L2."""
     if num_qubits <= MAX_TILE_QUBITS:
         return num_qubits
-    return num_qubits - 3 * -(-(num_qubits - MAX_TILE_QUBITS) // 3)
+    if num_qubits >= 25:
+        return MAX_TILE_QUBITS
+    return max(TILE_QUBITS_FROM, min(15, num_qubits - 7))
 
 
 def column_buffer_size(num_qubits: int) -> int:
     """Length of each (real, imaginary) column buffer for ``num_qubits``."""
     last = (1 << (num_qubits - tile_qubits(num_qubits))) - 1
-    return last * PITCH + PAD * ((last >> 3) + (last >> 9)) + COLUMN_WIDTH
+    return last * (COLUMN_WIDTH + PAD) + PAD * ((last >> 3) + (last >> 9)) + COLUMN_WIDTH
 
 
 def mixer_factors(beta: float, num_qubits: int) -> tuple[float, float, int]:
@@ -618,6 +626,8 @@ def evolve_x(
         raise ValueError(f"the fused kernel needs at least {MIN_TILE_QUBITS} qubits, got {n}")
     tq = tile_qubits(n)
     m = n - tq
+    if m and not (m >= 3 and TILE_QUBITS_FROM <= tq <= MAX_TILE_QUBITS):
+        raise ValueError(f"no column walk for {m} qubits after tiles of {tq}")
     size = column_buffer_size(n) if m else 1
     br = np.empty(size, dtype=np.float64)
     bi = np.empty(size, dtype=np.float64)
@@ -653,7 +663,8 @@ def warm() -> None:
     first real evaluation in a fresh worker does not pay for it."""
     if not AVAILABLE:
         return
-    for n in (MIN_TILE_QUBITS, MIN_TILE_QUBITS + 1):
+    # one tile alone, and tiles with a column walk (the two compiled kernels)
+    for n in (MIN_TILE_QUBITS, MAX_TILE_QUBITS + 1):
         re, im = plus_parts(n)
         energies = np.zeros(1 << n)
         for index in (np.zeros(1 << n, dtype=np.int32), None):
