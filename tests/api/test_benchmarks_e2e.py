@@ -360,7 +360,9 @@ def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None
             "scenarios": ["baseline", "bandwidth", "loss"],
             "scenario_params": {
                 "bandwidth": {"rate_kbit": 200},
-                "loss": {"loss": 0.2, "rto_ms": 100, "reset_share": 0.03},
+                # 8 % of the chunks past a connection's first second: a short run reads few
+                # of them, and at 3 % a fast one sometimes saw no reset at all.
+                "loss": {"loss": 0.2, "rto_ms": 100, "reset_share": 0.08},
             },
             "warmup": False,
         },
