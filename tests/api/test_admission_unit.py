@@ -9,12 +9,13 @@ import pytest
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from quantum_mesh.api.admission import AdmissionMiddleware, Admit
-from quantum_mesh.api.app import SUBMIT_PATHS
+from quantum_mesh.api.admission import AdmissionMiddleware, Admit, job_creating_paths
+from quantum_mesh.api.app import create_app
 from quantum_mesh.api.errors import install_error_handlers
 from quantum_mesh.errors import Overloaded
 
 SUBMIT = "/api/v1/circuits/submit"
+SUBMIT_PATHS = job_creating_paths(create_app().openapi())
 
 
 class _Body(BaseModel):
@@ -69,6 +70,17 @@ async def _post(app: FastAPI, path: str, **kwargs: Any) -> httpx.Response:
 
 
 def test_every_job_creating_route_is_guarded() -> None:
+    # Accepted for later (202) is what creating a job answers: every such route is marked.
+    accepting = {
+        path
+        for path, operations in create_app().openapi()["paths"].items()
+        if "202" in operations.get("post", {}).get("responses", {})
+    }
+    assert set(SUBMIT_PATHS) == accepting
+    # ... and the service's own middleware guards those paths.
+    app = create_app()
+    guarded = next(m.kwargs for m in app.user_middleware if m.cls is AdmissionMiddleware)
+    assert set(guarded["submit_paths"]) == accepting
     assert SUBMIT in SUBMIT_PATHS
     assert {p.rsplit("/api/v1", 1)[1] for p in SUBMIT_PATHS} == {
         "/circuits/submit",

@@ -13,6 +13,7 @@ gets 429 too, and its 400/422 once it is retried.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,6 +22,21 @@ from quantum_mesh.errors import Overloaded
 
 #: Raises ``Overloaded`` when no new job may be accepted now.
 Admit = Callable[[], None]
+
+#: ``openapi_extra`` of a route that creates a job: the middleware guards exactly the routes
+#: marked so (``job_creating_paths``), and the OpenAPI schema says which they are.
+CREATES_JOB: dict[str, Any] = {"x-qmesh-creates-job": True}
+
+
+def job_creating_paths(openapi: dict[str, Any]) -> tuple[str, ...]:
+    """The paths whose POST operation is marked with :data:`CREATES_JOB`, read from the app's
+    OpenAPI schema (the one public list of its routes, included routers and all)."""
+    return tuple(
+        path
+        for path, operations in openapi.get("paths", {}).items()
+        if operations.get("post", {}).get("x-qmesh-creates-job") is True
+    )
+
 
 _IDEMPOTENCY_HEADER = b"idempotency-key"
 

@@ -12,7 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from quantum_mesh import __version__
-from quantum_mesh.api.admission import AdmissionMiddleware, Admit
+from quantum_mesh.api.admission import AdmissionMiddleware, Admit, job_creating_paths
 from quantum_mesh.api.errors import install_error_handlers
 from quantum_mesh.api.routes import (
     auth,
@@ -37,11 +37,6 @@ from quantum_mesh.schemas.common import ErrorEnvelope
 log = get_logger(__name__)
 
 API_PREFIX = "/api/v1"
-#: The routes that create a job, refused early while the work queue is full (admission.py).
-SUBMIT_PATHS = tuple(
-    f"{API_PREFIX}{path}"
-    for path in ("/circuits/submit", "/workflows/runs", "/workflows/benchmarks", "/finance/submit")
-)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -89,7 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(
         AdmissionMiddleware,  # type: ignore[arg-type]
-        submit_paths=SUBMIT_PATHS,
+        # Read from a schema of its own: app.openapi() caches the schema before its error
+        # envelope is added below.
+        submit_paths=job_creating_paths(
+            get_openapi(title=app.title, version=app.version, routes=app.routes)
+        ),
         admit=admission,
     )
     app.add_middleware(

@@ -7,13 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 
+from quantum_mesh.api.admission import CREATES_JOB
 from quantum_mesh.api.deps import CoordinatorDep, PrincipalDep
 from quantum_mesh.schemas.jobs import CircuitSubmit, JobAccepted
 
 router = APIRouter(tags=["circuits"])
 
 
-@router.post("/circuits/submit", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/circuits/submit", status_code=202, response_model=JobAccepted, openapi_extra=CREATES_JOB
+)
 async def submit_circuit(
     body: CircuitSubmit,
     coord: CoordinatorDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from quantum_mesh.api.admission import CREATES_JOB
 from quantum_mesh.api.deps import (
     CoordinatorDep,
     LimitQ,
@@ -57,7 +58,7 @@ async def _get(coord: Any, principal: Principal, job_id: str) -> Job:
     return job  # type: ignore[no-any-return]
 
 
-@router.post("/finance/submit", status_code=202)
+@router.post("/finance/submit", status_code=202, openapi_extra=CREATES_JOB)
 async def submit_portfolio(
     body: PortfolioIn,
     coord: CoordinatorDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from quantum_mesh.api.admission import CREATES_JOB
 from quantum_mesh.api.deps import (
     CoordinatorDep,
     LimitQ,
@@ -54,7 +55,7 @@ def run_to_dict(job: Job) -> dict[str, Any]:
     }
 
 
-@router.post("/workflows/runs", status_code=202)
+@router.post("/workflows/runs", status_code=202, openapi_extra=CREATES_JOB)
 async def submit_run(
     body: WorkflowIn,
     coord: CoordinatorDep,
@@ -154,7 +155,7 @@ def benchmark_summary(job: Job) -> dict[str, Any]:
     }
 
 
-@router.post("/workflows/benchmarks", status_code=202)
+@router.post("/workflows/benchmarks", status_code=202, openapi_extra=CREATES_JOB)
 async def submit_benchmark(
     body: BenchmarkIn,
     coord: CoordinatorDep,
