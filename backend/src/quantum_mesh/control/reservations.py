@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert, select, update
@@ -317,15 +318,26 @@ class ReservationService:
 
         r, extra = await self.db.write(op)
         recorded = [ReservationStatus.REQUESTED, *path] if create is not None else path
-        for to in recorded:
+        self._journal_steps(recorded, reservation_id, r.node_id, r.job_id, reason)
+        return r, extra
+
+    def _journal_steps(
+        self,
+        steps: Sequence[ReservationStatus],
+        reservation_id: str,
+        node_id: str | None,
+        job_id: str | None,
+        reason: str | None,
+    ) -> None:
+        """The peer log's record of committed steps (after their commit)."""
+        for to in steps:
             self.journal.record(
                 f"reservation.{to.value.lower()}",
                 reservation_id=reservation_id,
-                node_id=r.node_id,
-                job_id=r.job_id,
+                node_id=node_id,
+                job_id=job_id,
                 reason=reason,
             )
-        return r, extra
 
     def _choose_node(self, service_type: str, min_fidelity: float | None) -> str:
         peers = [
@@ -553,17 +565,17 @@ class ReservationService:
             if job_event is not None:
                 repo.append_event(session, **job_event)
 
-        def committed() -> None:
-            for to in [ReservationStatus.REQUESTED, *path]:
-                self.journal.record(
-                    f"reservation.{to.value.lower()}",
-                    reservation_id=ask.reservation_id,
-                    node_id=ask.node_id,
-                    job_id=ask.job_id,
-                    reason=refused,
-                )
-
-        self.db.write_behind(op, then=committed)
+        self.db.write_behind(
+            op,
+            then=partial(
+                self._journal_steps,
+                [ReservationStatus.REQUESTED, *path],
+                ask.reservation_id,
+                ask.node_id,
+                ask.job_id,
+                refused,
+            ),
+        )
 
     async def _ask_node(
         self,

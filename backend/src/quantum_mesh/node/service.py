@@ -427,46 +427,49 @@ class NodeService:
             if ENVELOPE_RESERVE not in envelope
             else await self._reserve_inline(reservation_id, envelope[ENVELOPE_RESERVE])
         )
-        if isinstance(reservation_id, str):
-            self.book.consume(reservation_id=reservation_id)
         try:
-            self._inbound.acquire_nowait()
-        except trio.WouldBlock as error:
-            raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
-        self._set_in_flight(+1)
-        started = time.perf_counter()
-        context = self._work_context()
-        if context.slowdown > 1.0 and self.degradation is not None:
-            self.degradation.slowed += 1
-        try:
-            ok, payload = await self._pool.run(
-                request.method,
-                params,
-                context,
-                reply_spill_limit=self._reply_spill_limit(request),
+            if isinstance(reservation_id, str):
+                self.book.consume(reservation_id=reservation_id)
+            try:
+                self._inbound.acquire_nowait()
+            except trio.WouldBlock as error:
+                raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
+            self._set_in_flight(+1)
+            started = time.perf_counter()
+            context = self._work_context()
+            if context.slowdown > 1.0 and self.degradation is not None:
+                self.degradation.slowed += 1
+            try:
+                ok, payload = await self._pool.run(
+                    request.method,
+                    params,
+                    context,
+                    reply_spill_limit=self._reply_spill_limit(request),
+                )
+            finally:
+                self._set_in_flight(-1)
+                self._inbound.release()
+            # An audit record, not a state change the caller relies on: the reply does not wait
+            # for its fsync (the coordinator persists the result itself before acknowledging).
+            self.peer_log.record(
+                "invoke.finished",
+                method=request.method,
+                remote=remote,
+                ok=ok,
+                seconds=round(time.perf_counter() - started, 6),
+                job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
+                fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
+                reservation_id=reservation_id if isinstance(reservation_id, str) else None,
             )
+            if ok:
+                assert isinstance(payload, bytes)
+                return payload
+            code, message = payload
+            raise RemoteError(str(code), str(message))
         finally:
-            self._set_in_flight(-1)
-            self._inbound.release()
-        if reserved is not None:  # the grant is on disk before the caller hears of it
-            await settled(reserved)
-        # An audit record, not a state change the caller relies on: the reply does not wait
-        # for its fsync (the coordinator persists the result itself before acknowledging).
-        self.peer_log.record(
-            "invoke.finished",
-            method=request.method,
-            remote=remote,
-            ok=ok,
-            seconds=round(time.perf_counter() - started, 6),
-            job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
-            fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
-            reservation_id=reservation_id if isinstance(reservation_id, str) else None,
-        )
-        if ok:
-            assert isinstance(payload, bytes)
-            return payload
-        code, message = payload
-        raise RemoteError(str(code), str(message))
+            # The grant is on disk before the caller hears anything of the call.
+            if reserved is not None:
+                await settled(reserved)
 
     def _log_reservation(
         self, method: str, params: dict[str, Any], result: dict[str, Any]
