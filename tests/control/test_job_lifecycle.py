@@ -163,6 +163,49 @@ async def test_refused_reservations_keep_the_job_reserving(control: MakeControl)
     assert max(rejected) < executing
 
 
+async def test_a_first_unit_takes_its_reservation_along_to_a_node_that_takes_one(
+    control: MakeControl,
+) -> None:
+    """To a node advertising ``inline_reserve`` the job's first unit carries its reservation:
+    no ``reserve`` call; refusals keep the job RESERVING; the granted negotiation's record
+    commits with the move to EXECUTING, and the result is accepted only after it."""
+    c = await control()
+    c.add_node("n1", inline=True, refuse_first=2)
+    manager, published = _manager(c)
+
+    job, _ = await manager.submit(kind=KIND, request={}, idempotency_key=None)
+    done = await _finish(manager, job.job_id)
+
+    assert done.status == JobStatus.COMPLETED
+    expected = ["QUEUED", "COMPILING", "RESERVING", "EXECUTING", "COMPLETED"]
+    assert [m["status"] for m in published] == expected
+    assert c.mesh.calls_of(METHOD_RESERVE) == []
+    work = c.mesh.work_calls()
+    assert len(work) == 3 and all("reserve" in call.params for call in work)
+    async with c.db.transaction() as session:
+        events = await repo.list_events(session, job_id=job.job_id)
+        trail = list(
+            (await session.execute(select(ReservationEvent).order_by(ReservationEvent.seq)))
+            .scalars()
+            .all()
+        )
+    seq_of = {e.payload["status"]: e.seq for e in events if e.event_type == "status"}
+    rejected = [e.seq for e in events if e.event_type == "reservation_rejected"]
+    started = [e for e in events if e.event_type == "attempt_started"]
+    completed = [e for e in events if e.event_type == "unit_completed"]
+    assert len(rejected) == 2 and max(rejected) < seq_of["EXECUTING"]
+    assert len(started) == 1 and seq_of["RESERVING"] < started[0].seq < seq_of["EXECUTING"]
+    assert len(completed) == 1 and seq_of["EXECUTING"] < completed[0].seq
+    granted = started[0].payload["reservation_id"]
+    assert work[-1].params["reservation_id"] == granted
+    assert [e.status for e in trail if e.reservation_id == granted] == [
+        "REQUESTED",
+        "PREPARED",
+        "COMMITTED",
+        "EXECUTED",
+    ]
+
+
 @pytest.mark.parametrize(
     "error",
     [

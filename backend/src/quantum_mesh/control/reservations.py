@@ -533,6 +533,30 @@ class ReservationService:
         job's ``attempt_started`` event. Queued behind (``Database.write_behind``), not
         waited for: the writer commits in order, so it is durable before the unit's own
         record (its settlement, queued after it) and before the job's next state change."""
+        op, then = self._inline_write(ask, refused=refused, started_event=started_event)
+        self.db.write_behind(op, then=then)
+
+    async def record_inline_with(
+        self, ask: InlineReservation, *, started_event: dict[str, Any] | None, also: WriteOp
+    ) -> Any:
+        """Record a granted inline negotiation together with ``also`` (the job's move to
+        EXECUTING, which belongs with its first reservation) and wait for the commit.
+        Returns what ``also`` returned."""
+        op, then = self._inline_write(ask, refused=None, started_event=started_event, also=also)
+        written = await self.db.write(op)
+        then()
+        return written
+
+    def _inline_write(
+        self,
+        ask: InlineReservation,
+        *,
+        refused: str | None,
+        started_event: dict[str, Any] | None,
+        also: WriteOp | None = None,
+    ) -> tuple[WriteOp, Callable[[], None]]:
+        """An inline negotiation's whole record as one write (with ``also``), and the peer
+        log's record of its steps, for after the commit."""
         path = (
             [ReservationStatus.REJECTED]
             if refused is not None
@@ -548,7 +572,7 @@ class ReservationService:
                 "payload": {**started_event, "reservation_id": ask.reservation_id},
             }
 
-        def op(session: Session) -> None:
+        def op(session: Session) -> Any:
             r, events = _requested(
                 reservation_id=ask.reservation_id,
                 service_type=ask.service_type,
@@ -564,18 +588,17 @@ class ReservationService:
             _store(session, r, events, insert_row=True)
             if job_event is not None:
                 repo.append_event(session, **job_event)
+            return None if also is None else also(session)
 
-        self.db.write_behind(
-            op,
-            then=partial(
-                self._journal_steps,
-                [ReservationStatus.REQUESTED, *path],
-                ask.reservation_id,
-                ask.node_id,
-                ask.job_id,
-                refused,
-            ),
+        then = partial(
+            self._journal_steps,
+            [ReservationStatus.REQUESTED, *path],
+            ask.reservation_id,
+            ask.node_id,
+            ask.job_id,
+            refused,
         )
+        return op, then
 
     async def _ask_node(
         self,

@@ -451,9 +451,10 @@ class WorkScheduler:
             "method": unit.method,
             "queued_s": round(ticket.queued_s, 6),
         }
-        # A unit whose record needs nothing first (the job is past RESERVING, the record is
-        # not its wave's) takes its reservation along to a node that takes one: one round
-        # trip, the negotiation recorded once the node has answered.
+        # A node that takes one gets the unit's reservation with the work: one round trip,
+        # the negotiation recorded once the node has answered (with the job's move to
+        # EXECUTING when this is its first unit). As with an early grant, the node works
+        # while that record is written; nothing is accepted before it is durable.
         ask = (
             self.reservations.inline(
                 service_type=unit.service_type,
@@ -462,7 +463,7 @@ class WorkScheduler:
                 job_id=unit.job_id,
                 fragment_id=unit.unit_id,
             )
-            if also is None and not unit.settle_with_record and self._takes_inline(node_id)
+            if self._takes_inline(node_id)
             else None
         )
         negotiation = None
@@ -519,9 +520,16 @@ class WorkScheduler:
                 self.reservations.record_inline(ask, refused=failure.message)
                 await self._refused(ticket, node_id, failure.message, reservation_id)
                 return None
-            self.reservations.record_inline(ask, refused=None, started_event=started_event)
+            if also is None:
+                self.reservations.record_inline(ask, refused=None, started_event=started_event)
         try:
-            written = None if negotiation is None else (await negotiation.recorded)[1]
+            written = None
+            if negotiation is not None:
+                written = (await negotiation.recorded)[1]
+            elif ask is not None and also is not None:
+                written = await self.reservations.record_inline_with(
+                    ask, started_event=started_event, also=also
+                )
             if self.starts is not None:
                 await self.starts.started(unit.job_id, written)
         except Exception as ended:  # the job ended meanwhile: whatever the node did is unused
