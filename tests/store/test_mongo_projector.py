@@ -236,3 +236,40 @@ async def test_peers_topology_and_benchmarks(
         assert items[1]["details"] == {"scenario": "3 nodes"}
     finally:
         await projector.close()
+
+
+async def test_a_batch_of_bundles_lands_together_and_an_oversized_one_is_cut(
+    sqlite_db: Database, mongo_url: str, mongo_db_name: str
+) -> None:
+    """The bundles a batch closes are written as one bulk; one over MongoDB's document limit
+    sends the batch one by one, where that bundle is stored cut (no plan, no payloads)."""
+    projector = await _projector(sqlite_db, mongo_url, mongo_db_name)
+    now = datetime.now(UTC)
+
+    def bundle(job_id: str, *, plan_bytes: int = 0) -> ProvenanceBundle:
+        return ProvenanceBundle(
+            job_id=job_id,
+            kind="circuit",
+            status="COMPLETED",
+            input={},
+            plan={"blob": "x" * plan_bytes} if plan_bytes else None,
+            events=[{"seq": 1, "event_type": "status", "payload": {"status": "COMPLETED"}}],
+            result_hash="h",
+            job_created_at=now,
+            created_at=now,
+            last_seq=1,
+        )
+
+    small = {f"job-{i}": bundle(f"job-{i}") for i in range(3)}
+    await projector._upsert_bundles(dict.fromkeys(small, 1), small)
+    assert [d["job_id"] for d in await _dump(projector)] == sorted(small)
+
+    mixed = {"job-big": bundle("job-big", plan_bytes=17 * 2**20), "job-3": bundle("job-3")}
+    await projector._upsert_bundles(dict.fromkeys(mixed, 1), mixed)
+    docs = {d["job_id"]: d for d in await _dump(projector)}
+    assert set(docs) == {*small, *mixed}
+    assert docs["job-big"]["truncated"] is True and docs["job-big"]["plan"] is None
+    assert "truncated" not in docs["job-3"] or not docs["job-3"]["truncated"]
+    # Applying the same batch again changes nothing (every write is guarded by last_seq).
+    await projector._upsert_bundles(dict.fromkeys(small, 1), small)
+    assert len(await _dump(projector)) == len(docs)

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from beanie import init_beanie
-from pymongo import AsyncMongoClient, uri_parser
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError
+from pymongo import AsyncMongoClient, ReplaceOne, uri_parser
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, PyMongoError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -93,6 +93,15 @@ def peer_document(view: dict[str, Any]) -> dict[str, Any]:
         source_seq=int(view.get("seq") or 0),
     )
     return doc.model_dump(exclude=_DOC_EXCLUDE)
+
+
+#: MongoDB's duplicate-key error code (a guarded upsert that found a newer document).
+DUPLICATE_KEY = 11000
+
+
+def _bundle_guard(job_id: str, seq: int) -> dict[str, Any]:
+    """Guarded by ``last_seq``: an older replay never overwrites a bundle that saw more."""
+    return {"job_id": job_id, "last_seq": {"$lte": seq}}
 
 
 class Projector:
@@ -242,13 +251,49 @@ class Projector:
                 closing[event["job_id"]] = event["seq"]
         async with self.db.transaction() as session:
             bundles = await build_bundles(session, closing)
+        late: list[dict[str, Any]] = []
         for event in events:
             job_id, seq = event["job_id"], event["seq"]
             if closing.get(job_id) == seq:
-                await self._upsert_bundle(bundles.get(job_id), job_id=job_id, seq=seq)
                 closed.add(job_id)
             elif job_id in closed and seq > closing.get(job_id, -1):
-                await self._append_late_event(event)
+                late.append(event)
+        # The batch's bundles in one round trip; a job's late events after its bundle.
+        await self._upsert_bundles(closing, bundles)
+        for event in late:
+            await self._append_late_event(event)
+
+    async def _upsert_bundles(
+        self, closing: dict[str, int], bundles: dict[str, ProvenanceBundle]
+    ) -> None:
+        """Each closed job's bundle, as one unordered bulk write (a replace per job costs a
+        round trip and pymongo's per-command work each: under load that was a millisecond of
+        the API loop per job). A bundle too large for one document, or any doubt about the
+        bulk, falls back to one write per bundle: every write is guarded, so applying one
+        twice changes nothing."""
+        requests = []
+        for job_id, seq in closing.items():
+            bundle = bundles.get(job_id)
+            if bundle is None:
+                log.warning("projector.job_missing", job_id=job_id, seq=seq)
+                continue
+            body = bundle.model_dump(exclude=_DOC_EXCLUDE)
+            requests.append(ReplaceOne(_bundle_guard(job_id, seq), body, upsert=True))
+        if not requests:
+            return
+        coll = ProvenanceBundle.get_pymongo_collection()
+        try:
+            await coll.bulk_write(requests, ordered=False)
+            return
+        except BulkWriteError as error:
+            # Duplicate keys are bundles already stored from a later replay: fine.
+            if all(e.get("code") == DUPLICATE_KEY for e in error.details.get("writeErrors", [])):
+                return
+            log.warning("projector.bulk_fallback", errors=len(error.details["writeErrors"]))
+        except DocumentTooLarge:
+            pass
+        for job_id, seq in closing.items():
+            await self._upsert_bundle(bundles.get(job_id), job_id=job_id, seq=seq)
 
     async def _upsert_bundle(
         self, bundle: ProvenanceBundle | None, *, job_id: str, seq: int
@@ -258,8 +303,7 @@ class Projector:
             return
         coll = ProvenanceBundle.get_pymongo_collection()
         body = bundle.model_dump(exclude=_DOC_EXCLUDE)
-        # Guarded by last_seq: an older replay never overwrites a bundle that saw more.
-        guard = {"job_id": job_id, "last_seq": {"$lte": seq}}
+        guard = _bundle_guard(job_id, seq)
         try:
             try:
                 await coll.replace_one(guard, body, upsert=True)
@@ -378,17 +422,19 @@ class Projector:
         return True
 
     async def _upsert_peers(self, peers: list[dict[str, Any]]) -> None:
-        coll = PeerCapability.get_pymongo_collection()
+        requests = []
         for view in peers:
             body = peer_document(view)
-            try:
-                await coll.replace_one(
-                    {"peer_id": body["peer_id"], "updated_at": {"$lte": body["updated_at"]}},
-                    body,
-                    upsert=True,
-                )
-            except DuplicateKeyError:  # the stored view is newer than this one
-                continue
+            guard = {"peer_id": body["peer_id"], "updated_at": {"$lte": body["updated_at"]}}
+            requests.append(ReplaceOne(guard, body, upsert=True))
+        if not requests:
+            return
+        try:
+            await PeerCapability.get_pymongo_collection().bulk_write(requests, ordered=False)
+        except BulkWriteError as error:
+            # A duplicate key is a stored view newer than this one: it stays.
+            if any(e.get("code") != DUPLICATE_KEY for e in error.details.get("writeErrors", [])):
+                raise
 
     # --- reads -----------------------------------------------------------------------------
     async def latest_topology(self) -> dict[str, Any] | None:
