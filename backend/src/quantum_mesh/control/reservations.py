@@ -235,6 +235,54 @@ def _requested(
     return r, [event]
 
 
+def _attempt_started(
+    started_event: dict[str, Any] | None,
+    *,
+    job_id: str | None,
+    fragment_id: str | None,
+    node_id: str,
+    reservation_id: str,
+) -> dict[str, Any] | None:
+    """The job's ``attempt_started`` event for a granted reservation (None without a job)."""
+    if started_event is None or job_id is None:
+        return None
+    return {
+        "job_id": job_id,
+        "event_type": "attempt_started",
+        "fragment_id": fragment_id,
+        "node_id": node_id,
+        "payload": {**started_event, "reservation_id": reservation_id},
+    }
+
+
+def _steps_write(
+    reservation_id: str,
+    path: Sequence[ReservationStatus],
+    *,
+    reason: str | None,
+    job_event: dict[str, Any] | None,
+    also: WriteOp | None,
+    create: _Create | None,
+) -> Callable[[Session], tuple[Reservation, Any]]:
+    """One transaction moving a reservation through ``path`` (one event per step), with
+    ``create`` recording it first (REQUESTED), the job event this step makes true and
+    ``also``. The write returns the reservation and what ``also`` returned."""
+
+    def op(session: Session) -> tuple[Reservation, Any]:
+        if create is not None:
+            r, events = create(session)
+        else:
+            r, events = _lock(session, reservation_id), []
+        for to in path:
+            _advance(r, to, reason, events)
+        _store(session, r, events, insert_row=create is not None)
+        if job_event is not None:
+            repo.append_event(session, **job_event)
+        return r, None if also is None else also(session)
+
+    return op
+
+
 @dataclass(frozen=True)
 class InlineReservation:
     """A reservation asked for with the work itself (``ENVELOPE_RESERVE``, to nodes that
@@ -304,18 +352,9 @@ class ReservationService:
         it). With ``create`` the reservation is first recorded (REQUESTED) in the same
         transaction. Returns the reservation and what ``also`` returned."""
 
-        def op(session: Session) -> tuple[Reservation, Any]:
-            if create is not None:
-                r, events = create(session)
-            else:
-                r, events = _lock(session, reservation_id), []
-            for to in path:
-                _advance(r, to, reason, events)
-            _store(session, r, events, insert_row=create is not None)
-            if job_event is not None:
-                repo.append_event(session, **job_event)
-            return r, None if also is None else also(session)
-
+        op = _steps_write(
+            reservation_id, path, reason=reason, job_event=job_event, also=also, create=create
+        )
         r, extra = await self.db.write(op)
         recorded = [ReservationStatus.REQUESTED, *path] if create is not None else path
         self._journal_steps(recorded, reservation_id, r.node_id, r.job_id, reason)
@@ -483,15 +522,13 @@ class ReservationService:
             path = [ReservationStatus.COMMITTED]
         else:
             path = [ReservationStatus.PREPARED, ReservationStatus.COMMITTED]
-        job_event = None
-        if started_event is not None and job_id is not None:
-            job_event = {
-                "job_id": job_id,
-                "event_type": "attempt_started",
-                "fragment_id": fragment_id,
-                "node_id": node_id,
-                "payload": {**started_event, "reservation_id": reservation_id},
-            }
+        job_event = _attempt_started(
+            started_event,
+            job_id=job_id,
+            fragment_id=fragment_id,
+            node_id=node_id,
+            reservation_id=reservation_id,
+        )
         if not early:
             record = await move(path, job_event=job_event, also=also)
             return Negotiation.written(reservation_id, record, granted=True)
@@ -543,7 +580,7 @@ class ReservationService:
         EXECUTING, which belongs with its first reservation) and wait for the commit.
         Returns what ``also`` returned."""
         op, then = self._inline_write(ask, refused=None, started_event=started_event, also=also)
-        written = await self.db.write(op)
+        _, written = await self.db.write(op)
         then()
         return written
 
@@ -555,25 +592,29 @@ class ReservationService:
         started_event: dict[str, Any] | None,
         also: WriteOp | None = None,
     ) -> tuple[WriteOp, Callable[[], None]]:
-        """An inline negotiation's whole record as one write (with ``also``), and the peer
-        log's record of its steps, for after the commit."""
+        """An inline negotiation's whole record as one write (with ``also``; the write
+        returns the reservation and what ``also`` returned), and the peer log's record of
+        its steps, for after the commit."""
         path = (
             [ReservationStatus.REJECTED]
             if refused is not None
             else [ReservationStatus.PREPARED, ReservationStatus.COMMITTED]
         )
-        job_event: dict[str, Any] | None = None
-        if refused is None and started_event is not None and ask.job_id is not None:
-            job_event = {
-                "job_id": ask.job_id,
-                "event_type": "attempt_started",
-                "fragment_id": ask.fragment_id,
-                "node_id": ask.node_id,
-                "payload": {**started_event, "reservation_id": ask.reservation_id},
-            }
-
-        def op(session: Session) -> Any:
-            r, events = _requested(
+        op = _steps_write(
+            ask.reservation_id,
+            path,
+            reason=refused,
+            job_event=None
+            if refused is not None
+            else _attempt_started(
+                started_event,
+                job_id=ask.job_id,
+                fragment_id=ask.fragment_id,
+                node_id=ask.node_id,
+                reservation_id=ask.reservation_id,
+            ),
+            also=also,
+            create=lambda _session: _requested(
                 reservation_id=ask.reservation_id,
                 service_type=ask.service_type,
                 node_id=ask.node_id,
@@ -582,14 +623,8 @@ class ReservationService:
                 min_fidelity=ask.min_fidelity,
                 ttl_s=ask.ttl_s,
                 expires_at=ask.expires_at,
-            )
-            for to in path:
-                _advance(r, to, refused, events)
-            _store(session, r, events, insert_row=True)
-            if job_event is not None:
-                repo.append_event(session, **job_event)
-            return None if also is None else also(session)
-
+            ),
+        )
         then = partial(
             self._journal_steps,
             [ReservationStatus.REQUESTED, *path],
