@@ -428,48 +428,59 @@ class NodeService:
             else await self._reserve_inline(reservation_id, envelope[ENVELOPE_RESERVE])
         )
         try:
-            if isinstance(reservation_id, str):
-                self.book.consume(reservation_id=reservation_id)
-            try:
-                self._inbound.acquire_nowait()
-            except trio.WouldBlock as error:
-                raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
-            self._set_in_flight(+1)
-            started = time.perf_counter()
-            context = self._work_context()
-            if context.slowdown > 1.0 and self.degradation is not None:
-                self.degradation.slowed += 1
-            try:
-                ok, payload = await self._pool.run(
-                    request.method,
-                    params,
-                    context,
-                    reply_spill_limit=self._reply_spill_limit(request),
-                )
-            finally:
-                self._set_in_flight(-1)
-                self._inbound.release()
-            # An audit record, not a state change the caller relies on: the reply does not wait
-            # for its fsync (the coordinator persists the result itself before acknowledging).
-            self.peer_log.record(
-                "invoke.finished",
-                method=request.method,
-                remote=remote,
-                ok=ok,
-                seconds=round(time.perf_counter() - started, 6),
-                job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
-                fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
-                reservation_id=reservation_id if isinstance(reservation_id, str) else None,
-            )
-            if ok:
-                assert isinstance(payload, bytes)
-                return payload
-            code, message = payload
-            raise RemoteError(str(code), str(message))
+            return await self._work(request, remote, envelope, params)
         finally:
             # The grant is on disk before the caller hears anything of the call.
             if reserved is not None:
                 await settled(reserved)
+
+    async def _work(
+        self,
+        request: codec.Request,
+        remote: str,
+        envelope: dict[str, Any],
+        params: dict[str, Any],
+    ) -> bytes:
+        """Run a work method in the worker pool, consuming its reservation (if any) first."""
+        reservation_id = envelope.get(ENVELOPE_RESERVATION_ID)
+        if isinstance(reservation_id, str):
+            self.book.consume(reservation_id=reservation_id)
+        try:
+            self._inbound.acquire_nowait()
+        except trio.WouldBlock as error:
+            raise RemoteError(ERR_BUSY, f"node {self.config.name} is saturated") from error
+        self._set_in_flight(+1)
+        started = time.perf_counter()
+        context = self._work_context()
+        if context.slowdown > 1.0 and self.degradation is not None:
+            self.degradation.slowed += 1
+        try:
+            ok, payload = await self._pool.run(
+                request.method,
+                params,
+                context,
+                reply_spill_limit=self._reply_spill_limit(request),
+            )
+        finally:
+            self._set_in_flight(-1)
+            self._inbound.release()
+        # An audit record, not a state change the caller relies on: the reply does not wait
+        # for its fsync (the coordinator persists the result itself before acknowledging).
+        self.peer_log.record(
+            "invoke.finished",
+            method=request.method,
+            remote=remote,
+            ok=ok,
+            seconds=round(time.perf_counter() - started, 6),
+            job_id=envelope.get(ENVELOPE_JOB_ID, params.get("job_id")),
+            fragment_id=envelope.get(ENVELOPE_UNIT_ID, params.get("fragment_id")),
+            reservation_id=reservation_id if isinstance(reservation_id, str) else None,
+        )
+        if ok:
+            assert isinstance(payload, bytes)
+            return payload
+        code, message = payload
+        raise RemoteError(str(code), str(message))
 
     def _log_reservation(
         self, method: str, params: dict[str, Any], result: dict[str, Any]
