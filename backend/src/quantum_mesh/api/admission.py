@@ -25,7 +25,8 @@ Admit = Callable[[], None]
 
 #: ``openapi_extra`` of a route that creates a job: the middleware guards exactly the routes
 #: marked so (``job_creating_paths``), and the OpenAPI schema says which they are.
-CREATES_JOB: dict[str, Any] = {"x-qmesh-creates-job": True}
+_CREATES_JOB_KEY = "x-qmesh-creates-job"
+CREATES_JOB: dict[str, Any] = {_CREATES_JOB_KEY: True}
 
 
 def job_creating_paths(openapi: dict[str, Any]) -> tuple[str, ...]:
@@ -34,7 +35,7 @@ def job_creating_paths(openapi: dict[str, Any]) -> tuple[str, ...]:
     return tuple(
         path
         for path, operations in openapi.get("paths", {}).items()
-        if operations.get("post", {}).get("x-qmesh-creates-job") is True
+        if operations.get("post", {}).get(_CREATES_JOB_KEY) is True
     )
 
 
