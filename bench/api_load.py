@@ -87,6 +87,7 @@ from typing import Any
 
 import httpx
 
+from _http import LeanPool, Response, TransportError
 from _live import ROOT, LiveCoordinator, start_coordinator
 
 BELL = (
@@ -100,7 +101,6 @@ HEALTH_PERIOD_S = 0.1
 PAGE_LIMIT = 100  # items per GET /jobs page: small pages keep each poll short on the server
 MAX_SWEEP_PAGES = 200  # bounds one full sweep (PAGE_LIMIT * MAX_SWEEP_PAGES jobs)
 SPAN_PAD = 10  # extra offsets scanned on both sides of the unfinished span
-SHARD_CONNECTIONS = 16  # connections per httpx client in the submit pool (see ClientPool)
 CANCEL_CONCURRENCY = 8
 CANCEL_BUDGET_S = 30.0
 WARMUP_TIMEOUT_S = 120.0
@@ -142,7 +142,7 @@ def parse_ts(text: str | None) -> float | None:
     return stamp.timestamp()
 
 
-def error_code(response: httpx.Response) -> str:
+def error_code(response: httpx.Response | Response) -> str:
     try:
         return str(response.json()["error"]["code"])
     except (ValueError, KeyError, TypeError):
@@ -155,40 +155,6 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def counts_text(counter: dict[str, int]) -> str:
     return ",".join(f"{k}x{v}" for k, v in sorted(counter.items(), key=lambda kv: -kv[1]))
-
-
-class ClientPool:
-    """Several small ``httpx.AsyncClient`` pools behind one ``post``.
-
-    httpx's connection pool walks all its connections and waiting requests on every request,
-    so one client with ~1000 connections in use spent ~9 ms of CPU per request here and the
-    open-loop generator fell seconds behind schedule. Shards of ``SHARD_CONNECTIONS``
-    connections, each request going to the shard with the fewest in flight, cost ~1.5 ms.
-    """
-
-    def __init__(self, base_url: str, connections: int, timeout_s: float) -> None:
-        per = min(SHARD_CONNECTIONS, max(1, connections))
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        timeout = httpx.Timeout(timeout_s, pool=timeout_s)
-        self.clients = [
-            httpx.AsyncClient(base_url=base_url, limits=limits, timeout=timeout)
-            for _ in range(max(1, math.ceil(connections / per)))
-        ]
-        self.in_flight = [0] * len(self.clients)
-
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        k = min(range(len(self.clients)), key=self.in_flight.__getitem__)
-        self.in_flight[k] += 1
-        try:
-            return await self.clients[k].post(url, **kwargs)
-        finally:
-            self.in_flight[k] -= 1
-
-    async def __aenter__(self) -> ClientPool:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(c.aclose() for c in self.clients), return_exceptions=True)
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -226,6 +192,7 @@ class RateResult:
     submit_p99_ms: float | None
     submit_max_ms: float | None
     gen_lag_p99_ms: float | None
+    gen_cpu_pct: float | None  # the generator's own CPU over the window, % of one core
     health_probes: int
     health_errors: int
     health_p50_ms: float | None
@@ -266,13 +233,14 @@ class RateRun:
         self.positions_valid = False
         self.leftovers: list[str] = []
         self.cancel_outcomes: Counter[str] = Counter()
+        self.gen_cpu_pct: float | None = None
 
     def client(self, connections: int) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         timeout = httpx.Timeout(self.args.request_timeout, pool=self.args.request_timeout)
         return httpx.AsyncClient(base_url=self.api, limits=limits, timeout=timeout)
 
-    async def submit_one(self, http: ClientPool, s: Submit) -> None:
+    async def submit_one(self, http: LeanPool, s: Submit) -> None:
         scheduled = self.t0 + s.scheduled_s
         s.lag_ms = (time.perf_counter() - scheduled) * 1000
         body = {"circuit": BELL, "shots": SHOTS, "seed": s.index}
@@ -281,7 +249,7 @@ class RateRun:
                 r = await http.post("/circuits/submit", json=body)
         except TimeoutError:
             s.error = "timeout"
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             s.error = type(exc).__name__
         else:
             s.status = r.status_code
@@ -312,11 +280,12 @@ class RateRun:
         """Open-loop submits and health probes for ``--seconds``; then wait (bounded) for
         every submit to be answered or time out."""
         async with (
-            ClientPool(self.api, self.args.max_connections, self.args.request_timeout) as http,
+            LeanPool(self.api, self.args.max_connections) as http,
             self.client(16) as probe_http,
         ):
             self.t0 = time.perf_counter()
             self.t0_wall = time.time()
+            cpu0 = time.process_time()
             n_probes = max(1, round(self.args.seconds / HEALTH_PERIOD_S))
             events = sorted(
                 [(s.scheduled_s, 0, s.index) for s in self.submits]
@@ -338,6 +307,8 @@ class RateRun:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+            spent, elapsed = time.process_time() - cpu0, time.perf_counter() - self.t0
+            self.gen_cpu_pct = 100 * spent / elapsed
         for s in self.submits:
             if s.outcome == "error" and s.error is None:
                 s.error = "unanswered"
@@ -486,6 +457,7 @@ class RateRun:
             submit_p99_ms=percentile(latencies, 99),
             submit_max_ms=max(latencies, default=None),
             gen_lag_p99_ms=percentile([s.lag_ms for s in self.submits], 99),
+            gen_cpu_pct=self.gen_cpu_pct,
             health_probes=len(self.health),
             health_errors=sum(1 for _, _, ok in self.health if not ok),
             health_p50_ms=percentile(health_lat, 50),
@@ -806,6 +778,10 @@ def main(argv: list[str] | None = None) -> int:
                     "(counted in the submit latency)",
                     flush=True,
                 )
+            print(
+                f"  generator CPU {fmt(result.gen_cpu_pct)} % of one core during the window",
+                flush=True,
+            )
             if result.carried_over and i + 1 < len(args.rate_list):
                 print(
                     f"  note: {result.carried_over} unfinished jobs were not confirmed cancelled "

@@ -315,6 +315,43 @@ async def test_a_burst_of_submits_never_overshoots_the_queue_bound(control: Make
         assert (await _finish(manager, job.job_id)).status == JobStatus.COMPLETED
 
 
+async def test_jobs_past_max_running_jobs_wait_queued_and_start_in_order(
+    control: MakeControl,
+) -> None:
+    c = await control(max_running_jobs=1)
+    c.add_node("n1")
+    gate = asyncio.Event()
+    manager, published = _manager(c, gate=gate)
+
+    first, second, third = [
+        (await manager.submit(kind=KIND, request={"n": i}, idempotency_key=None))[0]
+        for i in range(3)
+    ]
+    await wait_for(
+        lambda: manager.status_of(first.job_id) == JobStatus.RESERVING,
+        what="the first job to start",
+    )
+    await asyncio.sleep(0.1)
+    # The others wait QUEUED, still counted by admission control, and can be cancelled there.
+    assert manager.status_of(second.job_id) == JobStatus.QUEUED
+    assert manager.status_of(third.job_id) == JobStatus.QUEUED
+    assert manager.active == 3
+    assert (await manager.cancel(third.job_id)).status == JobStatus.CANCELLED
+
+    gate.set()
+    assert (await _finish(manager, first.job_id)).status == JobStatus.COMPLETED
+    assert (await _finish(manager, second.job_id)).status == JobStatus.COMPLETED
+    assert (await _finish(manager, third.job_id)).status == JobStatus.CANCELLED
+    moves = [(m["job_id"], m["status"]) for m in published]
+    # The second job starts only once the first has finished; the cancelled one never does.
+    assert moves.index((second.job_id, JobStatus.RESERVING)) > moves.index(
+        (first.job_id, JobStatus.COMPLETED)
+    )
+    assert [s for j, s in moves if j == third.job_id] == [JobStatus.QUEUED, JobStatus.CANCELLED]
+    # A reservation and a unit each for the two jobs that ran, none for the cancelled one.
+    assert [call.method for call in c.mesh.calls] == ["reserve", "qaoa_block"] * 2
+
+
 async def test_idempotent_replay_is_answered_while_overloaded(control: MakeControl) -> None:
     c = await control(max_queued_jobs=1)
     c.add_node("n1")

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
-from quantum_mesh.control.scheduler import UNREACHABLE_PAUSE_S
+from quantum_mesh.control.scheduler import JOB_ORDERED_UNITS, UNREACHABLE_PAUSE_S
 from quantum_mesh.control.sizing import DEFAULT_DEPTH, PipelineDepth
 from quantum_mesh.control.states import ReservationStatus
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
@@ -242,6 +242,35 @@ async def test_units_start_in_submission_order_across_jobs(control: MakeControl)
     assert all(o.refusals == 0 for o in outcomes)
     node.gate.set()
     await asyncio.wait_for(asyncio.gather(*blockers), timeout=5)
+
+
+async def test_a_jobs_first_units_queue_at_the_jobs_place(control: MakeControl) -> None:
+    """A job's next unit goes ahead of units of jobs that came after it, for its first
+    ``JOB_ORDERED_UNITS`` units; later ones queue by arrival, so a long job takes turns."""
+    c = await control()
+    node = c.add_node("n1", workers=1, latency_s=0.005)
+    c.scheduler.pipeline = PipelineDepth(least=DEFAULT_DEPTH, most=DEFAULT_DEPTH)  # fixed
+    blockers = [
+        asyncio.create_task(c.scheduler.run(unit("job-x", f"block{i}", method="hold")))
+        for i in range(DEFAULT_DEPTH)
+    ]
+    await wait_for(lambda: node.in_flight == DEFAULT_DEPTH, what="every slot to be held")
+
+    long_job = [f"long-{i}" for i in range(JOB_ORDERED_UNITS + 2)]
+    arrivals = [("job-a", "a-0"), ("job-b", "b-0"), ("job-long", long_job[0]), ("job-a", "a-1")]
+    arrivals += [("job-c", "c-0")] + [("job-long", u) for u in long_job[1:]] + [("job-d", "d-0")]
+    tasks = []
+    for job, unit_id in arrivals:
+        tasks.append(asyncio.create_task(c.scheduler.run(unit(job, unit_id))))
+        await asyncio.sleep(0)
+    node.gate.set()
+    await asyncio.wait_for(asyncio.gather(*tasks, *blockers), timeout=10)
+
+    started = [call.params["unit_id"] for call in c.mesh.work_calls() if call.method != "hold"]
+    first_long = long_job[:JOB_ORDERED_UNITS]
+    assert started == ["a-0", "a-1", "b-0", *first_long, "c-0", *long_job[-2:], "d-0"]
+    c.scheduler.forget_job("job-a")
+    c.scheduler.forget_job("job-a")  # forgetting twice is harmless
 
 
 async def test_cancel_job_drops_only_its_queued_units(control: MakeControl) -> None:

@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     # --- work queue and scheduling --------------------------------------------------------
     #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.
     max_queued_jobs: int = Field(default=300, ge=1)
+    #: Jobs running at once (compiling, reserving, executing); the other accepted jobs wait
+    #: QUEUED and start in the order they came. All accepted jobs started at once advanced in
+    #: lockstep and finished in bursts, and each burst of admissions flooded the API loop.
+    max_running_jobs: int = Field(default=64, ge=1)
     #: Writes waiting for the database beyond which submits get 429 at once.
     max_write_backlog: int = Field(default=500, ge=1)
     #: A unit of mesh work fails after this many executions that failed with real errors.

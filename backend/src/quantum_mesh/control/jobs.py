@@ -434,6 +434,9 @@ class JobManager:
         self.compute = compute
         self.settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Jobs past QUEUED at once; the rest wait QUEUED, in the order they came (an
+        #: asyncio semaphore wakes its waiters first come, first served).
+        self._running = asyncio.Semaphore(settings.max_running_jobs)
         #: Submits admitted whose job is not written and started yet.
         self._admitting = 0
         #: Jobs cancelled while running: driver threads poll this to stop dispatching.
@@ -727,12 +730,14 @@ class JobManager:
 
     def _finished(self, job_id: str) -> None:
         self._tasks.pop(job_id, None)
+        self.scheduler.forget_job(job_id)
         self._finished_at.append(time.monotonic())
         self.cancelled.discard(job_id)
 
     async def _guarded(self, job_id: str, job: Job | None) -> None:
         try:
-            await self._lifecycle(job_id, job)
+            async with self._running:
+                await self._lifecycle(job_id, job)
         except asyncio.CancelledError:
             raise
         except JobCancelled:

@@ -1,13 +1,14 @@
 """The one path every unit of mesh work takes: queue → node choice → reservation → invoke.
 
-Units (circuit fragments, QAOA blocks, angle schedules, SQD batches) wait in one FIFO queue
-and are placed only on a node with a free slot, known from the node's advertised workers and
-from the coordinator's own count of what it has in flight there — so a reservation is asked
-for only when it is likely to be granted. A node that is busy, restarting or briefly stale
-means *wait*, never failure. A unit fails only for a real fault: nothing offers its service,
-its deadline passed, a node rejected it as bad input, or it failed with real errors on
-``max_unit_attempts`` executions. ``attempts`` counts executions; refused reservations are
-counted apart (``refusals``).
+Units (circuit fragments, QAOA blocks, angle schedules, SQD batches) wait in one queue, first
+come first served by *job* for a job's first units (see ``JOB_ORDERED_UNITS``) and by arrival
+after that, and are placed only on a node with a free slot, known from the node's advertised
+workers and from the coordinator's own count of what it has in flight there — so a
+reservation is asked for only when it is likely to be granted. A node that is busy,
+restarting or briefly stale means *wait*, never failure. A unit fails only for a real fault:
+nothing offers its service, its deadline passed, a node rejected it as bad input, or it
+failed with real errors on ``max_unit_attempts`` executions. ``attempts`` counts executions;
+refused reservations are counted apart (``refusals``).
 
 Every accepted result is recorded exactly once: the reservation moves to EXECUTED and the
 job gets one ``unit_completed`` event (circuit fragments record their own rows instead).
@@ -20,6 +21,7 @@ import bisect
 import contextlib
 import itertools
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +63,17 @@ BUSY_PAUSE_S = 0.25
 UNREACHABLE_PAUSE_S = 1.0
 #: The queue is re-examined at least this often (deadlines, pauses ending).
 PUMP_INTERVAL_S = 0.1
+#: A job's first this many units queue at the job's own place (its first unit's arrival):
+#: a small job's next fragment goes ahead of units of jobs that came after it. Queued by
+#: unit arrival alone, the 2nd fragment of each of 300 queued Bell jobs waited behind the
+#: 1st fragments of all the others: every job advanced in lockstep and they finished in
+#: bursts of ~100 after seconds of none, which in turn freed the admission queue in bursts.
+#: Past this many units a job queues by arrival, so a long workflow takes turns with
+#: the jobs that came after it instead of holding the nodes until it ends.
+JOB_ORDERED_UNITS = 8
+#: Jobs whose queue place is remembered (the oldest is forgotten first; a job that ends is
+#: forgotten at once, ``forget_job``).
+_JOB_PLACES_KEPT = 10_000
 
 #: Optional check of a reply: a dict (``outcome`` plus details) says why it is not acceptable
 #: and the unit is tried elsewhere.
@@ -127,6 +140,8 @@ class UnitOutcome:
 @dataclass
 class _Ticket:
     seq: int
+    #: Its place in the queue: its job's place for a job's first units, else ``seq``.
+    place: int
     unit: WorkUnit
     future: asyncio.Future[UnitOutcome]
     enqueued: float
@@ -156,8 +171,16 @@ class _Slot:
             self._scheduler._wake.set()
 
 
-def _seq(ticket: _Ticket) -> int:
-    return ticket.seq
+def _order(ticket: _Ticket) -> tuple[int, int]:
+    return ticket.place, ticket.seq
+
+
+@dataclass
+class _JobPlace:
+    """Where a job's units queue: its first unit's ``seq``, for its first units."""
+
+    place: int
+    units: int = 0
 
 
 class WorkScheduler:
@@ -181,6 +204,7 @@ class WorkScheduler:
         self.journal = journal
         self._queue: list[_Ticket] = []
         self._seq = itertools.count()
+        self._job_places: OrderedDict[str, _JobPlace] = OrderedDict()
         self._in_flight: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -221,8 +245,10 @@ class WorkScheduler:
         """Queue ``unit`` and wait for its accepted result (or its real failure)."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        seq = next(self._seq)
         ticket = _Ticket(
-            seq=next(self._seq),
+            seq=seq,
+            place=self._place_of(unit.job_id, seq),
             unit=unit,
             future=loop.create_future(),
             enqueued=now,
@@ -261,6 +287,10 @@ class WorkScheduler:
             for task in tasks:
                 task.cancel()
 
+    def forget_job(self, job_id: str) -> None:
+        """The job has ended: units it may still send queue by arrival."""
+        self._job_places.pop(job_id, None)
+
     def cancel_job(self, job_id: str) -> int:
         """Drop a cancelled job's waiting units; units already on a node finish there."""
         mine = [t for t in self._queue if t.unit.job_id == job_id]
@@ -271,9 +301,18 @@ class WorkScheduler:
         return len(mine)
 
     # --- queue -----------------------------------------------------------------------------
+    def _place_of(self, job_id: str, seq: int) -> int:
+        job = self._job_places.get(job_id)
+        if job is None:
+            job = self._job_places[job_id] = _JobPlace(place=seq)
+            if len(self._job_places) > _JOB_PLACES_KEPT:
+                self._job_places.popitem(last=False)
+        job.units += 1
+        return job.place if job.units <= JOB_ORDERED_UNITS else seq
+
     def _push(self, ticket: _Ticket) -> None:
-        # Kept in arrival order; a requeued unit goes back to its original place.
-        bisect.insort(self._queue, ticket, key=_seq)
+        # Kept in queue order; a requeued unit goes back to its original place.
+        bisect.insort(self._queue, ticket, key=_order)
         metrics.set_queue_depth(len(self._queue))
         self._wake.set()
 
@@ -310,7 +349,7 @@ class WorkScheduler:
         if not has_room and not check_faults:
             return
         keep: list[_Ticket] = []
-        for ticket in self._queue:  # FIFO across jobs
+        for ticket in self._queue:  # in queue order (module docstring)
             if ticket.future.done():
                 continue
             node = self._choose(ticket, usable, now) if has_room else None
