@@ -7,6 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -18,6 +20,29 @@ def start_coordinator(*, nodes: int, env: dict[str, str] | None = None) -> LiveC
     """A `qmesh coordinator` subprocess with ``nodes`` embedded nodes, in a temp dir."""
     data_dir = Path(tempfile.mkdtemp(prefix="qmesh-bench-"))
     return LiveCoordinator(data_dir, embedded_nodes=nodes, env=env).start()
+
+
+PARTS = ("coordinator", "nodes", "other")
+
+
+def cpu_seconds(root_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the coordinator, its node processes and its other children."""
+    root = psutil.Process(root_pid)
+    spent = dict.fromkeys(PARTS, 0.0)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            command = " ".join(proc.cmdline())
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+        if proc.pid == root_pid:
+            part = "coordinator"
+        elif "quantum_mesh.node" in command or "multiprocessing.spawn" in command:
+            part = "nodes"
+        else:
+            part = "other"
+        spent[part] += times.user + times.system
+    return spent
 
 
 def run_benchmark(

@@ -42,6 +42,11 @@ Per rate it prints one row:
   finished work, backlog included.
 * ``FAILED``: accepted jobs that ended FAILED (their distinct ``error.code`` in ``codes``).
 * ``lost``: accepted jobs not terminal by the drain deadline, plus submit errors.
+* ``cpu/job``: CPU milliseconds the service spent (the coordinator process, its nodes and
+  their workers, the embedded document server; from ``/proc``) from the window's start to
+  the end of the drain, per completed job, refusals and the drain's polling included. Less
+  noisy than ``done/s`` on a shared machine, and it is what bounds ``done/s`` when the cores
+  are saturated (JSON ``cpu_ms_per_job`` splits it by process).
 
 The summary: peak completed jobs/s (and its offered rate), completed jobs/s at the highest
 offered rate >= 2x the peak's offered rate and its ratio to the peak, total FAILED, total
@@ -88,7 +93,7 @@ from typing import Any
 import httpx
 
 from _http import LeanPool, Response, TransportError
-from _live import ROOT, LiveCoordinator, start_coordinator
+from _live import PARTS, ROOT, LiveCoordinator, cpu_seconds, start_coordinator
 
 BELL = (
     'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; '
@@ -193,6 +198,9 @@ class RateResult:
     submit_max_ms: float | None
     gen_lag_p99_ms: float | None
     gen_cpu_pct: float | None  # the generator's own CPU over the window, % of one core
+    #: The service's CPU (coordinator, nodes, other children) from the window's start to the
+    #: end of the drain, per completed job: refusals and polling included.
+    cpu_ms_per_job: dict[str, float] | None
     health_probes: int
     health_errors: int
     health_p50_ms: float | None
@@ -218,8 +226,13 @@ class RateResult:
 
 # --- one rate --------------------------------------------------------------------------------
 class RateRun:
-    def __init__(self, api: str, rate: float, args: argparse.Namespace) -> None:
+    def __init__(
+        self, api: str, rate: float, args: argparse.Namespace, pid: int | None = None
+    ) -> None:
         self.api = api
+        self.pid = pid
+        self.cpu_before: dict[str, float] | None = None
+        self.cpu_spent: dict[str, float] | None = None
         self.rate = rate
         self.args = args
         self.n = max(1, round(rate * args.seconds))
@@ -286,6 +299,8 @@ class RateRun:
             self.t0 = time.perf_counter()
             self.t0_wall = time.time()
             cpu0 = time.process_time()
+            if self.pid is not None:
+                self.cpu_before = cpu_seconds(self.pid)
             n_probes = max(1, round(self.args.seconds / HEALTH_PERIOD_S))
             events = sorted(
                 [(s.scheduled_s, 0, s.index) for s in self.submits]
@@ -472,6 +487,11 @@ class RateRun:
             first_submit_s=first,
             last_completion_s=last,
             completed_per_s=per_s,
+            cpu_ms_per_job=(
+                {part: 1000 * spent / len(completed) for part, spent in self.cpu_spent.items()}
+                if self.cpu_spent is not None and completed
+                else None
+            ),
             all_terminal_at_s=None
             if unfinished
             else max((j.done_s or 0.0 for j in in_time), default=None),
@@ -496,10 +516,15 @@ class RateRun:
         )
 
 
-async def run_rate(api: str, rate: float, args: argparse.Namespace) -> RateResult:
-    run = RateRun(api, rate, args)
+async def run_rate(
+    api: str, rate: float, args: argparse.Namespace, pid: int | None = None
+) -> RateResult:
+    run = RateRun(api, rate, args, pid)
     await run.window()
     await run.drain()
+    if pid is not None and run.cpu_before is not None:
+        after = cpu_seconds(pid)
+        run.cpu_spent = {part: after[part] - run.cpu_before[part] for part in PARTS}
     return run.result()
 
 
@@ -535,6 +560,7 @@ COLUMNS = (
     ("done/s", 7),
     ("FAILED", 6),
     ("lost", 5),
+    ("cpu/job", 7),
 )
 
 
@@ -555,6 +581,7 @@ def row(r: RateResult) -> str:
         fmt(r.completed_per_s, 2),
         str(r.failed),
         str(r.lost),
+        fmt(sum(r.cpu_ms_per_job.values()) if r.cpu_ms_per_job else None),
     )
     text = " ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True))
     codes = []
@@ -769,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(header(), flush=True)
             elif i:
                 time.sleep(args.pause_seconds)
-            result = asyncio.run(run_rate(coord.base_url + "/api/v1", rate, args))
+            pid = coord.proc.pid if coord.proc is not None else None
+            result = asyncio.run(run_rate(coord.base_url + "/api/v1", rate, args, pid))
             results.append(result)
             print(row(result), flush=True)
             if (result.gen_lag_p99_ms or 0.0) > LAG_WARN_MS:

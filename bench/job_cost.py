@@ -27,9 +27,8 @@ import time
 from typing import Any
 
 import httpx
-import psutil
 
-from _live import start_coordinator
+from _live import PARTS, cpu_seconds, start_coordinator
 
 BELL = (
     'OPENQASM 2.0; include "qelib1.inc"; qreg q[2]; creg c[2]; '
@@ -38,27 +37,6 @@ BELL = (
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 WARMUP_JOBS = 20
 DRAIN_S = 120.0
-PARTS = ("coordinator", "nodes", "other")
-
-
-def cpu_seconds(root_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the coordinator, its node processes and its other children."""
-    root = psutil.Process(root_pid)
-    spent = dict.fromkeys(PARTS, 0.0)
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            command = " ".join(proc.cmdline())
-        except psutil.Error:  # a process that ended meanwhile
-            continue
-        if proc.pid == root_pid:
-            part = "coordinator"
-        elif "quantum_mesh.node" in command or "multiprocessing.spawn" in command:
-            part = "nodes"
-        else:
-            part = "other"
-        spent[part] += times.user + times.system
-    return spent
 
 
 async def _finished(http: httpx.AsyncClient, job_id: str) -> bool:

@@ -185,8 +185,8 @@ class Settings(BaseSettings):
     #: Unfinished jobs accepted at once; past this, submits get 429 with Retry-After.
     max_queued_jobs: int = Field(default=300, ge=1)
     #: Jobs running at once (compiling, reserving, executing); the other accepted jobs wait
-    #: QUEUED and start in the order they came. All accepted jobs started at once advanced in
-    #: lockstep and finished in bursts, and each burst of admissions flooded the API loop.
+    #: QUEUED and start in the order they came: under overload, fewer jobs contend for the API
+    #: loop at once (docs/control-plane.md, "Running jobs").
     max_running_jobs: int = Field(default=64, ge=1)
     #: Writes waiting for the database beyond which submits get 429 at once.
     max_write_backlog: int = Field(default=500, ge=1)
