@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,9 @@ def test_a_burst_of_jobs_on_one_node_all_complete(coord: LiveCoordinator) -> Non
     metrics = httpx.get(f"{coord.base_url}/metrics", timeout=30).text
     assert "qmesh_work_queue_wait_seconds_count" in metrics
     assert "qmesh_work_queue_depth" in metrics
+    # Every job took one of the running places (QMESH_MAX_RUNNING_JOBS), after a wait or not.
+    started = re.search(r"^qmesh_job_start_wait_seconds_count (\S+)$", metrics, re.MULTILINE)
+    assert started is not None and float(started.group(1)) >= BURST
 
 
 def _node_pid(data_dir: Path) -> int:

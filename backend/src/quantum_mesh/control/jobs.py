@@ -736,7 +736,9 @@ class JobManager:
 
     async def _guarded(self, job_id: str, job: Job | None) -> None:
         try:
+            queued_at = time.monotonic()
             async with self._running:
+                metrics.job_start_wait(time.monotonic() - queued_at)
                 await self._lifecycle(job_id, job)
         except asyncio.CancelledError:
             raise

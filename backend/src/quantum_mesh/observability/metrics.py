@@ -109,6 +109,12 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=INVOKE_BUCKETS_S,
     registry=REGISTRY,
 )
+JOB_START_WAIT_SECONDS = Histogram(
+    "qmesh_job_start_wait_seconds",
+    "Time an accepted job waited QUEUED for one of QMESH_MAX_RUNNING_JOBS places.",
+    buckets=FRAGMENT_BUCKETS_S,
+    registry=REGISTRY,
+)
 UNIT_OVERHEAD_SECONDS = Gauge(
     "qmesh_unit_overhead_seconds",
     "Running estimate of a unit's coordinator-side time beyond its compute, by method.",
@@ -201,6 +207,10 @@ def set_queue_depth(depth: int) -> None:
 
 def queue_wait(seconds: float) -> None:
     QUEUE_WAIT_SECONDS.observe(max(0.0, seconds))
+
+
+def job_start_wait(seconds: float) -> None:
+    JOB_START_WAIT_SECONDS.observe(max(0.0, seconds))
 
 
 def unit_cost(method: str, *, overhead_s: float, job_compute_s: float) -> None:
