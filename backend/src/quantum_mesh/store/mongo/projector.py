@@ -293,7 +293,8 @@ class Projector:
         except DocumentTooLarge:
             pass
         for job_id, seq in closing.items():
-            await self._upsert_bundle(bundles.get(job_id), job_id=job_id, seq=seq)
+            if job_id in bundles:  # a missing one was reported above
+                await self._upsert_bundle(bundles[job_id], job_id=job_id, seq=seq)
 
     async def _upsert_bundle(
         self, bundle: ProvenanceBundle | None, *, job_id: str, seq: int
