@@ -49,6 +49,7 @@ from quantum_mesh.quantum.sqd.settings import PRESETS, SQDSettings
 
 N2_GEOMETRY = "N 0 0 0; N 0 0 1.1"
 TOLERANCE_HA = 1e-10
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class Mode:
     threads_per_worker: int
     seconds: float
     result: dict[str, Any]
+    #: CPU seconds the hypervisor gave to others meanwhile (both cores together).
+    stolen_s: float = 0.0
 
 
 def time_mode(
@@ -70,11 +73,18 @@ def time_mode(
     solve_batches: SolveBatches,
 ) -> Mode:
     """Wall time of one full SQD run whose batches go through ``solve_batches``."""
-    start = time.perf_counter()
+    start, stolen = time.perf_counter(), _stolen_jiffies()
     result = run_sqd(
         problem, settings=settings, solve_batches=solve_batches, compute_reference=False
     )
-    return Mode(label, workers, threads_per_worker, time.perf_counter() - start, result)
+    return Mode(
+        label,
+        workers,
+        threads_per_worker,
+        time.perf_counter() - start,
+        result,
+        (_stolen_jiffies() - stolen) / CLOCK_TICKS,
+    )
 
 
 def largest_difference(first: dict[str, Any], second: dict[str, Any]) -> float:
@@ -95,53 +105,73 @@ def largest_difference(first: dict[str, Any], second: dict[str, Any]) -> float:
 
 
 def mesh_modes(
-    args: argparse.Namespace, *, n_orbitals: int, basis: str, preset: dict[str, Any]
+    coord: Any,
+    args: argparse.Namespace,
+    *,
+    n_orbitals: int,
+    basis: str,
+    preset: dict[str, Any],
+    run: str,
+    warmup: bool,
 ) -> list[Mode]:
-    """The same run on a live coordinator (3 embedded nodes, 1 worker x 1 thread each), batches
+    """The same run on a live coordinator (embedded nodes, 1 worker x 1 thread each), batches
     dispatched over the libp2p mesh to N nodes. Timed: sampling + SQD loop, as above."""
-    from _live import run_benchmark, start_coordinator
+    from _live import run_benchmark
 
-    coord = start_coordinator(nodes=max(args.mesh_nodes))
-    try:
-        cmp = run_benchmark(
-            coord,
-            {
-                "workload": "sqd",
-                "params": {
-                    "molecule": {
-                        "atom": N2_GEOMETRY,
-                        "basis": basis,
-                        "active_orbitals": n_orbitals,
-                        "active_electrons": 10,
-                    },
-                    "seed": args.seed,
-                    **preset,
+    stolen = _stolen_jiffies()
+    cmp = run_benchmark(
+        coord,
+        {
+            "workload": "sqd",
+            "params": {
+                "molecule": {
+                    "atom": N2_GEOMETRY,
+                    "basis": basis,
+                    "active_orbitals": n_orbitals,
+                    "active_electrons": 10,
                 },
-                "node_counts": args.mesh_nodes,
-                "include_local": False,
+                "seed": args.seed,
+                **preset,
             },
-            timeout=3600,
-        )
-    finally:
-        coord.stop()
+            "node_counts": args.mesh_nodes,
+            "include_local": False,
+            # The benchmark's untimed first run warms the nodes' workers; once is enough.
+            "warmup": warmup,
+        },
+        timeout=3600,
+    )
+    stolen_s = (_stolen_jiffies() - stolen) / CLOCK_TICKS
     out = []
     for row in cmp["modes"]:
         result = {
             "energy": row["energy"],
             "batches": [],
             "iterations": [],
-            "timing": {"batch_seconds_sum": row["batch_seconds_sum"]},
+            "timing": {
+                "batch_seconds_sum": row["batch_seconds_sum"],
+                "batch_cpu_seconds_sum": row.get("batch_cpu_seconds_sum"),
+            },
         }
         out.append(
             Mode(
-                f"libp2p mesh, {row['nodes']} nodes x 1 worker x 1 thread",
+                f"libp2p mesh, {row['nodes']} nodes x 1 worker x 1 thread{run}",
                 row["nodes"],
                 1,
                 row["sqd_s"],
                 result,
+                stolen_s,
             )
         )
     return out
+
+
+def _stolen_jiffies() -> int:
+    """CPU time the hypervisor gave to others (``steal`` in /proc/stat), all cores."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            return int(handle.readline().split()[8])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--no-process-pool", action="store_true", help="skip the local process-pool stand-in"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the process pool(s) and the mesh this many times, alternating (this machine's "
+        "speed drifts over minutes: compare runs taken side by side)",
     )
     args = parser.parse_args(argv)
 
@@ -207,42 +244,72 @@ def main(argv: list[str] | None = None) -> int:
         )
         for threads in (args.sequential_threads or sorted({1, cores}))
     ]
-    for workers in [] if args.no_process_pool else args.workers:
-        pool_started = time.perf_counter()
-        pool = start_process_pool(workers=workers, threads_per_worker=1)
-        pool_s = time.perf_counter() - pool_started
-        try:
-            modes.append(
-                time_mode(
-                    label=f"process pool, {workers} workers x 1 thread "
-                    f"(start+warm-up {pool_s:.1f} s, not timed)",
-                    workers=workers,
-                    threads_per_worker=1,
-                    problem=problem,
-                    settings=settings,
-                    solve_batches=process_pool_solver(pool, threads_per_worker=1),
-                )
+    pools: dict[int, tuple[Any, float]] = {}
+    coord = None
+    try:
+        for workers in [] if args.no_process_pool else args.workers:
+            pool_started = time.perf_counter()
+            pools[workers] = (
+                start_process_pool(workers=workers, threads_per_worker=1),
+                time.perf_counter() - pool_started,
             )
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if args.mesh_nodes:
+            from _live import start_coordinator
 
-    if args.mesh_nodes:
-        modes += mesh_modes(args, n_orbitals=n_orbitals, basis=basis, preset=preset)
+            coord = start_coordinator(nodes=max(args.mesh_nodes))
+        for repeat in range(args.repeats):
+            run = f" [run {repeat + 1}]" if args.repeats > 1 else ""
+            for workers, (pool, pool_s) in pools.items():
+                modes.append(
+                    time_mode(
+                        label=f"process pool, {workers} workers x 1 thread "
+                        f"(start+warm-up {pool_s:.1f} s, not timed){run}",
+                        workers=workers,
+                        threads_per_worker=1,
+                        problem=problem,
+                        settings=settings,
+                        solve_batches=process_pool_solver(pool, threads_per_worker=1),
+                    )
+                )
+            if coord is not None:
+                modes += mesh_modes(
+                    coord,
+                    args,
+                    n_orbitals=n_orbitals,
+                    basis=basis,
+                    preset=preset,
+                    run=run,
+                    warmup=repeat == 0,
+                )
+    finally:
+        for pool, _ in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+        if coord is not None:
+            coord.stop()
+
     baseline = modes[0]
     fastest_sequential = min(m.seconds for m in modes if m.workers == 1)
     print()
     print("speedup = fastest sequential wall time / wall time; |dE| against the first row")
-    print(f"{'mode':<72} {'wall s':>8} {'batch s':>8} {'speedup':>8} {'max |dE| Ha':>12}")
+    print(
+        "batch s / batch cpu s: wall and CPU seconds of the batch solves, summed; stolen s: CPU"
+        " the hypervisor gave to others meanwhile"
+    )
+    print(
+        f"{'mode':<80} {'wall s':>8} {'batch s':>8} {'cpu s':>8} {'stolen s':>8} "
+        f"{'speedup':>8} {'max |dE| Ha':>12}"
+    )
     worst = 0.0
     rows = []
     for mode in modes:
         difference = largest_difference(baseline.result, mode.result)
         worst = max(worst, difference)
         batch_s = mode.result["timing"]["batch_seconds_sum"]
+        batch_cpu_s = mode.result["timing"].get("batch_cpu_seconds_sum") or 0.0
         speedup = fastest_sequential / mode.seconds
         print(
-            f"{mode.label:<72} {mode.seconds:8.2f} {batch_s:8.2f} {speedup:7.2f}x "
-            f"{difference:12.1e}"
+            f"{mode.label:<80} {mode.seconds:8.2f} {batch_s:8.2f} {batch_cpu_s:8.2f} "
+            f"{mode.stolen_s:8.2f} {speedup:7.2f}x {difference:12.1e}"
         )
         rows.append(
             {
@@ -251,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                 "threads_per_worker": mode.threads_per_worker,
                 "wall_s": mode.seconds,
                 "batch_seconds_sum": batch_s,
+                "batch_cpu_seconds_sum": batch_cpu_s,
+                "stolen_s": mode.stolen_s,
                 "speedup": speedup,
                 "max_abs_energy_difference_ha": difference,
                 "energy": mode.result["energy"],

@@ -54,7 +54,7 @@ def test_sqd_over_mesh_matches_sequential_and_exact(coord: LiveCoordinator) -> N
     nodes = {b["node_id"] for b in res["batches"]}
     assert len(nodes) >= 2
     for b in res["batches"]:
-        assert b["subspace_dim"] > 0 and b["seconds"] >= 0
+        assert b["subspace_dim"] > 0 and b["seconds"] >= 0 and b["cpu_seconds"] > 0
     # Progress was visible per batch while it ran, not only per iteration.
     events = coord.http.get(f"/jobs/{run['run_id']}/events").json()["items"]
     per_batch = [

@@ -71,6 +71,8 @@ def test_full_space_batch_reproduces_fci_without_the_core_energy(
     assert amplitudes.shape == (len(strs), len(strs))
     assert np.linalg.norm(amplitudes) == pytest.approx(1.0)
     assert (result["iteration"], result["batch"], result["seed"]) == (0, 3, 1)
+    # One thread solving: its CPU time is the solve's, at most its wall time (plus clock slack).
+    assert 0 < result["cpu_seconds"] <= result["seconds"] * 1.05 + 0.01
     # It travels as msgpack with raw arrays (protocol 2) or as strict JSON (protocol 1).
     assert packing.unpack(packing.pack(result))["subspace_dim"] == result["subspace_dim"]
     json.dumps(result, allow_nan=False, default=json_default)

@@ -66,6 +66,7 @@ def _quality(workload: str, result: dict[str, Any]) -> dict[str, Any]:
         # the exact reference, which every mode repeats identically.
         "sqd_s": (timing.get("sampling_s") or 0.0) + (timing.get("sqd_loop_s") or 0.0),
         "batch_seconds_sum": timing.get("batch_seconds_sum"),
+        "batch_cpu_seconds_sum": timing.get("batch_cpu_seconds_sum"),
         "nodes_used": sorted({b["node_id"] for b in result.get("batches", []) if b.get("node_id")}),
     }
 

@@ -186,6 +186,7 @@ def run_sqd(
             "sampling_s": sampled - started,
             "sqd_loop_s": solved - sampled,
             "batch_seconds_sum": sum(b["seconds"] or 0.0 for b in dispatcher.batches),
+            "batch_cpu_seconds_sum": sum(b.get("cpu_seconds") or 0.0 for b in dispatcher.batches),
             "reference_s": time.perf_counter() - solved,
             "total_s": time.perf_counter() - started,
         },
@@ -355,6 +356,7 @@ class _BatchDispatcher:
             "energy": None,
             "subspace_dim": answer.get("subspace_dim"),
             "seconds": answer.get("seconds"),
+            "cpu_seconds": answer.get("cpu_seconds"),
             "spin_squared": answer.get("spin_squared"),
             "discarded": True,
         }
@@ -402,6 +404,7 @@ _SAVED_KEYS = (
     "energy",
     "subspace_dim",
     "seconds",
+    "cpu_seconds",
     "spin_squared",
     "orbital_occupancies",
     "carryover",
