@@ -18,7 +18,7 @@ from typing import Any
 from beanie import init_beanie
 from pymongo import AsyncMongoClient, ReplaceOne, uri_parser
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, PyMongoError
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, type_coerce
 from sqlalchemy.exc import SQLAlchemyError
 
 from quantum_mesh.logs import get_logger, redact_url
@@ -32,7 +32,7 @@ from quantum_mesh.store.mongo.documents import (
     TopologySnapshot,
     utcnow,
 )
-from quantum_mesh.store.mongo.provenance import as_utc, build_bundles, event_dict
+from quantum_mesh.store.mongo.provenance import as_utc, build_bundles
 from quantum_mesh.store.tables import Enrollment, ExecutionEvent, PeerSnapshot
 
 log = get_logger(__name__)
@@ -217,14 +217,47 @@ class Projector:
         return applied, after
 
     async def _read_events(self, *, after: int, limit: int) -> list[dict[str, Any]]:
+        """The events after ``after``, as plain rows. Only a status event's payload is read:
+        a status is what closes a job's bundle, and the other payloads (a checkpoint holds a
+        whole beam) are needed only for a rare late event (``_late_payloads``). Reading and
+        decoding them all, through the ORM, was most of the projector's time on the API loop
+        during a knapsack run."""
         async with self.db.transaction() as session:
             rows = await session.execute(
-                select(ExecutionEvent)
+                select(*_EVENT_COLUMNS)
                 .where(ExecutionEvent.seq > after)
                 .order_by(ExecutionEvent.seq)
                 .limit(limit)
             )
-            return [{**event_dict(e), "job_id": e.job_id} for e in rows.scalars()]
+            return [
+                {
+                    "seq": row.seq,
+                    "event_type": row.event_type,
+                    "fragment_id": row.fragment_id,
+                    "node_id": row.node_id,
+                    "attempt": row.attempt,
+                    "payload": row.payload or {},
+                    "at": as_utc(row.at).isoformat(),
+                    "job_id": row.job_id,
+                }
+                for row in rows
+            ]
+
+    async def _late_payloads(self, events: list[dict[str, Any]]) -> None:
+        """Fill in the payloads ``_read_events`` left out, for these (late) events."""
+        wanted = [e["seq"] for e in events if e["event_type"] != "status"]
+        if not wanted:
+            return
+        async with self.db.transaction() as session:
+            rows = await session.execute(
+                select(ExecutionEvent.seq, ExecutionEvent.payload).where(
+                    ExecutionEvent.seq.in_(wanted)
+                )
+            )
+            payloads = {row.seq: row.payload or {} for row in rows}
+        for event in events:
+            if event["seq"] in payloads:
+                event["payload"] = payloads[event["seq"]]
 
     @staticmethod
     def _contiguous(events: list[dict[str, Any]], *, after: int) -> list[dict[str, Any]]:
@@ -260,6 +293,7 @@ class Projector:
                 late.append(event)
         # The batch's bundles in one round trip; a job's late events after its bundle.
         await self._upsert_bundles(closing, bundles)
+        await self._late_payloads(late)
         for event in late:
             await self._append_late_event(event)
 
@@ -473,6 +507,22 @@ class Projector:
                 log.error("projector.bad_row", error=_first_line(error))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), timeout=interval_s)
+
+
+#: An event as the projector reads it: the payload of status events only (see _read_events).
+_EVENT_COLUMNS = (
+    ExecutionEvent.seq,
+    ExecutionEvent.job_id,
+    ExecutionEvent.event_type,
+    ExecutionEvent.fragment_id,
+    ExecutionEvent.node_id,
+    ExecutionEvent.attempt,
+    type_coerce(
+        case((ExecutionEvent.event_type == "status", ExecutionEvent.payload)),
+        ExecutionEvent.payload.type,
+    ).label("payload"),
+    ExecutionEvent.at,
+)
 
 
 def database_name_from_url(mongo_url: str, default: str = DEFAULT_DATABASE) -> str:
