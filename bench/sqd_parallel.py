@@ -28,6 +28,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -163,6 +164,17 @@ def mesh_modes(
             )
         )
     return out
+
+
+def _mesh_against_pool(modes: list[Mode]) -> list[float]:
+    """Per repeat: the pool's wall time over the mesh's for the same worker/node count (the
+    ratio of their speedups), pairing the k-th pool row with the k-th mesh row."""
+    ratios = []
+    for workers in sorted({m.workers for m in modes if m.label.startswith("process pool")}):
+        pools = [m for m in modes if m.label.startswith("process pool") and m.workers == workers]
+        meshes = [m for m in modes if m.label.startswith("libp2p mesh") and m.workers == workers]
+        ratios += [p.seconds / m.seconds for p, m in zip(pools, meshes, strict=False)]
+    return ratios
 
 
 def _stolen_jiffies() -> int:
@@ -325,6 +337,14 @@ def main(argv: list[str] | None = None) -> int:
                 "energy": mode.result["energy"],
                 "n_batch_solves": len(mode.result["batches"]),
             }
+        )
+    pairs = _mesh_against_pool(modes)
+    if pairs:
+        print()
+        print(
+            "mesh speedup / pool speedup, run by run (alternating, same worker count): "
+            + ", ".join(f"{ratio:.2f}" for ratio in pairs)
+            + f" (median {statistics.median(pairs):.2f})"
         )
     energy = baseline.result["energy"]
     print()

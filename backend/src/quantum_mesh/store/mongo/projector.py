@@ -32,7 +32,7 @@ from quantum_mesh.store.mongo.documents import (
     TopologySnapshot,
     utcnow,
 )
-from quantum_mesh.store.mongo.provenance import as_utc, build_bundles
+from quantum_mesh.store.mongo.provenance import as_utc, build_bundles, event_dict
 from quantum_mesh.store.tables import Enrollment, ExecutionEvent, PeerSnapshot
 
 log = get_logger(__name__)
@@ -229,19 +229,7 @@ class Projector:
                 .order_by(ExecutionEvent.seq)
                 .limit(limit)
             )
-            return [
-                {
-                    "seq": row.seq,
-                    "event_type": row.event_type,
-                    "fragment_id": row.fragment_id,
-                    "node_id": row.node_id,
-                    "attempt": row.attempt,
-                    "payload": row.payload or {},
-                    "at": as_utc(row.at).isoformat(),
-                    "job_id": row.job_id,
-                }
-                for row in rows
-            ]
+            return [{**event_dict(row), "job_id": row.job_id} for row in rows]
 
     async def _late_payloads(self, events: list[dict[str, Any]]) -> None:
         """Fill in the payloads ``_read_events`` left out, for these (late) events."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from quantum_mesh.store.mongo.documents import NodeIdentity, ProvenanceBundle
@@ -98,7 +98,8 @@ def library_versions(result: dict[str, Any] | None) -> dict[str, str]:
     return installed_versions()
 
 
-def event_dict(event: ExecutionEvent) -> dict[str, Any]:
+def event_dict(event: ExecutionEvent | Row[Any]) -> dict[str, Any]:
+    """An event as the documents hold it, from its ORM object or a plain row of its columns."""
     return {
         "seq": event.seq,
         "event_type": event.event_type,
