@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import psutil
+
 from quantum_mesh.quantum.sqd.local_pool import (
     process_pool_solver,
     start_process_pool,
@@ -50,7 +52,6 @@ from quantum_mesh.quantum.sqd.settings import PRESETS, SQDSettings
 
 N2_GEOMETRY = "N 0 0 0; N 0 0 1.1"
 TOLERANCE_HA = 1e-10
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Mode:
     result: dict[str, Any]
     #: CPU seconds the hypervisor gave to others meanwhile (both cores together).
     stolen_s: float = 0.0
+    #: "sequential", "pool" or "mesh": which rows are compared run by run.
+    kind: str = "sequential"
 
 
 def time_mode(
@@ -72,9 +75,10 @@ def time_mode(
     problem: ActiveSpaceProblem,
     settings: SQDSettings,
     solve_batches: SolveBatches,
+    kind: str = "sequential",
 ) -> Mode:
     """Wall time of one full SQD run whose batches go through ``solve_batches``."""
-    start, stolen = time.perf_counter(), _stolen_jiffies()
+    start, stolen = time.perf_counter(), _stolen_s()
     result = run_sqd(
         problem, settings=settings, solve_batches=solve_batches, compute_reference=False
     )
@@ -84,7 +88,8 @@ def time_mode(
         threads_per_worker,
         time.perf_counter() - start,
         result,
-        (_stolen_jiffies() - stolen) / CLOCK_TICKS,
+        _stolen_s() - stolen,
+        kind,
     )
 
 
@@ -119,7 +124,7 @@ def mesh_modes(
     dispatched over the libp2p mesh to N nodes. Timed: sampling + SQD loop, as above."""
     from _live import run_benchmark
 
-    stolen = _stolen_jiffies()
+    stolen = _stolen_s()
     cmp = run_benchmark(
         coord,
         {
@@ -141,7 +146,8 @@ def mesh_modes(
         },
         timeout=3600,
     )
-    stolen_s = (_stolen_jiffies() - stolen) / CLOCK_TICKS
+    # Over the whole benchmark call: its warm-up run and exact reference included.
+    stolen_s = _stolen_s() - stolen
     out = []
     for row in cmp["modes"]:
         result = {
@@ -161,6 +167,7 @@ def mesh_modes(
                 row["sqd_s"],
                 result,
                 stolen_s,
+                "mesh",
             )
         )
     return out
@@ -170,20 +177,16 @@ def _mesh_against_pool(modes: list[Mode]) -> list[float]:
     """Per repeat: the pool's wall time over the mesh's for the same worker/node count (the
     ratio of their speedups), pairing the k-th pool row with the k-th mesh row."""
     ratios = []
-    for workers in sorted({m.workers for m in modes if m.label.startswith("process pool")}):
-        pools = [m for m in modes if m.label.startswith("process pool") and m.workers == workers]
-        meshes = [m for m in modes if m.label.startswith("libp2p mesh") and m.workers == workers]
+    for workers in sorted({m.workers for m in modes if m.kind == "pool"}):
+        pools = [m for m in modes if m.kind == "pool" and m.workers == workers]
+        meshes = [m for m in modes if m.kind == "mesh" and m.workers == workers]
         ratios += [p.seconds / m.seconds for p, m in zip(pools, meshes, strict=False)]
     return ratios
 
 
-def _stolen_jiffies() -> int:
-    """CPU time the hypervisor gave to others (``steal`` in /proc/stat), all cores."""
-    try:
-        with open("/proc/stat", encoding="ascii") as handle:
-            return int(handle.readline().split()[8])
-    except (OSError, IndexError, ValueError):
-        return 0
+def _stolen_s() -> float:
+    """CPU seconds the hypervisor gave to others so far, all cores (0 where not reported)."""
+    return float(getattr(psutil.cpu_times(), "steal", 0.0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                         problem=problem,
                         settings=settings,
                         solve_batches=process_pool_solver(pool, threads_per_worker=1),
+                        kind="pool",
                     )
                 )
             if coord is not None:
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     print("speedup = fastest sequential wall time / wall time; |dE| against the first row")
     print(
         "batch s / batch cpu s: wall and CPU seconds of the batch solves, summed; stolen s: CPU"
-        " the hypervisor gave to others meanwhile"
+        " the hypervisor gave to others meanwhile (mesh rows: over the whole benchmark call)"
     )
     print(
         f"{'mode':<80} {'wall s':>8} {'batch s':>8} {'cpu s':>8} {'stolen s':>8} "
