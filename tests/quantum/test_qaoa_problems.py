@@ -45,6 +45,15 @@ def test_qubo_energies_and_lp_value() -> None:
         problems.qubo_energies([[1.0, 2.0]])
 
 
+def test_lp_curve_is_lp_value_at_a_scalar() -> None:
+    profile = problems.future_profile([10, 3, 7, 1], [5, 3, 4, 2])
+    curve = problems.lp_curve(profile)
+    for capacity in (-4.0, 0.0, 1.3, 2.5, 5.0, 6.5, 9.0, 13.9, 14.0, 100.0):
+        assert curve(capacity) == float(problems.lp_value(capacity, profile))
+    assert problems.lp_curve(None)(7.0) == 0.0
+    assert problems.lp_curve({"weights": [0.0], "values": [0.0]})(7.0) == 0.0
+
+
 def test_decompose_orders_and_sizes() -> None:
     values, weights = [1, 9, 5, 7, 2], [1, 1, 1, 1, 1]
     assert blocks.decompose(values, weights, block_size=2) == [[1, 3], [2, 4], [0]]
@@ -68,6 +77,11 @@ def test_block_job_and_result_round_trip() -> None:
         beam_entry=1,
     )
     assert blocks.BlockJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+    # A payload is a copy: changing it leaves the (frozen) job as it was.
+    payload = job.to_dict()
+    payload["item_indices"].append(9)
+    payload["context"]["remaining_capacity"] = 0
+    assert job.item_indices == [4, 7] and job.context["remaining_capacity"] == 3
     result = blocks.BlockResult(
         job_id="j1",
         block_index=2,

@@ -43,7 +43,7 @@ from quantum_mesh.quantum.qaoa.classical import (
     validate_knapsack,
     validate_portfolio,
 )
-from quantum_mesh.quantum.qaoa.problems import future_profile, lp_value
+from quantum_mesh.quantum.qaoa.problems import future_profile, lp_curve
 
 METHOD_BLOCK = "qaoa_block"
 METHOD_SCHEDULES = "qaoa_schedules"
@@ -716,6 +716,7 @@ def _search_blocks(
         group = max(1, settings.compound_size)
         results = _run_jobs(jobs, dispatch=dispatch, group=group, ledger=ledger)
         extended: dict[tuple[int, ...], _Entry] = {}
+        future_value = lp_curve(profile)
         for job in jobs:
             result = results[job.job_id]
             block_log.append(_block_entry(result))
@@ -731,7 +732,7 @@ def _search_blocks(
                     continue
                 value = entry.value + int(vals[chosen].sum())
                 key = tuple(sorted((*entry.selected, *chosen)))
-                score = value + float(lp_value(float(cap - weight), profile))
+                score = value + future_value(float(cap - weight))
                 if key not in extended:
                     extended[key] = _Entry(key, value, weight, score)
         if not extended:

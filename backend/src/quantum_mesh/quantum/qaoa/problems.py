@@ -29,7 +29,7 @@ encoding is the default: on 10-asset instances it puts far more probability on t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,6 +84,21 @@ def lp_value(capacity: FloatArray | float, profile: Mapping[str, Sequence[float]
     if not profile or len(profile.get("weights", [])) < 2:
         return np.zeros_like(np.asarray(capacity, dtype=np.float64))
     return np.interp(np.maximum(capacity, 0.0), profile["weights"], profile["values"], left=0.0)
+
+
+def lp_curve(profile: Mapping[str, Sequence[float]] | None) -> Callable[[float], float]:
+    """:func:`lp_value` at a scalar capacity for one profile, its breakpoints converted to
+    arrays once: the beam scores every candidate of a block against the same profile, and
+    converting the lists on each call was most of the cost."""
+    if not profile or len(profile.get("weights", [])) < 2:
+        return lambda capacity: 0.0
+    xp = np.asarray(profile["weights"], dtype=np.float64)
+    fp = np.asarray(profile["values"], dtype=np.float64)
+
+    def value(capacity: float) -> float:
+        return float(np.interp(max(capacity, 0.0), xp, fp, left=0.0))
+
+    return value
 
 
 def default_penalty(values: FloatArray, weights: FloatArray) -> float:
