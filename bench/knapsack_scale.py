@@ -8,6 +8,13 @@ time, speedup against 1 node, and the share of wall time spent in the mesh vs in
 
     .venv/bin/python bench/knapsack_scale.py [--sizes 60 120 200] [--seed 1]
 
+``--repeats N`` runs every mode N times, alternating (local, mesh-1, mesh-2, mesh-3, local,
+...), so each mode sees the same machine; it prints every run, each run's speedup over the
+local run just before it, and the medians. On a small shared machine one run per mode is
+not enough to tell 10 % apart:
+
+    .venv/bin/python bench/knapsack_scale.py --sizes 200 --repeats 5
+
 ``--correlated`` uses strongly correlated instances instead (value = weight + 10, capacity
 30 % of the total weight: every value/weight ratio alike, the hard case for one block
 order) and ``--branches K`` searches K block orders side by side (docs/qaoa.md §4):
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -46,6 +55,9 @@ def main() -> None:
     parser.add_argument(
         "--branches", type=int, nargs="+", default=[1], help="block orders per run, each compared"
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per mode, alternating (medians printed)"
+    )
     args = parser.parse_args()
     coord = start_coordinator(nodes=3)
     comparisons = []
@@ -70,6 +82,7 @@ def main() -> None:
                     },
                     "node_counts": [1, 2, 3],
                     "include_local": True,
+                    "repetitions": args.repeats,
                 },
                 timeout=1800,
             )
@@ -83,12 +96,38 @@ def main() -> None:
                     f"{m['wall_s']:>7.2f} {one_node / m['wall_s']:>6.2f}x {mesh_share:>5.1f}% "
                     f"{m['qaoa_s']:>7.2f} {len(m['nodes_used']):>5} {branches:>8}"
                 )
-            print(f"      same answer in every mode: {cmp['max_value_difference'] == 0}")
+            if args.repeats > 1:
+                _print_repeats(cmp)
+            same = cmp["max_value_difference"] == 0 and cmp["summary"]["same_answer_in_every_run"]
+            print(f"      same answer in every mode: {same}")
     finally:
         coord.stop()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(comparisons, fh, indent=2)
+
+
+def _print_repeats(cmp: dict) -> None:
+    """Every run of every mode, its speedup over the local run of the same repetition, and
+    the medians (the table above is the first repetition only)."""
+    rows = cmp["rows"]
+    local = {r["repetition"]: r["wall_s"] for r in rows if r["mode"] == "centralized"}
+    labels = sorted({r["nodes"] for r in rows if r["mode"] == "distributed"})
+    print(f"      {'mode':>7} {'wall s, run by run':>32}  {'speedup over local, run by run':>34}")
+    print(f"      {'local':>7} {_list(local.values()):>32}")
+    for nodes in labels:
+        runs = [r for r in rows if r["mode"] == "distributed" and r["nodes"] == nodes]
+        speedups = [local[r["repetition"]] / r["wall_s"] for r in runs]
+        shares = [100 * r["mesh_share"] for r in runs if r.get("mesh_share") is not None]
+        print(
+            f"      {'mesh-' + str(nodes):>7} {_list(r['wall_s'] for r in runs):>32}  "
+            f"{_list(speedups):>34}  median {statistics.median(speedups):.2f}x, "
+            f"mesh share median {statistics.median(shares):.1f}%"
+        )
+
+
+def _list(values: Iterable[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 if __name__ == "__main__":
