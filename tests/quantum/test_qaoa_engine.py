@@ -70,6 +70,37 @@ def test_integer_levels_match_direct_phases() -> None:
     np.testing.assert_allclose(cost.phases(0.731), np.exp(-1j * 0.731 * energies), atol=1e-13)
 
 
+@pytest.mark.parametrize("n", [9, 13])
+def test_kept_phase_tables_and_mixer_matrices_change_no_energy(n: int) -> None:
+    """An angle grid on one cost (tables and RX matrices reused) gives bit for bit the
+    energies of fresh costs (nothing reused), for the numpy path (9) and the kernel (13)."""
+    energies = np.random.default_rng(n).random(1 << n) * 7.3 - 2.0  # no level table
+    grid = [(g, b) for g in (0.2, 0.9, 2.4) for b in (0.1, 0.7)] * 2
+    kept = engine.DiagonalCost.from_energies(energies)
+    reused = [engine.qaoa_expectation(kept, gammas=[g], betas=[b]) for g, b in grid]
+    engine._rx_power.cache_clear()
+    fresh = [
+        engine.qaoa_expectation(engine.DiagonalCost.from_energies(energies), gammas=[g], betas=[b])
+        for g, b in grid
+    ]
+    assert reused == fresh
+    assert kept.phase_table(0.9) is kept.phase_table(0.9)
+    np.testing.assert_array_equal(kept.phases(0.9), np.exp(-1j * 0.9 * energies))
+    assert kept.phases(0.9) is not kept.phase_table(0.9)  # callers may change phases()
+
+
+def test_phase_tables_kept_are_bounded() -> None:
+    small = engine.DiagonalCost.from_energies(np.linspace(0.0, 1.0, 1 << 8))
+    for i in range(engine.PHASE_TABLES_KEPT + 5):
+        np.testing.assert_array_equal(
+            small.phase_table(0.1 * i), np.exp(-1j * (0.1 * i) * small.energies)
+        )
+    assert len(small._tables) <= engine.PHASE_TABLES_KEPT
+    big = engine.DiagonalCost.from_energies(np.linspace(0.0, 1.0, 2 * engine.PHASE_TABLE_MAX_SIZE))
+    big.phase_table(0.3)
+    assert not big._tables
+
+
 def test_xy_ring_mixer_matches_aer_and_preserves_weight() -> None:
     n, k = 6, 3
     energies = _random_energies(n, seed=5)

@@ -21,9 +21,10 @@ Item ``j`` of a block is qubit ``j``.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import comb
 from typing import Literal
 
@@ -36,6 +37,10 @@ from quantum_mesh.quantum.qaoa import kernel
 MAX_QUBITS = 26
 MIXER_CHUNK_QUBITS = 3
 """Qubits per blocked mixer multiply: 3 was fastest or within 10% of it (n = 20, 24, 2 cores)."""
+
+#: Phase tables a cost keeps (by gamma), and the largest kept (2**16 complex128: 1 MiB).
+PHASE_TABLES_KEPT = 16
+PHASE_TABLE_MAX_SIZE = 1 << 16
 
 Mixer = Literal["x", "xy_ring"]
 FloatArray = NDArray[np.float64]
@@ -57,6 +62,8 @@ class DiagonalCost:
     level_offset: float
     level_index: NDArray[np.int32] | None
     level_count: int = 0
+    #: Phase tables by gamma (see ``phase_table``).
+    _tables: dict[float, ComplexArray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_energies(cls, energies: Sequence[float] | FloatArray) -> DiagonalCost:
@@ -90,12 +97,28 @@ class DiagonalCost:
         )
 
     def phases(self, gamma: float) -> ComplexArray:
-        """``exp(-1j * gamma * E)`` for every basis state."""
-        if self.level_index is None:
-            return np.exp(-1j * gamma * self.energies)
-        levels = self.level_offset + np.arange(self.level_count, dtype=np.float64)
-        table = np.exp(-1j * gamma * levels)
-        return table.take(self.level_index)
+        """``exp(-1j * gamma * E)`` for every basis state (a new array)."""
+        table = self.phase_table(gamma)
+        return table.copy() if self.level_index is None else table.take(self.level_index)
+
+    def phase_table(self, gamma: float) -> ComplexArray:
+        """``exp(-1j * gamma * level)`` per level when there is a level table, else per basis
+        state. Do not modify it: up to ``PHASE_TABLES_KEPT`` small tables are kept per cost,
+        because an angle search evaluates every gamma of its grid with every beta, and with
+        real-valued energies (no level table) the 2**n exponentials were costlier than the
+        12-qubit kernel's walk over the state."""
+        table = self._tables.get(gamma)
+        if table is None:
+            if self.level_index is None:
+                table = np.exp(-1j * gamma * self.energies)
+            else:
+                levels = self.level_offset + np.arange(self.level_count, dtype=np.float64)
+                table = np.exp(-1j * gamma * levels)
+            if table.size <= PHASE_TABLE_MAX_SIZE:
+                if len(self._tables) >= PHASE_TABLES_KEPT:
+                    self._tables.clear()
+                self._tables[gamma] = table
+        return table
 
 
 def plus_state(num_qubits: int) -> ComplexArray:
@@ -252,11 +275,7 @@ def _evolve_fused(
         re, im = _energy_parts(cost.num_qubits)
     else:
         re, im = np.ascontiguousarray(state.real), np.ascontiguousarray(state.imag)
-    if cost.level_index is not None:
-        levels = cost.level_offset + np.arange(cost.level_count, dtype=np.float64)
-        tables = [np.exp(-1j * float(g) * levels) for g in gammas]
-    else:
-        tables = [np.exp(-1j * float(g) * cost.energies) for g in gammas]
+    tables = [cost.phase_table(float(g)) for g in gammas]
     energy = kernel.evolve_x(
         re,
         im,
@@ -333,13 +352,19 @@ def _check_qubits(num_qubits: int) -> None:
         )
 
 
+@functools.lru_cache(maxsize=256)
 def _rx_power(beta: float, count: int) -> ComplexArray:
-    """``RX(2 beta)^{(x) count}`` as a 2**count square matrix (qubit 0 = last factor)."""
+    """``RX(2 beta)^{(x) count}`` as a 2**count square matrix (qubit 0 = last factor).
+
+    Cached (read-only): a layer needs the same few matrices for every chunk of qubits, and
+    an angle search revisits each beta of its grid; building them with ``np.kron`` was
+    most of an evaluation below ``FUSED_MIN_QUBITS`` (0.4 of 0.42 ms at 11 qubits)."""
     c, s = np.cos(beta), -1j * np.sin(beta)
     single = np.array([[c, s], [s, c]], dtype=np.complex128)
     matrix: ComplexArray = np.ones((1, 1), dtype=np.complex128)
     for _ in range(count):
         matrix = np.asarray(np.kron(matrix, single), dtype=np.complex128)
+    matrix.flags.writeable = False
     return matrix
 
 
