@@ -15,6 +15,12 @@ not enough to tell 10 % apart:
 
     .venv/bin/python bench/knapsack_scale.py --sizes 200 --repeats 5
 
+``--block-size B`` sets the items per block (default 12). Each block job costs about 2^B
+amplitudes per energy evaluation while a round's mesh overhead stays the same, so larger
+blocks are where distribution pays (docs/qaoa.md, "When the mesh pays"):
+
+    .venv/bin/python bench/knapsack_scale.py --sizes 200 --block-size 16 --repeats 3
+
 ``--correlated`` uses strongly correlated instances instead (value = weight + 10, capacity
 30 % of the total weight: every value/weight ratio alike, the hard case for one block
 order) and ``--branches K`` searches K block orders side by side (docs/qaoa.md §4):
@@ -56,6 +62,12 @@ def main() -> None:
         "--branches", type=int, nargs="+", default=[1], help="block orders per run, each compared"
     )
     parser.add_argument(
+        "--block-size",
+        type=int,
+        default=12,
+        help="items per QAOA block (qubits per block job; the workflow's default is 12)",
+    )
+    parser.add_argument(
         "--repeats", type=int, default=1, help="runs per mode, alternating (medians printed)"
     )
     args = parser.parse_args()
@@ -79,6 +91,7 @@ def main() -> None:
                         "capacity": capacity,
                         "seed": args.seed,
                         "branches": branches,
+                        "block_size": args.block_size,
                     },
                     "node_counts": [1, 2, 3],
                     "include_local": True,
