@@ -217,6 +217,37 @@ def test_circuit_batch_gives_the_same_counts_centralized_and_distributed(
         assert r.json()["error"]["details"]["field"] == field
 
 
+def test_a_knapsack_batch_is_benchmarked_with_the_same_answers_in_every_mode(
+    coord: LiveCoordinator,
+) -> None:
+    instances = [
+        {k: v for k, v in _knapsack(14, seed).items() if k != "seed"} for seed in (1, 2, 3)
+    ]
+    params = {"instances": instances, "seed": 5, "block_size": 5, "beam_width": 3}
+    done = _finished(
+        coord,
+        {
+            "workload": {"kind": "qaoa_knapsack_batch", "params": params},
+            "modes": ["centralized", "distributed"],
+            "node_counts": [2],
+            "warmup": False,
+        },
+    )
+    central, mesh = done["rows"]
+    assert (central["mode"], mesh["mode"], mesh["nodes"]) == ("centralized", "distributed", 2)
+    assert central["mesh_share"] == 0 and 0 <= mesh["mesh_share"] <= 1
+    assert central["retries"] == 0 and mesh["retries"] >= 0
+    # Same seeds, same answers: every instance's value, centralized and on the mesh.
+    values = central["result"]["values"]
+    assert len(values) == 3 and mesh["result"] == central["result"]
+    assert central["result"]["total_value"] == sum(values)
+    assert 0.9 <= central["quality"] <= 1 and mesh["quality"] == central["quality"]
+    assert done["summary"]["same_answer_in_every_run"] is True
+    local, on_mesh = done["comparison"]["modes"]
+    assert local["nodes_used"] == ["local"] and len(on_mesh["nodes_used"]) == 2
+    assert local["instances"] == on_mesh["instances"] == 3
+
+
 def test_a_degraded_node_refuses_and_slows_down_then_is_restored(coord: LiveCoordinator) -> None:
     workload = {"kind": "circuit", "params": {"count": 3, "qubits": 4, "depth": 4, "seed": 5}}
     profile = {"refuse_share": 0.5, "slowdown": 2, "noise_level": 0.2}
