@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -158,3 +160,49 @@ async def test_grouped_dispatch_packs_jobs_per_worker_and_answers_in_input_order
     assert sorted(sent) == [2, 4, 4]
     assert {len(n.executed) for n in nodes} <= {1, 2}
     assert c.scheduler.sizer.estimate("qaoa_block") is not None
+
+
+class SideBySideRun:
+    """A job whose driver dispatches two lists at once, as a batch's instances do."""
+
+    def __init__(self, handle: JobHandle) -> None:
+        self.handle = handle
+
+    async def compile(self) -> str | None:
+        return None
+
+    async def execute(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        def driver(port: Any) -> list[list[dict[str, Any]]]:
+            send = port.grouped_dispatcher("qaoa_block", SERVICE, max_group=64)
+
+            def one(offset: int) -> list[dict[str, Any]]:
+                time.sleep(offset * 0.05)  # the second starts while the first is in flight
+                return send([{"value": 10 * offset + i} for i in range(8)])  # type: ignore[no-any-return]
+
+            with ThreadPoolExecutor(2) as pool:
+                return list(pool.map(one, [0, 1]))
+
+        replies = await drive(self.handle, RunOptions(), driver)
+        return {"replies": replies}, None
+
+
+async def test_dispatches_side_by_side_share_the_workers(control: MakeControl) -> None:
+    c = await control()
+    nodes = [
+        c.add_node("n1", workers=1, latency_s=0.4),
+        c.add_node("n2", workers=1, latency_s=0.4),
+    ]
+    manager = c.job_manager()
+    manager.register_processor("side_by_side", SideBySideRun)
+    job, _ = await manager.submit(kind="side_by_side", request={}, idempotency_key=None)
+    await wait_for(lambda: job.job_id not in manager._tasks, what="the job to end", timeout=30)
+    done: Job = await manager.get(job.job_id)
+
+    assert done.status == "COMPLETED", done.error
+    first, second = done.result["replies"]
+    assert [r["value"] for r in first] == list(range(8))
+    assert [r["value"] for r in second] == [10 + i for i in range(8)]
+    sent = sorted(len(call["jobs"]) for n in nodes for call in n.executed)
+    # The first dispatch alone: one group per worker. The second, while the first is in
+    # flight: half the workers are its share, so all its jobs go in one call.
+    assert sent == [4, 4, 8]

@@ -85,6 +85,9 @@ class DriverPort:
         self.handle = handle
         self.options = options
         self._loop = loop
+        #: Grouped dispatches in flight per method (on the API loop): drivers of one run that
+        #: dispatch side by side (a batch's instances) share the workers between them.
+        self._in_flight: dict[str, int] = {}
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
@@ -158,11 +161,33 @@ class DriverPort:
         results_key: str,
         max_group: int,
     ) -> Payloads:
+        self._in_flight[method] = sharing = self._in_flight.get(method, 0) + 1
+        try:
+            return await self._dispatch_groups(
+                method, service_type, payloads, group_key, results_key, max_group, sharing
+            )
+        finally:
+            self._in_flight[method] -= 1
+
+    async def _dispatch_groups(
+        self,
+        method: str,
+        service_type: str,
+        payloads: Payloads,
+        group_key: str,
+        results_key: str,
+        max_group: int,
+        sharing: int,
+    ) -> Payloads:
         singles = [i for i, p in enumerate(payloads) if group_key not in p]
+        # Each of ``sharing`` dispatches side by side gets its share of the workers: four
+        # instances of a batch each sending one group per worker made twice the calls that
+        # keep the workers busy, and every call costs the coordinator CPU of its own.
+        slots = self.handle.worker_slots(service_type, self.options.nodes)
         size = self.handle.sizer.group_size(
             method,
             jobs=len(singles),
-            slots=self.handle.worker_slots(service_type, self.options.nodes),
+            slots=max(1, slots // sharing),
             max_group=max_group,
         )
         sends: list[tuple[dict[str, Any], list[int] | None]] = [
