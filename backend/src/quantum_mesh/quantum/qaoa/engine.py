@@ -194,7 +194,8 @@ def evolve(
         return state
     spare = np.empty_like(state)
     for gamma, beta in zip(gammas, betas, strict=True):
-        state *= cost.phases(float(gamma))
+        table = cost.phase_table(float(gamma))
+        state *= table if cost.level_index is None else table.take(cost.level_index)
         if mixer == "x":
             state, spare = _apply_rx_all(state, spare, float(beta), n)
         else:
