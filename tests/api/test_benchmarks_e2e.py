@@ -40,6 +40,27 @@ def _finished(coord: LiveCoordinator, body: dict[str, Any]) -> dict[str, Any]:
     return done
 
 
+def _centralized_and_on_two_nodes(
+    coord: LiveCoordinator, kind: str, params: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """One centralized and one 2-node run of a workload (no warm-up): the benchmark and its
+    two rows, checked for what every workload's rows share."""
+    done = _finished(
+        coord,
+        {
+            "workload": {"kind": kind, "params": params},
+            "modes": ["centralized", "distributed"],
+            "node_counts": [2],
+            "warmup": False,
+        },
+    )
+    central, mesh = done["rows"]
+    assert (central["mode"], mesh["mode"], mesh["nodes"]) == ("centralized", "distributed", 2)
+    assert central["mesh_share"] == 0 and 0 <= mesh["mesh_share"] <= 1
+    assert central["retries"] == 0 and mesh["retries"] >= 0
+    return done, central, mesh
+
+
 def _left_behind(coord: LiveCoordinator) -> list[str]:
     """The coordinator's link namespaces that still exist."""
     assert coord.proc is not None
@@ -181,19 +202,7 @@ def test_circuit_batch_gives_the_same_counts_centralized_and_distributed(
     coord: LiveCoordinator,
 ) -> None:
     params = {"count": 3, "qubits": 4, "depth": 4, "seed": 11, "shots": 512}
-    done = _finished(
-        coord,
-        {
-            "workload": {"kind": "circuit", "params": params},
-            "modes": ["centralized", "distributed"],
-            "node_counts": [2],
-            "warmup": False,
-        },
-    )
-    central, mesh = done["rows"]
-    assert (central["mode"], mesh["mode"], mesh["nodes"]) == ("centralized", "distributed", 2)
-    assert central["mesh_share"] == 0 and 0 <= mesh["mesh_share"] <= 1
-    assert central["retries"] == 0 and mesh["retries"] >= 0
+    done, central, mesh = _centralized_and_on_two_nodes(coord, "circuit", params)
     circuits = central["result"]["circuits"]
     assert [c["index"] for c in circuits] == [0, 1, 2]
     assert all(sum(n for _, n in c["top_counts"]) <= 512 for c in circuits)
@@ -224,19 +233,7 @@ def test_a_knapsack_batch_is_benchmarked_with_the_same_answers_in_every_mode(
         {k: v for k, v in _knapsack(14, seed).items() if k != "seed"} for seed in (1, 2, 3)
     ]
     params = {"instances": instances, "seed": 5, "block_size": 5, "beam_width": 3}
-    done = _finished(
-        coord,
-        {
-            "workload": {"kind": "qaoa_knapsack_batch", "params": params},
-            "modes": ["centralized", "distributed"],
-            "node_counts": [2],
-            "warmup": False,
-        },
-    )
-    central, mesh = done["rows"]
-    assert (central["mode"], mesh["mode"], mesh["nodes"]) == ("centralized", "distributed", 2)
-    assert central["mesh_share"] == 0 and 0 <= mesh["mesh_share"] <= 1
-    assert central["retries"] == 0 and mesh["retries"] >= 0
+    done, central, mesh = _centralized_and_on_two_nodes(coord, "qaoa_knapsack_batch", params)
     # Same seeds, same answers: every instance's value, centralized and on the mesh.
     values = central["result"]["values"]
     assert len(values) == 3 and mesh["result"] == central["result"]

@@ -12,7 +12,8 @@ durable before the job's next state change, and a round of work waits for no com
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -161,73 +162,65 @@ class DriverPort:
         results_key: str,
         max_group: int,
     ) -> Payloads:
-        self._in_flight[method] = sharing = self._in_flight.get(method, 0) + 1
-        try:
-            return await self._dispatch_groups(
-                method, service_type, payloads, group_key, results_key, max_group, sharing
+        with self._side_by_side(method) as sharing:
+            singles = [i for i, p in enumerate(payloads) if group_key not in p]
+            # Each of ``sharing`` dispatches side by side gets its share of the workers:
+            # four instances of a batch each sending one group per worker made twice the
+            # calls that keep the workers busy, and every call costs coordinator CPU.
+            slots = self.handle.worker_slots(service_type, self.options.nodes)
+            size = self.handle.sizer.group_size(
+                method,
+                jobs=len(singles),
+                slots=max(1, slots // sharing),
+                max_group=max_group,
             )
+            sends: list[tuple[dict[str, Any], list[int] | None]] = [
+                (p, None) for p in payloads if group_key in p
+            ]
+            for start in range(0, len(singles), size):
+                chunk = singles[start : start + size]
+                if len(chunk) == 1:
+                    sends.append((payloads[chunk[0]], chunk))
+                else:
+                    sends.append(({group_key: [payloads[i] for i in chunk]}, chunk))
+            outcomes = await self._run(method, service_type, [s[0] for s in sends], None)
+            replies: list[dict[str, Any] | None] = [None] * len(payloads)
+            passthrough = iter(i for i, p in enumerate(payloads) if group_key in p)
+            for (_, members), outcome in zip(sends, outcomes, strict=True):
+                reply = outcome_reply(outcome)
+                self.handle.sizer.observe(
+                    method,
+                    jobs=1 if members is None else len(members),
+                    wall_s=_unit_wall_s(outcome),
+                    compute_s=compute_seconds(outcome.reply),
+                )
+                if members is None:
+                    replies[next(passthrough)] = reply
+                elif len(members) == 1:
+                    replies[members[0]] = reply
+                else:
+                    where = {k: v for k, v in reply.items() if k != results_key}
+                    results = reply.get(results_key)
+                    answered = results if isinstance(results, list) else []
+                    # Fewer results than jobs is caught below; extra ones are ignored.
+                    for index, result in zip(members, answered[: len(members)], strict=False):
+                        replies[index] = {**result, **where}
+            missing = [i for i, r in enumerate(replies) if r is None]
+            if missing:  # a node answered a group with fewer results than jobs
+                raise ExecutionFailed(
+                    f"{method}: no result for {len(missing)} of {len(payloads)} jobs",
+                    details={"missing": missing[:20]},
+                )
+            return [r for r in replies if r is not None]
+
+    @contextlib.contextmanager
+    def _side_by_side(self, method: str) -> Iterator[int]:
+        """Count this grouped dispatch of ``method`` among those in flight (it included)."""
+        self._in_flight[method] = self._in_flight.get(method, 0) + 1
+        try:
+            yield self._in_flight[method]
         finally:
             self._in_flight[method] -= 1
-
-    async def _dispatch_groups(
-        self,
-        method: str,
-        service_type: str,
-        payloads: Payloads,
-        group_key: str,
-        results_key: str,
-        max_group: int,
-        sharing: int,
-    ) -> Payloads:
-        singles = [i for i, p in enumerate(payloads) if group_key not in p]
-        # Each of ``sharing`` dispatches side by side gets its share of the workers: four
-        # instances of a batch each sending one group per worker made twice the calls that
-        # keep the workers busy, and every call costs the coordinator CPU of its own.
-        slots = self.handle.worker_slots(service_type, self.options.nodes)
-        size = self.handle.sizer.group_size(
-            method,
-            jobs=len(singles),
-            slots=max(1, slots // sharing),
-            max_group=max_group,
-        )
-        sends: list[tuple[dict[str, Any], list[int] | None]] = [
-            (p, None) for p in payloads if group_key in p
-        ]
-        for start in range(0, len(singles), size):
-            chunk = singles[start : start + size]
-            if len(chunk) == 1:
-                sends.append((payloads[chunk[0]], chunk))
-            else:
-                sends.append(({group_key: [payloads[i] for i in chunk]}, chunk))
-        outcomes = await self._run(method, service_type, [s[0] for s in sends], None)
-        replies: list[dict[str, Any] | None] = [None] * len(payloads)
-        passthrough = iter(i for i, p in enumerate(payloads) if group_key in p)
-        for (_, members), outcome in zip(sends, outcomes, strict=True):
-            reply = outcome_reply(outcome)
-            self.handle.sizer.observe(
-                method,
-                jobs=1 if members is None else len(members),
-                wall_s=_unit_wall_s(outcome),
-                compute_s=compute_seconds(outcome.reply),
-            )
-            if members is None:
-                replies[next(passthrough)] = reply
-            elif len(members) == 1:
-                replies[members[0]] = reply
-            else:
-                where = {k: v for k, v in reply.items() if k != results_key}
-                results = reply.get(results_key)
-                answered = results if isinstance(results, list) else []
-                # Fewer results than jobs is caught below; extra ones are ignored.
-                for index, result in zip(members, answered[: len(members)], strict=False):
-                    replies[index] = {**result, **where}
-        missing = [i for i, r in enumerate(replies) if r is None]
-        if missing:  # a node answered a group with fewer results than jobs
-            raise ExecutionFailed(
-                f"{method}: no result for {len(missing)} of {len(payloads)} jobs",
-                details={"missing": missing[:20]},
-            )
-        return [r for r in replies if r is not None]
 
     async def _dispatch(
         self, method: str, service_type: str, payloads: Payloads, on_unit: UnitProgress | None
