@@ -241,7 +241,10 @@ def test_a_knapsack_batch_is_benchmarked_with_the_same_answers_in_every_mode(
     assert 0.9 <= central["quality"] <= 1 and mesh["quality"] == central["quality"]
     assert done["summary"]["same_answer_in_every_run"] is True
     local, on_mesh = done["comparison"]["modes"]
-    assert local["nodes_used"] == ["local"] and len(on_mesh["nodes_used"]) == 2
+    # Centralized in the coordinator; distributed on mesh nodes (one or both: which nodes
+    # get tiny groups depends on which is free when each is placed).
+    assert local["nodes_used"] == ["local"]
+    assert 1 <= len(on_mesh["nodes_used"]) <= 2 and "local" not in on_mesh["nodes_used"]
     assert local["instances"] == on_mesh["instances"] == 3
 
 
