@@ -163,10 +163,12 @@ async def test_grouped_dispatch_packs_jobs_per_worker_and_answers_in_input_order
 
 
 class SideBySideRun:
-    """A job whose driver dispatches two lists at once, as a batch's instances do."""
+    """A job whose driver dispatches two lists at once, as a batch's instances do: the
+    second once the first one's calls are on the nodes."""
 
-    def __init__(self, handle: JobHandle) -> None:
+    def __init__(self, handle: JobHandle, nodes: list[Any]) -> None:
         self.handle = handle
+        self.nodes = nodes
 
     async def compile(self) -> str | None:
         return None
@@ -176,7 +178,10 @@ class SideBySideRun:
             send = port.grouped_dispatcher("qaoa_block", SERVICE, max_group=64)
 
             def one(offset: int) -> list[dict[str, Any]]:
-                time.sleep(offset * 0.05)  # the second starts while the first is in flight
+                deadline = time.monotonic() + 10
+                while offset and sum(n.in_flight for n in self.nodes) < 2:
+                    assert time.monotonic() < deadline, "the first dispatch never reached the nodes"
+                    time.sleep(0.005)
                 return send([{"value": 10 * offset + i} for i in range(8)])  # type: ignore[no-any-return]
 
             with ThreadPoolExecutor(2) as pool:
@@ -189,11 +194,11 @@ class SideBySideRun:
 async def test_dispatches_side_by_side_share_the_workers(control: MakeControl) -> None:
     c = await control()
     nodes = [
-        c.add_node("n1", workers=1, latency_s=0.4),
-        c.add_node("n2", workers=1, latency_s=0.4),
+        c.add_node("n1", workers=1, latency_s=1.0),
+        c.add_node("n2", workers=1, latency_s=1.0),
     ]
     manager = c.job_manager()
-    manager.register_processor("side_by_side", SideBySideRun)
+    manager.register_processor("side_by_side", lambda h: SideBySideRun(h, nodes))
     job, _ = await manager.submit(kind="side_by_side", request={}, idempotency_key=None)
     await wait_for(lambda: job.job_id not in manager._tasks, what="the job to end", timeout=30)
     done: Job = await manager.get(job.job_id)
