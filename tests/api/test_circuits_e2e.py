@@ -74,6 +74,14 @@ def test_bell_qasm2_runs_on_mesh_nodes(coord: LiveCoordinator) -> None:
     for frag in plan["fragments"]:
         assert frag["primary_node"] in peers
         assert frag["cost"][frag["primary_node"]]["total"] >= 0
+    # Every fragment's record is written, whether or not a progress report rode along.
+    events = coord.http.get(f"/jobs/{job['job_id']}/events").json()["items"]
+    completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]
+    assert sorted(completed) == sorted(f["fragment_id"] for f in job["fragment_results"])
+    for e in events:
+        if e["event_type"] == "progress":
+            progress = e["payload"]["progress"]
+            assert progress["fragments_done"] < progress["fragments_total"]
 
 
 def test_same_seed_gives_same_counts(coord: LiveCoordinator) -> None:

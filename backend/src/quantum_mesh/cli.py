@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import os
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -102,6 +103,7 @@ def coordinator(
         )
     api = create_app(settings)
     settle_garbage_collector()
+    share_the_interpreter(settings.gil_switch_interval_ms)
     uvicorn.run(
         api,
         host=bind_host,
@@ -135,6 +137,17 @@ def settle_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def share_the_interpreter(switch_interval_ms: float) -> None:
+    """Let threads that wait for the GIL get it back sooner (0: CPython's 5 ms).
+
+    The coordinator's database writer runs a few statements per write, and each gives the GIL
+    up while SQLite or PostgreSQL works; under load it then waits for the API loop to reach
+    the switch interval before it may go on. Measured at 200 submits/s: its writes took 4x
+    their CPU time in wall time, and the writer, busy 94 % of the time, bounded jobs/s."""
+    if switch_interval_ms > 0:
+        sys.setswitchinterval(switch_interval_ms / 1000)
 
 
 @app.command()

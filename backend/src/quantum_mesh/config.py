@@ -201,6 +201,12 @@ class Settings(BaseSettings):
     capacity_wait_s: float = Field(default=30.0, ge=0)
 
     # --- coordinator worker pools -----------------------------------------------------------
+    #: How long (ms) a thread may hold the coordinator's GIL while another waits for it
+    #: (``sys.setswitchinterval``; CPython's own is 5). The database writer, the libp2p
+    #: thread and the peer log give the GIL up for every statement, send and write, and wait
+    #: that long to get it back while the API loop computes (docs/operations.md, "The
+    #: database writer waits for the GIL"). 0 keeps CPython's.
+    gil_switch_interval_ms: float = Field(default=0.5, ge=0)
     #: Threads for short CPU steps of running jobs (planning, composing, analysis).
     compute_threads: int = Field(default=2, ge=1)
     #: Threads for workload drivers (one per concurrently running workflow).

@@ -369,7 +369,9 @@ class CircuitProcess:
             return await self._execute_dynamic(circuit)
         request = handle.request
 
-        last_report = 0.0
+        # The first report comes PROGRESS_EVERY_S after the work started: a job done sooner
+        # (a Bell circuit) writes no progress at all, its COMPLETED says it.
+        last_report = time.monotonic()
 
         async def record(wave: WriteOp, completed: int, total: int) -> Any:
             # A wave's record carries the progress it makes: at most a few progress writes a
