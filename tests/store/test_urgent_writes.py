@@ -124,3 +124,34 @@ async def test_a_failing_write_in_a_group_fails_alone_and_the_rest_commit_in_ord
         assert ran.count("broken") == 1
     finally:
         gate.set()
+
+
+def _place_in_group(session: Session) -> int:
+    """How many writes this write's group has run, itself included."""
+    session.info["writes"] = session.info.get("writes", 0) + 1
+    return int(session.info["writes"])
+
+
+@pytest.mark.parametrize(("max_group_s", "places"), [(0.0, [1, 1, 1, 1]), (60.0, [2, 3, 4, 5])])
+async def test_a_group_stops_taking_writes_once_it_has_run_long_enough(
+    held: _Held, monkeypatch: pytest.MonkeyPatch, max_group_s: float, places: list[int]
+) -> None:
+    # Under a steady backlog nothing else closes a group; a long one holds up the next
+    # submit's write for all of its length.
+    monkeypatch.setattr(database, "MAX_GROUP_S", max_group_s)
+    db, gate = held.db, held.gate
+
+    def blocker(session: Session) -> None:
+        _place_in_group(session)
+        held.blocker(session)
+
+    try:
+        busy = asyncio.ensure_future(db.write(blocker))
+        await asyncio.sleep(0.05)  # the writer is inside the blocker's group now
+        queued = [asyncio.ensure_future(db.write(_place_in_group)) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await busy
+        assert await asyncio.gather(*queued) == places
+    finally:
+        gate.set()

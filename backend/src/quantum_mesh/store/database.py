@@ -105,6 +105,10 @@ WriteOp = Callable[[Session], Any]
 MAX_GROUP = 256
 #: A group holding an urgent write (a submit's) is committed this long after it joined.
 URGENT_GROUP_S = 0.004
+#: A group stops taking writes this long after it started: an urgent write that arrives
+#: while a group runs waits for it, and under a steady backlog (no urgent write to close it)
+#: groups grew to 100+ writes and 100-250 ms (the submit p99).
+MAX_GROUP_S = 0.015
 
 
 def sync_url(url: str) -> str:
@@ -218,17 +222,20 @@ class _GroupWriter:
         """Run queued writes in one transaction and commit it. Returns how many were run.
 
         The group is formed while it runs, so a write queued meanwhile joins it (urgent ones
-        first). It closes when nothing is queued, at ``MAX_GROUP`` writes, or
-        ``URGENT_GROUP_S`` after an urgent write joined. A write that raises is failed alone:
-        the group is rolled back and the others go back to the head of the queue."""
+        first). It closes when nothing is queued, at ``MAX_GROUP`` writes, ``MAX_GROUP_S``
+        after it started, or ``URGENT_GROUP_S`` after an urgent write joined. A write that
+        raises is failed alone: the group is rolled back and the others go back to the head of
+        the queue."""
         done: list[tuple[_Item, bool]] = []
         results: list[Any] = []
         urgent_since: float | None = None
+        closing = time.perf_counter() + MAX_GROUP_S
         try:
             with sessions() as session, session.begin():
                 while len(done) < MAX_GROUP:
-                    if urgent_since is not None and (
-                        time.perf_counter() - urgent_since >= URGENT_GROUP_S
+                    now = time.perf_counter()
+                    if (done and now >= closing) or (
+                        urgent_since is not None and now - urgent_since >= URGENT_GROUP_S
                     ):
                         break
                     taken = self._next()
