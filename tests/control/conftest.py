@@ -85,6 +85,8 @@ class FakeNode:
     inline: bool = False
     #: A dead node: every call fails with PeerUnreachable.
     dead: bool = False
+    #: Report ``seconds`` of compute (``latency_s``) in every work reply, as real nodes do.
+    reports_seconds: bool = False
     #: Work calls of ``hold`` wait for this event.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     # --- observed --------------------------------------------------------------------------
@@ -229,7 +231,10 @@ class FakeMesh:
                 share = node.latency_s / len(params["jobs"])
                 results = [{"value": j.get("value"), "seconds": share} for j in params["jobs"]]
                 return {"node": node.peer_id, "method": method, "results": results}
-            return {"node": node.peer_id, "method": method, "value": params.get("value")}
+            reply = {"node": node.peer_id, "method": method, "value": params.get("value")}
+            if node.reports_seconds:
+                reply["seconds"] = node.latency_s
+            return reply
         finally:
             node.in_flight -= 1
 

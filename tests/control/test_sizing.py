@@ -13,11 +13,13 @@ import pytest
 from quantum_mesh.control.jobs import JobHandle
 from quantum_mesh.control.sizing import (
     DEFAULT_DEPTH,
+    LONG_UNIT_OVERHEAD_SHARE,
     MIN_DEPTH,
     NODE_QUEUE_BUDGET_S,
     TARGET_OVERHEAD_SHARE,
     CallSizer,
     PipelineDepth,
+    UnitLengths,
     compute_seconds,
 )
 from quantum_mesh.control.workflows.base import RunOptions, drive
@@ -116,6 +118,70 @@ async def test_units_go_to_the_least_loaded_node_first(control: MakeControl) -> 
     await wait_for(lambda: first.in_flight + second.in_flight == 4, what="all units to start")
     assert (first.in_flight, second.in_flight) == (2, 2)
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
+
+
+def test_units_are_long_once_the_coordinators_share_is_small() -> None:
+    lengths = UnitLengths()
+    assert not lengths.is_long("sqd_batch")  # nothing measured yet
+    lengths.observe("sqd_batch", overhead_s=0.004, compute_s=4.0)
+    assert lengths.is_long("sqd_batch")
+    lengths.observe("sqd_batch", overhead_s=0.0, compute_s=0.0)  # reported no compute: ignored
+    assert lengths.is_long("sqd_batch")
+    # Millisecond units whose coordinator time is their own order of magnitude: not long.
+    lengths.observe("execute_fragment", overhead_s=0.003, compute_s=0.001)
+    assert not lengths.is_long("execute_fragment")
+    # At the threshold, and just past it after the running averages moved there.
+    edge = UnitLengths()
+    edge.observe("qaoa_block", overhead_s=LONG_UNIT_OVERHEAD_SHARE * 0.5, compute_s=0.5)
+    assert edge.is_long("qaoa_block")
+    for _ in range(30):
+        edge.observe("qaoa_block", overhead_s=2 * LONG_UNIT_OVERHEAD_SHARE * 0.5, compute_s=0.5)
+    assert not edge.is_long("qaoa_block")
+
+
+async def _spread(c: Any, units: int) -> None:
+    await asyncio.wait_for(
+        c.scheduler.run_many([unit("job", f"u{i}", method="echo") for i in range(units)]),
+        timeout=20,
+    )
+
+
+async def test_long_units_go_to_whichever_worker_is_free_first(control: MakeControl) -> None:
+    """A round of long units (SQD batches) is handed out as workers come free, as a process
+    pool does, not split between nodes in advance: the slow node gets one unit while the fast
+    one does the rest. Short units still fill each node's extra slots."""
+    c = await control()
+    fast = c.add_node("fast", workers=1, latency_s=0.02, services=(SERVICE,))
+    slow = c.add_node("slow", workers=1, latency_s=0.4, services=(SERVICE,))
+    c.scheduler.lengths.observe("echo", overhead_s=0.001, compute_s=1.0)  # measured long
+    await _spread(c, 6)
+    assert (len(fast.executed), len(slow.executed)) == (5, 1)
+    assert (fast.max_in_flight, slow.max_in_flight) == (1, 1)
+
+    # The same round of units not (yet) known as long: placed ahead, the slow node's share
+    # waits behind its busy worker.
+    c.scheduler.lengths = UnitLengths()
+    fast.executed.clear()
+    slow.executed.clear()
+    await _spread(c, 6)
+    assert len(slow.executed) >= 2
+
+
+async def test_a_unit_queued_behind_another_does_not_count_as_its_length(
+    control: MakeControl,
+) -> None:
+    """Only units placed on an idle worker are measured: a round trip that includes waiting
+    behind another unit would make every pipelined method look short of compute."""
+    c = await control()
+    c.add_node("n1", workers=1, latency_s=0.3, reports_seconds=True)
+    await asyncio.wait_for(
+        c.scheduler.run_many([unit("job", "u0", method="echo"), unit("job", "u1", method="echo")]),
+        timeout=10,
+    )
+    known = c.scheduler.lengths.estimate("echo")
+    assert known is not None
+    assert known["calls"] == 1  # u1 was placed behind u0 on the one worker: not observed
+    assert known["unit_compute_s"] == pytest.approx(0.3)
 
 
 class GroupedRun:

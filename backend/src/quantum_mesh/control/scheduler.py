@@ -36,7 +36,7 @@ from quantum_mesh.control.planner import CostWeights, offers, rank_nodes
 from quantum_mesh.control.ports import MeshPort
 from quantum_mesh.control.registry import PeerRegistry, PeerView
 from quantum_mesh.control.reservations import ReservationService, Settlement
-from quantum_mesh.control.sizing import CallSizer, PipelineDepth
+from quantum_mesh.control.sizing import CallSizer, PipelineDepth, UnitLengths, compute_seconds
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
 from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
@@ -151,6 +151,9 @@ class _Ticket:
     refusals: int = 0
     #: Seconds in the queue before the latest placement (also in the job's events).
     queued_s: float = 0.0
+    #: The latest placement found one of the node's workers idle (nothing queued before it
+    #: there), so its round trip is the unit's own.
+    to_idle_worker: bool = False
     failed_on: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -216,6 +219,8 @@ class WorkScheduler:
         self.sizer = CallSizer()
         #: Units per worker to keep placed (at most what a node accepts).
         self.pipeline = PipelineDepth(most=SLOTS_PER_WORKER)
+        #: Methods whose units wait for an idle worker rather than queue behind a busy one.
+        self.lengths = UnitLengths()
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -354,7 +359,9 @@ class WorkScheduler:
                 continue
             node = self._choose(ticket, usable, now) if has_room else None
             if node is not None:
-                self._in_flight[node] = self._in_flight.get(node, 0) + 1
+                held = self._in_flight.get(node, 0)
+                ticket.to_idle_worker = held < self._workers_of(node)
+                self._in_flight[node] = held + 1
                 ticket.queued_s = now - ticket.enqueued
                 metrics.queue_wait(ticket.queued_s)
                 task = asyncio.create_task(self._execute(ticket, node))
@@ -380,7 +387,10 @@ class WorkScheduler:
         )
 
     def _workers(self, view: PeerView) -> int:
-        return max(1, int(self.registry.advert_of(view.peer_id).get("workers", 1)))
+        return self._workers_of(view.peer_id)
+
+    def _workers_of(self, node_id: str) -> int:
+        return max(1, int(self.registry.advert_of(node_id).get("workers", 1)))
 
     def free_slots(self, view: PeerView) -> int:
         """Units that may still be placed on the node (``pipeline``: per worker)."""
@@ -394,10 +404,15 @@ class WorkScheduler:
         # where the unit already failed (a noisy node stays noisy, a crashing handler crashes).
         if any(v.peer_id not in ticket.failed_on for v in able):
             able = [v for v in able if v.peer_id not in ticket.failed_on]
+        # A long unit goes to an idle worker only (``UnitLengths``): queued on a node, it
+        # could not move when another node's worker goes idle first.
+        long_unit = self.lengths.is_long(unit.method)
         candidates = [
             v
             for v in able
-            if self.free_slots(v) > 0 and self._paused_until.get(v.peer_id, 0.0) <= now
+            if self.free_slots(v) > 0
+            and self._paused_until.get(v.peer_id, 0.0) <= now
+            and not (long_unit and self._in_flight.get(v.peer_id, 0) >= self._workers(v))
         ]
         if not candidates:
             return None
@@ -615,6 +630,13 @@ class WorkScheduler:
             round_trip_s=seconds,
             node_s=_as_float(reply.get("seconds")),
         )
+        if ticket.to_idle_worker:  # else the round trip includes the wait behind another unit
+            compute = compute_seconds(reply)
+            self.lengths.observe(
+                unit.method,
+                overhead_s=(t0 - placed) + max(0.0, seconds - compute),
+                compute_s=compute,
+            )
         self.registry.record_latency(node_id, seconds)
         rejected = unit.accept(node_id, reply) if unit.accept is not None else None
         if rejected is not None:

@@ -90,6 +90,56 @@ def compute_seconds(reply: Mapping[str, Any]) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+#: A method's units count as long once the coordinator's own time per unit (placing,
+#: sending, taking the answer) is at most this share of the unit's compute (``UnitLengths``).
+LONG_UNIT_OVERHEAD_SHARE = 0.02
+
+
+class UnitLengths:
+    """Which methods' units are long enough to go only to a node with an idle worker.
+
+    A second slot per worker hides the coordinator's time between two units, which pays for
+    millisecond units. For units of seconds (SQD batches) that time is a fraction of a
+    percent of the unit, and the second slot costs more than it saves: a unit placed behind
+    a busy worker stays there when another node's worker goes idle first, so a round of
+    batches is split between nodes in advance and ends with one worker idle while the other
+    still has one to do (a process pool hands the next batch to whichever worker is free).
+    Measured per method, from each unit's coordinator time and the compute its node reported;
+    a method with no measurement yet is not long.
+    """
+
+    def __init__(self) -> None:
+        self._by_method: dict[str, _Estimate] = {}
+
+    def observe(self, method: str, *, overhead_s: float, compute_s: float) -> None:
+        if compute_s <= 0:
+            return
+        known = self._by_method.get(method)
+        if known is None:
+            self._by_method[method] = _Estimate(max(0.0, overhead_s), compute_s)
+        else:
+            known.overhead_s += SMOOTHING * (max(0.0, overhead_s) - known.overhead_s)
+            known.job_compute_s += SMOOTHING * (compute_s - known.job_compute_s)
+            known.calls += 1
+        metrics.unit_long(method, self.is_long(method))
+
+    def estimate(self, method: str) -> dict[str, float] | None:
+        known = self._by_method.get(method)
+        if known is None:
+            return None
+        return {
+            "overhead_s": known.overhead_s,
+            "unit_compute_s": known.job_compute_s,
+            "calls": known.calls,
+        }
+
+    def is_long(self, method: str) -> bool:
+        known = self._by_method.get(method)
+        return known is not None and (
+            known.overhead_s <= LONG_UNIT_OVERHEAD_SHARE * known.job_compute_s
+        )
+
+
 #: Units placed per worker before any was measured (and the fewest: one running, one ready).
 DEFAULT_DEPTH = 4
 #: Longest a unit should wait in a node's queue behind the coordinator's other units there,

@@ -127,6 +127,12 @@ UNIT_JOB_COMPUTE_SECONDS = Gauge(
     ["method"],
     registry=REGISTRY,
 )
+UNIT_LONG = Gauge(
+    "qmesh_unit_long",
+    "1 where a method's units are long (placed only on an idle node worker), by method.",
+    ["method"],
+    registry=REGISTRY,
+)
 JOBS_REJECTED = Counter(
     "qmesh_jobs_rejected_total",
     "Submits refused with 429 because the job queue was full.",
@@ -216,6 +222,10 @@ def job_start_wait(seconds: float) -> None:
 def unit_cost(method: str, *, overhead_s: float, job_compute_s: float) -> None:
     UNIT_OVERHEAD_SECONDS.labels(method=method).set(overhead_s)
     UNIT_JOB_COMPUTE_SECONDS.labels(method=method).set(job_compute_s)
+
+
+def unit_long(method: str, long: bool) -> None:
+    UNIT_LONG.labels(method=method).set(1 if long else 0)
 
 
 def db_write(seconds: float) -> None:
