@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +141,50 @@ def test_embedded_default_peer_log_and_provenance(tmp_path: Path) -> None:
             "qmesh_node_fresh",
         ):
             assert name in text, name
+
+
+def _projector_pid(coord: LiveCoordinator) -> int | None:
+    try:
+        pid = int((coord.data_dir / "projector.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def test_the_projector_runs_in_a_process_of_its_own_and_is_restarted(tmp_path: Path) -> None:
+    """Projections are caught up by a child process, not on the API loop; a projector that
+    dies is started again and catches up what happened meanwhile."""
+    with LiveCoordinator(tmp_path / "coord", embedded_nodes=1) as coord:
+        first = _submit_and_wait(coord, seed=5)
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{first['job_id']}/provenance").status_code == 200,
+            timeout=30,
+            what="provenance",
+        )
+        pid = _projector_pid(coord)
+        assert pid is not None and pid != coord.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        during = _submit_and_wait(coord, seed=6)  # jobs do not wait for projections
+        wait_until(
+            lambda: _projector_pid(coord) not in (None, pid), timeout=30, what="a new projector"
+        )
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{during['job_id']}/provenance").status_code == 200,
+            timeout=30,
+            what="the new projector caught up",
+        )
+        assert coord.http.get("/ready").json()["parts"]["document_store"] == "up"
+        assert "projector.process_exited" in coord.log_tail(1_000_000)
+
+
+def test_the_projector_can_stay_on_the_api_loop(tmp_path: Path) -> None:
+    env = {"QMESH_PROJECTOR_PROCESS": "false"}
+    with LiveCoordinator(tmp_path / "coord", embedded_nodes=1, env=env) as coord:
+        job = _submit_and_wait(coord, seed=7)
+        wait_until(
+            lambda: coord.http.get(f"/jobs/{job['job_id']}/provenance").status_code == 200,
+            timeout=30,
+            what="provenance",
+        )
+        assert _projector_pid(coord) is None

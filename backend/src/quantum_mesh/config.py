@@ -164,6 +164,9 @@ class Settings(BaseSettings):
     # --- data plane ------------------------------------------------------------------------
     database_url: str | None = None
     mongo_url: str | None = None
+    #: Catch the MongoDB projections up in a process of their own (``store/mongo/
+    #: projection_process.py``), not on the API loop, where that work held the GIL.
+    projector_process: bool = True
 
     # --- mesh ------------------------------------------------------------------------------
     p2p_host: str = "127.0.0.1"

@@ -116,7 +116,10 @@ class Coordinator:
             )
         )
         self.docstore = DocumentStore(
-            db=self.db, mongo_url=settings.mongo_url, data_dir=self.data_dir
+            db=self.db,
+            mongo_url=settings.mongo_url,
+            data_dir=self.data_dir,
+            projector_process=settings.projector_process,
         )
         self.supervisor: NodeSupervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []

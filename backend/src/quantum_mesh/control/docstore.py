@@ -19,6 +19,7 @@ from quantum_mesh.errors import Unavailable
 from quantum_mesh.logs import get_logger
 from quantum_mesh.store.database import Database
 from quantum_mesh.store.mongo.docserver import DocServerError, EmbeddedDocServer
+from quantum_mesh.store.mongo.projection_process import ProjectionProcess
 from quantum_mesh.store.mongo.projector import Projector
 
 log = get_logger(__name__)
@@ -33,12 +34,23 @@ class DocumentStoreUnavailable(Unavailable):
 
 
 class DocumentStore:
-    def __init__(self, *, db: Database, mongo_url: str | None, data_dir: Path) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        mongo_url: str | None,
+        data_dir: Path,
+        projector_process: bool = True,
+    ) -> None:
         self.db = db
         self.configured_url = mongo_url
         self.data_dir = data_dir
         self.server: EmbeddedDocServer | None = None
+        #: Reads, peer and topology projections, benchmark records; with
+        #: ``projector_process`` the event catch-up runs in ``process`` instead.
         self.projector: Projector | None = None
+        self.use_process = projector_process
+        self.process: ProjectionProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._start_error: str | None = None
 
@@ -61,8 +73,19 @@ class DocumentStore:
         self.projector = Projector(db=self.db, mongo_url=url)
         with contextlib.suppress(PyMongoError):
             await self.projector.connect()
+        if self.use_process:
+            self.process = ProjectionProcess(
+                database_url=self.db.url,
+                mongo_url=url,
+                interval_s=PROJECT_INTERVAL_S,
+                data_dir=self.data_dir,
+            )
+            self.process.start()
+            catch_up = asyncio.create_task(self.process.watch(), name="projector-process")
+        else:
+            catch_up = asyncio.create_task(self.projector.run(PROJECT_INTERVAL_S), name="projector")
         self._tasks = [
-            asyncio.create_task(self.projector.run(PROJECT_INTERVAL_S), name="projector"),
+            catch_up,
             asyncio.create_task(self._live_projections(peers, topology), name="live-projections"),
         ]
 
@@ -70,6 +93,8 @@ class DocumentStore:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.process is not None:
+            await self.process.stop()
         if self.projector is not None:
             with contextlib.suppress(Exception):
                 await self.projector.close()
@@ -77,6 +102,8 @@ class DocumentStore:
             await self.server.stop()
 
     def status(self) -> str:
+        if self.process is not None and not self.process.running():
+            return f"down: projector process exited (code {self.process.exit_code()}); restarting"
         if self.projector is not None:
             return self.projector.status()
         return self._start_error or "down: not started"

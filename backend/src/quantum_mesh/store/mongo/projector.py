@@ -141,6 +141,7 @@ class Projector:
             database=self._client[self.database_name], document_models=DOCUMENT_MODELS
         )
         self._connected = True
+        self._mark_up()  # it answered: up, also where the catch-up runs in another process
 
     async def close(self) -> None:
         self._closing.set()
