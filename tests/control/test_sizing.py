@@ -181,7 +181,7 @@ async def test_a_unit_queued_behind_another_does_not_count_as_its_length(
     known = c.scheduler.lengths.estimate("echo")
     assert known is not None
     assert known["calls"] == 1  # u1 was placed behind u0 on the one worker: not observed
-    assert known["unit_compute_s"] == pytest.approx(0.3)
+    assert known["job_compute_s"] == pytest.approx(0.3)
 
 
 class GroupedRun:

@@ -32,28 +32,22 @@ class _Estimate:
     calls: int = 1
 
 
-class CallSizer:
-    """Running per-method estimates of per-unit overhead and per-job compute."""
+class _RunningCosts:
+    """Per-method running averages (``SMOOTHING``) of a unit's overhead and of a job's
+    compute."""
 
     def __init__(self) -> None:
         self._by_method: dict[str, _Estimate] = {}
 
-    def observe(self, method: str, *, jobs: int, wall_s: float, compute_s: float) -> None:
-        """One finished unit of ``jobs`` jobs: its wall time on the coordinator's side
-        (reservation to recorded result, queue wait excluded) and the compute its node
-        reported for them."""
-        if jobs < 1 or wall_s <= 0:
-            return
-        overhead = max(0.0, wall_s - compute_s)
-        per_job = max(0.0, compute_s) / jobs
+    def _update(self, method: str, *, overhead_s: float, job_compute_s: float) -> _Estimate:
         known = self._by_method.get(method)
         if known is None:
-            known = self._by_method[method] = _Estimate(overhead, per_job, calls=0)
+            known = self._by_method[method] = _Estimate(overhead_s, job_compute_s, calls=0)
         else:
-            known.overhead_s += SMOOTHING * (overhead - known.overhead_s)
-            known.job_compute_s += SMOOTHING * (per_job - known.job_compute_s)
+            known.overhead_s += SMOOTHING * (overhead_s - known.overhead_s)
+            known.job_compute_s += SMOOTHING * (job_compute_s - known.job_compute_s)
         known.calls += 1
-        metrics.unit_cost(method, overhead_s=known.overhead_s, job_compute_s=known.job_compute_s)
+        return known
 
     def estimate(self, method: str) -> dict[str, float] | None:
         known = self._by_method.get(method)
@@ -64,6 +58,23 @@ class CallSizer:
             "job_compute_s": known.job_compute_s,
             "calls": known.calls,
         }
+
+
+class CallSizer(_RunningCosts):
+    """Running per-method estimates of per-unit overhead and per-job compute."""
+
+    def observe(self, method: str, *, jobs: int, wall_s: float, compute_s: float) -> None:
+        """One finished unit of ``jobs`` jobs: its wall time on the coordinator's side
+        (reservation to recorded result, queue wait excluded) and the compute its node
+        reported for them."""
+        if jobs < 1 or wall_s <= 0:
+            return
+        known = self._update(
+            method,
+            overhead_s=max(0.0, wall_s - compute_s),
+            job_compute_s=max(0.0, compute_s) / jobs,
+        )
+        metrics.unit_cost(method, overhead_s=known.overhead_s, job_compute_s=known.job_compute_s)
 
     def group_size(self, method: str, *, jobs: int, slots: int, max_group: int) -> int:
         """Jobs per unit for a round of ``jobs`` jobs over ``slots`` free worker slots."""
@@ -95,7 +106,7 @@ def compute_seconds(reply: Mapping[str, Any]) -> float:
 LONG_UNIT_OVERHEAD_SHARE = 0.02
 
 
-class UnitLengths:
+class UnitLengths(_RunningCosts):
     """Which methods' units are long enough to go only to a node with an idle worker.
 
     A second slot per worker hides the coordinator's time between two units, which pays for
@@ -104,34 +115,15 @@ class UnitLengths:
     a busy worker stays there when another node's worker goes idle first, so a round of
     batches is split between nodes in advance and ends with one worker idle while the other
     still has one to do (a process pool hands the next batch to whichever worker is free).
-    Measured per method, from each unit's coordinator time and the compute its node reported;
-    a method with no measurement yet is not long.
+    Measured per method, from each unit's coordinator time and the compute its node reported
+    (a unit counts as one job here); a method with no measurement yet is not long.
     """
-
-    def __init__(self) -> None:
-        self._by_method: dict[str, _Estimate] = {}
 
     def observe(self, method: str, *, overhead_s: float, compute_s: float) -> None:
         if compute_s <= 0:
             return
-        known = self._by_method.get(method)
-        if known is None:
-            self._by_method[method] = _Estimate(max(0.0, overhead_s), compute_s)
-        else:
-            known.overhead_s += SMOOTHING * (max(0.0, overhead_s) - known.overhead_s)
-            known.job_compute_s += SMOOTHING * (compute_s - known.job_compute_s)
-            known.calls += 1
+        self._update(method, overhead_s=max(0.0, overhead_s), job_compute_s=compute_s)
         metrics.unit_long(method, self.is_long(method))
-
-    def estimate(self, method: str) -> dict[str, float] | None:
-        known = self._by_method.get(method)
-        if known is None:
-            return None
-        return {
-            "overhead_s": known.overhead_s,
-            "unit_compute_s": known.job_compute_s,
-            "calls": known.calls,
-        }
 
     def is_long(self, method: str) -> bool:
         known = self._by_method.get(method)
