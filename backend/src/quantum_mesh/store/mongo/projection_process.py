@@ -139,9 +139,12 @@ async def _project(database_url: str, mongo_url: str, interval_s: float) -> None
 
 
 def main() -> None:
+    from quantum_mesh.config import Settings
     from quantum_mesh.logs import configure_logging
 
-    configure_logging(os.environ.get("QMESH_LOG_LEVEL", "INFO"))
+    # The coordinator's environment is ours: log as it does (level, JSON, masked keys).
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json, secrets=settings.secret_keys)
     database_url = os.environ.get(DATABASE_URL_ENV)
     mongo_url = os.environ.get(MONGO_URL_ENV)
     if not database_url or not mongo_url:
