@@ -230,8 +230,11 @@ def test_low_fidelity_node_is_skipped_for_fallback(
 ) -> None:
     # The noisy node advertises the better fidelity, so the planner picks it first; the
     # fidelity it really delivers is below the job's minimum, so the runtime falls back.
+    # The advertised gap (0.999 against 0.91) outweighs ~27 ms of measured link latency in
+    # the planner's cost, so a slow first ping on a loaded machine cannot reorder them (with
+    # 0.95 it took ~15 ms, and CI once measured that much).
     noisy_spec = {"name": "noisy", "noise_level": 0.4, "fidelity": 0.999}
-    with _standalone(coord, tmp_path, noisy_spec, {"name": "clean", "fidelity": 0.95}) as [
+    with _standalone(coord, tmp_path, noisy_spec, {"name": "clean", "fidelity": 0.91}) as [
         (_, noisy_id),
         (_, clean_id),
     ]:
