@@ -1,9 +1,13 @@
-"""Child-process hygiene: children of the coordinator die with it, even after a SIGKILL."""
+"""Child-process hygiene: children of the coordinator die with it, even after a SIGKILL,
+and are stopped in order otherwise."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 
@@ -25,3 +29,21 @@ def die_with_parent() -> Callable[[], None] | None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
     return _set
+
+
+async def stop_child(proc: subprocess.Popen[bytes], grace_s: float, *, kill_wait_s: float) -> bool:
+    """SIGTERM ``proc`` (SIGKILL when ``grace_s`` is 0), wait up to ``grace_s`` for it, then
+    SIGKILL it and wait up to ``kill_wait_s``. Returns whether it had to be killed. The
+    waits run in a thread: ``Popen.wait`` blocks."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
+    try:
+        await asyncio.to_thread(proc.wait, grace_s)
+        return False
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.to_thread(proc.wait, kill_wait_s)
+        return True

@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from quantum_mesh.logs import get_logger
-from quantum_mesh.procutil import die_with_parent
+from quantum_mesh.procutil import die_with_parent, stop_child
 
 log = get_logger(__name__)
 
@@ -251,17 +251,8 @@ class EmbeddedDocServer:
 
     async def _terminate(self, grace_s: float) -> None:
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
-        try:
-            await asyncio.to_thread(proc.wait, grace_s)
-        except subprocess.TimeoutExpired:
+        if proc is not None and await stop_child(proc, grace_s, kill_wait_s=KILL_WAIT_S):
             log.warning("docserver.kill", pid=proc.pid, grace_s=grace_s)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.to_thread(proc.wait, KILL_WAIT_S)
 
     def _exit_code(self) -> int | None:
         return None if self._proc is None else self._proc.poll()

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from quantum_mesh.logs import get_logger
-from quantum_mesh.procutil import die_with_parent
+from quantum_mesh.procutil import die_with_parent, stop_child
 
 log = get_logger(__name__)
 
@@ -101,17 +101,10 @@ class ProjectionProcess:
 
     async def stop(self) -> None:
         proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
+        if await stop_child(proc, STOP_GRACE_S, kill_wait_s=STOP_GRACE_S):
             log.warning("projector.process_kill", pid=proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.to_thread(proc.wait, STOP_GRACE_S)
         with contextlib.suppress(OSError):
             self.pidfile.unlink()
 
