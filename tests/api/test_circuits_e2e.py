@@ -74,6 +74,11 @@ def test_bell_qasm2_runs_on_mesh_nodes(coord: LiveCoordinator) -> None:
     for frag in plan["fragments"]:
         assert frag["primary_node"] in peers
         assert frag["cost"][frag["primary_node"]]["total"] >= 0
+    # The embedded nodes offer both services, so h and cx are one fused node call.
+    assert [(f["service_type"], f.get("services")) for f in plan["fragments"]] == [
+        ("single_qubit", ["single_qubit", "cnot"])
+    ]
+    assert len(job["fragment_results"]) == 1
     # Every fragment's record is written, whether or not a progress report rode along.
     events = coord.http.get(f"/jobs/{job['job_id']}/events").json()["items"]
     completed = [e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"]

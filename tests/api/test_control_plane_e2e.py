@@ -349,8 +349,14 @@ def test_coordinator_sigkill_recovers_every_job(tmp_path: Path, pg_url: str) -> 
             return any(e["event_type"] == "fragment_completed" for e in events)
 
         wait_until(some_progress, timeout=60, interval=0.05, what="first fragment")
+        first_plan = live.http.get(f"/plans/{live.http.get(f'/jobs/{jobs[0]}').json()['plan_id']}")
         live.kill()
+        # Restarted without fusion: a recovered job must keep its saved plan's (fused)
+        # fragments, or the fragments it already finished would mean other operations.
+        live.env["QMESH_FUSE_FRAGMENTS"] = "false"
         live.restart()
+        fused = [f for f in first_plan.json()["fragments"] if "services" in f]
+        assert fused, first_plan.json()["fragments"]
         for job_id, (_, expected) in zip(jobs, circuits, strict=True):
             job = live.wait_job(job_id, timeout=240)
             assert job["status"] == "COMPLETED", (job, live.log_tail())
@@ -362,6 +368,15 @@ def test_coordinator_sigkill_recovers_every_job(tmp_path: Path, pg_url: str) -> 
                 e["fragment_id"] for e in events if e["event_type"] == "fragment_completed"
             ]
             assert len(completed) == len(set(completed)) == len(job["fragment_results"])
+        replanned = live.http.get(f"/plans/{live.http.get(f'/jobs/{jobs[0]}').json()['plan_id']}")
+        partition = [
+            (f["fragment_id"], f["operation_ids"], f.get("services"))
+            for f in first_plan.json()["fragments"]
+        ]
+        assert [
+            (f["fragment_id"], f["operation_ids"], f.get("services"))
+            for f in replanned.json()["fragments"]
+        ] == partition
     finally:
         live.stop()
 

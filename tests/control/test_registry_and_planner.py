@@ -119,3 +119,22 @@ def test_service_and_width_must_match() -> None:
     with pytest.raises(NoCapacity) as info:
         plan_fragments(_fragments(), reg.usable_snapshot(), weights=CostWeights())
     assert info.value.details["service_type"] == "cnot"
+
+
+def test_a_fused_fragment_goes_only_to_nodes_offering_all_its_services() -> None:
+    reg = _registry(
+        _advert("gates", services=["single_qubit"], fidelity=0.999),
+        _advert("both", services=["single_qubit", "cnot"], fidelity=0.95),
+    )
+    fused = FragmentSpec(
+        "f0", "single_qubit", (0, 1), (0, 1), (), 2, services=("single_qubit", "cnot")
+    )
+    (planned,) = plan_fragments([fused], reg.usable_snapshot(), weights=CostWeights())
+    assert planned.primary_node == "both" and planned.fallback_nodes == ()
+    assert planned.to_dict()["services"] == ["single_qubit", "cnot"]
+    with pytest.raises(NoCapacity, match="single_qubit \\+ cnot"):
+        plan_fragments(
+            [fused],
+            _registry(_advert("gates", services=["single_qubit"])).usable_snapshot(),
+            weights=CostWeights(),
+        )

@@ -37,8 +37,10 @@ def _check_fragments(circuit: NormalizedCircuit, fragments: list[Fragment]) -> N
     owner = {i: f.fragment_id for f in fragments for i in f.operation_ids}
     position = {f.fragment_id: k for k, f in enumerate(fragments)}
     for f in fragments:
-        assert len({ops[i].service_type for i in f.operation_ids}) == 1
-        assert f.service_type == ops[f.operation_ids[0]].service_type
+        # One service per fragment unless fused; a fused one lists its services, first first.
+        assert {ops[i].service_type for i in f.operation_ids} == set(f.required_services)
+        assert len(f.required_services) == len(set(f.required_services))
+        assert f.service_type == ops[f.operation_ids[0]].service_type == f.required_services[0]
         assert f.qubits == tuple(sorted({q for i in f.operation_ids for q in ops[i].qubits}))
         assert list(f.operation_ids) == sorted(f.operation_ids)
         # Topological list order (hence acyclic): dependencies come strictly earlier.
@@ -105,3 +107,70 @@ def test_fragment_round_trips() -> None:
 def test_invalid_limits_are_refused() -> None:
     with pytest.raises(ValueError):
         build_fragments(parse_circuit(SEED_EXAMPLE), max_ops_per_fragment=0)
+
+
+BELL = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[2];\nh q[0];\ncx q[0], q[1];\n'
+
+
+def test_without_fuse_a_bell_circuit_is_two_calls() -> None:
+    fragments = build_fragments(parse_circuit(BELL))
+    assert [(f.service_type, f.services) for f in fragments] == [
+        ("single_qubit", ()),
+        ("cnot", ()),
+    ]
+    assert "services" not in fragments[0].to_dict()
+
+
+def test_fused_bell_circuit_is_one_call_listing_both_services() -> None:
+    circuit = parse_circuit(BELL)
+    asked: list[frozenset[str]] = []
+
+    def fuse(services: frozenset[str]) -> bool:
+        asked.append(services)
+        return True
+
+    fragments = build_fragments(circuit, fuse=fuse)
+    _check_fragments(circuit, fragments)
+    assert len(fragments) == 1
+    (fused,) = fragments
+    assert fused.service_type == "single_qubit"
+    assert fused.services == ("single_qubit", "cnot")
+    assert fused.operation_ids == (0, 1) and fused.qubits == (0, 1)
+    assert asked == [frozenset({"single_qubit", "cnot"})]
+    assert fused.to_dict()["services"] == ["single_qubit", "cnot"]
+    assert Fragment.from_dict(fused.to_dict()) == fused
+
+
+def test_fuse_joins_only_the_mixes_it_allows() -> None:
+    circuit = parse_circuit(SEED_EXAMPLE)
+    allowed = {"bell_pair", "cnot", "cz"}
+    fragments = build_fragments(circuit, fuse=lambda services: services <= allowed)
+    _check_fragments(circuit, fragments)
+    assert [f.required_services for f in fragments] == [
+        ("bell_pair", "cnot", "cz"),
+        ("teleportation",),
+        ("syndrome_extraction",),
+        ("distillation",),
+    ]
+    assert fragments[2].depends_on == ("f1",) and fragments[3].depends_on == ("f1",)
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(("max_ops", "max_qubits"), [(16, 4), (3, 3)])
+def test_fused_random_circuits_keep_every_dependency(
+    seed: int, max_ops: int, max_qubits: int
+) -> None:
+    circuit = _random(seed)
+    plain = build_fragments(
+        circuit, max_ops_per_fragment=max_ops, max_qubits_per_fragment=max_qubits
+    )
+    fused = build_fragments(
+        circuit,
+        max_ops_per_fragment=max_ops,
+        max_qubits_per_fragment=max_qubits,
+        fuse=lambda services: True,
+    )
+    _check_fragments(circuit, fused)
+    assert all(len(f.operation_ids) <= max_ops for f in fused)
+    assert all(len(f.qubits) <= max_qubits for f in fused if len(f.operation_ids) > 1)
+    assert len(fused) <= len(plain)

@@ -198,6 +198,9 @@ class Settings(BaseSettings):
     #: Send a unit's reservation with its work to nodes that take one (``inline_reserve``):
     #: one round trip per unit instead of two. Off: every unit negotiates first.
     inline_reservations: bool = True
+    #: Let one circuit fragment hold operations of several services (``h; cx``) when a node
+    #: offers them all: fewer node calls per circuit. Off: one service type per fragment.
+    fuse_fragments: bool = True
     #: Longest a unit waits for a node with a free slot (busy/restarting nodes mean wait).
     unit_deadline_s: float = Field(default=600.0, gt=0)
     #: Longest a unit waits when no known node offers its service at all.

@@ -55,6 +55,12 @@ class PlannedFragment:
     cost: Mapping[str, Mapping[str, float]]
     #: Finished before a recovered job was planned again.
     completed_before_replan: bool = False
+    #: A fused fragment's services, ``service_type`` first (``()``: only ``service_type``).
+    services: tuple[str, ...] = ()
+
+    @property
+    def required_services(self) -> tuple[str, ...]:
+        return self.services or (self.service_type,)
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -67,6 +73,10 @@ class PlannedFragment:
         data["cost"] = {k: dict(v) for k, v in self.cost.items()}
         if not self.completed_before_replan:
             del data["completed_before_replan"]
+        if len(self.required_services) > 1:
+            data["services"] = list(self.services)
+        else:
+            del data["services"]
         return data
 
 
@@ -80,6 +90,12 @@ class FragmentSpec:
     operation_ids: tuple[int, ...]
     depends_on: tuple[str, ...]
     width: int  # qubits the node must hold (the whole register for statevector fragments)
+    #: A fused fragment's services, ``service_type`` first (``()``: only ``service_type``).
+    services: tuple[str, ...] = ()
+
+    @property
+    def required_services(self) -> tuple[str, ...]:
+        return self.services or (self.service_type,)
 
     @classmethod
     def of(cls, fragment: Any, *, width: int) -> FragmentSpec:
@@ -91,6 +107,7 @@ class FragmentSpec:
             operation_ids=fragment.operation_ids,
             depends_on=fragment.depends_on,
             width=width,
+            services=getattr(fragment, "services", ()),
         )
 
 
@@ -128,10 +145,13 @@ def _components(
     return {k: round(v, 6) for k, v in components.items()}
 
 
-def offers(peer: PeerView, service_type: str, width: int) -> bool:
-    """Can ``peer`` run work of this service on a register of ``width`` qubits (0: any)?"""
-    return service_type in peer.services and (
-        width == 0 or peer.qubit_min <= width <= peer.qubit_max
+def offers(peer: PeerView, service_type: str, width: int, *also: str) -> bool:
+    """Can ``peer`` run work of this service (and of every service in ``also``: a fused
+    fragment) on a register of ``width`` qubits (0: any)?"""
+    return (
+        service_type in peer.services
+        and all(s in peer.services for s in also)
+        and (width == 0 or peer.qubit_min <= width <= peer.qubit_max)
     )
 
 
@@ -177,11 +197,11 @@ def plan_fragments(
     previous_node_of_qubit: dict[int, str] = {}
     planned: list[PlannedFragment] = []
     for frag in fragments:
-        candidates = [p for p in peers if offers(p, frag.service_type, frag.width)]
+        candidates = [p for p in peers if offers(p, frag.service_type, frag.width, *frag.services)]
         if not candidates:
+            wanted = " + ".join(frag.required_services)
             raise NoCapacity(
-                f"No fresh enrolled node offers service '{frag.service_type}' for "
-                f"{frag.width} qubits",
+                f"No fresh enrolled node offers service '{wanted}' for {frag.width} qubits",
                 details={"fragment_id": frag.fragment_id, "service_type": frag.service_type},
             )
         scored = sorted(
@@ -220,6 +240,7 @@ def plan_fragments(
                 primary_node=primary,
                 fallback_nodes=tuple(ordered[1 : 1 + MAX_FALLBACKS]),
                 cost={s[1].peer_id: s[0] for s in scored},
+                services=frag.services,
             )
         )
     return planned

@@ -407,6 +407,7 @@ class CircuitRuntime:
             unit_id=unit_id or fragment.fragment_id,
             method=METHOD_EXECUTE_FRAGMENT,
             service_type=fragment.service_type,
+            services=fragment.services,
             params={
                 "num_qubits": num_qubits,
                 "operations": operations,

@@ -117,6 +117,8 @@ class WorkUnit:
     #: result (``UnitOutcome.settlement``): one write instead of two per unit.
     settle_with_record: bool = False
     accept: Acceptance | None = None
+    #: A fused circuit fragment's services, ``service_type`` first: its node offers them all.
+    services: tuple[str, ...] = ()
 
 
 @dataclass
@@ -382,7 +384,7 @@ class WorkScheduler:
 
     @staticmethod
     def _offers(view: PeerView, unit: WorkUnit) -> bool:
-        return offers(view, unit.service_type, unit.width) and (
+        return offers(view, unit.service_type, unit.width, *unit.services) and (
             unit.nodes is None or view.peer_id in unit.nodes
         )
 
@@ -444,7 +446,7 @@ class WorkScheduler:
         offered = any(self._offers(v, unit) for v in known)
         if not offered and waited >= self.settings.capacity_wait_s:
             return NoCapacity(
-                f"No enrolled node offers '{unit.service_type}'"
+                f"No enrolled node offers '{' + '.join(unit.services or (unit.service_type,))}'"
                 + (f" for {unit.width} qubits" if unit.width else ""),
                 details={"unit_id": unit.unit_id, "service_type": unit.service_type},
             )

@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -30,7 +31,7 @@ from quantum_mesh.mesh.protocol import METHOD_EXECUTE_DYNAMIC, SERVICE_MEASUREME
 from quantum_mesh.quantum.analysis import build_bounded_result, build_dynamic_result
 from quantum_mesh.quantum.circuits import limits
 from quantum_mesh.quantum.circuits.fragments import build_fragments
-from quantum_mesh.quantum.circuits.model import NormalizedCircuit
+from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
 from quantum_mesh.store.database import Database, WriteOp
 from quantum_mesh.store.tables import FragmentExecution
@@ -235,6 +236,22 @@ class CircuitWorkload:
                         raise
             await asyncio.sleep(CAPACITY_POLL_S)
 
+    def fusable(self, width: int) -> Callable[[frozenset[str]], bool] | None:
+        """Which mixes of services one fragment may hold: those that some node (usable now,
+        else known) offers together for ``width`` qubits. Each fragment is a node call, and
+        under load the coordinator's cost per call, not the simulation, bounds jobs/s: a
+        Bell circuit fused is one call instead of two (docs/control-plane.md, "Fused
+        fragments"). ``None`` with ``QMESH_FUSE_FRAGMENTS=false``: one service per call."""
+        if not self.settings.fuse_fragments:
+            return None
+        peers = self.registry.usable_snapshot() or self._trusted_known()
+        offered = {
+            frozenset(p.services)
+            for p in peers
+            if width == 0 or p.qubit_min <= width <= p.qubit_max
+        }
+        return lambda services: any(services <= each for each in offered)
+
     def _trusted_known(self) -> list[Any]:
         return [v for v in self.registry.snapshot() if self.registry.is_trusted(v.peer_id)]
 
@@ -254,12 +271,23 @@ class CircuitProcess:
         circuit = await w.parsed(request["circuit"])
         if circuit.dynamic is not None:
             return self._plan_dynamic(circuit)
-        fragments = await w.compute.run_sized(len(circuit.operations), build_fragments, circuit)
-        # Only a recovered job can have finished fragments already.
+        # Only a recovered job can have finished fragments already; it keeps the fragments
+        # of its saved plan, since which services fuse depends on the nodes there were.
+        saved: list[Fragment] | None = None
         if handle.status != JobStatus.QUEUED:
             async with w.db.transaction() as session:
                 rows = await repo.fragment_executions(session, job_id=handle.job_id)
+                last_plan = await repo.latest_plan_for_job(session, job_id=handle.job_id)
             self.done_rows = {r.fragment_id: r for r in rows}
+            if last_plan is not None:
+                saved = [Fragment.from_dict(f) for f in last_plan.plan["fragments"]]
+        if saved:
+            fragments = saved
+        else:
+            fuse = w.fusable(circuit.num_qubits)
+            fragments = await w.compute.run_sized(
+                len(circuit.operations), build_fragments, circuit, fuse=fuse
+            )
         done = set(self.done_rows)
         specs = [FragmentSpec.of(f, width=circuit.num_qubits) for f in fragments]
         min_fidelity = request.get("min_fidelity")
@@ -278,6 +306,7 @@ class CircuitProcess:
                 fallback_nodes=(),
                 cost={},
                 completed_before_replan=True,
+                services=s.services,
             )
             for s in specs
         ]

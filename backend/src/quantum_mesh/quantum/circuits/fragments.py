@@ -1,15 +1,17 @@
-"""Group operations into fragments: one service type, one node call each.
+"""Group operations into fragments: one node call each.
 
 Greedy in program order: an operation joins the fragment that last touched one of its
-qubits when that fragment has the same service type, has room, and nothing depends on it
-yet; otherwise it opens a new fragment. "Nothing depends on it yet" is what keeps the
-fragment graph acyclic: a new edge can only point *into* a fragment with no successors,
-so no cycle can close through it. Fragments are then listed in a topological order.
+qubits when that fragment has the same service type (or ``fuse`` allows the mix of
+services), has room, and nothing depends on it yet; otherwise it opens a new fragment.
+"Nothing depends on it yet" is what keeps the fragment graph acyclic: a new edge can only
+point *into* a fragment with no successors, so no cycle can close through it. Fragments are
+then listed in a topological order.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit, Operation
@@ -18,6 +20,8 @@ from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit, Ope
 @dataclass(slots=True)
 class _Group:
     service_type: str
+    #: Every service of its operations, in the order first seen (``service_type`` first).
+    services: list[str] = field(default_factory=list)
     op_ids: list[int] = field(default_factory=list)
     qubits: set[int] = field(default_factory=set)
     preds: set[int] = field(default_factory=set)
@@ -29,6 +33,7 @@ def build_fragments(
     *,
     max_ops_per_fragment: int = 16,
     max_qubits_per_fragment: int = 4,
+    fuse: Callable[[frozenset[str]], bool] | None = None,
 ) -> list[Fragment]:
     """Partition the circuit's operations into fragments listed in a topological order.
 
@@ -38,6 +43,10 @@ def build_fragments(
         max_qubits_per_fragment: most qubits one fragment may span (bounds the size of the
             fragment operator a node returns, 4**k entries); a single wider operation still
             forms a fragment of its own.
+        fuse: whether one fragment may hold operations of these services (a node offers
+            them all): an operation then joins its predecessor's fragment across service
+            types, and a chain such as ``h; cx`` is one node call instead of two. ``None``:
+            one service type per fragment.
 
     Returns:
         Fragments ``f0, f1, ...``; executing them in list order applies every operation
@@ -50,7 +59,7 @@ def build_fragments(
     last_on_qubit: dict[int, int] = {}
     for op in circuit.operations:
         preds = {last_on_qubit[q] for q in op.qubits if q in last_on_qubit}
-        target = _joinable(groups, preds, op, max_ops_per_fragment, max_qubits_per_fragment)
+        target = _joinable(groups, preds, op, max_ops_per_fragment, max_qubits_per_fragment, fuse)
         if target is None:
             groups.append(_Group(service_type=op.service_type))
             target = len(groups) - 1
@@ -58,6 +67,8 @@ def build_fragments(
             groups[pred].succs.add(target)
             groups[target].preds.add(pred)
         group = groups[target]
+        if op.service_type not in group.services:
+            group.services.append(op.service_type)
         group.op_ids.append(op.op_id)
         group.qubits.update(op.qubits)
         for q in op.qubits:
@@ -66,18 +77,31 @@ def build_fragments(
 
 
 def _joinable(
-    groups: list[_Group], preds: set[int], op: Operation, max_ops: int, max_qubits: int
+    groups: list[_Group],
+    preds: set[int],
+    op: Operation,
+    max_ops: int,
+    max_qubits: int,
+    fuse: Callable[[frozenset[str]], bool] | None,
 ) -> int | None:
     for index in sorted(preds):
         group = groups[index]
         if (
-            group.service_type == op.service_type
+            _services_mix(group, op.service_type, fuse)
             and not group.succs
             and len(group.op_ids) < max_ops
             and len(group.qubits.union(op.qubits)) <= max_qubits
         ):
             return index
     return None
+
+
+def _services_mix(
+    group: _Group, service_type: str, fuse: Callable[[frozenset[str]], bool] | None
+) -> bool:
+    if service_type in group.services or group.service_type == service_type:
+        return True
+    return fuse is not None and fuse(frozenset([*group.services, service_type]))
 
 
 def _in_topological_order(groups: list[_Group]) -> list[Fragment]:
@@ -103,6 +127,7 @@ def _in_topological_order(groups: list[_Group]) -> list[Fragment]:
             qubits=tuple(sorted(groups[g].qubits)),
             operation_ids=tuple(groups[g].op_ids),
             depends_on=tuple(f"f{p}" for p in sorted(position[x] for x in groups[g].preds)),
+            services=tuple(groups[g].services) if len(groups[g].services) > 1 else (),
         )
         for g in order
     ]

@@ -118,10 +118,13 @@ class NormalizedCircuit:
 
 @dataclass(frozen=True, slots=True)
 class Fragment:
-    """A group of operations of one service type, executed by one node in one call.
+    """A group of operations executed by one node in one call.
 
     ``qubits`` is the sorted union of the operations' qubits; ``depends_on`` lists the
-    fragments that must have finished before this one may start.
+    fragments that must have finished before this one may start. ``service_type`` is the
+    service of the fragment's first operation; a *fused* fragment (``build_fragments``'
+    ``fuse``) also holds operations of other services, and ``services`` then lists them all,
+    ``service_type`` first: the node that runs it must offer every one.
     """
 
     fragment_id: str
@@ -129,15 +132,23 @@ class Fragment:
     qubits: tuple[int, ...]
     operation_ids: tuple[int, ...]
     depends_on: tuple[str, ...]
+    services: tuple[str, ...] = ()
+
+    @property
+    def required_services(self) -> tuple[str, ...]:
+        return self.services or (self.service_type,)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "fragment_id": self.fragment_id,
             "service_type": self.service_type,
             "qubits": list(self.qubits),
             "operation_ids": list(self.operation_ids),
             "depends_on": list(self.depends_on),
         }
+        if len(self.required_services) > 1:
+            data["services"] = list(self.services)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fragment:
@@ -147,4 +158,5 @@ class Fragment:
             qubits=tuple(int(q) for q in data["qubits"]),
             operation_ids=tuple(int(i) for i in data["operation_ids"]),
             depends_on=tuple(str(f) for f in data.get("depends_on", ())),
+            services=tuple(str(s) for s in data.get("services", ())),
         )
