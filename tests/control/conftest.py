@@ -89,6 +89,9 @@ class FakeNode:
     reports_seconds: bool = False
     #: Work calls of ``hold`` wait for this event.
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Computes a work call's reply from its params instead of echoing ``value`` (the real
+    #: ``execute_fragment``, say).
+    handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # --- observed --------------------------------------------------------------------------
     reserved: dict[str, bool] = field(default_factory=dict)  # reservation_id -> committed
     in_flight: int = 0
@@ -227,6 +230,8 @@ class FakeMesh:
             if outcome is not None:
                 raise outcome
             node.executed.append(dict(params))
+            if node.handler is not None:
+                return node.handler(params)
             if isinstance(params.get("jobs"), list):  # a group, as qaoa_block takes one
                 share = node.latency_s / len(params["jobs"])
                 results = [{"value": j.get("value"), "seconds": share} for j in params["jobs"]]

@@ -206,6 +206,27 @@ def _fragment_result_dict(row: FragmentExecution) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Recording:
+    """A wave's record being committed, and what accepts its fragments once it is."""
+
+    commit: asyncio.Future[Any]
+    then: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        # A job that fails meanwhile never awaits it: its error is then only logged here.
+        self.commit.add_done_callback(_retrieve)
+
+    async def accepted(self) -> None:
+        await self.commit
+        self.then()
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.debug("runtime.wave_record_failed", error=repr(future.exception()))
+
+
 class CircuitRuntime:
     def __init__(
         self,
@@ -238,8 +259,9 @@ class CircuitRuntime:
     ) -> tuple[NDArray[np.complex128], list[dict[str, Any]]]:
         """Execute every fragment not yet completed; returns the final state and results.
 
-        ``record(write, done, total)`` commits each wave's record (``write``; returns what it
-        returned), so the caller may commit progress with it; default: the write alone.
+        ``record(write, done, total)`` commits each wave's record (``write``), so the caller
+        may commit progress with it; default: the write alone. A record commits while the next
+        wave runs, and is committed before the next record is queued and before this returns.
         ``record_last(write, then)`` takes the last wave's record instead, for the caller to
         commit with the job's completion (and call ``then`` once it is committed): one
         write less per job, and the result is durable together with what produced it.
@@ -259,6 +281,8 @@ class CircuitRuntime:
         wave_index = 1 + max((int(r.output.get("wave", 0)) for r in done_rows.values()), default=0)
         rng = random.Random(seed)
         done = set(done_rows)
+        # The record of the wave before, still committing while this wave runs on the mesh.
+        recording: _Recording | None = None
         while len(done) < len(fragments):
             wave = self._next_wave(fragments, done)
             sent = time.perf_counter()
@@ -285,6 +309,8 @@ class CircuitRuntime:
                 # Units that ran are settled even when the wave is not recorded.
                 self._settle(outcomes)
                 if failure is not None:
+                    if recording is not None:
+                        await recording.accepted()
                     raise failure
             if timing is not None:
                 waited = time.perf_counter() - sent
@@ -307,22 +333,36 @@ class CircuitRuntime:
                 "operators": operators,
                 "wave": wave_index,
             }
+            # Waves are recorded in order, one behind: the wave before must be committed (and
+            # its fragments accepted) before this one's record is queued, so a record that
+            # fails stops the job before anything after it is stored.
+            if recording is not None:
+                await recording.accepted()
+                recording = None
+            rows = _recorded_rows(**wave_record)
             if record_last is not None and len(done) + len(outcomes) == len(fragments):
-                rows = _recorded_rows(**wave_record)
                 record_last(
                     partial(_record_wave, **wave_record), partial(self._accepted, job_id, outcomes)
                 )
             else:
-                rows = await commit(
-                    partial(_record_wave, **wave_record),
-                    len(done) + len(outcomes),
-                    len(fragments),
+                # Committed while the next wave runs: a wave's results are needed by the next
+                # wave at once, its record only before that wave's record and the job's end.
+                recording = _Recording(
+                    asyncio.ensure_future(
+                        commit(
+                            partial(_record_wave, **wave_record),
+                            len(done) + len(outcomes),
+                            len(fragments),
+                        )
+                    ),
+                    partial(self._accepted, job_id, outcomes),
                 )
-                self._accepted(job_id, outcomes)
             for o, row in zip(outcomes, rows, strict=True):
                 done_rows[o.fragment_id] = row
             done.update(o.fragment_id for o in outcomes)
             wave_index += 1
+        if recording is not None:
+            await recording.accepted()
         results = [_fragment_result_dict(done_rows[f.fragment_id]) for f in fragments]
         return state, results
 
