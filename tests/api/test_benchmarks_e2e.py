@@ -22,10 +22,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NETNS_REASON = netns.unavailable_reason()
 
 EMBEDDED_NODES = 2
-#: The lossy-link scenario resets connections mid-run, and each reset fails the calls on that
-#: connection: a real fault, counted as an attempt. On a slow machine a unit's call lasts long
-#: enough to meet several resets in a row, more than the default 4 attempts allow.
-COORD_ENV = {"QMESH_MAX_UNIT_ATTEMPTS": "12"}
 
 
 def _knapsack(n: int = 24, seed: int = 3) -> dict[str, Any]:
