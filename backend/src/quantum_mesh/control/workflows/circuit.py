@@ -20,6 +20,7 @@ from quantum_mesh.control.planner import (
     CostWeights,
     FragmentSpec,
     PlannedFragment,
+    offers,
     plan_fragments,
 )
 from quantum_mesh.control.registry import PeerRegistry
@@ -245,12 +246,12 @@ class CircuitWorkload:
         if not self.settings.fuse_fragments:
             return None
         peers = self.registry.usable_snapshot() or self._trusted_known()
-        offered = {
-            frozenset(p.services)
-            for p in peers
-            if width == 0 or p.qubit_min <= width <= p.qubit_max
-        }
-        return lambda services: any(services <= each for each in offered)
+
+        def fuse(services: frozenset[str]) -> bool:
+            first, *rest = sorted(services)
+            return any(offers(p, first, width, *rest) for p in peers)
+
+        return fuse
 
     def _trusted_known(self) -> list[Any]:
         return [v for v in self.registry.snapshot() if self.registry.is_trusted(v.peer_id)]

@@ -99,7 +99,7 @@ def _joinable(
 def _services_mix(
     group: _Group, service_type: str, fuse: Callable[[frozenset[str]], bool] | None
 ) -> bool:
-    if service_type in group.services or group.service_type == service_type:
+    if service_type in group.services:
         return True
     return fuse is not None and fuse(frozenset([*group.services, service_type]))
 
