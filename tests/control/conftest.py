@@ -32,7 +32,7 @@ from quantum_mesh.control.jobs import JobManager
 from quantum_mesh.control.registry import PeerRegistry
 from quantum_mesh.control.reservations import ReservationService
 from quantum_mesh.control.scheduler import WorkScheduler, WorkUnit
-from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
+from quantum_mesh.mesh.errors import PeerNotReached, RemoteError
 from quantum_mesh.mesh.protocol import (
     ENVELOPE_RESERVE,
     ERR_RESERVATION_REFUSED,
@@ -83,8 +83,10 @@ class FakeNode:
     legacy_commit: bool = False
     #: Advertise ``inline_reserve``: take a reservation with the work (``ENVELOPE_RESERVE``).
     inline: bool = False
-    #: A dead node: every call fails with PeerUnreachable.
+    #: A dead node: every call fails as an undialable peer's does (``PeerNotReached``).
     dead: bool = False
+    #: The next this many calls find no connection (a link that dropped and comes back).
+    unreachable_next: int = 0
     #: Report ``seconds`` of compute (``latency_s``) in every work reply, as real nodes do.
     reports_seconds: bool = False
     #: Work calls of ``hold`` wait for this event.
@@ -172,7 +174,10 @@ class FakeMesh:
         self.calls.append(Call(peer_id, method, dict(params), time.monotonic(), datetime.now(UTC)))
         node = self.nodes.get(peer_id)
         if node is None or node.dead:
-            raise PeerUnreachable(f"cannot dial {peer_id}")
+            raise PeerNotReached(f"cannot dial {peer_id}")
+        if node.unreachable_next > 0:
+            node.unreachable_next -= 1
+            raise PeerNotReached(f"cannot dial {peer_id}")
         await asyncio.sleep(0)  # a network hop: let other tasks run
         if method == METHOD_PING:
             return {"pong": True}

@@ -455,6 +455,27 @@ async def test_inline_reservations_can_be_turned_off(control: MakeControl) -> No
     assert "reserve" not in c.mesh.work_calls()[0].params
 
 
+async def test_a_link_that_drops_and_comes_back_costs_no_attempts(control: MakeControl) -> None:
+    """An inline call that found no connection never reached the node, so it is not an
+    attempt: the node is paused and the unit placed there again once it is back, even after
+    more such tries than ``max_unit_attempts``; each one's reservation is REJECTED, saying
+    why."""
+    c = await control(max_unit_attempts=2)
+    node = c.add_node("A", inline=True, unreachable_next=3)
+
+    outcome = await asyncio.wait_for(c.scheduler.run(unit("job-1", "u0")), timeout=15)
+    await c.db.flush()
+
+    assert (outcome.node_id, outcome.attempts, outcome.refusals) == ("A", 1, 3)
+    assert len(node.executed) == 1
+    reasons = [h["reason"] for h in outcome.history if h["outcome"] == "reservation_rejected"]
+    assert len(reasons) == 3 and all(r.startswith("unreachable: ") for r in reasons)
+    async with c.db.transaction() as session:
+        rows = list((await session.execute(select(Reservation))).scalars())
+    statuses = sorted(r.status for r in rows)
+    assert statuses == sorted([ReservationStatus.EXECUTED] + [ReservationStatus.REJECTED] * 3)
+
+
 async def test_settled_with_the_callers_record(control: MakeControl) -> None:
     """A unit settled with its caller's record stays COMMITTED until that write commits,
     then EXECUTED in it; a result nobody waits for any more is settled by the scheduler."""

@@ -11,7 +11,7 @@ import trio
 
 from quantum_mesh.mesh import codec
 from quantum_mesh.mesh.bridge import MeshBridge
-from quantum_mesh.mesh.errors import PeerUnreachable, RemoteError
+from quantum_mesh.mesh.errors import PeerNotReached, PeerUnreachable, RemoteError
 from quantum_mesh.mesh.protocol import MAX_STREAMS_PER_PEER
 from tests.mesh import trio_peer
 
@@ -83,11 +83,12 @@ async def test_remote_errors_and_unreachable_peers(bridge: MeshBridge, other: Me
         await other.invoke(bridge.peer_id, "execute_fragment", {}, timeout=5, addrs=addrs)
     assert caught.value.code == "unknown_method"
     stranger = trio_peer.peer_id_for(trio_peer.new_key_pair())
-    with pytest.raises(PeerUnreachable):
+    # No connection could be made: the request never left (the scheduler counts no attempt).
+    with pytest.raises(PeerNotReached):
         await other.invoke(stranger, "ping", {}, timeout=5)
-    with pytest.raises(PeerUnreachable):  # nothing listens there
+    with pytest.raises(PeerNotReached):  # nothing listens there
         await other.invoke(stranger, "ping", {}, timeout=5, addrs=["/ip4/127.0.0.1/tcp/9"])
-    with pytest.raises(PeerUnreachable):
+    with pytest.raises(PeerNotReached):
         await other.invoke("not-a-peer-id", "ping", {}, timeout=5)
 
 

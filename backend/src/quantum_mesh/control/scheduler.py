@@ -39,7 +39,7 @@ from quantum_mesh.control.reservations import ReservationService, Settlement
 from quantum_mesh.control.sizing import CallSizer, PipelineDepth, UnitLengths, compute_seconds
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
-from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, RemoteError
+from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, PeerNotReached, RemoteError
 from quantum_mesh.mesh.protocol import (
     BUSY_CODES,
     BUSY_REASONS,
@@ -571,10 +571,22 @@ class WorkScheduler:
         seconds = time.perf_counter() - t0
         slot.free()
         if ask is not None:
-            if isinstance(failure, RemoteError) and failure.code == ERR_RESERVATION_REFUSED:
+            # Refused, or never delivered (no connection could be made: a node that lost its
+            # link and has not dialled back yet). Neither ran the unit, so neither is an
+            # attempt; as with a reservation asked apart, the node is paused and the unit
+            # waits. Counted as attempts, a link that resets now and then failed units whose
+            # node was back a second later.
+            refusal = (
+                failure.message
+                if isinstance(failure, RemoteError) and failure.code == ERR_RESERVATION_REFUSED
+                else f"unreachable: {failure}"
+                if isinstance(failure, PeerNotReached)
+                else None
+            )
+            if refusal is not None:
                 ticket.attempts -= 1  # it never ran
-                self.reservations.record_inline(ask, refused=failure.message)
-                await self._refused(ticket, node_id, failure.message, reservation_id)
+                self.reservations.record_inline(ask, refused=refusal)
+                await self._refused(ticket, node_id, refusal, reservation_id)
                 return None
             if also is None:
                 self.reservations.record_inline(ask, refused=None, started_event=started_event)

@@ -38,6 +38,7 @@ from quantum_mesh.mesh.errors import (
     FrameTooLarge,
     InvokeTimeout,
     MeshError,
+    PeerNotReached,
     PeerUnreachable,
     ProtocolError,
     RemoteError,
@@ -321,7 +322,7 @@ class Channels:
         """The peer's channel, dialling and opening it if needed; one opening per peer.
 
         Raises:
-            PeerUnreachable: the peer cannot be dialled or refuses protocol 2.
+            PeerNotReached: the peer cannot be dialled or refuses protocol 2.
         """
         with trio.move_on_after(limit_s):
             while (channel := self.get(peer_id)) is None and peer_id in self._opening:
@@ -344,7 +345,7 @@ class Channels:
             peer = ID.from_base58(peer_id)
             maddrs = dial_addrs(peer, addrs)
         except ValueError as error:
-            raise PeerUnreachable(f"bad peer or address {peer_id}: {error}") from error
+            raise PeerNotReached(f"bad peer or address {peer_id}: {error}") from error
         if maddrs:
             self._host.get_peerstore().add_addrs(peer, maddrs, PEERSTORE_ADDR_TTL_S)
         try:
@@ -353,7 +354,7 @@ class Channels:
                     self._host, peer, maddrs, limit_s=limit_s, protocol=CHANNEL_PROTOCOL
                 )
         except DIAL_ERRORS as error:
-            raise PeerUnreachable(f"cannot reach peer {peer_id}: {error!r}") from error
+            raise PeerNotReached(f"cannot reach peer {peer_id}: {error!r}") from error
 
     async def _run(self, channel: Channel) -> None:
         await channel.run()

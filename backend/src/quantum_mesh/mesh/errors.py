@@ -18,6 +18,11 @@ class PeerUnreachable(MeshError):
     code = "peer_unreachable"
 
 
+class PeerNotReached(PeerUnreachable):
+    """No connection to the peer could be made: the request never left this host, so the
+    peer did not see it (a real fault of the link or the peer, but not an execution)."""
+
+
 class InvokeTimeout(MeshError):
     """No complete reply within the caller's timeout."""
 
