@@ -381,7 +381,9 @@ def test_bandwidth_is_refused_where_no_namespace_can_be_made(coord: LiveCoordina
 def test_a_capped_or_lossy_link_keeps_the_answer(coord: LiveCoordinator) -> None:
     if NETNS_REASON is not None:
         pytest.skip(f"bandwidth needs a network namespace: {NETNS_REASON}")
-    workload = {"kind": "circuit", "params": {"count": 2, "qubits": 4, "depth": 4, "seed": 4}}
+    # Enough node calls that the lossy run outlasts a connection's first second (no reset
+    # before it) on a fast machine too: a fused 4-qubit circuit is one or two calls.
+    workload = {"kind": "circuit", "params": {"count": 4, "qubits": 4, "depth": 8, "seed": 4}}
     done = _finished(
         coord,
         {
