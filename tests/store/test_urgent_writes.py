@@ -155,3 +155,25 @@ async def test_a_group_stops_taking_writes_once_it_has_run_long_enough(
         assert await asyncio.gather(*queued) == places
     finally:
         gate.set()
+
+
+async def test_a_cancelled_caller_still_has_its_write_committed(held: _Held) -> None:
+    """The caller's wait is cancelled, not its write: it commits, and a write awaited after
+    it sees it; a write that raises still raises in its own caller."""
+    blocker = asyncio.ensure_future(held.db.write(held.blocker))
+    await asyncio.sleep(0.05)  # the writer is inside the blocker
+    waiting = asyncio.ensure_future(held.db.write(_event("cancelled_caller", held.ran)))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.gate.set()
+    await blocker
+
+    def boom(session: Session) -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await held.db.write(boom)
+    assert await held.db.write(_event("after", held.ran)) == "after"
+    assert await _committed(held.db) == ["cancelled_caller", "after"]
