@@ -31,7 +31,7 @@ from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.scheduler import UnitOutcome, WorkScheduler, WorkUnit
 from quantum_mesh.control.sizing import CallSizer
-from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus
+from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
 from quantum_mesh.errors import Conflict, Overloaded, QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.observability import metrics
@@ -230,6 +230,36 @@ def summary_result(parts: dict[tuple[str, ...], Any]) -> dict[str, Any]:
         "fragment_results": parts.get(("fragment_results",)) or [],
         "quantum_result": quantum or None,
     }
+
+
+def _advanced(
+    session: Session,
+    job_id: str,
+    expected: JobStatus,
+    steps: list[JobStatus],
+    **last: Any,
+) -> list[tuple[Job, JobStatus, int]] | None:
+    """``steps`` (the last one with ``last``'s fields) as ``repo.advance_job`` moves, one
+    statement each; ``None`` (nothing changed) where it does not apply: not PostgreSQL, a
+    chain the transition table does not allow, or the job not in ``expected``."""
+    current = expected
+    for step in steps:
+        if step != current and step not in JOB_TRANSITIONS[current]:
+            return None
+        current = step
+    moves: list[tuple[Job, JobStatus, int]] = []
+    current = expected
+    for n, step in enumerate(steps):
+        fields = last if n == len(steps) - 1 else {}
+        moved = repo.advance_job(session, job_id=job_id, expected=current, to=step, **fields)
+        if moved is None:
+            if moves:  # the row is locked by the first move: nothing else can change it
+                raise RuntimeError(f"job {job_id} left {current} while it was being moved")
+            return None
+        job, seq = moved
+        moves.append((job, step, seq))
+        current = step
+    return moves
 
 
 def _append_checkpoint(session: Session, *, job_id: str, state: dict[str, Any]) -> None:
@@ -592,9 +622,31 @@ class JobManager:
         ``through``: states passed on the way, each with its own status event, in the same
         write (a step too short to be worth a write of its own)."""
 
+        # What this manager last committed for the job: on PostgreSQL each move is then one
+        # statement (``repo.advance_job``); a stale belief changes nothing and falls back.
+        expected = self._status.get(job_id)
+
         def op(session: Session) -> list[tuple[Job, JobStatus, int]]:
             for write in also:
                 write(session)
+            fast = (
+                None
+                if expected is None
+                else _advanced(
+                    session,
+                    job_id,
+                    expected,
+                    [*through, to],
+                    error=error,
+                    result=result,
+                    progress=progress,
+                    plan_id=plan_id,
+                )
+            )
+            if fast is not None:
+                if artifacts:
+                    repo.save_artifacts(session, job_id=job_id, artifacts=artifacts)
+                return fast
             job = repo.lock_job(session, job_id=job_id)
             moves = []
             for step in through:

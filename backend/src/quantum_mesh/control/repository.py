@@ -247,6 +247,92 @@ def transition_job(
     return append_event(session, job_id=job.job_id, event_type="status", payload=payload)
 
 
+def advance_job(
+    session: Session,
+    *,
+    job_id: str,
+    expected: JobStatus,
+    to: JobStatus,
+    error: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    progress: dict[str, Any] | None = None,
+    plan_id: str | None = None,
+) -> tuple[Job, int] | None:
+    """:func:`transition_job` of a job believed to be ``expected``, in one statement on
+    PostgreSQL: the update and its status event in data-modifying CTEs, the row and the
+    event's ``seq`` returned (``lock_job``, update, insert: three round trips, each waiting
+    on the socket and then for the GIL, made the writer the bound of jobs/s there).
+
+    ``None`` when it cannot: another database, a move ``expected`` does not allow, or the
+    row is not in ``expected`` (nothing was changed then). The caller then locks the job and
+    moves it as usual, which also raises the right error."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    if to != expected and to not in JOB_TRANSITIONS[expected]:
+        return None
+    now = utcnow()
+    values: dict[str, Any] = {"status": to.value, "updated_at": now}
+    for name, value in (
+        ("error", error),
+        ("result", result),
+        ("progress", progress),
+        ("plan_id", plan_id),
+    ):
+        if value is not None:
+            values[name] = value
+    payload: dict[str, Any] = {"status": to.value}
+    if error is not None:
+        payload["error"] = error
+    row = _advance_statement(frozenset(values)).first(
+        session,
+        {
+            **{f"v_{name}": value for name, value in values.items()},
+            "b_job_id": job_id,
+            "b_from": expected.value,
+            "e_type": "status",
+            "e_payload": payload,
+            "e_at": now,
+        },
+    )
+    if row is None:
+        return None
+    seq = int(row.pop("seq"))
+    return Job(**row), seq
+
+
+_ADVANCE: dict[frozenset[str], Prepared] = {}
+
+
+def _advance_statement(fields: frozenset[str]) -> Prepared:
+    """``advance_job``'s statement for one set of updated columns, built once."""
+    prepared = _ADVANCE.get(fields)
+    if prepared is None:
+        moved = (
+            update(_JOBS)
+            .where(_JOBS.c.job_id == bindparam("b_job_id"))
+            .where(_JOBS.c.status == bindparam("b_from"))
+            .values({name: bindparam(f"v_{name}", type_=_JOBS.c[name].type) for name in fields})
+            .returning(*_JOBS.c)
+            .cte("moved")
+        )
+        event = (
+            insert(_EVENTS)
+            .from_select(
+                ["job_id", "event_type", "payload", "at"],
+                select(
+                    moved.c.job_id,
+                    bindparam("e_type", type_=_EVENTS.c.event_type.type),
+                    bindparam("e_payload", type_=_EVENTS.c.payload.type),
+                    bindparam("e_at", type_=_EVENTS.c.at.type),
+                ),
+            )
+            .returning(_EVENTS.c.seq)
+            .cte("event")
+        )
+        prepared = _ADVANCE[fields] = Prepared(select(moved, event.c.seq))
+    return prepared
+
+
 def append_event(
     session: Session,
     *,
