@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control import scheduler as scheduler_module
 from quantum_mesh.control.scheduler import JOB_ORDERED_UNITS, UNREACHABLE_PAUSE_S
 from quantum_mesh.control.sizing import DEFAULT_DEPTH, PipelineDepth
 from quantum_mesh.control.states import ReservationStatus
@@ -474,6 +475,26 @@ async def test_a_link_that_drops_and_comes_back_costs_no_attempts(control: MakeC
         rows = list((await session.execute(select(Reservation))).scalars())
     statuses = sorted(r.status for r in rows)
     assert statuses == sorted([ReservationStatus.EXECUTED] + [ReservationStatus.REJECTED] * 3)
+
+
+async def test_a_node_that_dials_back_ends_its_pause_at_once(
+    control: MakeControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that could not be reached is paused; heard again (it introduces itself as soon
+    as it has dialled back), the pause ends and its unit is placed at once. The pause is made
+    far longer than the test's bound, so waiting it out would fail the test."""
+    monkeypatch.setattr(scheduler_module, "UNREACHABLE_PAUSE_S", 60.0)
+    c = await control()
+    node = c.add_node("A", inline=True, unreachable_next=1)
+
+    task = asyncio.create_task(c.scheduler.run(unit("job-1", "u0")))
+    await wait_for(lambda: len(c.mesh.work_calls()) == 1, what="the call that finds no connection")
+    await asyncio.sleep(0.05)
+    assert not task.done()
+    c.announce("A")  # its advert after dialling back
+    outcome = await asyncio.wait_for(task, timeout=10)
+
+    assert (outcome.attempts, outcome.refusals, len(node.executed)) == (1, 1, 1)
 
 
 async def test_settled_with_the_callers_record(control: MakeControl) -> None:

@@ -39,7 +39,13 @@ from quantum_mesh.control.reservations import ReservationService, Settlement
 from quantum_mesh.control.sizing import CallSizer, PipelineDepth, UnitLengths, compute_seconds
 from quantum_mesh.errors import DeadlineExceeded, ExecutionFailed, NoCapacity
 from quantum_mesh.logs import get_logger
-from quantum_mesh.mesh.errors import InvokeTimeout, MeshError, PeerNotReached, RemoteError
+from quantum_mesh.mesh.errors import (
+    InvokeTimeout,
+    MeshError,
+    PeerNotReached,
+    PeerUnreachable,
+    RemoteError,
+)
 from quantum_mesh.mesh.protocol import (
     BUSY_CODES,
     BUSY_REASONS,
@@ -212,6 +218,9 @@ class WorkScheduler:
         self._job_places: OrderedDict[str, _JobPlace] = OrderedDict()
         self._in_flight: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
+        #: Nodes paused because their connection died or none could be made: heard again,
+        #: they have dialled back, and the pause ends (``node_heard``).
+        self._unreached: set[str] = set()
         self._wake = asyncio.Event()
         self._pump_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -586,6 +595,8 @@ class WorkScheduler:
             if refusal is not None:
                 ticket.attempts -= 1  # it never ran
                 self.reservations.record_inline(ask, refused=refusal)
+                if isinstance(failure, PeerNotReached):
+                    self._unreached.add(node_id)
                 await self._refused(ticket, node_id, refusal, reservation_id)
                 return None
             if also is None:
@@ -629,6 +640,8 @@ class WorkScheduler:
             await self._settle(reservation_id, failure, reason=f"invocation failed: {failure}")
             self.registry.record_outcome(node_id, ok=False)
             self._pause(node_id, UNREACHABLE_PAUSE_S)
+            if isinstance(failure, PeerUnreachable):  # its connection died (not a timeout)
+                self._unreached.add(node_id)
             await self._setback(
                 ticket,
                 "attempt_failed",
@@ -795,10 +808,15 @@ class WorkScheduler:
         self._paused_until[node_id] = time.monotonic() + seconds
 
     def node_heard(self, node_id: str) -> None:
-        """A fresh advert ends a busy pause early: the node says how loaded it is now."""
+        """A fresh advert ends a busy pause early: the node says how loaded it is now. It
+        also ends the pause of a node that could not be reached: a node introduces itself
+        as soon as it has dialled back, so its units need not wait out the second."""
         until = self._paused_until.get(node_id)
-        if until is not None and until - time.monotonic() <= BUSY_PAUSE_S:
+        if until is not None and (
+            node_id in self._unreached or until - time.monotonic() <= BUSY_PAUSE_S
+        ):
             self._paused_until.pop(node_id, None)
+        self._unreached.discard(node_id)
         self._wake.set()
 
     async def _setback(

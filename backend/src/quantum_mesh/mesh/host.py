@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import trio
 from google.protobuf.message import DecodeError
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -183,6 +183,36 @@ def split_p2p_addr(addr: str) -> tuple[ID, Multiaddr]:
 
 def is_connected(host: IHost, peer: ID) -> bool:
     return any(not conn.is_closed for conn in host.get_network().get_connections(peer))
+
+
+class ConnectionLost(INotifee):
+    """Sets ``lost`` (a ``trio.Event`` the owner replaces once it has looked) when a
+    connection to ``peer`` closes, so that a node re-dials its coordinator at once instead of
+    at its next periodic look: behind a relay or a NAT that connection is the only way the
+    coordinator can reach it, and each second without it is work refused."""
+
+    def __init__(self, peer: ID) -> None:
+        self.peer = peer
+        self.lost = trio.Event()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == self.peer:
+            self.lost.set()
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
+        return None
 
 
 async def dial(host: IHost, peer: ID, addrs: list[Multiaddr], *, limit_s: float) -> None:

@@ -27,7 +27,14 @@ from quantum_mesh.mesh import codec, hostlocal
 from quantum_mesh.mesh.adverts import Advert, Availability, encode_advert, validate_advert
 from quantum_mesh.mesh.channel import serve_invoke
 from quantum_mesh.mesh.errors import AdvertRejected, RemoteError
-from quantum_mesh.mesh.host import MeshHost, dial, is_connected, run_mesh_host, split_p2p_addr
+from quantum_mesh.mesh.host import (
+    ConnectionLost,
+    MeshHost,
+    dial,
+    is_connected,
+    run_mesh_host,
+    split_p2p_addr,
+)
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
 from quantum_mesh.mesh.invoke import DIAL_ERRORS, TRANSPORT_ERRORS, InboundGate
 from quantum_mesh.mesh.protocol import (
@@ -330,11 +337,17 @@ class NodeService:
         mesh = self._require_mesh()
         peer, addr = split_p2p_addr(bootstrap)
         backoff = BOOTSTRAP_RETRY_INITIAL_S
+        watch = ConnectionLost(peer)
+        mesh.host.get_network().register_notifee(watch)
         await self._join.wait()
         while True:
             if is_connected(mesh.host, peer):
                 backoff = BOOTSTRAP_RETRY_INITIAL_S
-                await trio.sleep(BOOTSTRAP_CHECK_S)
+                # Woken as the connection closes; the periodic look stays as a fallback (a
+                # reset connection can stay listed without a notice).
+                with trio.move_on_after(BOOTSTRAP_CHECK_S):
+                    await watch.lost.wait()
+                watch.lost = trio.Event()
                 continue
             try:
                 await dial(mesh.host, peer, [addr], limit_s=DIAL_TIMEOUT_S)
