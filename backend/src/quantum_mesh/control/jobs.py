@@ -31,7 +31,7 @@ from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.scheduler import UnitOutcome, WorkScheduler, WorkUnit
 from quantum_mesh.control.sizing import CallSizer
-from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
+from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus, may_move
 from quantum_mesh.errors import Conflict, Overloaded, QMeshError
 from quantum_mesh.logs import get_logger
 from quantum_mesh.observability import metrics
@@ -244,7 +244,7 @@ def _advanced(
     chain the transition table does not allow, or the job not in ``expected``."""
     current = expected
     for step in steps:
-        if step != current and step not in JOB_TRANSITIONS[current]:
+        if not may_move(current, step):
             return None
         current = step
     moves: list[tuple[Job, JobStatus, int]] = []

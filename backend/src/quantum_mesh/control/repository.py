@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, defer
 
-from quantum_mesh.control.states import JOB_TRANSITIONS, TERMINAL_JOB_STATES, JobStatus
+from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus, may_move
 from quantum_mesh.errors import Conflict, NotFound, QuotaExceeded
 from quantum_mesh.store.prepared import Prepared
 from quantum_mesh.store.tables import (
@@ -224,27 +224,35 @@ def transition_job(
 ) -> int:
     """Move ``job`` to ``to`` and append its status event; returns the event's ``seq``."""
     current = JobStatus(job.status)
-    if to != current and to not in JOB_TRANSITIONS[current]:
+    if not may_move(current, to):
         raise Conflict(
             f"Job {job.job_id} cannot move from {current} to {to}",
             details={"job_id": job.job_id, "status": current.value},
         )
-    values: dict[str, Any] = {"status": to.value, "updated_at": utcnow()}
-    if error is not None:
-        values["error"] = error
-    if result is not None:
-        values["result"] = result
-    if progress is not None:
-        values["progress"] = progress
-    if plan_id is not None:
-        values["plan_id"] = plan_id
+    values, payload = _move(to, error=error, result=result, progress=progress, plan_id=plan_id)
     _update_job(session, job.job_id, values)
     for name, value in values.items():
         setattr(job, name, value)
+    return append_event(session, job_id=job.job_id, event_type="status", payload=payload)
+
+
+def _move(
+    to: JobStatus,
+    *,
+    error: dict[str, Any] | None,
+    result: dict[str, Any] | None,
+    progress: dict[str, Any] | None,
+    plan_id: str | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A move's column values (the fields given, ``status`` and ``updated_at``) and its
+    status event's payload."""
+    values: dict[str, Any] = {"status": to.value, "updated_at": utcnow()}
+    fields = {"error": error, "result": result, "progress": progress, "plan_id": plan_id}
+    values.update({name: value for name, value in fields.items() if value is not None})
     payload: dict[str, Any] = {"status": to.value}
     if error is not None:
         payload["error"] = error
-    return append_event(session, job_id=job.job_id, event_type="status", payload=payload)
+    return values, payload
 
 
 def advance_job(
@@ -268,21 +276,9 @@ def advance_job(
     moves it as usual, which also raises the right error."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    if to != expected and to not in JOB_TRANSITIONS[expected]:
+    if not may_move(expected, to):
         return None
-    now = utcnow()
-    values: dict[str, Any] = {"status": to.value, "updated_at": now}
-    for name, value in (
-        ("error", error),
-        ("result", result),
-        ("progress", progress),
-        ("plan_id", plan_id),
-    ):
-        if value is not None:
-            values[name] = value
-    payload: dict[str, Any] = {"status": to.value}
-    if error is not None:
-        payload["error"] = error
+    values, payload = _move(to, error=error, result=result, progress=progress, plan_id=plan_id)
     row = _advance_statement(frozenset(values)).first(
         session,
         {
@@ -291,7 +287,7 @@ def advance_job(
             "b_from": expected.value,
             "e_type": "status",
             "e_payload": payload,
-            "e_at": now,
+            "e_at": values["updated_at"],
         },
     )
     if row is None:

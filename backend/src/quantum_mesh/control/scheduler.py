@@ -585,13 +585,11 @@ class WorkScheduler:
             # attempt; as with a reservation asked apart, the node is paused and the unit
             # waits. Counted as attempts, a link that resets now and then failed units whose
             # node was back a second later.
-            refusal = (
-                failure.message
-                if isinstance(failure, RemoteError) and failure.code == ERR_RESERVATION_REFUSED
-                else f"unreachable: {failure}"
-                if isinstance(failure, PeerNotReached)
-                else None
-            )
+            refusal: str | None = None
+            if isinstance(failure, RemoteError) and failure.code == ERR_RESERVATION_REFUSED:
+                refusal = failure.message
+            elif isinstance(failure, PeerNotReached):
+                refusal = f"unreachable: {failure}"
             if refusal is not None:
                 ticket.attempts -= 1  # it never ran
                 self.reservations.record_inline(ask, refused=refusal)

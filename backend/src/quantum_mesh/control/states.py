@@ -30,6 +30,11 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
+def may_move(current: JobStatus, to: JobStatus) -> bool:
+    """Whether a job in ``current`` may be moved to ``to`` (staying put always may)."""
+    return to == current or to in JOB_TRANSITIONS[current]
+
+
 class ReservationStatus(StrEnum):
     REQUESTED = "REQUESTED"
     PREPARED = "PREPARED"

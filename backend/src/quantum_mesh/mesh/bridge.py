@@ -20,9 +20,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import multiaddr
 import trio
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetConn, INetwork
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 
@@ -43,7 +42,7 @@ from quantum_mesh.mesh.errors import (
     ProtocolError,
     RemoteError,
 )
-from quantum_mesh.mesh.host import MeshHost, is_connected, run_mesh_host
+from quantum_mesh.mesh.host import ConnectionNotifee, MeshHost, is_connected, run_mesh_host
 from quantum_mesh.mesh.identity import load_or_create_keypair, peer_id_of
 from quantum_mesh.mesh.invoke import InboundGate
 from quantum_mesh.mesh.protocol import (
@@ -93,7 +92,7 @@ class _OutgoingCall:
     limit_s: float
 
 
-class _ConnectionWatcher(INotifee):
+class _ConnectionWatcher(ConnectionNotifee):
     """Forwards connection changes of the Trio host to the bridge (called in the Trio thread)."""
 
     def __init__(self, bridge: MeshBridge) -> None:
@@ -107,18 +106,6 @@ class _ConnectionWatcher(INotifee):
         others = [c for c in network.get_connections(peer) if c is not conn and not c.is_closed]
         if not others:
             self._bridge._peer_disconnected(peer.to_base58())
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
 
 
 class MeshBridge:

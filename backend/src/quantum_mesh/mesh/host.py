@@ -185,21 +185,13 @@ def is_connected(host: IHost, peer: ID) -> bool:
     return any(not conn.is_closed for conn in host.get_network().get_connections(peer))
 
 
-class ConnectionLost(INotifee):
-    """Sets ``lost`` (a ``trio.Event`` the owner replaces once it has looked) when a
-    connection to ``peer`` closes, so that a node re-dials its coordinator at once instead of
-    at its next periodic look: behind a relay or a NAT that connection is the only way the
-    coordinator can reach it, and each second without it is work refused."""
-
-    def __init__(self, peer: ID) -> None:
-        self.peer = peer
-        self.lost = trio.Event()
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        if conn.muxed_conn.peer_id == self.peer:
-            self.lost.set()
+class ConnectionNotifee(INotifee):
+    """A libp2p notifee that ignores every event; subclasses override the ones they need."""
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
+        return None
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         return None
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
@@ -213,6 +205,21 @@ class ConnectionLost(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: Multiaddr) -> None:
         return None
+
+
+class ConnectionLost(ConnectionNotifee):
+    """Sets ``lost`` (a ``trio.Event`` the owner replaces once it has looked) when a
+    connection to ``peer`` closes, so that a node re-dials its coordinator at once instead of
+    at its next periodic look: behind a relay or a NAT that connection is the only way the
+    coordinator can reach it, and each second without it is work refused."""
+
+    def __init__(self, peer: ID) -> None:
+        self.peer = peer
+        self.lost = trio.Event()
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        if conn.muxed_conn.peer_id == self.peer:
+            self.lost.set()
 
 
 async def dial(host: IHost, peer: ID, addrs: list[Multiaddr], *, limit_s: float) -> None:
