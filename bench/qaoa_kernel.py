@@ -6,12 +6,14 @@ The engine gets the diagonal of ``H_C`` (computed once, timed separately). Print
 per energy evaluation (median) for the engine's fused two-pass kernel (``kernel.py``), for its
 numpy path (blocked matmul mixer) and for Aer, the ratios, and the largest energy
 difference. Beside them, the memory bound measured in the same run: one pass over the state
-(a copy of 2^n complex128, read + write), and how many such passes one evaluation costs.
-One OpenMP / OpenBLAS thread everywhere.
+(a copy of 2^n complex128 holding data, read + write), and how many such passes one
+evaluation costs. Each row runs the engine, Aer and the pass with the same number of threads
+(``--threads``, default 1 and 2); BLAS stays at one thread.
 
     .venv/bin/python bench/qaoa_kernel.py            # n = 16, 20, 22, 24; p = 1, 2
     .venv/bin/python bench/qaoa_kernel.py --quick    # n = 16, 20, 22
     .venv/bin/python bench/qaoa_kernel.py --sizes 20 22 24 --ps 1   # any n and p
+    .venv/bin/python bench/qaoa_kernel.py --threads 1               # one thread only
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import itertools  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import numpy as np  # noqa: E402
 from qiskit import QuantumCircuit, transpile  # noqa: E402
@@ -85,7 +89,32 @@ def median_seconds(
     return statistics.median(times), value
 
 
-def bench_case(n: int, p: int, *, aer_repeats: int) -> dict[str, float]:
+def one_pass_seconds(n: int, threads: int, repeats: int = 15) -> float:
+    """One pass over a 2^n complex128 state (read it, write a copy), split like the engine's
+    walks across ``threads``. Both arrays hold written data: a never-written source (``np.zeros``)
+    is backed by the kernel's one shared zero page, so a copy from it reads from the cache and
+    measures writes alone (earlier versions of this bench did that, a bound 1.4-4x too low)."""
+    state = np.full(1 << n, 0.5 + 0.25j)
+    spare = np.full_like(state, 1.0)
+    bounds = [(state.size * k) // threads for k in range(threads + 1)]
+    runs = list(itertools.pairwise(bounds))
+
+    def copy_part(run: tuple[int, int]) -> None:
+        np.copyto(spare[run[0] : run[1]], state[run[0] : run[1]])  # numpy releases the GIL
+
+    with ThreadPoolExecutor(threads) as pool:
+
+        def one_pass() -> float:
+            list(pool.map(copy_part, runs))
+            return 0.0
+
+        seconds, _ = median_seconds(one_pass, repeats)
+    return seconds
+
+
+def bench_case(n: int, p: int, *, threads: list[int], aer_repeats: int) -> list[dict[str, float]]:
+    """One row per thread count: the engine with that many threads against Aer with as many,
+    and against a pass over the state made by as many threads."""
     q, offset = knapsack_qubo(n, seed=n)
     operator = qubo_operator(q, offset)
     ansatz = qaoa_ansatz(operator, reps=p)
@@ -94,13 +123,6 @@ def bench_case(n: int, p: int, *, aer_repeats: int) -> dict[str, float]:
     betas = [0.41, 0.23][:p]
     gammas = [0.017, 0.031][:p]
     values = [*betas, *gammas]  # qaoa_ansatz parameter order: beta[..], gamma[..]
-    estimator = EstimatorV2(
-        options={"backend_options": {"method": "statevector", "max_parallel_threads": 1}}
-    )
-
-    def aer_energy() -> float:
-        job = estimator.run([(circuit, operator, values)])
-        return float(job.result()[0].data.evs)
 
     start = time.perf_counter()
     cost = engine.DiagonalCost.from_energies(qubo_energies(q, offset=offset))
@@ -109,30 +131,47 @@ def bench_case(n: int, p: int, *, aer_repeats: int) -> dict[str, float]:
     def fast_energy() -> float:
         return engine.qaoa_expectation(cost, gammas=gammas, betas=betas)
 
-    fast_s, fast_value = median_seconds(fast_energy, 5)
     kernel.AVAILABLE, fused = False, kernel.AVAILABLE
     try:
         numpy_s, numpy_value = median_seconds(fast_energy, 3)
     finally:
         kernel.AVAILABLE = fused
-    state = np.zeros(1 << n, dtype=np.complex128)
-    spare = np.empty_like(state)
-    pass_s, _ = median_seconds(lambda: float(np.copyto(spare, state) or 0.0), 7)
-    # at n = 24 one Aer evaluation takes 20-60 s on 2 cores: time a single cold call there
-    aer_s, aer_value = median_seconds(aer_energy, aer_repeats, warm_up=aer_repeats > 1)
-    return {
-        "n": n,
-        "p": p,
-        "terms": len(operator),
-        "diagonal_s": diagonal_s,
-        "fast_s": fast_s,
-        "numpy_s": numpy_s,
-        "aer_s": aer_s,
-        "ratio": aer_s / fast_s,
-        "pass_s": pass_s,
-        "passes": fast_s / pass_s,
-        "max_abs_diff": max(abs(aer_value - fast_value), abs(numpy_value - fast_value)),
-    }
+    rows = []
+    for count in threads:
+        kernel.set_threads(count)
+        try:
+            # milliseconds each below n = 22: more repeats, for a median the noise here leaves
+            fast_s, fast_value = median_seconds(fast_energy, 21 if n <= 22 else 5)
+        finally:
+            kernel.set_threads(1)
+        pass_s = one_pass_seconds(n, count)
+        estimator = EstimatorV2(
+            options={"backend_options": {"method": "statevector", "max_parallel_threads": count}}
+        )
+
+        def aer_energy(estimator: EstimatorV2 = estimator) -> float:
+            job = estimator.run([(circuit, operator, values)])
+            return float(job.result()[0].data.evs)
+
+        # at n = 24 one Aer evaluation takes 20-60 s on 2 cores: time a single cold call there
+        aer_s, aer_value = median_seconds(aer_energy, aer_repeats, warm_up=aer_repeats > 1)
+        rows.append(
+            {
+                "n": n,
+                "p": p,
+                "threads": count,
+                "terms": len(operator),
+                "diagonal_s": diagonal_s,
+                "fast_s": fast_s,
+                "numpy_s": numpy_s,
+                "aer_s": aer_s,
+                "ratio": aer_s / fast_s,
+                "pass_s": pass_s,
+                "passes": fast_s / pass_s,
+                "max_abs_diff": max(abs(aer_value - fast_value), abs(numpy_value - fast_value)),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -140,13 +179,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="n = 16, 20, 22 only")
     parser.add_argument("--sizes", type=int, nargs="+", help="qubit counts (overrides --quick)")
     parser.add_argument("--ps", type=int, nargs="+", default=[1, 2], help="layer counts (1, 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="threads per evaluation, for the engine, Aer and the pass alike (default: 1 2)",
+    )
     args = parser.parse_args()
     sizes = args.sizes or ([16, 20, 22] if args.quick else [16, 20, 22, 24])
     if not all(1 <= p <= 2 for p in args.ps):
         parser.error("--ps takes 1 and/or 2")
-    print(f"fused kernel available: {kernel.AVAILABLE}")
+    if not all(t >= 1 for t in args.threads):
+        parser.error("--threads takes counts of at least 1")
+    print(f"fused kernel available: {kernel.AVAILABLE}; cores: {os.cpu_count()}")
     header = (
-        f"{'n':>3} {'p':>2} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
+        f"{'n':>3} {'p':>2} {'thr':>3} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
         f"{'numpy path':>11} {'aer s/eval':>11} {'vs aer':>7} {'1 pass s':>9} "
         f"{'passes':>7} {'vs 3p':>6} {'max |dE|':>10}"
     )
@@ -155,19 +203,22 @@ def main() -> None:
     worst = 0.0
     for n in sizes:
         for p in args.ps:
-            row = bench_case(n, p, aer_repeats=3 if n <= 20 else 1)
-            worst = max(worst, row["max_abs_diff"])
-            print(
-                f"{n:>3} {p:>2} {row['terms']:>6} {row['diagonal_s']:>8.3f} "
-                f"{row['fast_s']:>14.4f} {row['numpy_s']:>11.4f} {row['aer_s']:>11.4f} "
-                f"{row['ratio']:>6.1f}x {row['pass_s']:>9.5f} {row['passes']:>7.1f} "
-                f"{row['passes'] / (3 * p):>5.1f}x {row['max_abs_diff']:>10.2e}",
-                flush=True,
-            )
+            aer_repeats = 3 if n <= 20 else 1
+            for row in bench_case(n, p, threads=args.threads, aer_repeats=aer_repeats):
+                worst = max(worst, row["max_abs_diff"])
+                print(
+                    f"{n:>3} {p:>2} {row['threads']:>3} {row['terms']:>6} "
+                    f"{row['diagonal_s']:>8.3f} {row['fast_s']:>14.4f} {row['numpy_s']:>11.4f} "
+                    f"{row['aer_s']:>11.4f} {row['ratio']:>6.1f}x {row['pass_s']:>9.5f} "
+                    f"{row['passes']:>7.1f} {row['passes'] / (3 * p):>5.1f}x "
+                    f"{row['max_abs_diff']:>10.2e}",
+                    flush=True,
+                )
     print(f"largest energy difference: {worst:.2e}")
     print(
-        "passes: engine time / one pass over the state; 'vs 3p': against the 3-pass-per-layer "
-        "bound (goal <= 1.5x)"
+        "thr: threads per evaluation (engine, Aer and the pass alike); numpy path: one thread; "
+        "passes: engine time / one pass over the state; 'vs 3p': against the "
+        "3-pass-per-layer bound (goal <= 1.5x)"
     )
 
 

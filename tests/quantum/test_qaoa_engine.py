@@ -266,3 +266,56 @@ def test_the_fused_kernel_matches_the_numpy_path(n: int) -> None:
         assert abs(fused["energy"] - engine.expectation(cost, plus)) < 1e-9
         np.testing.assert_allclose(fused["plus"], plus, atol=1e-12, rtol=0)
         np.testing.assert_allclose(fused["initial"], other, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize(("n", "threads"), [(18, 2), (21, 3)])
+def test_an_evaluation_split_across_threads_matches_one_thread(n: int, threads: int) -> None:
+    """Tiles and columns split across threads (3: runs of unequal length), each with scratch
+    of its own: the same states and energies as one thread, from |+> and from another state."""
+    import threading
+
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    rng = np.random.default_rng(n)
+    cost = engine.DiagonalCost.from_energies(qubo_energies(rng.normal(size=(n, n)), offset=0.5))
+    gammas, betas = [0.21, -0.4], [0.6, 1.1]
+    initial = rng.normal(size=1 << n) + 1j * rng.normal(size=1 << n)
+    initial /= np.linalg.norm(initial)
+
+    def run() -> tuple[float, np.ndarray, np.ndarray]:
+        return (
+            engine.qaoa_expectation(cost, gammas=gammas, betas=betas),
+            engine.evolve(cost, gammas=gammas, betas=betas),
+            engine.evolve(cost, gammas=gammas, betas=betas, initial_state=initial),
+        )
+
+    alone = run()
+    kernel.set_threads(threads)
+    try:
+        split = run()
+    finally:
+        kernel.set_threads(1)
+    assert any(t.name.startswith("qaoa-kernel") for t in threading.enumerate())
+    assert abs(split[0] - alone[0]) < 1e-12
+    np.testing.assert_allclose(split[1], alone[1], atol=1e-14, rtol=0)
+    np.testing.assert_allclose(split[2], alone[2], atol=1e-14, rtol=0)
+
+
+def test_a_node_worker_splits_its_evaluations_across_its_threads() -> None:
+    """``qaoa_schedules`` takes the node's thread count: the same energies either way."""
+    from quantum_mesh.quantum.qaoa import kernel, worker
+
+    n = 18
+    rng = np.random.default_rng(7)
+    params = {
+        "qubo": {"matrix": rng.normal(size=(n, n)).tolist(), "offset": 0.0},
+        "schedules": [[0.3, 0.5], [0.1, -0.2], [0.7, 0.9]],
+    }
+    one = worker.evaluate_schedules(params, peer_id="p", threads=1)
+    two = worker.evaluate_schedules(params, peer_id="p", threads=2)
+    assert kernel._threads == 2
+    kernel.set_threads(1)
+    np.testing.assert_allclose(two["energies"], one["energies"], atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        kernel.set_threads(0)

@@ -106,15 +106,20 @@ def execute_dynamic(params: dict[str, Any], node: NodeContext) -> dict[str, Any]
 
 
 def qaoa_block(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
-    """``qaoa_block`` under the node's noise, stamped with its peer id."""
+    """``qaoa_block`` under the node's noise, stamped with its peer id, its energy evaluations
+    split across the node's ``blas_threads``."""
     run = implementation(METHOD_QAOA_BLOCK)
-    return run(params, peer_id=node.peer_id, noise_level=node.noise_level)
+    return run(
+        params, peer_id=node.peer_id, noise_level=node.noise_level, threads=node.blas_threads
+    )
 
 
 def qaoa_schedules(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:
-    """``qaoa_schedules`` under the node's noise, stamped with its peer id."""
+    """``qaoa_schedules`` as :func:`qaoa_block`."""
     run = implementation(METHOD_QAOA_SCHEDULES)
-    return run(params, peer_id=node.peer_id, noise_level=node.noise_level)
+    return run(
+        params, peer_id=node.peer_id, noise_level=node.noise_level, threads=node.blas_threads
+    )
 
 
 def sqd_batch(params: dict[str, Any], node: NodeContext) -> dict[str, Any]:

@@ -44,7 +44,12 @@ with the numpy path of ``engine.py`` and with Qiskit Aer to rounding (tests asse
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -385,10 +390,13 @@ def _low_pass(
     rounds: int,
     x: Any,
     tq: int,
+    lo: int,
+    hi: int,
 ) -> None:
+    """The first walk over the tiles of amplitudes ``lo .. hi`` (whole tiles)."""
     tile = 1 << tq
     chunks = tile // CHUNK
-    for start in range(0, re.shape[0], tile):
+    for start in range(lo, hi, tile):
         if plus:
             if use_index:
                 _tile_in(re, im, table, index, start, chunks, x, g, t, True, True)
@@ -480,10 +488,12 @@ def _high_pass(
     bi: Any,
     sums: bool,
     tq: int,
+    lo: int,
+    hi: int,
 ) -> float:
-    """Mix qubits ``tq .. tq+m-1`` (``m >= 3``, ``tq >= TILE_QUBITS_FROM``) column by column.
-    ``sums``: return the energy of the result (summed in the last group) and leave the state
-    as it was; else store it."""
+    """Mix qubits ``tq .. tq+m-1`` (``m >= 3``, ``tq >= TILE_QUBITS_FROM``) column by column,
+    for the columns of low indices ``lo .. hi`` (whole columns). ``sums``: return the energy
+    of the result (summed in the last group) and leave the state as it was; else store it."""
     w = COLUMN_WIDTH
     rows = 1 << m
     tile = 1 << tq
@@ -492,7 +502,7 @@ def _high_pass(
     # other whole levels, so that a whole group comes last and can sum the energy.
     groups = full + (1 if part else 0)
     total = 0.0
-    for col in range(0, tile, w):
+    for col in range(lo, hi, w):
         _gather(re, im, br, bi, rows, tq, col, t)
         summed = False
         for rnd in range(rounds):
@@ -609,12 +619,18 @@ def evolve_x(
     num_qubits: int,
     want_energy: bool = False,
     plus: bool = False,
+    threads: int | None = None,
 ) -> float:
     """Apply ``p`` layers in place to the state held as its real and imaginary parts (two
     contiguous float64 arrays of length ``2^n``, ``n >= MIN_TILE_QUBITS``): layer ``k``
     multiplies by ``phase_tables[k]`` (gathered through ``level_index`` when given, else
     elementwise) and mixes with ``RX(2 betas[k])``. ``plus``: the state is ``|+>^n`` and
     ``re``/``im`` need not hold it (they are only written).
+
+    ``threads`` (default: :func:`set_threads`'s, else 1) walk disjoint tiles, then disjoint
+    columns, each with scratch of its own; from ``THREADED_FROM_QUBITS`` only, below which
+    handing the parts over costs more than it saves. The sums are added in a fixed order, so
+    the energy does not depend on which thread finishes first.
 
     Returns the energy expectation ``<psi|E|psi>`` after the last layer when ``want_energy``,
     else ``nan``. With ``want_energy`` the last layer's high-qubit walk sums the energy and
@@ -628,10 +644,12 @@ def evolve_x(
     m = n - tq
     if m and not (m >= 3 and TILE_QUBITS_FROM <= tq <= MAX_TILE_QUBITS):
         raise ValueError(f"no column walk for {m} qubits after tiles of {tq}")
+    parts = 1 if n < THREADED_FROM_QUBITS else max(1, _threads if threads is None else threads)
+    tiles = _split(1 << n, 1 << tq, parts)
+    columns = _split(1 << tq, COLUMN_WIDTH, parts) if m else [(0, 0)]
     size = column_buffer_size(n) if m else 1
-    br = np.empty(size, dtype=np.float64)
-    bi = np.empty(size, dtype=np.float64)
-    x = np.empty(SCRATCH, dtype=np.float64)
+    buffers = [(np.empty(size), np.empty(size)) for _ in columns]
+    scratch = [np.empty(SCRATCH) for _ in tiles]
     use_index = level_index is not None
     index = level_index if level_index is not None else np.zeros(1, dtype=np.int32)
     energy = math.nan
@@ -640,16 +658,70 @@ def evolve_x(
         t, scale, rounds = mixer_factors(beta, n)
         first = plus and layer == 0
         g = scale * amp0 if first else scale
-        _low_pass(re, im, table, index, use_index, first, g, t, rounds, x, tq)
+        low = partial(_low_pass, re, im, table, index, use_index, first, g, t, rounds)
+        _in_parts([partial(low, x, tq, a, b) for x, (a, b) in zip(scratch, tiles, strict=True)])
         last = layer == len(betas) - 1
         if m:
             sums = want_energy and last
-            total = _high_pass(re, im, energies, t, m, rounds, br, bi, sums, tq)
+            totals = _in_parts(
+                [
+                    partial(_high_pass, re, im, energies, t, m, rounds, br, bi, sums, tq, a, b)
+                    for (br, bi), (a, b) in zip(buffers, columns, strict=True)
+                ]
+            )
             if want_energy and last:
-                energy = float(total)
+                energy = float(math.fsum(totals))
         elif want_energy and last:
             energy = float(_energy(re, im, energies))
     return energy
+
+
+#: From this many qubits an evaluation may be split across threads (``evolve_x``): at n = 16
+#: a whole evaluation takes ~0.3 ms, of the order of waking a pool thread and joining it.
+THREADED_FROM_QUBITS = 18
+_threads = 1
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def set_threads(threads: int) -> None:
+    """Threads each evaluation of this process uses from now on (``evolve_x``'s default).
+
+    A node worker sets its ``blas_threads`` here: a worker given two cores splits an
+    evaluation across both instead of leaving one idle."""
+    global _threads
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    _threads = threads
+
+
+def _split(total: int, step: int, parts: int) -> list[tuple[int, int]]:
+    """``range(0, total)`` in at most ``parts`` contiguous runs of whole ``step``s."""
+    steps = total // step
+    parts = max(1, min(parts, steps))
+    bounds = [step * (steps * k // parts) for k in range(parts + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _in_parts(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` (compiled, GIL-free) at once: the first on this thread, the rest on the
+    pool; results in the calls' order."""
+    if len(calls) == 1:
+        return [calls[0]()]
+    pool = _worker_pool(len(calls) - 1)
+    futures = [pool.submit(call) for call in calls[1:]]
+    first = calls[0]()
+    return [first, *(f.result() for f in futures)]
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < workers:
+            old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="qaoa-kernel")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
 
 
 def plus_parts(num_qubits: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from quantum_mesh.errors import InvalidInput
+from quantum_mesh.quantum.qaoa import kernel
 from quantum_mesh.quantum.qaoa.blocks import BlockJob
 from quantum_mesh.quantum.qaoa.solver import (
     BlockProblem,
@@ -27,15 +28,17 @@ _SCHEDULE_KEYS = ("schedules", "batch_id")
 
 
 def solve_block(
-    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0
+    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0, threads: int = 1
 ) -> dict[str, Any]:
     """``qaoa_block``: solve one :class:`BlockJob` (its ``to_dict()``) or a compound job.
 
     A compound job ``{"jobs": [job, ...]}`` (at most 64, solved in order) returns
     ``{"results": [result, ...]}``; a single job returns ``BlockResult.to_dict()`` with
     ``diagnostics["peer_id"]`` set to ``peer_id`` (the node that ran it). ``noise_level`` is
-    that node's depolarising noise (0 = ideal).
+    that node's depolarising noise (0 = ideal); ``threads`` its compute threads per worker,
+    over which each energy evaluation of 18 qubits or more is split (``kernel.set_threads``).
     """
+    kernel.set_threads(threads)
     try:
         if "jobs" in params:
             jobs = params["jobs"]
@@ -61,7 +64,7 @@ def _solve_one(params: Mapping[str, Any], *, peer_id: str, noise_level: float) -
 
 
 def evaluate_schedules(
-    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0
+    params: dict[str, Any], *, peer_id: str, noise_level: float = 0.0, threads: int = 1
 ) -> dict[str, Any]:
     """``qaoa_schedules``: energy expectation of each schedule on one problem, under the
     executing node's depolarising ``noise_level``.
@@ -71,9 +74,11 @@ def evaluate_schedules(
     ``qubo: {"matrix": [[...]], "offset"?: float}`` (angles act on the QUBO normalised to
     zero mean and unit variance). Returns ``energies`` (problem units), ``best_index``,
     ``best_schedule``, ``best_energy``, ``evaluations``, ``seconds``, ``normalisation``,
-    ``peer_id`` (as given) and ``batch_id`` (echoed from params, optional).
+    ``peer_id`` (as given) and ``batch_id`` (echoed from params, optional). ``threads``: as
+    in :func:`solve_block`.
     """
     started = time.perf_counter()
+    kernel.set_threads(threads)
     try:
         schedules = params.get("schedules")
         if not isinstance(schedules, list) or not 1 <= len(schedules) <= MAX_SCHEDULES:
