@@ -12,6 +12,10 @@ from quantum_mesh.node.supervisor import NodeSupervisor
 from tests.node.conftest import Heard, wait_for
 
 
+def command_line(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -28,6 +32,8 @@ async def test_supervisor_restarts_a_killed_child(
         count=1,
         data_dir=tmp_path,
         bootstrap_addr=mesh.listen_addrs[0],
+        blas_threads=2,
+        fidelity=0.97,
         noise_levels=[0.05],
         env={"QMESH_NODE_PRELOAD": "0", "QMESH_LOG_LEVEL": "WARNING"},
     )
@@ -49,6 +55,9 @@ async def test_supervisor_restarts_a_killed_child(
         seen = len(heard.from_peer(peer_id))
         await wait_for(lambda: len(heard.from_peer(peer_id)) > seen, what="post-restart advert")
         assert heard.from_peer(peer_id)[-1].noise_level == 0.05
+        assert heard.from_peer(peer_id)[-1].fidelity == 0.97  # the node settings reach it
+        command = (await asyncio.to_thread(command_line, second_pid)).split(b"\0")
+        assert command[command.index(b"--blas-threads") + 1] == b"2"
         assert await mesh.ping(peer_id) > 0
     finally:
         await supervisor.stop()

@@ -149,6 +149,9 @@ class Coordinator:
                 data_dir=self.data_dir,
                 bootstrap_addr=self.mesh.listen_addrs[0],
                 workers=self.settings.node_workers,
+                blas_threads=self.settings.node_blas_threads,
+                noise_level=self.settings.node_noise_level,
+                fidelity=self.settings.node_fidelity,
             )
             for i, peer_id in enumerate(self.supervisor.peer_ids):
                 await self.enrollment.create(

@@ -64,15 +64,24 @@ class NodeSupervisor:
         data_dir: Path,
         bootstrap_addr: str,
         workers: int = 1,
+        blas_threads: int = 1,
+        noise_level: float = 0.0,
+        fidelity: float = 0.99,
         noise_levels: list[float] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        """Every child gets ``workers``, ``blas_threads``, ``noise_level`` and the ``fidelity``
+        it advertises (the ``QMESH_NODE_*`` settings, as a standalone ``qmesh node`` takes
+        them); ``noise_levels`` gives each child its own noise level instead."""
         if noise_levels is not None and len(noise_levels) != count:
             raise ValueError(f"noise_levels has {len(noise_levels)} entries for {count} nodes")
         self._dir = Path(data_dir) / "nodes"
         self._dir.mkdir(parents=True, exist_ok=True)
         self._bootstrap = bootstrap_addr
         self._workers = workers
+        self._blas_threads = blas_threads
+        self._noise_level = noise_level
+        self._fidelity = fidelity
         self._env = dict(env or {})
         self._stopping = False
         self._children: list[_Child] = []
@@ -85,7 +94,7 @@ class NodeSupervisor:
                     key_file=key_file,
                     log_file=self._dir / f"node-{i}.log",
                     ready_file=self._dir / f"node-{i}.ready.json",
-                    noise_level=noise_levels[i] if noise_levels else 0.0,
+                    noise_level=noise_levels[i] if noise_levels else noise_level,
                     name=f"node-{i}",
                 )
             )
@@ -106,7 +115,7 @@ class NodeSupervisor:
                 key_file=key_file,
                 log_file=self._dir / "node-join.log",
                 ready_file=self._dir / "node-join.ready.json",
-                noise_level=0.0,
+                noise_level=self._noise_level,
                 name="node-join",
                 join_on_signal=True,
             )
@@ -250,8 +259,12 @@ class NodeSupervisor:
             child.name or f"node-{child.index}",
             "--workers",
             str(self._workers),
+            "--blas-threads",
+            str(self._blas_threads),
             "--noise-level",
             str(child.noise_level),
+            "--fidelity",
+            str(self._fidelity),
             "--ready-file",
             str(child.ready_file),
             "--parent-pid",
