@@ -14,6 +14,7 @@ evaluation costs. Each row runs the engine, Aer and the pass with the same numbe
     .venv/bin/python bench/qaoa_kernel.py --quick    # n = 16, 20, 22
     .venv/bin/python bench/qaoa_kernel.py --sizes 20 22 24 --ps 1   # any n and p
     .venv/bin/python bench/qaoa_kernel.py --threads 1               # one thread only
+    .venv/bin/python bench/qaoa_kernel.py --real                    # real-valued data
 """
 
 from __future__ import annotations
@@ -41,11 +42,17 @@ from quantum_mesh.quantum.qaoa import engine, kernel  # noqa: E402
 from quantum_mesh.quantum.qaoa.problems import qubo_energies  # noqa: E402
 
 
-def knapsack_qubo(n: int, *, seed: int) -> tuple[np.ndarray, float]:
-    """``-v.x + P (w.x - C)^2`` as ``(Q, offset)`` with ``x^T Q x + offset`` (``x_i^2 = x_i``)."""
+def knapsack_qubo(n: int, *, seed: int, real: bool = False) -> tuple[np.ndarray, float]:
+    """``-v.x + P (w.x - C)^2`` as ``(Q, offset)`` with ``x^T Q x + offset`` (``x_i^2 = x_i``).
+    Integer values and weights (few distinct energies: the phase is gathered from a table of
+    levels), or with ``real`` real-valued ones (2^n distinct energies: the kernel computes
+    each phase as it walks the state)."""
     rng = np.random.default_rng(seed)
-    values = rng.integers(1, 10, n).astype(float)
-    weights = rng.integers(1, 6, n).astype(float)
+    if real:
+        values, weights = rng.uniform(1, 10, n), rng.uniform(1, 6, n)
+    else:
+        values = rng.integers(1, 10, n).astype(float)
+        weights = rng.integers(1, 6, n).astype(float)
     capacity = float(weights.sum() // 2)
     penalty = 2.0
     q = penalty * np.outer(weights, weights)
@@ -112,10 +119,12 @@ def one_pass_seconds(n: int, threads: int, repeats: int = 15) -> float:
     return seconds
 
 
-def bench_case(n: int, p: int, *, threads: list[int], aer_repeats: int) -> list[dict[str, float]]:
+def bench_case(
+    n: int, p: int, *, threads: list[int], aer_repeats: int, real: bool = False
+) -> list[dict[str, float]]:
     """One row per thread count: the engine with that many threads against Aer with as many,
     and against a pass over the state made by as many threads."""
-    q, offset = knapsack_qubo(n, seed=n)
+    q, offset = knapsack_qubo(n, seed=n, real=real)
     operator = qubo_operator(q, offset)
     ansatz = qaoa_ansatz(operator, reps=p)
     sim = AerSimulator(method="statevector", max_parallel_threads=1)
@@ -186,13 +195,21 @@ def main() -> None:
         default=[1, 2],
         help="threads per evaluation, for the engine, Aer and the pass alike (default: 1 2)",
     )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="real-valued knapsack data: the phase computed per amplitude, not gathered",
+    )
     args = parser.parse_args()
     sizes = args.sizes or ([16, 20, 22] if args.quick else [16, 20, 22, 24])
     if not all(1 <= p <= 2 for p in args.ps):
         parser.error("--ps takes 1 and/or 2")
     if not all(t >= 1 for t in args.threads):
         parser.error("--threads takes counts of at least 1")
-    print(f"fused kernel available: {kernel.AVAILABLE}; cores: {os.cpu_count()}")
+    print(
+        f"fused kernel available: {kernel.AVAILABLE}; cores: {os.cpu_count()}; "
+        f"energies: {'real-valued' if args.real else 'integer'}"
+    )
     header = (
         f"{'n':>3} {'p':>2} {'thr':>3} {'terms':>6} {'diag s':>8} {'engine s/eval':>14} "
         f"{'numpy path':>11} {'aer s/eval':>11} {'vs aer':>7} {'1 pass s':>9} "
@@ -204,7 +221,8 @@ def main() -> None:
     for n in sizes:
         for p in args.ps:
             aer_repeats = 3 if n <= 20 else 1
-            for row in bench_case(n, p, threads=args.threads, aer_repeats=aer_repeats):
+            rows = bench_case(n, p, threads=args.threads, aer_repeats=aer_repeats, real=args.real)
+            for row in rows:
                 worst = max(worst, row["max_abs_diff"])
                 print(
                     f"{n:>3} {p:>2} {row['threads']:>3} {row['terms']:>6} "

@@ -319,3 +319,66 @@ def test_a_node_worker_splits_its_evaluations_across_its_threads() -> None:
     np.testing.assert_allclose(two["energies"], one["energies"], atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="at least 1"):
         kernel.set_threads(0)
+
+
+def test_phases_computed_in_the_walk_equal_numpy_exp() -> None:
+    """The kernel's own ``exp(-i gamma E)`` (a chunk at a time, no table): within 1e-15 of
+    numpy's up to the largest argument it is used for."""
+    from quantum_mesh.quantum.qaoa import kernel
+
+    rng = np.random.default_rng(5)
+    for scale in (1.0, 1e3, kernel.COMPUTED_PHASE_MAX_ARG / 4):
+        energies = rng.uniform(-scale, scale, size=kernel.CHUNK)
+        ph = np.empty(2 * kernel.CHUNK)
+        kernel._phase_chunk(energies, -0.7, ph)
+        expected = np.exp(-1j * -0.7 * energies)
+        np.testing.assert_allclose(ph[: kernel.CHUNK], expected.real, atol=1e-15, rtol=0)
+        np.testing.assert_allclose(ph[kernel.CHUNK :], expected.imag, atol=1e-15, rtol=0)
+
+
+def test_phases_past_the_reduction_range_come_from_tables() -> None:
+    """Energies so large that ``|gamma E|`` is past ``COMPUTED_PHASE_MAX_ARG``: the fused
+    kernel takes numpy's phase tables instead, and agrees with the numpy path."""
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    n = 14
+    rng = np.random.default_rng(3)
+    energies = qubo_energies(rng.normal(size=(n, n)) * 1e6, offset=0.0)
+    cost = engine.DiagonalCost.from_energies(energies)
+    assert cost.level_index is None and cost.energy_bound > kernel.COMPUTED_PHASE_MAX_ARG
+    gammas, betas = [0.9], [0.3]
+    with pytest.raises(ValueError, match="COMPUTED_PHASE_MAX_ARG"):
+        kernel.evolve_x(
+            *kernel.plus_parts(n),
+            phase_tables=None,
+            level_index=None,
+            energies=cost.energies,
+            betas=betas,
+            gammas=gammas,
+            num_qubits=n,
+            want_energy=True,
+        )
+    fused = engine.evolve(cost, gammas=gammas, betas=betas)
+    kernel.AVAILABLE = False
+    try:
+        reference = engine.evolve(cost, gammas=gammas, betas=betas)
+    finally:
+        kernel.AVAILABLE = True
+    np.testing.assert_allclose(fused, reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("noise_level", [0.0, 0.01])
+def test_a_schedules_energy_without_the_state_equals_the_probabilities(
+    noise_level: float,
+) -> None:
+    """``noisy_energy`` sums the energy in the kernel's walk (no state, no probabilities)
+    and mixes in the noise afterwards: the same as the probabilities' energy."""
+    from quantum_mesh.quantum.qaoa.solver import noisy_energy, noisy_probabilities, qubo_problem
+
+    n = 15
+    problem = qubo_problem(np.random.default_rng(9).normal(size=(n, n)), offset=2.5)
+    for gammas, betas in (([0.4], [0.7]), ([0.2, -0.5], [1.1, 0.3])):
+        probs = noisy_probabilities(problem, gammas, betas, noise_level)
+        expected = float(probs @ problem.energies)
+        assert abs(noisy_energy(problem, gammas, betas, noise_level) - expected) < 1e-9

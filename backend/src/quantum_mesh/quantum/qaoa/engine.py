@@ -62,6 +62,8 @@ class DiagonalCost:
     level_offset: float
     level_index: NDArray[np.int32] | None
     level_count: int = 0
+    #: The largest ``|E|`` (whether the fused kernel may compute the phases itself).
+    energy_bound: float = 0.0
     #: Phase tables by gamma (see ``phase_table``).
     _tables: dict[float, ComplexArray] = field(default_factory=dict, compare=False, repr=False)
 
@@ -94,6 +96,7 @@ class DiagonalCost:
             level_offset=low,
             level_index=index,
             level_count=count,
+            energy_bound=max(abs(low), abs(high)),
         )
 
     def phases(self, gamma: float) -> ComplexArray:
@@ -276,14 +279,22 @@ def _evolve_fused(
         re, im = _energy_parts(cost.num_qubits)
     else:
         re, im = np.ascontiguousarray(state.real), np.ascontiguousarray(state.imag)
-    tables = [cost.phase_table(float(g)) for g in gammas]
+    angles = [float(g) for g in gammas]
+    # Without a level table the kernel computes exp(-i gamma E) as it walks the state, ~18x
+    # cheaper than numpy's complex exp into a table of 2^n phases (which then cost 2-4x the
+    # walk itself at n = 20); tables only where |gamma E| is too large for its reduction.
+    computed = cost.level_index is None and (
+        cost.energy_bound * max(map(abs, angles)) <= kernel.COMPUTED_PHASE_MAX_ARG
+    )
     energy = kernel.evolve_x(
         re,
         im,
-        phase_tables=tables,
+        phase_tables=None if computed else [cost.phase_table(g) for g in angles],
         level_index=cost.level_index,
         energies=cost.energies,
         betas=[float(b) for b in betas],
+        gammas=angles,
+        energy_bound=cost.energy_bound,
         num_qubits=cost.num_qubits,
         want_energy=want_energy,
         plus=state is None,

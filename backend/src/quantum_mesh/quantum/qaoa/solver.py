@@ -120,6 +120,27 @@ def noisy_probabilities(
     return probs
 
 
+def noisy_energy(
+    problem: BlockProblem, gammas: Sequence[float], betas: Sequence[float], noise_level: float
+) -> float:
+    """Energy expectation (problem units) under the node's depolarising noise: that of
+    :func:`noisy_probabilities`, without building the state where it need not be built.
+
+    From ``|+>^n`` with the X mixer the fused kernel sums the energy in its last walk over
+    the state (no state stored, no probabilities): at n = 20 about a third of the work. The
+    noise mixes the ideal distribution with the uniform one, so its energy is the same mix
+    of the ideal energy and the mean energy."""
+    if problem.initial_state is not None or problem.mixer != "x":
+        probs = noisy_probabilities(problem, gammas, betas, noise_level)
+        return float(probs @ problem.energies)
+    normalised = engine.qaoa_expectation(problem.normalised, gammas=gammas, betas=betas)
+    ideal = normalised * problem.scale + problem.shift  # the normalisation is affine
+    eps = min(1.0, max(0.0, noise_level) * problem.normalised.num_qubits * len(gammas))
+    if eps > 0:
+        return (1.0 - eps) * ideal + eps * float(problem.energies.mean())
+    return ideal
+
+
 def choose_angles(
     problem: BlockProblem, qaoa: Mapping[str, Any], noise_level: float
 ) -> AngleSearch:
@@ -231,8 +252,7 @@ def evaluate_schedule_batch(
     out = []
     for schedule in schedules:
         gammas, betas = split_schedule(schedule)
-        probs = noisy_probabilities(problem, gammas, betas, noise_level)
-        out.append(float(probs @ problem.energies))
+        out.append(noisy_energy(problem, gammas, betas, noise_level))
     return out
 
 
