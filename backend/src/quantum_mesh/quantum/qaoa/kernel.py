@@ -29,6 +29,10 @@ What makes the arithmetic keep up with memory:
   qubits 3-5 (with run-time strides those stayed scalar). Qubits 0-2 (pairs 1, 2, 4 apart)
   are done eight amplitudes at a time as the tile is read, fused with the phase gather
   (that loop is scalar: a gather).
+* **Phases computed, not read.** With integer energies the phase is gathered from a small
+  table of levels. With real-valued ones (2^n distinct energies) ``exp(-i gamma E)`` is
+  computed chunk by chunk as the tile is read (``_phase_chunk``: a vectorised sincos), where
+  a table of 2^n phases built by numpy first cost 2-4x the walk itself at n = 20.
 * **Padded scratch.** Rows of a group a power-of-two multiple of 4 KiB apart fall into one
   L1 set and evict each other (measured: 3-7x slower); the scratch tile and the column
   buffer pad their rows so that no group's rows are.
