@@ -30,3 +30,7 @@ if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
   .venv/bin/python -m pip install --quiet -e ".[chem,embedded-docs,dev]"
   cp pyproject.toml "$stamp"
 fi
+# Compile the QAOA kernel once, here, into numba's cache beside its source (~1 s once cached).
+# Otherwise every embedded node's worker compiles it on its first start, three at once on a
+# fresh clone (~45 s each cold), while the nodes' readiness waits for it.
+.venv/bin/python -c "from quantum_mesh.quantum.qaoa import kernel; kernel.warm()"

@@ -34,6 +34,7 @@ async def test_supervisor_restarts_a_killed_child(
         bootstrap_addr=mesh.listen_addrs[0],
         blas_threads=2,
         fidelity=0.97,
+        nice=3,
         noise_levels=[0.05],
         env={"QMESH_NODE_PRELOAD": "0", "QMESH_LOG_LEVEL": "WARNING"},
     )
@@ -58,6 +59,7 @@ async def test_supervisor_restarts_a_killed_child(
         assert heard.from_peer(peer_id)[-1].fidelity == 0.97  # the node settings reach it
         command = (await asyncio.to_thread(command_line, second_pid)).split(b"\0")
         assert command[command.index(b"--blas-threads") + 1] == b"2"
+        assert os.getpriority(os.PRIO_PROCESS, second_pid) == min(19, os.nice(0) + 3)
         assert await mesh.ping(peer_id) > 0
     finally:
         await supervisor.stop()

@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     p2p_host: str = "127.0.0.1"
     p2p_port: int = 4001
     embedded_nodes: int = 3
+    #: Niceness of embedded nodes and their workers (0 = the coordinator's own priority).
+    #: They share the coordinator's cores, and the coordinator is what bounds throughput and
+    #: answers clients: given the cores first, it completed more Bell jobs with a shorter
+    #: submit tail (docs/operations.md, "Embedded nodes yield the cores").
+    embedded_node_nice: int = Field(default=10, ge=0, le=19)
     require_enrollment: bool = True
     advert_interval_s: float = 1.0
     advert_stale_after_s: float = 5.0

@@ -152,6 +152,7 @@ class Coordinator:
                 blas_threads=self.settings.node_blas_threads,
                 noise_level=self.settings.node_noise_level,
                 fidelity=self.settings.node_fidelity,
+                nice=self.settings.embedded_node_nice,
             )
             for i, peer_id in enumerate(self.supervisor.peer_ids):
                 await self.enrollment.create(

@@ -50,8 +50,16 @@ def parse_args(argv: list[str] | None = None) -> NodeConfig:
         default=os.environ.get("QMESH_NODE_PRELOAD", "1") not in ("0", "false", "no"),
         help="import handler modules in each worker at startup (env QMESH_NODE_PRELOAD)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="lower this node's priority (and its workers') by this much (0-19)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("QMESH_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)  # before the workers start: they inherit it
     configure_logging(args.log_level.upper())
     return NodeConfig(
         key_file=args.key_file,

@@ -67,12 +67,14 @@ class NodeSupervisor:
         blas_threads: int = 1,
         noise_level: float = 0.0,
         fidelity: float = 0.99,
+        nice: int = 0,
         noise_levels: list[float] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         """Every child gets ``workers``, ``blas_threads``, ``noise_level`` and the ``fidelity``
         it advertises (the ``QMESH_NODE_*`` settings, as a standalone ``qmesh node`` takes
-        them); ``noise_levels`` gives each child its own noise level instead."""
+        them); ``noise_levels`` gives each child its own noise level instead. Children run
+        ``nice`` steps below this process (``QMESH_EMBEDDED_NODE_NICE``)."""
         if noise_levels is not None and len(noise_levels) != count:
             raise ValueError(f"noise_levels has {len(noise_levels)} entries for {count} nodes")
         self._dir = Path(data_dir) / "nodes"
@@ -82,6 +84,7 @@ class NodeSupervisor:
         self._blas_threads = blas_threads
         self._noise_level = noise_level
         self._fidelity = fidelity
+        self._nice = nice
         self._env = dict(env or {})
         self._stopping = False
         self._children: list[_Child] = []
@@ -265,6 +268,8 @@ class NodeSupervisor:
             str(child.noise_level),
             "--fidelity",
             str(self._fidelity),
+            "--nice",
+            str(self._nice),
             "--ready-file",
             str(child.ready_file),
             "--parent-pid",
