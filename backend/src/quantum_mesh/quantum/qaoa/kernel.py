@@ -836,7 +836,12 @@ def warm() -> None:
         gather = np.zeros(1 << n, dtype=np.int32)
         elementwise = np.ones(1 << n, dtype=np.complex128)
         # the three phase sources: gathered, a table per amplitude, computed in the walk
-        for index, tables in ((gather, [elementwise[:1]] * 2), (None, [elementwise] * 2)):
+        sources = (
+            (gather, [elementwise[:1]] * 2, None),
+            (None, [elementwise] * 2, None),
+            (None, None, [0.2, 0.3]),
+        )
+        for index, tables, gammas in sources:
             for plus in (True, False):
                 evolve_x(
                     re,
@@ -845,20 +850,8 @@ def warm() -> None:
                     level_index=index,
                     energies=energies,
                     betas=[0.1, 1.5],
+                    gammas=gammas,
                     num_qubits=n,
                     want_energy=True,
                     plus=plus,
                 )
-        for plus in (True, False):
-            evolve_x(
-                re,
-                im,
-                phase_tables=None,
-                level_index=None,
-                energies=energies,
-                betas=[0.1, 1.5],
-                gammas=[0.2, 0.3],
-                num_qubits=n,
-                want_energy=True,
-                plus=plus,
-            )
