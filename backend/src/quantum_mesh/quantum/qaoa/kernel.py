@@ -775,6 +775,7 @@ def evolve_x(
 THREADED_FROM_QUBITS = 18
 _threads = 1
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 
 
@@ -809,10 +810,11 @@ def _in_parts(calls: list[Callable[[], Any]]) -> list[Any]:
 
 
 def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    global _pool
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < workers:
+        if _pool is None or _pool_size < workers:
             old, _pool = _pool, ThreadPoolExecutor(workers, thread_name_prefix="qaoa-kernel")
+            _pool_size = workers
             if old is not None:
                 old.shutdown(wait=False)
         return _pool

@@ -114,10 +114,15 @@ def noisy_probabilities(
         mixer=problem.mixer,
     )
     probs = engine.probabilities(state)
-    eps = min(1.0, max(0.0, noise_level) * problem.normalised.num_qubits * len(gammas))
+    eps = _depolarised_share(problem, gammas, noise_level)
     if eps > 0:
         probs = (1.0 - eps) * probs + eps / probs.size
     return probs
+
+
+def _depolarised_share(problem: BlockProblem, gammas: Sequence[float], noise_level: float) -> float:
+    """The share of the uniform distribution in the node's noisy result (module doc)."""
+    return min(1.0, max(0.0, noise_level) * problem.normalised.num_qubits * len(gammas))
 
 
 def noisy_energy(
@@ -135,7 +140,7 @@ def noisy_energy(
         return float(probs @ problem.energies)
     normalised = engine.qaoa_expectation(problem.normalised, gammas=gammas, betas=betas)
     ideal = normalised * problem.scale + problem.shift  # the normalisation is affine
-    eps = min(1.0, max(0.0, noise_level) * problem.normalised.num_qubits * len(gammas))
+    eps = _depolarised_share(problem, gammas, noise_level)
     if eps > 0:
         return (1.0 - eps) * ideal + eps * float(problem.energies.mean())
     return ideal
