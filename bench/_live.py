@@ -35,8 +35,8 @@ def cpu_seconds(root_pid: int) -> dict[str, float]:
             command = " ".join(proc.cmdline())
         except psutil.Error:  # a process that ended meanwhile
             continue
-        if proc.pid == root_pid:
-            part = "coordinator"
+        if proc.pid == root_pid or "quantum_mesh.api.front.runtime_main" in command:
+            part = "coordinator"  # the API front's job runtime is the coordinator's other half
         elif "quantum_mesh.node" in command or "multiprocessing.spawn" in command:
             part = "nodes"
         else:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from quantum_mesh.config import Settings
+from quantum_mesh.control import circuit_check
 from quantum_mesh.control.workflows import circuit as circuit_module
 from quantum_mesh.control.workflows.circuit import CircuitWorkload, check_circuit
 from quantum_mesh.errors import InvalidCircuit
@@ -130,10 +131,10 @@ async def test_a_job_is_parsed_once_unless_the_coordinator_restarted(
 async def test_the_parsed_cache_is_bounded() -> None:
     compute, jobs = InlineCompute(), AcceptingJobs()
     workload = _workload(compute)
-    texts = [BELL + f"// {i}\n" for i in range(circuit_module.PARSED_CACHE_ENTRIES + 5)]
+    texts = [BELL + f"// {i}\n" for i in range(circuit_check.PARSED_CACHE_ENTRIES + 5)]
     for text in texts:
         await workload.submit(jobs, request={"circuit": text}, idempotency_key=None)
-    assert len(workload.parsed_cache) == circuit_module.PARSED_CACHE_ENTRIES
+    assert len(workload.parsed_cache) == circuit_check.PARSED_CACHE_ENTRIES
     assert workload.parsed_cache.get(texts[0]) is None
     assert workload.parsed_cache.get(texts[-1]) is not None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -88,6 +89,7 @@ def coordinator(
     import uvicorn
 
     from quantum_mesh.api.app import create_app
+    from quantum_mesh.api.front.app import create_front_app
     from quantum_mesh.logs import configure_logging, get_logger
 
     configure_logging(
@@ -101,22 +103,46 @@ def coordinator(
         get_logger("quantum_mesh.cli").warning(
             "coordinator.bind", host=bind_host, requested_host=settings.host, message=note
         )
-    api = create_app(settings)
+    front = None
+    if settings.api_front:
+        # The runtime process reads its settings as this one did: pass on what the command
+        # line gave.
+        for name, value in given.items():
+            if value is not None:
+                os.environ[f"QMESH_{name.upper()}"] = str(value)
+        api: Any = create_front_app(settings)
+        front = api.front
+    else:
+        api = create_app(settings)
     settle_garbage_collector()
     share_the_interpreter(settings.gil_switch_interval_ms)
-    uvicorn.run(
-        api,
-        host=bind_host,
-        port=settings.port,
-        log_config=None,
-        access_log=settings.access_log,
-        # Longer than clients keep idle connections (httpx, requests: 5 s), so the client
-        # always closes first: with uvicorn's own 5 s both sides raced, and a request sent
-        # on a connection the server was closing failed (ReadError) under load.
-        timeout_keep_alive=HTTP_KEEP_ALIVE_S,
-        ws="websockets-sansio",
+    server = uvicorn.Server(
+        uvicorn.Config(
+            api,
+            host=bind_host,
+            port=settings.port,
+            log_config=None,
+            access_log=settings.access_log,
+            # Longer than clients keep idle connections (httpx, requests: 5 s), so the
+            # client always closes first: with uvicorn's own 5 s both sides raced, and a
+            # request sent on a connection the server was closing failed (ReadError) under
+            # load.
+            timeout_keep_alive=HTTP_KEEP_ALIVE_S,
+            ws="websockets-sansio",
+        )
     )
+    if front is not None:
+        front.stop_serving = lambda: setattr(server, "should_exit", True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
     data_dir_lock.close()
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: the app did not start (its log says why)
+    if front is not None and front.runtime_exit is not None:
+        typer.echo(
+            f"qmesh coordinator: the job runtime exited with code {front.runtime_exit}", err=True
+        )
+        raise typer.Exit(1)
 
 
 #: Seconds the coordinator keeps an idle HTTP connection open.

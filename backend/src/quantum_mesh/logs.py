@@ -231,13 +231,20 @@ def configure_logging(
     p2p.propagate = True
     p2p.setLevel(max(logging.getLevelName(level), logging.WARNING))
     # Chatter that says nothing to an operator at INFO: alembic announcing its plugins on
-    # import, qiskit's transpiler timing every pass.
+    # import, qiskit's transpiler timing every pass, httpx announcing every request (the API
+    # front forwards every request with it).
     for noisy in QUIET_AT_INFO:
         logging.getLogger(noisy).setLevel(max(logging.getLevelName(level), logging.WARNING))
 
 
 #: Loggers kept at WARNING unless the configured level is stricter.
-QUIET_AT_INFO = ("alembic.runtime.plugins", "qiskit.passmanager", "qiskit.compiler")
+QUIET_AT_INFO = (
+    "alembic.runtime.plugins",
+    "qiskit.passmanager",
+    "qiskit.compiler",
+    "httpx",
+    "httpcore",
+)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -14,12 +14,14 @@ from fastapi_offline import FastAPIOffline
 from quantum_mesh import __version__
 from quantum_mesh.api.admission import AdmissionMiddleware, Admit, job_creating_paths
 from quantum_mesh.api.errors import install_error_handlers
+from quantum_mesh.api.front.forwarding import API_PREFIX, INTAKE_PATH, ClientFromFront
 from quantum_mesh.api.routes import (
     auth,
     circuits,
     discovery,
     enrollment,
     finance,
+    intake,
     jobs,
     plans,
     reservations,
@@ -36,10 +38,11 @@ from quantum_mesh.schemas.common import ErrorEnvelope
 
 log = get_logger(__name__)
 
-API_PREFIX = "/api/v1"
 
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, behind_front: bool = False) -> FastAPI:
+    """The API and the job runtime in one app. ``behind_front``: the runtime process of a
+    split coordinator (``QMESH_API_FRONT``): it also takes over jobs the front accepted, and
+    it learns each client's address from the front (docs/operations.md, "The API front")."""
     settings = settings or get_settings()
     directory = Directory.from_settings(settings)
     tokens = WsTokens(ttl_s=settings.ws_token_ttl_s)
@@ -77,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.router)  # /health and /ready also at the root for probes
     app.include_router(metrics_router)
+    open_paths = settings.open_path_set
+    if behind_front:
+        app.include_router(intake.router)
+        open_paths = open_paths | {INTAKE_PATH}
 
     def admission() -> Admit | None:
         coordinator: Coordinator | None = getattr(app.state, "coordinator", None)
@@ -95,12 +102,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         SecurityMiddleware,  # type: ignore[arg-type]
         directory=directory,
         tokens=tokens,
-        open_paths=settings.open_path_set,
+        open_paths=open_paths,
         max_body_bytes=settings.max_request_bytes,
         rate_per_minute=settings.rate_limit_per_minute,
         auth_failures_per_minute=settings.auth_failures_per_minute,
         loopback_only=not settings.auth_enabled and not settings.allow_unauthenticated_bind,
     )
+    if behind_front:
+        app.add_middleware(ClientFromFront)  # type: ignore[arg-type]
     _document_auth(app)
     return app
 

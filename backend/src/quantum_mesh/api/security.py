@@ -58,6 +58,15 @@ class Principal:
         return self.role == ADMIN
 
 
+def presented_key(headers: dict[str, str]) -> str | None:
+    """The API key a request presents (``Authorization: Bearer`` or ``X-API-Key``), from its
+    lower-cased headers."""
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return headers.get("x-api-key")
+
+
 def key_digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -387,10 +396,7 @@ class SecurityMiddleware:
 
     @staticmethod
     def _presented_key(headers: dict[str, str]) -> str | None:
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            return auth[7:].strip()
-        return headers.get("x-api-key")
+        return presented_key(headers)
 
     @staticmethod
     def _presented_token(scope: Scope) -> str | None:

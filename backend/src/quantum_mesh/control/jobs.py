@@ -29,6 +29,7 @@ from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
 from quantum_mesh.control.bus import JobEventBus
 from quantum_mesh.control.compute import ComputePools
+from quantum_mesh.control.intake import AcceptedJob
 from quantum_mesh.control.scheduler import UnitOutcome, WorkScheduler, WorkUnit
 from quantum_mesh.control.sizing import CallSizer
 from quantum_mesh.control.states import TERMINAL_JOB_STATES, JobStatus, may_move
@@ -50,6 +51,34 @@ _RATE_WINDOW_S = 10.0
 NODE_CALL_TIMEOUT_S = 10.0
 #: A compile step that lasts longer gets a COMPILING write of its own (``_compile_queued``).
 COMPILING_WRITE_AFTER_S = 0.25
+
+
+def admission_refusal(
+    *, active: int, write_backlog: int, completion_rate: float, settings: Settings
+) -> Overloaded | None:
+    """Why a new job may not be accepted now (None: it may): the database writer is
+    saturated, or ``active`` unfinished jobs fill the queue (``QMESH_MAX_QUEUED_JOBS``); the
+    Retry-After is when, at ``completion_rate`` jobs/s, a place frees up."""
+    if write_backlog > settings.max_write_backlog:
+        # The database is the bottleneck right now: say so at once rather than queue the
+        # submit behind it.
+        return Overloaded(
+            "The coordinator's database writer is saturated; retry shortly",
+            retry_after_s=1,
+            details={"write_backlog": write_backlog},
+        )
+    bound = settings.max_queued_jobs
+    if active < bound:
+        return None
+    excess = active - bound + 1
+    retry_after = (
+        60 if completion_rate <= 0 else min(60, max(1, math.ceil(excess / completion_rate)))
+    )
+    return Overloaded(
+        f"The coordinator has {active} unfinished jobs (limit {bound}); retry later",
+        retry_after_s=retry_after,
+        details={"active_jobs": active, "limit": bound},
+    )
 
 
 class JobCancelled(QMeshError):
@@ -500,31 +529,20 @@ class JobManager:
 
         A request with an Idempotency-Key is let through here: ``submit`` answers a replay
         from the database and checks admission only for new work."""
-        bound = self.settings.max_queued_jobs
         if idempotency_key:
             return
-        if self.db.write_backlog > self.settings.max_write_backlog:
-            # The database is the bottleneck right now: say so at once rather than queue the
-            # submit behind it.
-            metrics.job_rejected()
-            raise Overloaded(
-                "The coordinator's database writer is saturated; retry shortly",
-                retry_after_s=1,
-                details={"write_backlog": self.db.write_backlog},
-            )
-        if self.active < bound:
-            return
-        rate = self._completion_rate()
-        metrics.job_rejected()
-        excess = self.active - bound + 1
-        retry_after = 60 if rate <= 0 else min(60, max(1, math.ceil(excess / rate)))
-        raise Overloaded(
-            f"The coordinator has {self.active} unfinished jobs (limit {bound}); retry later",
-            retry_after_s=retry_after,
-            details={"active_jobs": self.active, "limit": bound},
+        refusal = admission_refusal(
+            active=self.active,
+            write_backlog=self.db.write_backlog,
+            completion_rate=self.completion_rate,
+            settings=self.settings,
         )
+        if refusal is not None:
+            metrics.job_rejected()
+            raise refusal
 
-    def _completion_rate(self) -> float:
+    @property
+    def completion_rate(self) -> float:
         """Jobs finished per second over the last ``_RATE_WINDOW_S``. Older times are dropped
         as they age (they arrive in order), so a refused submit costs no scan of them: under
         overload hundreds of submits a second are refused."""
@@ -589,6 +607,40 @@ class JobManager:
         self._publish(job, seq=None)
         self._spawn(job.job_id, job)
         return job, True
+
+    async def ingest(self, accepted: Sequence[AcceptedJob]) -> list[str]:
+        """Write and start jobs another process has accepted already (the API front, from
+        its fsync'd intake journal). Idempotent: a job whose row exists (a replay of the
+        journal after a crash) is skipped. Returns the ids written now."""
+        if not accepted:
+            return []
+
+        def create(session: Session) -> list[Job]:
+            known = repo.existing_job_ids(session, [a.job_id for a in accepted])
+            return [
+                repo.create_job(
+                    session,
+                    job_id=a.job_id,
+                    kind=a.kind,
+                    request=a.request,
+                    idempotency_key=None,
+                    owner=a.owner,
+                    created_at=a.accepted_at,
+                )
+                for a in accepted
+                if a.job_id not in known
+            ]
+
+        self._admitting += len(accepted)
+        try:
+            jobs = await self.db.write(create)
+        finally:
+            self._admitting -= len(accepted)
+        for job in jobs:
+            self._status[job.job_id] = JobStatus.QUEUED
+            self._publish(job, seq=None)
+            self._spawn(job.job_id, job)
+        return [job.job_id for job in jobs]
 
     @staticmethod
     def _check_same_request(existing: Job, kind: str, request: dict[str, Any]) -> None:

@@ -58,10 +58,13 @@ def create_job(
     idempotency_key: str | None,
     owner: str | None = None,
     max_unfinished: int | None = None,
+    created_at: datetime | None = None,
 ) -> Job:
     """Insert a QUEUED job owned by ``owner``. With ``max_unfinished``, refuse it
     (``QuotaExceeded``) while the owner already has that many unfinished jobs; the count is
-    exact when the insert runs in the group-commit writer, which serialises every write."""
+    exact when the insert runs in the group-commit writer, which serialises every write.
+    ``created_at``: when it was accepted, where that was before this write (the API front's
+    intake journal)."""
     if owner is not None and max_unfinished:
         active = count_unfinished_jobs(session, owner=owner)
         if active >= max_unfinished:
@@ -88,12 +91,20 @@ def create_job(
         "result": None,
         "idempotency_key": idempotency_key,
         "owner": owner,
-        "created_at": now,
+        "created_at": created_at or now,
         "updated_at": now,
     }
     _INSERT_JOB.execute(session, row)
     append_event(session, job_id=job_id, event_type="status", payload={"status": row["status"]})
     return Job(**row)
+
+
+def existing_job_ids(session: Session, job_ids: Sequence[str]) -> set[str]:
+    """Which of ``job_ids`` have a row already."""
+    if not job_ids:
+        return set()
+    rows = session.execute(select(_JOBS.c.job_id).where(_JOBS.c.job_id.in_(job_ids)))
+    return set(rows.scalars())
 
 
 async def get_job_by_idempotency_key(

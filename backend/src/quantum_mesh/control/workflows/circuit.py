@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from quantum_mesh.config import Settings
 from quantum_mesh.control import repository as repo
+from quantum_mesh.control.circuit_check import (
+    CircuitValidator,
+    ParsedCircuits,
+    check_circuit,
+    circuit_limits,
+)
 from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.jobs import CIRCUIT_KIND, JobHandle, JobManager
 from quantum_mesh.control.planner import (
@@ -30,7 +34,6 @@ from quantum_mesh.control.states import JobStatus
 from quantum_mesh.errors import NoCapacity
 from quantum_mesh.mesh.protocol import METHOD_EXECUTE_DYNAMIC, SERVICE_MEASUREMENT_FEEDFORWARD
 from quantum_mesh.quantum.analysis import build_bounded_result, build_dynamic_result
-from quantum_mesh.quantum.circuits import limits
 from quantum_mesh.quantum.circuits.fragments import build_fragments
 from quantum_mesh.quantum.circuits.model import Fragment, NormalizedCircuit
 from quantum_mesh.quantum.circuits.parse import parse_circuit
@@ -46,11 +49,6 @@ DYNAMIC_FRAGMENT_ID = "dynamic"
 PROGRESS_EVERY_S = 0.25
 
 
-#: Parsed circuits kept between a job's submit and its compile step (most entries, and most
-#: operations over all entries: a full cache of 20,000-operation circuits is about 30 MB).
-PARSED_CACHE_ENTRIES = 64
-PARSED_CACHE_OPERATIONS = 200_000
-
 #: Smallest budget left to a ``quantum_result`` whatever its ``fragment_results`` weigh (a
 #: 20-qubit result without distributions is about 10 KB).
 MIN_QUANTUM_RESULT_BYTES = 65_536
@@ -58,89 +56,11 @@ MIN_QUANTUM_RESULT_BYTES = 65_536
 RESULT_ENVELOPE_BYTES = 64
 
 
-#: Submitted texts up to this length are looked up among circuits validated before.
-VALIDATED_LOOKUP_MAX_CHARS = 65_536
-
-
 def quantum_result_budget(max_result_bytes: int, fragment_results: list[dict[str, Any]]) -> int:
     """What ``QMESH_MAX_RESULT_BYTES`` leaves to the ``quantum_result`` beside these
     ``fragment_results`` (the stored document holds both)."""
     used = len(json.dumps(fragment_results, default=str)) + RESULT_ENVELOPE_BYTES
     return max(MIN_QUANTUM_RESULT_BYTES, max_result_bytes - used)
-
-
-def check_circuit(
-    text: str,
-    *,
-    max_qubits: int = limits.DEFAULT_MAX_QUBITS,
-    max_clbits: int = limits.DEFAULT_MAX_CLBITS,
-    max_operations: int = limits.DEFAULT_MAX_OPERATIONS,
-    max_gate_depth: int = limits.DEFAULT_MAX_GATE_DEPTH,
-    max_fragments: int = limits.DEFAULT_MAX_FRAGMENTS,
-) -> NormalizedCircuit:
-    """Parse and bound a circuit at submit (in a validation process); returns the parsed
-    circuit, which pickles back cheaply (a 24,000-operation circuit: 0.75 MB, a fraction of
-    a second against seconds to parse) so the job's compile step need not parse again."""
-    circuit = parse_circuit(
-        text,
-        max_qubits=max_qubits,
-        max_clbits=max_clbits,
-        max_operations=max_operations,
-        max_gate_depth=max_gate_depth,
-    )
-    limits.check_fragments(len(build_fragments(circuit)), max_fragments=max_fragments)
-    return circuit
-
-
-def circuit_limits(settings: Settings) -> dict[str, int]:
-    """The parser's keyword limits from the ``QMESH_MAX_CIRCUIT_*`` settings."""
-    return {
-        "max_qubits": settings.max_circuit_qubits,
-        "max_clbits": settings.max_circuit_clbits,
-        "max_operations": settings.max_circuit_operations,
-        "max_gate_depth": settings.max_gate_definition_depth,
-    }
-
-
-class ParsedCircuits:
-    """A small LRU of parsed circuits keyed by the SHA-256 of their text, bounded in entries
-    and in operations. A miss (after a restart, or an eviction) only means parsing again."""
-
-    def __init__(
-        self, *, entries: int = PARSED_CACHE_ENTRIES, operations: int = PARSED_CACHE_OPERATIONS
-    ) -> None:
-        self._entries = entries
-        self._operations = operations
-        self._held = 0
-        self._items: OrderedDict[str, NormalizedCircuit] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def get(self, text: str) -> NormalizedCircuit | None:
-        key = _text_hash(text)
-        circuit = self._items.get(key)
-        if circuit is not None:
-            self._items.move_to_end(key)
-        return circuit
-
-    def put(self, circuit: NormalizedCircuit) -> None:
-        size = len(circuit.operations)
-        if size > self._operations:
-            return
-        old = self._items.pop(circuit.source_hash, None)
-        if old is not None:
-            self._held -= len(old.operations)
-        self._items[circuit.source_hash] = circuit
-        self._held += size
-        while len(self._items) > self._entries or self._held > self._operations:
-            _key, evicted = self._items.popitem(last=False)
-            self._held -= len(evicted.operations)
-
-
-def _text_hash(text: str) -> str:
-    # The same key as NormalizedCircuit.source_hash.
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class CircuitWorkload:
@@ -162,8 +82,7 @@ class CircuitWorkload:
         self.settings = settings
         self.limits = circuit_limits(settings)
         self.parsed_cache = ParsedCircuits()
-        #: Circuits that passed ``check_circuit`` at submit (``submit``).
-        self.validated = ParsedCircuits()
+        self.validator = CircuitValidator(compute, settings)
 
     async def submit(
         self,
@@ -180,19 +99,7 @@ class CircuitWorkload:
         # job's compile step.
         jobs.admit(idempotency_key)
         text = request["circuit"]
-        # A text this process has validated already (the same circuit with another seed,
-        # a load of one circuit) is not sent to the validation process again: the limits
-        # are the process's own, so the answer cannot change. Only small texts are looked
-        # up, so hashing stays off the loop's budget.
-        circuit = self.validated.get(text) if len(text) <= VALIDATED_LOOKUP_MAX_CHARS else None
-        if circuit is None:
-            circuit = await self.compute.isolated(
-                check_circuit,
-                text,
-                **self.limits,
-                max_fragments=self.settings.max_circuit_fragments,
-            )
-            self.validated.put(circuit)
+        circuit = await self.validator.check(text)
         self.parsed_cache.put(circuit)
         return await jobs.submit(
             kind=CIRCUIT_KIND,

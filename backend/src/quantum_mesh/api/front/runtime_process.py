@@ -1,0 +1,98 @@
+"""Starts, watches and stops the job runtime: the whole coordinator app
+(``create_app(behind_front=True)``) in a child process, serving on a Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from quantum_mesh.config import Settings
+from quantum_mesh.logs import get_logger
+from quantum_mesh.procutil import die_with_parent, stop_child
+
+log = get_logger(__name__)
+
+#: Seconds the runtime has to stop (its nodes, its writer) before it is killed.
+STOP_GRACE_S = 30.0
+READY_POLL_S = 0.1
+
+
+def runtime_socket(settings: Settings) -> Path:
+    """The runtime's socket, in a directory only this user can enter (uvicorn makes the
+    socket itself world-writable)."""
+    run_dir = settings.data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(0o700)
+    return run_dir / "runtime.sock"
+
+
+class RuntimeProcess:
+    def __init__(self, settings: Settings, socket_path: Path) -> None:
+        self.settings = settings
+        self.socket_path = socket_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stopping = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def start(self, on_exit: Callable[[int], None]) -> None:
+        """Start the runtime and return once it answers ``/health``. ``on_exit`` is called
+        with the exit code if the runtime ends without being asked to."""
+        self.socket_path.unlink(missing_ok=True)
+        self.proc = self._launch()
+        log.info("front.runtime_started", pid=self.proc.pid, socket=str(self.socket_path))
+        await self._wait_ready(self.settings.api_front_start_timeout_s)
+        self._watch = asyncio.create_task(self._watch_exit(on_exit), name="runtime-watch")
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "quantum_mesh.api.front.runtime_main",
+                "--socket",
+                str(self.socket_path),
+            ],
+            env=os.environ.copy(),
+            preexec_fn=die_with_parent(),
+        )
+
+    async def _wait_ready(self, timeout_s: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
+        async with httpx.AsyncClient(transport=transport, base_url="http://runtime") as client:
+            while True:
+                code = self.proc.poll()
+                if code is not None:
+                    raise RuntimeError(f"the job runtime exited with code {code} while starting")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the job runtime did not answer within {timeout_s:.0f} s")
+                if self.socket_path.exists():
+                    try:
+                        if (await client.get("/health", timeout=5.0)).status_code == 200:
+                            return
+                    except httpx.TransportError:
+                        pass
+                await asyncio.sleep(READY_POLL_S)
+
+    async def _watch_exit(self, on_exit: Callable[[int], None]) -> None:
+        assert self.proc is not None
+        code = await asyncio.to_thread(self.proc.wait)
+        if not self._stopping:
+            log.error("front.runtime_exited", pid=self.proc.pid, code=code)
+            on_exit(code)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.proc is not None:
+            killed = await stop_child(self.proc, STOP_GRACE_S, kill_wait_s=5.0)
+            log.info("front.runtime_stopped", pid=self.proc.pid, killed=killed)
+        if self._watch is not None:
+            await asyncio.gather(self._watch, return_exceptions=True)
