@@ -27,6 +27,7 @@ BELL = (
 )
 OPS, ALICE = "ops-key-front-0123456789", "alice-key-front-0123456789"
 ACCEPTED_BY = "x-qmesh-accepted-by"
+REJECTED_METRIC = "qmesh_jobs_rejected_total"
 
 
 @pytest.fixture(scope="module")
@@ -183,5 +184,38 @@ def test_admission_counts_jobs_not_yet_handed_over(tmp_path: Path) -> None:
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["code"] == "overloaded"
         assert int(refused.headers["Retry-After"]) >= 1
+
+        def rejected_in_metrics() -> float:
+            text = httpx.get(f"{live.base_url}/metrics").text
+            lines = [ln for ln in text.splitlines() if ln.startswith(REJECTED_METRIC)]
+            return float(lines[0].split()[-1]) if lines else 0.0
+
+        # The front's refusals reach the runtime's /metrics with its next hand-over.
+        wait_until(lambda: rejected_in_metrics() >= 1, timeout=30, what="refusal counted")
+    finally:
+        live.stop()
+
+
+def test_health_fails_while_the_runtime_does_not_answer(tmp_path: Path) -> None:
+    live = LiveCoordinator(
+        tmp_path / "silent", embedded_nodes=0, env={"QMESH_API_FRONT": "true"}
+    ).start()
+    try:
+        assert live.proc is not None
+        runtime = psutil.Process(runtime_pid(live.proc.pid))
+        assert live.http.get("/health").json() == {"status": "ok"}
+        runtime.suspend()
+        try:
+            silent = wait_until(
+                lambda: (r := live.http.get("/health")).status_code == 503 and r,
+                timeout=60,
+                what="/health to fail",
+            )
+            assert silent.json()["error"]["details"]["reason"] == "runtime_silent"
+        finally:
+            runtime.resume()
+        wait_until(
+            lambda: live.http.get("/health").status_code == 200, timeout=30, what="/health ok"
+        )
     finally:
         live.stop()

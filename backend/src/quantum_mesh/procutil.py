@@ -14,8 +14,9 @@ from collections.abc import Callable
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM the child when the forking thread dies.
+def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to send ``signum`` to the child when the forking
+    thread dies.
 
     Call it only for children forked from a thread that lives as long as the process (the
     event loop's thread): the signal follows the *thread* that forked. Elsewhere (not Linux)
@@ -26,7 +27,7 @@ def die_with_parent() -> Callable[[], None] | None:
 
     def _set() -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
     return _set
 

@@ -237,8 +237,8 @@ def db_write_group(size: int, seconds: float) -> None:
     DB_COMMIT_GROUP_SECONDS.observe(max(0.0, seconds))
 
 
-def job_rejected() -> None:
-    JOBS_REJECTED.inc()
+def job_rejected(count: int = 1) -> None:
+    JOBS_REJECTED.inc(count)
 
 
 def retry(reason: str) -> None:

@@ -1,4 +1,5 @@
-"""The front's ASGI app: circuit submits answered here, everything else forwarded.
+"""The front's ASGI app: circuit submits and ``/health`` answered here, everything else
+forwarded.
 
 A request takes the front's own path only when all of this holds: it is ``POST
 /api/v1/circuits/submit``, it carries no Idempotency-Key (a replay is answered from the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -42,6 +44,7 @@ from quantum_mesh.control.compute import ComputePools
 from quantum_mesh.control.intake import AcceptedJob
 from quantum_mesh.control.jobs import CIRCUIT_KIND, admission_refusal
 from quantum_mesh.control.states import JobStatus
+from quantum_mesh.errors import Unavailable
 from quantum_mesh.logs import get_logger
 from quantum_mesh.schemas.jobs import CircuitSubmit, JobAccepted
 from quantum_mesh.store.tables import utcnow
@@ -49,6 +52,10 @@ from quantum_mesh.store.tables import utcnow
 log = get_logger(__name__)
 
 SUBMIT_PATH = f"{API_PREFIX}/circuits/submit"
+HEALTH_PATHS = frozenset({"/health", f"{API_PREFIX}/health"})
+#: ``/health`` fails once the runtime has not answered a hand-over for this long (it is
+#: asked at least every ``handover.REFRESH_S``).
+RUNTIME_SILENT_S = 10.0
 JOURNAL_DIR = "intake"
 #: Marks a submit the front accepted itself (journalled, handed over after the answer).
 ACCEPTED_BY_HEADER = "X-QMesh-Accepted-By"
@@ -119,6 +126,7 @@ class Front:
             settings=self.settings,
         )
         if refusal is not None:
+            self.handover.refused += 1
             raise refusal
 
     async def submit(self, body: CircuitSubmit, principal: Principal) -> str:
@@ -164,6 +172,8 @@ class FrontDispatch:
             await self.front.proxy.http(scope, receive, send)
 
     def _served_here(self, scope: Scope) -> bool:
+        if scope.get("method") == "GET" and scope.get("path") in HEALTH_PATHS:
+            return True
         if scope.get("method") != "POST" or scope.get("path") != SUBMIT_PATH:
             return False
         headers = {
@@ -195,6 +205,20 @@ def create_front_app(settings: Settings) -> ASGIApp:
     submits = FastAPI(lifespan=lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     submits.state.front = front
     install_error_handlers(submits)
+
+    async def health() -> dict[str, str]:
+        """Liveness of both processes: the front answers, and the runtime answered it
+        lately (a runtime that has exited stops the front)."""
+        silent_s = time.monotonic() - front.handover.answered_at
+        if silent_s > RUNTIME_SILENT_S:
+            raise Unavailable(
+                "The coordinator's job runtime has not answered lately",
+                details={"reason": "runtime_silent", "silent_s": round(silent_s, 1)},
+            )
+        return {"status": "ok"}
+
+    for path in sorted(HEALTH_PATHS):
+        submits.add_api_route(path, health, methods=["GET"])
 
     @submits.post(SUBMIT_PATH, status_code=202, response_model=JobAccepted)
     async def submit_circuit(body: CircuitSubmit, request: Request) -> JSONResponse:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import httpx
@@ -43,6 +44,10 @@ class Handover:
         self.runtime_active = 0
         self.write_backlog = 0
         self.completed_per_s = 0.0
+        #: Submits the front refused since the last hand-over (the runtime counts them).
+        self.refused = 0
+        #: When the runtime last answered (``time.monotonic``).
+        self.answered_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -84,14 +89,15 @@ class Handover:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), REFRESH_S)
             self._wake.clear()
-            batch = self._queue[:MAX_BATCH]
+            batch, refused = self._queue[:MAX_BATCH], self.refused
             try:
-                report = await self._send(batch)
+                report = await self._send(batch, refused)
             except (httpx.HTTPError, ValueError) as exc:
                 log.warning("front.handover_retry", jobs=len(batch), error=str(exc))
                 await asyncio.sleep(RETRY_S)
                 continue
             del self._queue[: len(batch)]
+            self.refused -= refused
             self._take(report)
             if batch:
                 self.handed_over_seq = max(self.handed_over_seq, batch[-1].seq)
@@ -99,15 +105,17 @@ class Handover:
                 self._advanced = asyncio.Event()
             self.journal.release(self.handed_over_seq)
 
-    async def _send(self, batch: list[AcceptedJob]) -> dict[str, Any]:
+    async def _send(self, batch: list[AcceptedJob], refused: int) -> dict[str, Any]:
         response = await self.client.post(
-            INTAKE_PATH, json={"entries": [entry.to_json() for entry in batch]}
+            INTAKE_PATH,
+            json={"entries": [entry.to_json() for entry in batch], "refused": refused},
         )
         response.raise_for_status()
         report: dict[str, Any] = response.json()
         return report
 
     def _take(self, report: dict[str, Any]) -> None:
+        self.answered_at = time.monotonic()
         self.runtime_active = int(report.get("active", self.runtime_active))
         self.write_backlog = int(report.get("write_backlog", self.write_backlog))
         self.completed_per_s = float(report.get("completed_per_s", self.completed_per_s))

@@ -26,7 +26,7 @@ from quantum_mesh.logs import get_logger
 log = get_logger(__name__)
 
 #: Paths answered without waiting for the hand-over (they read no job).
-UNORDERED_PATHS = frozenset({"/health", "/ready", "/metrics", "/api/v1/health", "/api/v1/ready"})
+UNORDERED_PATHS = frozenset({"/ready", "/metrics", "/api/v1/ready"})
 #: Seconds to open a connection to the runtime.
 CONNECT_TIMEOUT_S = 10.0
 #: Headers of a WebSocket handshake that the client library sets itself.
