@@ -62,7 +62,12 @@ def coordinator(
     the defaults."""
     from quantum_mesh.api.security import bind_decision
     from quantum_mesh.config import Settings
-    from quantum_mesh.startup import StartRefused, check_ports_free, lock_data_dir
+    from quantum_mesh.startup import (
+        StartRefused,
+        check_ports_free,
+        lock_data_dir,
+        wait_for_previous_runtime,
+    )
 
     given: dict[str, Any] = {
         "host": host,
@@ -80,6 +85,7 @@ def coordinator(
     # untouched, and say so in one line.
     try:
         data_dir_lock = lock_data_dir(settings.data_dir)
+        wait_for_previous_runtime(settings.data_dir)
         check_ports_free(bind_host, {"HTTP": settings.port})
         check_ports_free(settings.p2p_host, {"libp2p": settings.p2p_port})
     except StartRefused as refusal:

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 from typing import IO
 
@@ -51,6 +52,46 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+#: Where the API front records its job runtime's pid (``api/front/runtime_process.py``).
+RUNTIME_PID_FILE = Path("run") / "runtime.pid"
+RUNTIME_MODULE = "quantum_mesh.api.front.runtime_main"
+#: Seconds a start waits for the job runtime of a front that died to end.
+PREVIOUS_RUNTIME_WAIT_S = 30.0
+
+
+def wait_for_previous_runtime(
+    data_dir: Path, *, timeout_s: float = PREVIOUS_RUNTIME_WAIT_S
+) -> None:
+    """After a crash of an API front (call it holding the data directory's lock), wait for
+    its job runtime, which the kernel kills with it, to be gone: until then it holds the
+    libp2p port and the database.
+
+    Raises:
+        StartRefused: it is still running after ``timeout_s``.
+    """
+    try:
+        pid = int((data_dir / RUNTIME_PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout_s
+    while _is_runtime(pid):
+        if time.monotonic() > deadline:
+            raise StartRefused(
+                f"the job runtime of a previous coordinator (pid {pid}) is still running; "
+                "stop it first"
+            )
+        time.sleep(0.05)
+
+
+def _is_runtime(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return RUNTIME_MODULE.encode() in command and state != "Z"
 
 
 def check_ports_free(host: str, ports: dict[str, int]) -> None:

@@ -16,6 +16,7 @@ import httpx
 from quantum_mesh.config import Settings
 from quantum_mesh.logs import get_logger
 from quantum_mesh.procutil import die_with_parent, stop_child
+from quantum_mesh.startup import RUNTIME_PID_FILE
 
 log = get_logger(__name__)
 
@@ -46,6 +47,8 @@ class RuntimeProcess:
         with the exit code if the runtime ends without being asked to."""
         self.socket_path.unlink(missing_ok=True)
         self.proc = self._launch()
+        # A later start waits for this process to be gone (startup.wait_for_previous_runtime).
+        (self.settings.data_dir / RUNTIME_PID_FILE).write_text(f"{self.proc.pid}\n")
         log.info("front.runtime_started", pid=self.proc.pid, socket=str(self.socket_path))
         await self._wait_ready(self.settings.api_front_start_timeout_s)
         self._watch = asyncio.create_task(self._watch_exit(on_exit), name="runtime-watch")
