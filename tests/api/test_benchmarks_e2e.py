@@ -62,9 +62,9 @@ def _centralized_and_on_two_nodes(
 
 
 def _left_behind(coord: LiveCoordinator) -> list[str]:
-    """The coordinator's link namespaces that still exist."""
-    assert coord.proc is not None
-    return [n for n in netns.namespaces() if n.startswith(f"qmesh-link-{coord.proc.pid}-")]
+    """The coordinator's link namespaces that still exist (named after the process that
+    runs the mesh)."""
+    return [n for n in netns.namespaces() if n.startswith(f"qmesh-link-{coord.mesh_pid}-")]
 
 
 def test_contract_body_alternates_modes_and_repeats(coord: LiveCoordinator) -> None:

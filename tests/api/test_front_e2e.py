@@ -118,11 +118,6 @@ def test_replays_and_quota_principals_go_to_the_runtime(coord: LiveCoordinator) 
         assert coord.wait_job(mine.json()["job_id"])["owner"] == "alice"
 
 
-def runtime_pid(front_pid: int) -> int:
-    children = psutil.Process(front_pid).children()
-    return next(c.pid for c in children if "quantum_mesh.api.front.runtime_main" in c.cmdline())
-
-
 def test_a_journalled_job_survives_a_crash_before_its_hand_over(tmp_path: Path) -> None:
     """A job that was answered 202 and is still only in the journal when the front dies is
     written and run at the next start; a torn last line (never answered) is ignored."""
@@ -130,7 +125,7 @@ def test_a_journalled_job_survives_a_crash_before_its_hand_over(tmp_path: Path) 
     live = LiveCoordinator(data_dir, embedded_nodes=1, env={"QMESH_API_FRONT": "true"}).start()
     try:
         assert live.proc is not None
-        runtime = psutil.Process(runtime_pid(live.proc.pid))
+        runtime = psutil.Process(live.mesh_pid)
         live.kill()
         # The runtime follows its front down (the parent-death signal), as after a crash.
         runtime.wait(timeout=60)
@@ -164,7 +159,7 @@ def test_the_front_stops_when_its_runtime_dies(tmp_path: Path) -> None:
     ).start()
     try:
         assert live.proc is not None
-        os.kill(runtime_pid(live.proc.pid), signal.SIGKILL)
+        os.kill(live.mesh_pid, signal.SIGKILL)
         code = live.proc.wait(timeout=60)
         assert code != 0
         assert "the job runtime exited" in live.log_tail()
@@ -202,7 +197,7 @@ def test_health_fails_while_the_runtime_does_not_answer(tmp_path: Path) -> None:
     ).start()
     try:
         assert live.proc is not None
-        runtime = psutil.Process(runtime_pid(live.proc.pid))
+        runtime = psutil.Process(live.mesh_pid)
         assert live.http.get("/health").json() == {"status": "ok"}
         runtime.suspend()
         try:

@@ -95,7 +95,7 @@ def test_a_huge_frame_from_an_unenrolled_peer_is_refused_by_the_coordinator(
     huge = trio_peer.padded_request("ping", HUGE_BYTES)
     target = coord.bootstrap_addr()
     growth, reply = peak_growth_kib(
-        coord.proc.pid, lambda: trio.run(trio_peer.oversized_frame, target, huge)
+        coord.mesh_pid, lambda: trio.run(trio_peer.oversized_frame, target, huge)
     )
     assert reply is trio_peer.RESET or reply.get("error", {}).get("code") == "not_enrolled", reply
     assert growth <= MAX_GROWTH_KIB, f"coordinator peak RSS grew by {growth} KiB"

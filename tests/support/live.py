@@ -146,6 +146,21 @@ class LiveCoordinator:
         except httpx.HTTPError:
             return False
 
+    @property
+    def mesh_pid(self) -> int:
+        """The process that holds the coordinator's libp2p host and job runtime: the runtime
+        child of an API front (QMESH_API_FRONT), else the coordinator process itself."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        for entry in children.read_text().split():
+            try:
+                command = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"quantum_mesh.api.front.runtime_main" in command:
+                return int(entry)
+        return self.proc.pid
+
     def usable_nodes(self) -> int:
         peers = self.http.get("/discovery/peers").json()["items"]
         return sum(1 for p in peers if p["fresh"] and p["enrollment"] == "APPROVED")

@@ -162,13 +162,14 @@ class Settings(BaseSettings):
     allow_unauthenticated_bind: bool = False
     #: Serve the API from a front process apart from the job runtime: circuit submits are
     #: validated, journalled (fsync'd) and answered there, everything else is forwarded to
-    #: the runtime over a Unix socket (docs/operations.md, "The API front").
-    api_front: bool = False
+    #: the runtime over a Unix socket (docs/operations.md, "The API front"). False: one
+    #: process serves the API and runs the jobs, as before.
+    api_front: bool = True
     #: Seconds the front waits for the runtime to start (nodes, database, migrations).
     api_front_start_timeout_s: float = Field(default=180.0, gt=0)
     #: Niceness of the runtime process behind the front (its nodes go lower still), so
     #: that the front gets a core at once when a request arrives.
-    api_front_runtime_nice: int = Field(default=0, ge=0, le=19)
+    api_front_runtime_nice: int = Field(default=5, ge=0, le=19)
 
     # --- data plane ------------------------------------------------------------------------
     database_url: str | None = None
