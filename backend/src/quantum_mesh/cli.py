@@ -94,8 +94,6 @@ def coordinator(
 
     import uvicorn
 
-    from quantum_mesh.api.app import create_app
-    from quantum_mesh.api.front.app import create_front_app
     from quantum_mesh.logs import configure_logging, get_logger
 
     configure_logging(
@@ -116,9 +114,18 @@ def coordinator(
         for name, value in given.items():
             if value is not None:
                 os.environ[f"QMESH_{name.upper()}"] = str(value)
-        api: Any = create_front_app(settings)
+        # Launched before the front imports its own modules: both import at once.
+        from quantum_mesh.api.front.runtime_process import RuntimeProcess, runtime_socket
+
+        runtime = RuntimeProcess(settings, runtime_socket(settings))
+        runtime.launch()
+        from quantum_mesh.api.front.app import create_front_app
+
+        api: Any = create_front_app(settings, runtime)
         front = api.front
     else:
+        from quantum_mesh.api.app import create_app
+
         api = create_app(settings)
     settle_garbage_collector()
     share_the_interpreter(settings.gil_switch_interval_ms)

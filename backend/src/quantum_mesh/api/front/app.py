@@ -24,7 +24,6 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from quantum_mesh.api.admission import AdmissionMiddleware
-from quantum_mesh.api.deps import principal_of
 from quantum_mesh.api.errors import install_error_handlers
 from quantum_mesh.api.front.forwarding import API_PREFIX
 from quantum_mesh.api.front.handover import Handover
@@ -32,6 +31,7 @@ from quantum_mesh.api.front.journal import IntakeJournal
 from quantum_mesh.api.front.proxy import RuntimeProxy
 from quantum_mesh.api.front.runtime_process import RuntimeProcess, runtime_socket
 from quantum_mesh.api.security import (
+    PRINCIPAL_SCOPE_KEY,
     Directory,
     Principal,
     SecurityMiddleware,
@@ -66,7 +66,7 @@ DRAIN_S = 10.0
 class Front:
     """The front's state: the runtime it started, the journal and the hand-over."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, runtime: RuntimeProcess | None = None) -> None:
         self.settings = settings
         journal_dir = settings.data_dir / JOURNAL_DIR
         self.leftovers = IntakeJournal.read(journal_dir)
@@ -76,7 +76,7 @@ class Front:
         self.accepted_seq = self._seq
         self._admitting = 0
         socket_path = runtime_socket(settings)
-        self.runtime = RuntimeProcess(settings, socket_path)
+        self.runtime = runtime or RuntimeProcess(settings, socket_path)
         self._intake_client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
             base_url="http://runtime",
@@ -190,8 +190,9 @@ class FrontDispatch:
         return principal is not None and not principal.max_active_jobs
 
 
-def create_front_app(settings: Settings) -> ASGIApp:
-    front = Front(settings)
+def create_front_app(settings: Settings, runtime: RuntimeProcess | None = None) -> ASGIApp:
+    """The front's app; ``runtime``: the runtime process, where it was launched already."""
+    front = Front(settings, runtime)
     directory = Directory.from_settings(settings)
 
     @asynccontextmanager
@@ -222,8 +223,8 @@ def create_front_app(settings: Settings) -> ASGIApp:
 
     @submits.post(SUBMIT_PATH, status_code=202, response_model=JobAccepted)
     async def submit_circuit(body: CircuitSubmit, request: Request) -> JSONResponse:
-        principal = principal_of(request)
-        assert principal is not None  # the security middleware set it on this path
+        principal = request.scope.get(PRINCIPAL_SCOPE_KEY)
+        assert isinstance(principal, Principal)  # the security middleware set it here
         job_id = await front.submit(body, principal)
         return JSONResponse(
             status_code=202,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,19 +43,14 @@ class RuntimeProcess:
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
 
-    async def start(self, on_exit: Callable[[int], None]) -> None:
-        """Start the runtime and return once it answers ``/health``. ``on_exit`` is called
-        with the exit code if the runtime ends without being asked to."""
+    def launch(self) -> None:
+        """Start the runtime process (without waiting for it). The CLI calls this before it
+        imports the front's own modules, so that both processes import at once; call it
+        from the thread that runs the front's event loop (the death signal follows it)."""
+        if self.proc is not None:
+            return
         self.socket_path.unlink(missing_ok=True)
-        self.proc = self._launch()
-        # A later start waits for this process to be gone (startup.wait_for_previous_runtime).
-        (self.settings.data_dir / RUNTIME_PID_FILE).write_text(f"{self.proc.pid}\n")
-        log.info("front.runtime_started", pid=self.proc.pid, socket=str(self.socket_path))
-        await self._wait_ready(self.settings.api_front_start_timeout_s)
-        self._watch = asyncio.create_task(self._watch_exit(on_exit), name="runtime-watch")
-
-    def _launch(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -63,8 +59,22 @@ class RuntimeProcess:
                 str(self.socket_path),
             ],
             env=os.environ.copy(),
-            preexec_fn=die_with_parent(),
+            # SIGKILL, as the coordinator itself would be: a front that crashed is restarted
+            # by its supervisor, and a runtime still stopping would hold the libp2p port.
+            # What the runtime committed stays; its unfinished jobs recover at the next start.
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
+        # A later start waits for this process to be gone (startup.wait_for_previous_runtime).
+        (self.settings.data_dir / RUNTIME_PID_FILE).write_text(f"{self.proc.pid}\n")
+        log.info("front.runtime_started", pid=self.proc.pid, socket=str(self.socket_path))
+
+    async def start(self, on_exit: Callable[[int], None]) -> None:
+        """Start the runtime (unless launched already) and return once it answers
+        ``/health``. ``on_exit`` is called with the exit code if the runtime ends without
+        being asked to."""
+        self.launch()
+        await self._wait_ready(self.settings.api_front_start_timeout_s)
+        self._watch = asyncio.create_task(self._watch_exit(on_exit), name="runtime-watch")
 
     async def _wait_ready(self, timeout_s: float) -> None:
         assert self.proc is not None
