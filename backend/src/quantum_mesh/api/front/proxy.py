@@ -2,8 +2,8 @@
 
 Bodies stream both ways, so an artifact download or a large submit is never held whole in
 the front. Before forwarding, a request waits until every job the front had answered 202 is
-with the runtime, so a client that reads its job right after submitting finds it; only the
-liveness and metrics paths skip that wait.
+with the runtime, so a client that reads its job right after submitting finds it (at most
+``ORDER_WAIT_S``); only the readiness and metrics paths skip that wait.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ log = get_logger(__name__)
 
 #: Paths answered without waiting for the hand-over (they read no job).
 UNORDERED_PATHS = frozenset({"/ready", "/metrics", "/api/v1/ready"})
+#: Longest wait for the hand-over before a request is forwarded anyway.
+ORDER_WAIT_S = 30.0
 #: Seconds to open a connection to the runtime.
 CONNECT_TIMEOUT_S = 10.0
 #: Headers of a WebSocket handshake that the client library sets itself.
@@ -61,8 +63,14 @@ class RuntimeProxy:
         await self.client.aclose()
 
     async def _in_order(self, scope: Scope) -> None:
-        if scope["path"] not in UNORDERED_PATHS:
-            await self.handover.caught_up(self.accepted_seq())
+        if scope["path"] in UNORDERED_PATHS:
+            return
+        try:
+            await asyncio.wait_for(self.handover.caught_up(self.accepted_seq()), ORDER_WAIT_S)
+        except TimeoutError:
+            # A runtime this far behind is failing anyway (``/health`` says so from 10 s
+            # on): forward, rather than hold every request for as long as it lasts.
+            log.warning("front.forwarded_before_hand_over", path=scope["path"])
 
     # --- HTTP ---------------------------------------------------------------------------
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
