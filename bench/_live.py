@@ -15,6 +15,8 @@ if str(ROOT) not in sys.path:
 
 from tests.support.live import LiveCoordinator  # noqa: E402
 
+from quantum_mesh.startup import RUNTIME_MODULE  # noqa: E402
+
 
 def start_coordinator(*, nodes: int, env: dict[str, str] | None = None) -> LiveCoordinator:
     """A `qmesh coordinator` subprocess with ``nodes`` embedded nodes, in a temp dir."""
@@ -35,7 +37,7 @@ def cpu_seconds(root_pid: int) -> dict[str, float]:
             command = " ".join(proc.cmdline())
         except psutil.Error:  # a process that ended meanwhile
             continue
-        if proc.pid == root_pid or "quantum_mesh.api.front.runtime_main" in command:
+        if proc.pid == root_pid or RUNTIME_MODULE in command:
             part = "coordinator"  # the API front's job runtime is the coordinator's other half
         elif "quantum_mesh.node" in command or "multiprocessing.spawn" in command:
             part = "nodes"

@@ -46,11 +46,8 @@ def coord(
             "QMESH_RATE_LIMIT_PER_MINUTE": "100000",
         },
     )
-    live.start()
-    try:
+    with live:
         yield live
-    finally:
-        live.stop()
 
 
 def submit(client: httpx.Client, **extra: object) -> httpx.Response:
@@ -118,6 +115,13 @@ def test_replays_and_quota_principals_go_to_the_runtime(coord: LiveCoordinator) 
         assert coord.wait_job(mine.json()["job_id"])["owner"] == "alice"
 
 
+def bare_front(data_dir: Path, **env: str) -> LiveCoordinator:
+    """A started coordinator with the front on and no nodes."""
+    return LiveCoordinator(
+        data_dir, embedded_nodes=0, env={"QMESH_API_FRONT": "true", **env}
+    ).start()
+
+
 def test_a_journalled_job_survives_a_crash_before_its_hand_over(tmp_path: Path) -> None:
     """A job that was answered 202 and is still only in the journal when the front dies is
     written and run at the next start; a torn last line (never answered) is ignored."""
@@ -154,9 +158,7 @@ def test_a_journalled_job_survives_a_crash_before_its_hand_over(tmp_path: Path) 
 
 
 def test_the_front_stops_when_its_runtime_dies(tmp_path: Path) -> None:
-    live = LiveCoordinator(
-        tmp_path / "orphan", embedded_nodes=0, env={"QMESH_API_FRONT": "true"}
-    ).start()
+    live = bare_front(tmp_path / "orphan")
     try:
         assert live.proc is not None
         os.kill(live.mesh_pid, signal.SIGKILL)
@@ -168,11 +170,7 @@ def test_the_front_stops_when_its_runtime_dies(tmp_path: Path) -> None:
 
 
 def test_admission_counts_jobs_not_yet_handed_over(tmp_path: Path) -> None:
-    live = LiveCoordinator(
-        tmp_path / "bound",
-        embedded_nodes=0,
-        env={"QMESH_API_FRONT": "true", "QMESH_MAX_QUEUED_JOBS": "1"},
-    ).start()
+    live = bare_front(tmp_path / "bound", QMESH_MAX_QUEUED_JOBS="1")
     try:
         assert submit(live.http).status_code == 202
         refused = submit(live.http)
@@ -192,9 +190,7 @@ def test_admission_counts_jobs_not_yet_handed_over(tmp_path: Path) -> None:
 
 
 def test_health_fails_while_the_runtime_does_not_answer(tmp_path: Path) -> None:
-    live = LiveCoordinator(
-        tmp_path / "silent", embedded_nodes=0, env={"QMESH_API_FRONT": "true"}
-    ).start()
+    live = bare_front(tmp_path / "silent")
     try:
         assert live.proc is not None
         runtime = psutil.Process(live.mesh_pid)

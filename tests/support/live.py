@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from quantum_mesh.startup import RUNTIME_MODULE
+
 START_TIMEOUT_S = 90.0
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -157,7 +159,7 @@ class LiveCoordinator:
                 command = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"quantum_mesh.api.front.runtime_main" in command:
+            if RUNTIME_MODULE.encode() in command:
                 return int(entry)
         return self.proc.pid
 

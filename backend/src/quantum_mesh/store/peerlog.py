@@ -44,7 +44,7 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a create or rename durable: fsync the directory entry, not only the file."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -245,7 +245,7 @@ class PeerLog:
             os.fsync(out.fileno())
             self._size += 1
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         self._file = out
         return out
 
@@ -268,7 +268,7 @@ class PeerLog:
                 if src.exists():
                     src.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return self._open()
 
     # --- reading ---------------------------------------------------------------------------

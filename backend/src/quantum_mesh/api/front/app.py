@@ -68,15 +68,13 @@ class Front:
 
     def __init__(self, settings: Settings, runtime: RuntimeProcess | None = None) -> None:
         self.settings = settings
-        journal_dir = settings.data_dir / JOURNAL_DIR
-        self.leftovers = IntakeJournal.read(journal_dir)
-        self._seq = max((entry.seq for entry in self.leftovers), default=0)
-        self.journal = IntakeJournal(journal_dir, next_seq=self._seq + 1)
+        self.journal = IntakeJournal(settings.data_dir / JOURNAL_DIR)
+        self._seq = self.journal.last_seq
         #: The seq of the last job answered 202.
         self.accepted_seq = self._seq
         self._admitting = 0
-        socket_path = runtime_socket(settings)
-        self.runtime = runtime or RuntimeProcess(settings, socket_path)
+        self.runtime = runtime or RuntimeProcess(settings, runtime_socket(settings))
+        socket_path = self.runtime.socket_path
         self._intake_client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path)),
             base_url="http://runtime",
@@ -94,13 +92,13 @@ class Front:
     async def start(self) -> None:
         self.compute.start()
         await self.runtime.start(on_exit=self._runtime_ended)
-        for entry in self.leftovers:
+        leftovers, self.journal.leftovers = self.journal.leftovers, []
+        for entry in leftovers:
             self.handover.hand_over(entry)
         self.handover.start()
-        if self.leftovers:
+        if leftovers:
             handed = await self.handover.drain(self.settings.api_front_start_timeout_s)
-            log.info("front.journal_replayed", jobs=len(self.leftovers), handed_over=handed)
-        self.leftovers = []
+            log.info("front.journal_replayed", jobs=len(leftovers), handed_over=handed)
 
     async def stop(self) -> None:
         if self.runtime_exit is None and not await self.handover.drain(DRAIN_S):
@@ -190,7 +188,7 @@ class FrontDispatch:
         return principal is not None and not principal.max_active_jobs
 
 
-def create_front_app(settings: Settings, runtime: RuntimeProcess | None = None) -> ASGIApp:
+def create_front_app(settings: Settings, runtime: RuntimeProcess | None = None) -> FrontDispatch:
     """The front's app; ``runtime``: the runtime process, where it was launched already."""
     front = Front(settings, runtime)
     directory = Directory.from_settings(settings)
@@ -243,6 +241,4 @@ def create_front_app(settings: Settings, runtime: RuntimeProcess | None = None) 
         auth_failures_per_minute=settings.auth_failures_per_minute,
         loopback_only=not settings.auth_enabled and not settings.allow_unauthenticated_bind,
     )
-    app = FrontDispatch(front, secured, directory)  # type: ignore[arg-type]
-    app.front = front  # type: ignore[attr-defined]
-    return app  # type: ignore[return-value]
+    return FrontDispatch(front, secured, directory)  # type: ignore[arg-type]

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from quantum_mesh.control.intake import AcceptedJob
 from quantum_mesh.errors import Unavailable
 from quantum_mesh.logs import get_logger
+from quantum_mesh.store.peerlog import fsync_dir
 
 log = get_logger(__name__)
 
@@ -36,16 +38,25 @@ class IntakeJournal:
     """Segments ``intake-<first seq>.jsonl`` in ``directory``: under steady load the
     runtime is never fully caught up, so a single file would never be emptied."""
 
-    def __init__(self, directory: Path, *, next_seq: int = 1) -> None:
+    def __init__(self, directory: Path, *, next_seq: int | None = None) -> None:
+        """Open the journal in ``directory``, reading what an earlier run left there once;
+        new lines go to a new segment starting at ``next_seq`` (default: after the highest
+        seq found)."""
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        found = _read_segments(directory)
+        #: What earlier runs left (a crash's, or a stop's that could not hand over), oldest
+        #: first: the front hands it over again at start.
+        self.leftovers = _in_order(found.values())
+        #: The highest seq in the journal when it was opened.
+        self.last_seq = max((entry.seq for entry in self.leftovers), default=0)
         self._fd = -1
-        self.path = directory / _segment_name(next_seq)
-        #: Segments no longer written (a crash's leftovers, then rotated ones), each with the
-        #: highest seq it holds.
+        self.path = directory / _segment_name(self.last_seq + 1 if next_seq is None else next_seq)
+        #: Segments no longer written (leftovers, then rotated ones), each with the highest
+        #: seq it holds.
         self._closed: list[tuple[Path, int]] = [
-            (path, max((e.seq for e in _read_segment(path)), default=0))
-            for path in sorted(directory.glob(_SEGMENT_GLOB))
+            (path, max((entry.seq for entry in entries), default=0))
+            for path, entries in found.items()
             if path != self.path
         ]
         self._open_segment(self.path)
@@ -57,17 +68,14 @@ class IntakeJournal:
 
     @staticmethod
     def read(directory: Path) -> list[AcceptedJob]:
-        """The entries left in a journal (a crash's leftovers), oldest first."""
-        entries = [
-            entry for path in sorted(directory.glob(_SEGMENT_GLOB)) for entry in _read_segment(path)
-        ]
-        return sorted(entries, key=lambda entry: entry.seq)
+        """The entries in a journal's segments, oldest first."""
+        return _in_order(_read_segments(directory).values())
 
     def _open_segment(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._drop_torn_tail()
         # The new file's name must survive a crash as its lines do.
-        _fsync_directory(self.directory)
+        fsync_dir(self.directory)
 
     def _drop_torn_tail(self) -> None:
         """Cut a last line that has no newline (a crash mid-write; its submit was never
@@ -148,6 +156,14 @@ class IntakeJournal:
         os.close(self._fd)
 
 
+def _read_segments(directory: Path) -> dict[Path, list[AcceptedJob]]:
+    return {path: _read_segment(path) for path in sorted(directory.glob(_SEGMENT_GLOB))}
+
+
+def _in_order(segments: Iterable[list[AcceptedJob]]) -> list[AcceptedJob]:
+    return sorted((entry for entries in segments for entry in entries), key=lambda e: e.seq)
+
+
 def _read_segment(path: Path) -> list[AcceptedJob]:
     """A segment's entries. A torn last line (a crash mid-write, so its submit was never
     answered) is dropped."""
@@ -158,11 +174,3 @@ def _read_segment(path: Path) -> list[AcceptedJob]:
         except (ValueError, KeyError, TypeError):
             log.warning("front.journal_line_skipped", path=str(path), line=number)
     return entries
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

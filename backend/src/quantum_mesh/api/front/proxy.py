@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 from starlette.types import Message, Receive, Scope, Send
@@ -47,10 +46,12 @@ _WS_INTERNAL_ERROR = 1011
 
 
 class RuntimeProxy:
-    def __init__(self, socket_path: str, handover: Handover, accepted_seq: Any) -> None:
+    def __init__(
+        self, socket_path: str, handover: Handover, accepted_seq: Callable[[], int]
+    ) -> None:
         self.socket_path = socket_path
         self.handover = handover
-        #: The seq of the last job answered 202 (a callable).
+        #: The seq of the last job answered 202.
         self.accepted_seq = accepted_seq
         self.client = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=socket_path),

@@ -17,7 +17,7 @@ import httpx
 from quantum_mesh.config import Settings
 from quantum_mesh.logs import get_logger
 from quantum_mesh.procutil import die_with_parent, stop_child
-from quantum_mesh.startup import RUNTIME_PID_FILE
+from quantum_mesh.startup import RUNTIME_MODULE, RUNTIME_PID_FILE
 
 log = get_logger(__name__)
 
@@ -54,7 +54,7 @@ class RuntimeProcess:
             [
                 sys.executable,
                 "-m",
-                "quantum_mesh.api.front.runtime_main",
+                RUNTIME_MODULE,
                 "--socket",
                 str(self.socket_path),
             ],
