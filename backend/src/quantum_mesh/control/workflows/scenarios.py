@@ -270,10 +270,15 @@ async def _stop_later(handle: JobHandle, peer_id: str, delay: float, lost: list[
     """Stop ``peer_id`` once ``delay`` has passed and it is working on units (so that work
     in flight is lost with it and must run again elsewhere)."""
     await asyncio.sleep(delay)
+    held_before = False
     for _ in range(int(NODE_LOSS_WAIT_S / NODE_LOSS_POLL_S)):
-        if handle.units_in_flight(peer_id):
-            await asyncio.sleep(NODE_LOSS_POLL_S)  # past its reservation, into execution
+        holds = handle.units_in_flight(peer_id) > 0
+        # Killed in the same tick as the look that found it still working, a poll after it
+        # first held work (past its reservation, into execution): a unit that finished in
+        # between (short units, a loaded machine) would leave nothing in flight to lose.
+        if holds and held_before:
             break
+        held_before = holds
         await asyncio.sleep(NODE_LOSS_POLL_S)
     if handle.kill_node(peer_id):
         lost.append(peer_id)
