@@ -268,6 +268,76 @@ def test_the_fused_kernel_matches_the_numpy_path(n: int) -> None:
         np.testing.assert_allclose(fused["initial"], other, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("tile", [14, 15, 16])
+def test_every_tile_size_with_a_column_walk_matches_the_numpy_path(
+    tile: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's strides are literals per tile size (14, 15, 16 qubits; the column walk's
+    state and energy rows among them); by default n = 20 takes tiles of 14 and only
+    n >= 22 the others, so the tile size is forced here: energies (summed in the walk, also
+    over two half-angle rounds) and states equal the numpy path's."""
+    from quantum_mesh.quantum.qaoa import kernel
+    from quantum_mesh.quantum.qaoa.problems import qubo_energies
+
+    n = 20
+    monkeypatch.setattr(kernel, "tile_qubits", lambda num_qubits: tile)
+    rng = np.random.default_rng(tile)
+    q = rng.normal(size=(n, n))
+    for cost in (
+        engine.DiagonalCost.from_energies(qubo_energies(np.round(4 * q), offset=1.0)),
+        engine.DiagonalCost.from_energies(qubo_energies(q, offset=0.0)),
+    ):
+        for betas in ([0.4, -0.9], [np.pi / 2, 0.3]):  # the second: half-angle rounds
+            gammas = [0.11, -0.07]
+            energy = engine.qaoa_expectation(cost, gammas=gammas, betas=betas)
+            state = engine.evolve(cost, gammas=gammas, betas=betas)
+            monkeypatch.setattr(kernel, "AVAILABLE", False)
+            reference = engine.evolve(cost, gammas=gammas, betas=betas)
+            monkeypatch.setattr(kernel, "AVAILABLE", True)
+            assert abs(energy - engine.expectation(cost, reference)) < 1e-9
+            np.testing.assert_allclose(state, reference, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("tile", [14, 15, 16])
+@pytest.mark.parametrize("high", [6, 7, 9])
+@pytest.mark.parametrize("sums", [True, False])
+def test_one_column_of_the_high_walk_matches_numpy(
+    tile: int, high: int, sums: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The column walk's strides (state, buffer and energy rows) are literals per tile size
+    and level: each combination, on one column of a state of 2^(tile + high) amplitudes
+    (untouched pages stay unallocated, so the large ones cost nothing), against the same
+    mixer applied by numpy: ``(1 - i t X)`` on each high qubit, then the energy summed or
+    the column stored."""
+    from quantum_mesh.quantum.qaoa import kernel
+
+    t, width = 0.37, kernel.COLUMN_WIDTH
+    rows = 1 << high
+    rng = np.random.default_rng(tile * 100 + high)
+    column = rng.normal(size=(rows, width)) + 1j * rng.normal(size=(rows, width))
+    column_energies = rng.normal(size=(rows, width))
+    size = 1 << (tile + high)
+    re, im, energies = np.zeros(size), np.zeros(size), np.zeros(size)
+    at = (np.arange(rows)[:, None] << tile) + np.arange(width)[None, :]
+    re[at], im[at], energies[at] = column.real, column.imag, column_energies
+    monkeypatch.setattr(kernel, "tile_qubits", lambda num_qubits: tile)
+    buffer_size = kernel.column_buffer_size(tile + high)
+    br, bi = np.empty(buffer_size), np.empty(buffer_size)
+
+    total = kernel._high_pass(re, im, energies, t, high, 1, br, bi, sums, tile, 0, width)
+
+    expected = column.reshape((2,) * high + (width,))
+    mixer = np.array([[1, -1j * t], [-1j * t, 1]])
+    for axis in range(high):  # row bit b is axis high - 1 - b; every qubit gets the same
+        expected = np.moveaxis(np.tensordot(mixer, expected, axes=([1], [axis])), 0, axis)
+    expected = expected.reshape(rows, width)
+    if sums:
+        assert total == pytest.approx(float(np.sum(np.abs(expected) ** 2 * column_energies)))
+        np.testing.assert_array_equal(re[at], column.real)  # an energy stores nothing
+    else:
+        np.testing.assert_allclose(re[at] + 1j * im[at], expected, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize(("n", "threads"), [(18, 2), (21, 3)])
 def test_an_evaluation_split_across_threads_matches_one_thread(n: int, threads: int) -> None:
     """Tiles and columns split across threads (3: runs of unequal length), each with scratch
