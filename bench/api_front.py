@@ -18,7 +18,17 @@ import asyncio
 import sys
 
 from _live import start_coordinator
-from api_load import RateResult, header, log_findings, parse_args, row, run_rate, warm_up
+from api_load import (
+    LOAD_ENV,
+    RateResult,
+    env_pairs,
+    header,
+    log_findings,
+    parse_args,
+    row,
+    run_rate,
+    warm_up,
+)
 
 VARIANTS = (("one process", {"QMESH_API_FRONT": "false"}), ("front", {"QMESH_API_FRONT": "true"}))
 
@@ -53,12 +63,7 @@ def main() -> int:
     )
     args = p.parse_args()
     load = parse_args(["--rates", f"{args.rate:g}", "--seconds", f"{args.seconds:g}"])
-    base = {"QMESH_RATE_LIMIT_PER_MINUTE": "10000000"}
-    for item in args.env:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--env wants KEY=VALUE, got {item!r}")
-        base[key] = value
+    base = {**LOAD_ENV, **env_pairs(args.env)}
     print(f"{args.rate:g} submits/s open loop, {args.seconds:g} s, {args.nodes} nodes; ms")
     for round_no in range(1, args.rounds + 1):
         results = {}

@@ -758,16 +758,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    env = {"QMESH_RATE_LIMIT_PER_MINUTE": "10000000"}
-    if args.database_url:
-        env["QMESH_DATABASE_URL"] = args.database_url
-    for item in args.env:
+#: The coordinator's environment under load: its rate limiter out of the way.
+LOAD_ENV = {"QMESH_RATE_LIMIT_PER_MINUTE": "10000000"}
+
+
+def env_pairs(items: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` options as a dict."""
+    env = {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--env wants KEY=VALUE, got {item!r}")
         env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    env = dict(LOAD_ENV)
+    if args.database_url:
+        env["QMESH_DATABASE_URL"] = args.database_url
+    env.update(env_pairs(args.env))
     started = time.perf_counter()
     code = code_under_test(env)
     print(

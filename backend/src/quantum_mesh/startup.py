@@ -54,8 +54,11 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-#: Where the API front records its job runtime's pid (``api/front/runtime_process.py``).
-RUNTIME_PID_FILE = Path("run") / "runtime.pid"
+#: The API front's directory in the data directory: its runtime's socket and pid file
+#: (``api/front/runtime_process.py``).
+RUN_DIR = "run"
+#: Where the API front records its job runtime's pid.
+RUNTIME_PID_FILE = Path(RUN_DIR) / "runtime.pid"
 RUNTIME_MODULE = "quantum_mesh.api.front.runtime_main"
 #: Seconds a start waits for the job runtime of a front that died to end.
 PREVIOUS_RUNTIME_WAIT_S = 30.0

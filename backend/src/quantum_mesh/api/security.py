@@ -356,7 +356,7 @@ class SecurityMiddleware:
                     {},
                 )
             return self.directory.local
-        key = self._presented_key(headers)
+        key = presented_key(headers)
         token = self._presented_token(scope) if key is None else None
         if key is None and token is None:
             return self._unauthorized()
@@ -393,10 +393,6 @@ class SecurityMiddleware:
             {"WWW-Authenticate": "Bearer"},
             {},
         )
-
-    @staticmethod
-    def _presented_key(headers: dict[str, str]) -> str | None:
-        return presented_key(headers)
 
     @staticmethod
     def _presented_token(scope: Scope) -> str | None:

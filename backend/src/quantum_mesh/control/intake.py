@@ -2,19 +2,22 @@
 
 The API front (``api/front``) answers a submit once the job is in its fsync'd intake journal;
 the runtime writes the job's row and starts it when the entry reaches it
-(``JobManager.ingest``). This is the entry both sides read and write, in its JSON form.
+(``JobManager.ingest``). These are the documents both sides read and write: a journal line
+is an ``AcceptedJob``, a hand-over an ``IntakeBatch`` answered by an ``IntakeReport``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 
-@dataclass(frozen=True)
-class AcceptedJob:
+
+class AcceptedJob(BaseModel):
     """A job accepted (validated, answered 202) and not yet known to be written."""
+
+    model_config = ConfigDict(frozen=True)
 
     seq: int
     job_id: str
@@ -23,23 +26,25 @@ class AcceptedJob:
     owner: str | None
     accepted_at: datetime
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "job_id": self.job_id,
-            "kind": self.kind,
-            "request": self.request,
-            "owner": self.owner,
-            "accepted_at": self.accepted_at.isoformat(),
-        }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AcceptedJob:
-        return cls(
-            seq=int(data["seq"]),
-            job_id=str(data["job_id"]),
-            kind=str(data["kind"]),
-            request=dict(data["request"]),
-            owner=data.get("owner"),
-            accepted_at=datetime.fromisoformat(data["accepted_at"]),
-        )
+class IntakeBatch(BaseModel):
+    """One hand-over from the front to the runtime."""
+
+    #: In the order they were accepted.
+    entries: list[AcceptedJob]
+    #: Submits the front refused (429) since its last hand-over: counted in the runtime's
+    #: metrics, which ``/metrics`` serves.
+    refused: int = Field(default=0, ge=0)
+
+
+class IntakeReport(BaseModel):
+    """The runtime's answer to a hand-over: what it wrote, and its load, which the front's
+    admission control reads."""
+
+    #: The highest seq in the batch (None: an empty batch, a load report only).
+    through: int | None
+    #: Jobs written now (the others had rows already: a journal handed over again).
+    written: int
+    active: int
+    write_backlog: int
+    completed_per_s: float

@@ -603,9 +603,7 @@ class JobManager:
             return existing, False
         finally:
             self._admitting -= 1
-        self._status[job_id] = JobStatus.QUEUED
-        self._publish(job, seq=None)
-        self._spawn(job.job_id, job)
+        self._start_queued(job)
         return job, True
 
     async def ingest(self, accepted: Sequence[AcceptedJob]) -> list[str]:
@@ -637,10 +635,14 @@ class JobManager:
         finally:
             self._admitting -= len(accepted)
         for job in jobs:
-            self._status[job.job_id] = JobStatus.QUEUED
-            self._publish(job, seq=None)
-            self._spawn(job.job_id, job)
+            self._start_queued(job)
         return [job.job_id for job in jobs]
+
+    def _start_queued(self, job: Job) -> None:
+        """A job just written QUEUED: announce it and start running it."""
+        self._status[job.job_id] = JobStatus.QUEUED
+        self._publish(job, seq=None)
+        self._spawn(job.job_id, job)
 
     @staticmethod
     def _check_same_request(existing: Job, kind: str, request: dict[str, Any]) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 import httpx
 
 from quantum_mesh.api.front.forwarding import INTAKE_PATH
 from quantum_mesh.api.front.journal import IntakeJournal
-from quantum_mesh.control.intake import AcceptedJob
+from quantum_mesh.control.intake import AcceptedJob, IntakeBatch, IntakeReport
 from quantum_mesh.logs import get_logger
 
 log = get_logger(__name__)
@@ -105,17 +104,19 @@ class Handover:
                 self._advanced = asyncio.Event()
             self.journal.release(self.handed_over_seq)
 
-    async def _send(self, batch: list[AcceptedJob], refused: int) -> dict[str, Any]:
+    async def _send(self, batch: list[AcceptedJob], refused: int) -> IntakeReport:
+        """Raises ``httpx.HTTPError``, or ``ValueError`` for an answer that is no report."""
+        body = IntakeBatch(entries=batch, refused=refused)
         response = await self.client.post(
             INTAKE_PATH,
-            json={"entries": [entry.to_json() for entry in batch], "refused": refused},
+            content=body.model_dump_json(),
+            headers={"content-type": "application/json"},
         )
         response.raise_for_status()
-        report: dict[str, Any] = response.json()
-        return report
+        return IntakeReport.model_validate_json(response.content)
 
-    def _take(self, report: dict[str, Any]) -> None:
+    def _take(self, report: IntakeReport) -> None:
         self.answered_at = time.monotonic()
-        self.runtime_active = int(report.get("active", self.runtime_active))
-        self.write_backlog = int(report.get("write_backlog", self.write_backlog))
-        self.completed_per_s = float(report.get("completed_per_s", self.completed_per_s))
+        self.runtime_active = report.active
+        self.write_backlog = report.write_backlog
+        self.completed_per_s = report.completed_per_s

@@ -11,7 +11,6 @@ submit. Once every line is with the runtime the file is emptied.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,7 +95,7 @@ class IntakeJournal:
     async def append(self, entry: AcceptedJob) -> None:
         """Returns once ``entry`` is on disk; ``Unavailable`` (503) if it could not be
         written, and then it was not accepted."""
-        line = json.dumps(entry.to_json(), separators=(",", ":")).encode() + b"\n"
+        line = entry.model_dump_json().encode() + b"\n"
         done = asyncio.get_running_loop().create_future()
         self._pending.append((line, done))
         self._pending_seq = max(self._pending_seq, entry.seq)
@@ -170,7 +169,7 @@ def _read_segment(path: Path) -> list[AcceptedJob]:
     entries = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            entries.append(AcceptedJob.from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError):
+            entries.append(AcceptedJob.model_validate_json(line))
+        except ValueError:  # pydantic's ValidationError is one
             log.warning("front.journal_line_skipped", path=str(path), line=number)
     return entries

@@ -18,14 +18,14 @@ from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from quantum_mesh.api.errors import error_response
-from quantum_mesh.api.front.forwarding import INTERNAL_PREFIX, forwarded_headers
+from quantum_mesh.api.front.forwarding import API_PREFIX, INTERNAL_PREFIX, forwarded_headers
 from quantum_mesh.api.front.handover import Handover
 from quantum_mesh.logs import get_logger
 
 log = get_logger(__name__)
 
 #: Paths answered without waiting for the hand-over (they read no job).
-UNORDERED_PATHS = frozenset({"/ready", "/metrics", "/api/v1/ready"})
+UNORDERED_PATHS = frozenset({"/ready", "/metrics", f"{API_PREFIX}/ready"})
 #: Longest wait for the hand-over before a request is forwarded anyway.
 ORDER_WAIT_S = 30.0
 #: Seconds to open a connection to the runtime.
@@ -80,12 +80,10 @@ class RuntimeProxy:
             await error_response(404, "not_found", "Not Found")(scope, receive, send)
             return
         await self._in_order(scope)
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
+        target = _target(scope)
         request = self.client.build_request(
             scope["method"],
-            target.decode("latin-1"),
+            target,
             headers=forwarded_headers(scope["headers"], scope.get("client")),
             content=_request_body(receive),
         )
@@ -123,9 +121,7 @@ class RuntimeProxy:
         if (await receive())["type"] != "websocket.connect":
             return
         await self._in_order(scope)
-        target = scope.get("raw_path") or scope["path"].encode()
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
+        target = _target(scope)
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in forwarded_headers(
@@ -135,7 +131,7 @@ class RuntimeProxy:
         try:
             upstream = await unix_connect(
                 self.socket_path,
-                uri="ws://runtime" + target.decode("latin-1"),
+                uri="ws://runtime" + target,
                 additional_headers=headers,
                 subprotocols=scope.get("subprotocols") or None,
                 open_timeout=CONNECT_TIMEOUT_S,
@@ -195,6 +191,14 @@ async def _relay(upstream: ClientConnection, receive: Receive, send: Send) -> No
                 asyncio.CancelledError, ConnectionClosed, OSError, RuntimeError
             ):
                 await task
+
+
+def _target(scope: Scope) -> str:
+    """The request's path and query, as the client sent them."""
+    target: bytes = scope.get("raw_path") or scope["path"].encode()
+    if scope.get("query_string"):
+        target += b"?" + scope["query_string"]
+    return target.decode("latin-1")
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

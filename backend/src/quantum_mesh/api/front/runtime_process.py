@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import httpx
 from quantum_mesh.config import Settings
 from quantum_mesh.logs import get_logger
 from quantum_mesh.procutil import die_with_parent, stop_child
-from quantum_mesh.startup import RUNTIME_MODULE, RUNTIME_PID_FILE
+from quantum_mesh.startup import RUN_DIR, RUNTIME_MODULE, RUNTIME_PID_FILE
 
 log = get_logger(__name__)
 
@@ -29,7 +28,7 @@ READY_POLL_S = 0.1
 def runtime_socket(settings: Settings) -> Path:
     """The runtime's socket, in a directory only this user can enter (uvicorn makes the
     socket itself world-writable)."""
-    run_dir = settings.data_dir / "run"
+    run_dir = settings.data_dir / RUN_DIR
     run_dir.mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o700)
     return run_dir / "runtime.sock"
@@ -58,7 +57,6 @@ class RuntimeProcess:
                 "--socket",
                 str(self.socket_path),
             ],
-            env=os.environ.copy(),
             # SIGKILL, as the coordinator itself would be: a front that crashed is restarted
             # by its supervisor, and a runtime still stopping would hold the libp2p port.
             # What the runtime committed stays; its unfinished jobs recover at the next start.
